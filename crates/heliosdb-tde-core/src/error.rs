@@ -1,0 +1,284 @@
+//! The one error type of the key hierarchy.
+//!
+//! Every failure a user can cause has its own variant, and every message says what happened and
+//! what to do about it. Where the user's guide quotes an error text (its Troubleshooting
+//! section), the message starts with exactly that text so that a search finds the fix.
+//!
+//! No variant ever carries key material: they hold identifiers, paths, modes and reasons only.
+
+use std::path::PathBuf;
+
+/// Shorthand for results in the key hierarchy.
+pub type Result<T, E = TdeError> = std::result::Result<T, E>;
+
+/// An error from the key hierarchy.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TdeError {
+    /// Production mode refused an insecure MEK provider.
+    #[error(
+        "Production mode requires a secure MEK provider. Current provider: {provider} is NOT \
+         suitable for production. SECURITY RISK: this provider keeps encryption keys in \
+         unprotected memory. Configure a production-safe MEK provider (HSM, Cloud KMS, or Secure \
+         File), or, for development only, set HELIOSDB_SECURITY_MODE=development."
+    )]
+    InsecureProvider {
+        /// The provider's human-readable description.
+        provider: String,
+    },
+
+    /// The passphrase environment variable of the secure file provider is not set.
+    #[error(
+        "MEK provider error: Passphrase environment variable {var} not found. Set it before \
+         starting: export {var}=\"your-strong-passphrase\" (25+ characters), or configure a \
+         passphrase file."
+    )]
+    PassphraseEnvMissing {
+        /// The name of the variable that was read.
+        var: String,
+    },
+
+    /// A key file or directory has permissions that let other users read or change it.
+    #[error(
+        "insecure permissions on {}: mode {mode:04o} gives group or other users access. Fix: \
+         chmod {expected:03o} {}",
+        path.display(),
+        path.display()
+    )]
+    InsecurePermissions {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// The mode it should have (`0o600` for files, `0o700` for directories).
+        expected: u32,
+    },
+
+    /// Authenticated decryption failed: wrong key or passphrase, tampered data, or data bound to
+    /// another context (table, key version, MEK) than the one presented.
+    #[error(
+        "authentication failed for {what}: the key is wrong or the data was modified or moved. \
+         Check that the right MEK, passphrase or key version is in use; the data was not changed"
+    )]
+    AuthenticationFailed {
+        /// What failed to open, for example `TEK users@v2 wrapped by master_key_001@v1`.
+        what: String,
+    },
+
+    /// A key does not exist.
+    #[error("key not found: {key}. {hint}")]
+    KeyNotFound {
+        /// The key that was looked up.
+        key: String,
+        /// What to do about it.
+        hint: String,
+    },
+
+    /// A key with this identity exists already.
+    #[error("key already exists: {key}. Use a new id, or rotate the existing key instead")]
+    AlreadyExists {
+        /// The key that exists.
+        key: String,
+    },
+
+    /// The operation is not allowed in the key's lifecycle state.
+    #[error("cannot {operation} with {key}: the key is {state}. {hint}")]
+    InvalidKeyState {
+        /// The key.
+        key: String,
+        /// Its current state.
+        state: crate::KeyState,
+        /// What was attempted.
+        operation: String,
+        /// What to do about it.
+        hint: String,
+    },
+
+    /// The MEK provider could not be reached or refused service.
+    #[error(
+        "MEK provider {provider} unavailable: {reason}. {}",
+        if *retryable { "The operation can be retried once the provider is reachable" } else { "Check the provider's configuration and credentials" }
+    )]
+    ProviderUnavailable {
+        /// The provider's description.
+        provider: String,
+        /// What went wrong.
+        reason: String,
+        /// Whether retrying the same call may succeed.
+        retryable: bool,
+    },
+
+    /// Another provider failure (an HSM return code, a KMS error...).
+    #[error("{provider} error: {message}. {hint}")]
+    Provider {
+        /// Which provider, for example `HSM` or `AWS KMS`.
+        provider: String,
+        /// The provider's own code or message, for example `CKR_PIN_INCORRECT`.
+        message: String,
+        /// What to do about it.
+        hint: String,
+    },
+
+    /// Stored or received data is malformed: truncated, wrong magic, unknown version...
+    #[error("corrupt {what} in {location}: {detail}. Restore it from a backup; nothing was changed")]
+    Corrupt {
+        /// What was being read, for example `wrapped TEK envelope`.
+        what: String,
+        /// Where: a file, a key id, a record.
+        location: String,
+        /// What exactly is wrong.
+        detail: String,
+    },
+
+    /// An identifier does not follow the naming rules.
+    #[error("invalid {kind} {value:?}: {reason}")]
+    InvalidIdentifier {
+        /// Which kind of identifier.
+        kind: &'static str,
+        /// The rejected value (identifiers are never secret).
+        value: String,
+        /// The rule it breaks.
+        reason: String,
+    },
+
+    /// A configuration field has an invalid value.
+    #[error("invalid configuration: {field}: {reason}")]
+    InvalidConfig {
+        /// The field, for example `cache_limit` or `secure_file_config.storage_path`.
+        field: String,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
+
+    /// A security rule refused the setup (production mode rules, weak passphrase...).
+    #[error("security policy violation: {0}")]
+    SecurityPolicy(String),
+
+    /// A key reached its GCM invocation limit (NIST SP 800-38D section 8.3) and must be rotated.
+    #[error(
+        "{key} has been used for {invocations} encryptions, the hard limit for random 96-bit \
+         nonces (NIST SP 800-38D 8.3). Rotate the table key; decryption still works"
+    )]
+    NonceBudgetExhausted {
+        /// The key.
+        key: String,
+        /// Encryptions performed with it.
+        invocations: u64,
+    },
+
+    /// The requested feature or algorithm is not available in this build or provider.
+    #[error("unsupported: {what}. {hint}")]
+    Unsupported {
+        /// What is not supported.
+        what: String,
+        /// What to do instead.
+        hint: String,
+    },
+
+    /// The operating system's random number generator failed.
+    #[error("the OS random number generator failed: {0}. No key was created")]
+    Random(String),
+
+    /// An operating-system I/O error on a path.
+    #[error("IO error: {source} (path: {})", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl TdeError {
+    /// Whether retrying the same operation may succeed (a provider outage, a timeout).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, TdeError::ProviderUnavailable { retryable: true, .. })
+    }
+
+    /// Builds a [`TdeError::Corrupt`].
+    pub fn corrupt(
+        what: impl Into<String>,
+        location: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        TdeError::Corrupt {
+            what: what.into(),
+            location: location.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Builds a [`TdeError::InvalidConfig`].
+    pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        TdeError::InvalidConfig {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Builds a [`TdeError::Io`].
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TdeError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guide_texts_are_verbatim() {
+        let e = TdeError::InsecureProvider {
+            provider: "In-Memory (INSECURE - testing only)".into(),
+        };
+        assert!(e.to_string().starts_with(
+            "Production mode requires a secure MEK provider. Current provider: In-Memory \
+             (INSECURE - testing only) is NOT suitable for production."
+        ));
+
+        let e = TdeError::PassphraseEnvMissing {
+            var: "HELIOSDB_MEK_PASSPHRASE".into(),
+        };
+        assert!(e.to_string().starts_with(
+            "MEK provider error: Passphrase environment variable HELIOSDB_MEK_PASSPHRASE not found"
+        ));
+
+        let e = TdeError::io(
+            "/var/lib/heliosdb/mek/master_key_001.mek",
+            std::io::Error::from_raw_os_error(13),
+        );
+        assert!(
+            e.to_string()
+                .starts_with("IO error: Permission denied (os error 13)")
+        );
+    }
+
+    #[test]
+    fn permission_error_gives_the_chmod_fix() {
+        let e = TdeError::InsecurePermissions {
+            path: "/var/lib/heliosdb/mek".into(),
+            mode: 0o755,
+            expected: 0o700,
+        };
+        let s = e.to_string();
+        assert!(s.contains("mode 0755"), "{s}");
+        assert!(s.contains("chmod 700 /var/lib/heliosdb/mek"), "{s}");
+    }
+
+    #[test]
+    fn retryable_only_for_retryable_outages() {
+        let outage = |retryable| TdeError::ProviderUnavailable {
+            provider: "Vault".into(),
+            reason: "connection refused".into(),
+            retryable,
+        };
+        assert!(outage(true).is_retryable());
+        assert!(!outage(false).is_retryable());
+        assert!(!TdeError::Random("x".into()).is_retryable());
+        assert!(outage(true).to_string().contains("retried"));
+    }
+}

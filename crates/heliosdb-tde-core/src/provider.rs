@@ -1,0 +1,219 @@
+//! The MEK provider trait: where master keys live and how TEKs are wrapped under them.
+//!
+//! A provider owns its MEKs. The trait only ever moves *TEKs* across its boundary — in the
+//! clear on wrap, wrapped on return — so an HSM or a cloud KMS can keep every MEK inside,
+//! and no method requires MEK bytes to leave the provider.
+//!
+//! Every wrap is bound to a [`WrapContext`] (table, TEK version, purpose) plus the MEK
+//! reference; see [`crate::aad`].
+
+use crate::aad::WrapContext;
+use crate::envelope::WrappedTek;
+use crate::error::Result;
+use crate::ids::{MekId, MekRef, MekVersion};
+use crate::material::TableKey;
+use crate::metadata::{EncryptionAlgorithm, KeyState};
+use crate::time::Timestamp;
+use async_trait::async_trait;
+use std::fmt;
+use std::time::Duration;
+
+/// Which family of provider holds the MEK. Recorded in every wrapped-TEK envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProviderKind {
+    /// Process memory. Insecure; tests only.
+    InMemory,
+    /// A passphrase-protected file on local disk.
+    SecureFile,
+    /// A PKCS#11 hardware security module.
+    Pkcs11,
+    /// HashiCorp Vault (or OpenBao) Transit.
+    Vault,
+    /// AWS Key Management Service.
+    AwsKms,
+    /// Azure Key Vault.
+    AzureKeyVault,
+}
+
+impl ProviderKind {
+    /// Every provider kind, in code order.
+    pub const ALL: [ProviderKind; 6] = [
+        ProviderKind::InMemory,
+        ProviderKind::SecureFile,
+        ProviderKind::Pkcs11,
+        ProviderKind::Vault,
+        ProviderKind::AwsKms,
+        ProviderKind::AzureKeyVault,
+    ];
+
+    /// The kind's code in the envelope.
+    pub fn code(self) -> u8 {
+        match self {
+            ProviderKind::InMemory => 1,
+            ProviderKind::SecureFile => 2,
+            ProviderKind::Pkcs11 => 3,
+            ProviderKind::Vault => 4,
+            ProviderKind::AwsKms => 5,
+            ProviderKind::AzureKeyVault => 6,
+        }
+    }
+
+    /// The kind with this code, if any.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.code() == code)
+    }
+
+    /// A short machine-friendly name, for example `secure-file`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::InMemory => "in-memory",
+            ProviderKind::SecureFile => "secure-file",
+            ProviderKind::Pkcs11 => "pkcs11-hsm",
+            ProviderKind::Vault => "vault",
+            ProviderKind::AwsKms => "aws-kms",
+            ProviderKind::AzureKeyVault => "azure-kv",
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One version of an MEK as the provider reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MekVersionInfo {
+    /// The MEK version.
+    pub mek: MekRef,
+    /// Its lifecycle state in the provider.
+    pub state: KeyState,
+    /// Its algorithm.
+    pub algorithm: EncryptionAlgorithm,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+/// An MEK and all its versions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MekInfo {
+    /// The MEK id.
+    pub id: MekId,
+    /// The provider holding it.
+    pub provider: ProviderKind,
+    /// Where the provider keeps it, for operators (a directory, a key ARN, a token label).
+    /// Never a secret.
+    pub location: String,
+    /// Every version, oldest first.
+    pub versions: Vec<MekVersionInfo>,
+}
+
+impl MekInfo {
+    /// The newest version that may wrap new TEKs, if any.
+    pub fn active_version(&self) -> Option<MekVersion> {
+        self.versions
+            .iter()
+            .rev()
+            .find(|v| v.state.can_encrypt())
+            .map(|v| v.mek.version)
+    }
+
+    /// The newest version, whatever its state.
+    pub fn latest_version(&self) -> Option<MekVersion> {
+        self.versions.iter().map(|v| v.mek.version).max()
+    }
+}
+
+/// The result of a provider health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderHealth {
+    /// Whether the provider can serve wrap and unwrap requests now.
+    pub healthy: bool,
+    /// How long the check took.
+    pub latency: Duration,
+    /// What was checked, or what is wrong.
+    pub detail: String,
+}
+
+/// A holder of master encryption keys.
+///
+/// Implementations are shared across tasks (`Send + Sync`), print no secrets in `Debug`, and
+/// are object safe so that the key manager can hold an `Arc<dyn MekProvider>` chosen at run time.
+///
+/// Contract, checked for every provider by the `heliosdb-tde-conformance` suite:
+/// * `wrap_tek` refuses an MEK version that is not [`KeyState::Active`]; `unwrap_tek` refuses one
+///   whose state cannot decrypt ([`KeyState::can_decrypt`]);
+/// * the envelope returned by `wrap_tek` names the MEK version used, and unwrapping it with any
+///   other [`WrapContext`] fails with [`crate::TdeError::AuthenticationFailed`];
+/// * transient outages are [`crate::TdeError::ProviderUnavailable`] with `retryable: true`.
+#[async_trait]
+pub trait MekProvider: Send + Sync + fmt::Debug {
+    /// Which family of provider this is.
+    fn kind(&self) -> ProviderKind;
+
+    /// A human-readable description, for example `In-Memory (INSECURE - testing only)`.
+    fn description(&self) -> String;
+
+    /// Whether the provider is fit for production. Production mode refuses providers that
+    /// return `false`.
+    fn is_secure(&self) -> bool;
+
+    /// Creates version 1 of a new MEK inside the provider. Fails with
+    /// [`crate::TdeError::AlreadyExists`] if the id exists.
+    async fn generate_mek(
+        &self,
+        mek_id: &MekId,
+        algorithm: EncryptionAlgorithm,
+    ) -> Result<MekVersionInfo>;
+
+    /// Wraps a TEK under the given MEK version, bound to `ctx`.
+    async fn wrap_tek(&self, mek: &MekRef, tek: &TableKey, ctx: &WrapContext)
+    -> Result<WrappedTek>;
+
+    /// Unwraps a TEK. The MEK version is the one named in the envelope; `ctx` must be the
+    /// context it was wrapped with.
+    async fn unwrap_tek(&self, wrapped: &WrappedTek, ctx: &WrapContext) -> Result<TableKey>;
+
+    /// Re-wraps a TEK under another MEK version (`new_mek`), keeping `ctx`.
+    ///
+    /// The default unwraps and wraps again, so the TEK passes through this process. Providers
+    /// with server-side re-encryption override it so that the TEK never leaves them.
+    async fn rewrap_tek(
+        &self,
+        wrapped: &WrappedTek,
+        ctx: &WrapContext,
+        new_mek: &MekRef,
+    ) -> Result<WrappedTek> {
+        let tek = self.unwrap_tek(wrapped, ctx).await?;
+        self.wrap_tek(new_mek, &tek, ctx).await
+    }
+
+    /// Describes an MEK and its versions. Fails with [`crate::TdeError::KeyNotFound`] if the
+    /// id is unknown.
+    async fn mek_info(&self, mek_id: &MekId) -> Result<MekInfo>;
+
+    /// Every MEK id the provider holds.
+    async fn list_meks(&self) -> Result<Vec<MekId>>;
+
+    /// Creates the next version of an MEK and makes it active. Older versions become
+    /// [`KeyState::DecryptOnly`]: they still unwrap existing TEKs.
+    async fn rotate_mek(&self, mek_id: &MekId) -> Result<MekVersionInfo>;
+
+    /// Moves one MEK version to another lifecycle state, for example to
+    /// [`KeyState::Deactivated`] after a rotation has been verified, or back to
+    /// [`KeyState::Active`] on rollback. The provider enforces [`KeyState::can_transition_to`].
+    ///
+    /// Callers (the rotation orchestrator) are responsible for checking that no TEK still
+    /// depends on a version before deactivating it.
+    async fn set_mek_state(&self, mek: &MekRef, state: KeyState) -> Result<()>;
+
+    /// Moves one MEK version to [`KeyState::Deactivated`].
+    async fn deactivate_mek_version(&self, mek: &MekRef) -> Result<()> {
+        self.set_mek_state(mek, KeyState::Deactivated).await
+    }
+
+    /// Checks that the provider is reachable and usable.
+    async fn health(&self) -> Result<ProviderHealth>;
+}

@@ -1,0 +1,143 @@
+//! The key store trait: durable storage for wrapped TEKs, their metadata and the rotation
+//! journal.
+//!
+//! A store never sees a TEK in the clear. Every mutation goes through [`KeyStore::apply`] with a
+//! [`StoreBatch`], which the implementation must commit atomically and durably: after `apply`
+//! returns, the whole batch survives a crash; if it does not return, none of it is visible.
+
+use crate::envelope::WrappedTek;
+use crate::error::{Result, TdeError};
+use crate::ids::{KeyId, TableId, TekId};
+use crate::metadata::KeyMetadata;
+use async_trait::async_trait;
+use std::fmt;
+
+/// A stored TEK: its metadata and its wrapped form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TekRecord {
+    /// Which TEK.
+    pub id: TekId,
+    /// Its metadata; `metadata.key_id` is `KeyId::Table(id)`.
+    pub metadata: KeyMetadata,
+    /// The TEK wrapped under its current MEK version.
+    pub wrapped: WrappedTek,
+    /// During an MEK rotation's dual-encryption period: the TEK wrapped under the previous MEK
+    /// version, kept so that the rotation can be rolled back.
+    pub previous_wrap: Option<WrappedTek>,
+}
+
+impl TekRecord {
+    /// Builds a record, checking that the metadata names the same TEK.
+    pub fn new(id: TekId, metadata: KeyMetadata, wrapped: WrappedTek) -> Result<Self> {
+        if metadata.key_id != KeyId::Table(id.clone()) {
+            return Err(TdeError::corrupt(
+                "TEK record",
+                id.to_string(),
+                format!("metadata names {} instead", metadata.key_id),
+            ));
+        }
+        Ok(Self {
+            id,
+            metadata,
+            wrapped,
+            previous_wrap: None,
+        })
+    }
+}
+
+/// One mutation inside a [`StoreBatch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreOp {
+    /// Adds a TEK; the whole batch fails with [`TdeError::AlreadyExists`] if it exists.
+    Insert(TekRecord),
+    /// Adds or replaces a TEK.
+    Upsert(TekRecord),
+    /// Sets a journal entry (rotation state, counter reservations...).
+    PutJournal {
+        /// The entry's name.
+        name: String,
+        /// Its value, opaque to the store.
+        value: Vec<u8>,
+    },
+    /// Removes a journal entry if present.
+    DeleteJournal {
+        /// The entry's name.
+        name: String,
+    },
+}
+
+/// A set of mutations committed as one transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreBatch {
+    /// The mutations, applied in order.
+    pub ops: Vec<StoreOp>,
+}
+
+impl StoreBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an insert of a new TEK.
+    pub fn insert(mut self, record: TekRecord) -> Self {
+        self.ops.push(StoreOp::Insert(record));
+        self
+    }
+
+    /// Adds an insert-or-replace of a TEK.
+    pub fn upsert(mut self, record: TekRecord) -> Self {
+        self.ops.push(StoreOp::Upsert(record));
+        self
+    }
+
+    /// Adds a journal write.
+    pub fn put_journal(mut self, name: impl Into<String>, value: Vec<u8>) -> Self {
+        self.ops.push(StoreOp::PutJournal {
+            name: name.into(),
+            value,
+        });
+        self
+    }
+
+    /// Adds a journal delete.
+    pub fn delete_journal(mut self, name: impl Into<String>) -> Self {
+        self.ops.push(StoreOp::DeleteJournal { name: name.into() });
+        self
+    }
+
+    /// Whether the batch has no mutations.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Durable storage for wrapped TEKs.
+#[async_trait]
+pub trait KeyStore: Send + Sync + fmt::Debug {
+    /// Commits a batch atomically and durably.
+    async fn apply(&self, batch: StoreBatch) -> Result<()>;
+
+    /// One TEK version, if stored.
+    async fn get_tek(&self, id: &TekId) -> Result<Option<TekRecord>>;
+
+    /// The highest stored version of a table's TEK, if any.
+    async fn latest_tek(&self, table: &TableId) -> Result<Option<TekRecord>>;
+
+    /// Every stored version of one table's TEK, oldest first.
+    async fn table_teks(&self, table: &TableId) -> Result<Vec<TekRecord>>;
+
+    /// Up to `limit` TEKs in id order, starting after `after` (or from the first). Used to walk
+    /// a large store in pages, for example by a rotation cursor.
+    async fn scan_teks(&self, after: Option<&TekId>, limit: usize) -> Result<Vec<TekRecord>>;
+
+    /// How many TEK versions are stored.
+    async fn count_teks(&self) -> Result<u64>;
+
+    /// A journal entry, if present.
+    async fn get_journal(&self, name: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Where the store lives, for messages (a path, a URL). Never a secret.
+    fn location(&self) -> String;
+}

@@ -1,0 +1,81 @@
+use heliosdb_tde_core::{TdeError, TekVersion};
+
+/// An error from the cipher engine.
+///
+/// Messages name what failed and what to do; they never contain key material or plaintext.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CipherError {
+    /// The tag did not verify: wrong key, tampered data, or associated data that differs from
+    /// the one used when sealing (for example a page moved to another table or page number).
+    #[error(
+        "authentication failed: the data was modified, moved, or sealed under another key. The \
+         buffer was cleared; re-read it from storage"
+    )]
+    AuthenticationFailed,
+
+    /// The sealed data is not in a format this build reads.
+    #[error("malformed sealed data: {0}")]
+    Malformed(String),
+
+    /// The data was sealed under another TEK version than this cipher's.
+    #[error(
+        "the data was sealed with TEK version {found}, but this cipher holds version \
+         {expected}; fetch the key version named in the page header"
+    )]
+    KeyVersionMismatch {
+        /// The cipher's TEK version.
+        expected: TekVersion,
+        /// The version in the header.
+        found: TekVersion,
+    },
+
+    /// The key reached its hard invocation limit.
+    #[error(
+        "this key has performed {invocations} encryptions, the limit for random 96-bit nonces \
+         (NIST SP 800-38D 8.3); rotate the table key. Decryption still works"
+    )]
+    NonceBudgetExhausted {
+        /// Encryptions performed.
+        invocations: u64,
+    },
+
+    /// Invalid limits or buffer sizes supplied by the caller.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// The selected backend was not compiled into this build.
+    #[error(
+        "cipher backend {0} is not compiled into this build; enable the heliosdb-tde-cipher \
+         feature of the same name"
+    )]
+    BackendUnavailable(&'static str),
+
+    /// The backend refused the key or failed internally.
+    #[error("the {0} AES-GCM backend failed")]
+    Backend(&'static str),
+
+    /// The OS random number generator failed.
+    #[error("the OS random number generator failed: {0}")]
+    Random(String),
+}
+
+impl From<CipherError> for TdeError {
+    fn from(e: CipherError) -> Self {
+        match e {
+            CipherError::AuthenticationFailed => TdeError::AuthenticationFailed {
+                what: "sealed page".into(),
+            },
+            CipherError::NonceBudgetExhausted { invocations } => TdeError::NonceBudgetExhausted {
+                key: "table key".into(),
+                invocations,
+            },
+            CipherError::Random(s) => TdeError::Random(s),
+            CipherError::BackendUnavailable(b) => TdeError::Unsupported {
+                what: format!("cipher backend {b}"),
+                hint: format!("enable the heliosdb-tde-cipher feature {b}"),
+            },
+            other => TdeError::corrupt("sealed data", "cipher", other.to_string()),
+        }
+    }
+}

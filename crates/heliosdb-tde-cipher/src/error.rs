@@ -9,8 +9,9 @@ pub enum CipherError {
     /// The tag did not verify: wrong key, tampered data, or associated data that differs from
     /// the one used when sealing (for example a page moved to another table or page number).
     #[error(
-        "authentication failed: the data was modified, moved, or sealed under another key. The \
-         buffer was cleared; re-read it from storage"
+        "authentication failed: the data was modified, moved, or sealed under another key. No \
+         plaintext was released (an in-place buffer is cleared); check the key version and the \
+         associated data, or restore the data from a replica or backup"
     )]
     AuthenticationFailed,
 

@@ -45,5 +45,7 @@ pub mod wrap;
 
 pub use aead::{AeadKey, Backend, NONCE_LEN, TAG_LEN};
 pub use error::CipherError;
-pub use page::{FORMAT_VERSION, HEADER_LEN, PageHeader, SealedParts, TableCipher, sealed_tek_version};
+pub use page::{
+    FORMAT_VERSION, HEADER_LEN, PageHeader, SealedParts, TableCipher, sealed_tek_version,
+};
 pub use usage::{HARD_LIMIT, UsageLimits, UsageSnapshot};

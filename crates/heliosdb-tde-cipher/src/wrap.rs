@@ -11,8 +11,7 @@
 
 use crate::aead::{AeadKey, Backend, NONCE_LEN, TAG_LEN, random_nonce};
 use heliosdb_tde_core::{
-    KEY_LEN, KeyBytes, MasterKey, ProviderKind, Result, TableKey, TdeError, WrapContext,
-    WrappedTek,
+    KEY_LEN, KeyBytes, MasterKey, ProviderKind, Result, TableKey, TdeError, WrapContext, WrappedTek,
 };
 
 /// Length of the local wrap payload.

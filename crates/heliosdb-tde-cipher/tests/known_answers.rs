@@ -1,5 +1,7 @@
 //! Known-answer tests on every backend: NIST CAVP and Project Wycheproof AES-GCM vectors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{all_backends, unhex};
@@ -43,7 +45,11 @@ fn nist_vectors() -> Vec<Vector> {
 fn nist_cavp_gcm_encrypt_vectors() {
     let vectors = nist_vectors();
     assert_eq!(vectors.len(), 375, "the whole vector file was parsed");
-    assert!(vectors.iter().any(|v| !v.pt.is_empty() && !v.aad.is_empty()));
+    assert!(
+        vectors
+            .iter()
+            .any(|v| !v.pt.is_empty() && !v.aad.is_empty())
+    );
     for backend in all_backends() {
         for (i, v) in vectors.iter().enumerate() {
             let key = AeadKey::new(backend, &v.key).unwrap();
@@ -111,6 +117,9 @@ fn wycheproof_aes_gcm_vectors() {
             }
         }
         assert!(valid >= 35, "{backend}: only {valid} valid vectors ran");
-        assert!(invalid > 10, "{backend}: only {invalid} invalid vectors ran");
+        assert!(
+            invalid > 10,
+            "{backend}: only {invalid} invalid vectors ran"
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! Page sealing: round trips, cross-backend interoperability, tamper detection, limits.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::all_backends;
@@ -72,7 +74,10 @@ fn long_associated_data_takes_the_heap_path() {
     assert_eq!(c.open(&aad, &sealed).unwrap(), b"x");
     let mut other = aad.clone();
     other[999] ^= 1;
-    assert_eq!(c.open(&other, &sealed), Err(CipherError::AuthenticationFailed));
+    assert_eq!(
+        c.open(&other, &sealed),
+        Err(CipherError::AuthenticationFailed)
+    );
 }
 
 #[test]
@@ -95,9 +100,12 @@ fn wrong_key_or_version_fails() {
     let b = cipher(Backend::default(), [7; 32]);
     let sealed = a.seal(b"", b"secret").unwrap();
     assert_eq!(b.open(b"", &sealed), Err(CipherError::AuthenticationFailed));
-    let v4 =
-        TableCipher::new(&tek("users", 4, [6; 32]), Backend::default(), UsageLimits::default())
-            .unwrap();
+    let v4 = TableCipher::new(
+        &tek("users", 4, [6; 32]),
+        Backend::default(),
+        UsageLimits::default(),
+    )
+    .unwrap();
     let e = v4.open(b"", &sealed).unwrap_err();
     assert!(matches!(e, CipherError::KeyVersionMismatch { .. }), "{e}");
     assert!(e.to_string().contains("version v3"), "{e}");
@@ -111,10 +119,16 @@ fn malformed_input_is_an_error_not_a_panic() {
     }
     let mut sealed = c.seal(b"", b"data").unwrap();
     sealed[0] = 2;
-    assert!(matches!(c.open(b"", &sealed), Err(CipherError::Malformed(_))));
+    assert!(matches!(
+        c.open(b"", &sealed),
+        Err(CipherError::Malformed(_))
+    ));
     sealed[0] = 1;
     sealed[1..5].copy_from_slice(&[0, 0, 0, 0]);
-    assert!(matches!(c.open(b"", &sealed), Err(CipherError::Malformed(_))));
+    assert!(matches!(
+        c.open(b"", &sealed),
+        Err(CipherError::Malformed(_))
+    ));
 }
 
 #[test]
@@ -135,12 +149,14 @@ fn hard_limit_refuses_to_seal_but_still_opens() {
 #[test]
 fn invocations_resume_from_a_persisted_count() {
     let limits = UsageLimits::new(10, 12).unwrap();
-    let c =
-        TableCipher::with_invocations(&tek("t", 1, [9; 32]), Backend::default(), limits, 11)
-            .unwrap();
+    let c = TableCipher::with_invocations(&tek("t", 1, [9; 32]), Backend::default(), limits, 11)
+        .unwrap();
     assert!(c.rotation_due());
     c.seal(b"", b"x").unwrap();
-    assert!(c.seal(b"", b"y").is_err(), "the restart did not reset the budget");
+    assert!(
+        c.seal(b"", b"y").is_err(),
+        "the restart did not reset the budget"
+    );
 }
 
 #[test]
@@ -215,7 +231,10 @@ fn every_bit_flip_is_detected() {
         for bit in 0..sealed.len() * 8 {
             let mut t = sealed.clone();
             t[bit / 8] ^= 1 << (bit % 8);
-            assert!(c.open(&aad, &t).is_err(), "{backend}: flip of sealed bit {bit} accepted");
+            assert!(
+                c.open(&aad, &t).is_err(),
+                "{backend}: flip of sealed bit {bit} accepted"
+            );
         }
         for bit in 0..aad.len() * 8 {
             let mut a = aad.clone();
@@ -238,7 +257,10 @@ fn every_bit_flip_is_detected() {
                 p.tag[byte - HEADER_LEN] ^= 1 << (bit % 8);
             }
             let mut buf = page.clone();
-            assert!(c.open_in_place(&p, &aad, &mut buf).is_err(), "{backend}: bit {bit}");
+            assert!(
+                c.open_in_place(&p, &aad, &mut buf).is_err(),
+                "{backend}: bit {bit}"
+            );
         }
         let SealedParts { .. } = parts;
     }
@@ -251,5 +273,8 @@ fn failed_open_clears_the_buffer() {
     let mut parts = c.seal_in_place(b"", &mut page).unwrap();
     parts.tag[0] ^= 1;
     assert!(c.open_in_place(&parts, b"", &mut page).is_err());
-    assert!(page.iter().all(|&b| b == 0), "no unauthenticated plaintext is left behind");
+    assert!(
+        page.iter().all(|&b| b == 0),
+        "no unauthenticated plaintext is left behind"
+    );
 }

@@ -1,12 +1,14 @@
 //! Local TEK wrapping and the associated-data binding.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::all_backends;
 use heliosdb_tde_cipher::wrap::{PAYLOAD_LEN, unwrap_tek, wrap_tek};
 use heliosdb_tde_core::{
-    EncryptionAlgorithm, KeyBytes, MasterKey, ProviderKind, TableKey, TdeError, TekId,
-    WrapContext, WrapPurpose,
+    EncryptionAlgorithm, KeyBytes, MasterKey, ProviderKind, TableKey, TdeError, TekId, WrapContext,
+    WrapPurpose,
 };
 
 fn master(r: &str) -> MasterKey {
@@ -68,8 +70,13 @@ fn a_wrapped_tek_copied_elsewhere_fails_to_unwrap() {
     );
     let mut relabelled = w.clone();
     relabelled.mek = same_bytes_v2.mek().clone();
-    let e = unwrap_tek(Default::default(), &same_bytes_v2, &relabelled, &ctx("users@v1"))
-        .unwrap_err();
+    let e = unwrap_tek(
+        Default::default(),
+        &same_bytes_v2,
+        &relabelled,
+        &ctx("users@v1"),
+    )
+    .unwrap_err();
     assert!(matches!(e, TdeError::AuthenticationFailed { .. }), "{e}");
     // Used for another purpose.
     let mut backup = ctx("users@v1");
@@ -139,8 +146,14 @@ fn a_tek_cannot_be_wrapped_for_another_identity() {
 fn errors_never_contain_key_material() {
     let mek = master("m@v1");
     let key = tek("t@v1");
-    let w = wrap_tek(Default::default(), &mek, ProviderKind::InMemory, &key, &ctx("t@v1"))
-        .unwrap();
+    let w = wrap_tek(
+        Default::default(),
+        &mek,
+        ProviderKind::InMemory,
+        &key,
+        &ctx("t@v1"),
+    )
+    .unwrap();
     let e = unwrap_tek(Default::default(), &master("m@v1"), &w, &ctx("t@v1")).unwrap_err();
     let text = format!("{e} {e:?}").to_lowercase();
     for secret in [key.bytes().expose_secret(), mek.bytes().expose_secret()] {

@@ -95,7 +95,10 @@ impl WrapContext {
     /// derivation context instead of raw associated data (AWS KMS, Vault Transit).
     pub fn context_map(&self, mek: &MekRef) -> BTreeMap<String, String> {
         BTreeMap::from([
-            ("heliosdb:purpose".to_string(), self.purpose.name().to_string()),
+            (
+                "heliosdb:purpose".to_string(),
+                self.purpose.name().to_string(),
+            ),
             ("heliosdb:table".to_string(), self.table.to_string()),
             (
                 "heliosdb:tek_version".to_string(),
@@ -125,8 +128,14 @@ mod tests {
         let base = ctx("users", 1).aad(&mek);
         assert_ne!(base, ctx("orders", 1).aad(&mek));
         assert_ne!(base, ctx("users", 2).aad(&mek));
-        assert_ne!(base, ctx("users", 1).aad(&"master_key_002@v1".parse().unwrap()));
-        assert_ne!(base, ctx("users", 1).aad(&"master_key_001@v2".parse().unwrap()));
+        assert_ne!(
+            base,
+            ctx("users", 1).aad(&"master_key_002@v1".parse().unwrap())
+        );
+        assert_ne!(
+            base,
+            ctx("users", 1).aad(&"master_key_001@v2".parse().unwrap())
+        );
         let mut backup = ctx("users", 1);
         backup.purpose = WrapPurpose::Backup;
         assert_ne!(base, backup.aad(&mek));

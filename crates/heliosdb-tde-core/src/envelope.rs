@@ -89,7 +89,11 @@ impl WrappedTek {
         out.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(id);
         out.extend_from_slice(&self.mek.version.get().to_be_bytes());
-        out.extend_from_slice(&u32::try_from(self.payload.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(
+            &u32::try_from(self.payload.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
         out.extend_from_slice(&self.payload);
         out
     }
@@ -191,7 +195,12 @@ mod tests {
         assert!(e.contains("format version 9"), "{e}");
         let mut b = sample().encode();
         b[0] = b'X';
-        assert!(WrappedTek::decode(&b).unwrap_err().to_string().contains("magic"));
+        assert!(
+            WrappedTek::decode(&b)
+                .unwrap_err()
+                .to_string()
+                .contains("magic")
+        );
         let mut b = sample().encode();
         b[8] = b'/';
         assert!(WrappedTek::decode(&b).is_err());
@@ -200,7 +209,12 @@ mod tests {
         assert!(WrappedTek::decode(&b).is_err());
         let mut b = sample().encode();
         b[26..30].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(WrappedTek::decode(&b).unwrap_err().to_string().contains("limit"));
+        assert!(
+            WrappedTek::decode(&b)
+                .unwrap_err()
+                .to_string()
+                .contains("limit")
+        );
     }
 
     fn arb_envelope() -> impl Strategy<Value = WrappedTek> {

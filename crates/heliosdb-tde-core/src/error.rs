@@ -120,7 +120,9 @@ pub enum TdeError {
     },
 
     /// Stored or received data is malformed: truncated, wrong magic, unknown version...
-    #[error("corrupt {what} in {location}: {detail}. Restore it from a backup; nothing was changed")]
+    #[error(
+        "corrupt {what} in {location}: {detail}. Restore it from a backup; nothing was changed"
+    )]
     Corrupt {
         /// What was being read, for example `wrapped TEK envelope`.
         what: String,
@@ -193,7 +195,13 @@ pub enum TdeError {
 impl TdeError {
     /// Whether retrying the same operation may succeed (a provider outage, a timeout).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, TdeError::ProviderUnavailable { retryable: true, .. })
+        matches!(
+            self,
+            TdeError::ProviderUnavailable {
+                retryable: true,
+                ..
+            }
+        )
     }
 
     /// Builds a [`TdeError::Corrupt`].

@@ -40,7 +40,10 @@ fn check(
         return reject("it is empty".into());
     };
     if bytes.len() > max {
-        return reject(format!("it is {} bytes long; the limit is {max}", bytes.len()));
+        return reject(format!(
+            "it is {} bytes long; the limit is {max}",
+            bytes.len()
+        ));
     }
     if !first_ok(first) {
         return reject(format!("it must start with {first_rule}"));
@@ -365,7 +368,17 @@ mod tests {
     fn mek_ids() {
         assert!(MekId::new("master_key_001").is_ok());
         assert!(MekId::new("prod-mek.2").is_ok());
-        for bad in ["", "_x", "-x", "a/b", "a b", "a@b", "é", "../x", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "_x",
+            "-x",
+            "a/b",
+            "a b",
+            "a@b",
+            "é",
+            "../x",
+            &"a".repeat(65),
+        ] {
             let err = MekId::new(bad).unwrap_err();
             assert!(
                 matches!(err, TdeError::InvalidIdentifier { kind: "MEK id", .. }),

@@ -229,8 +229,10 @@ mod tests {
     #[test]
     fn leak_detector_detects() {
         // The detector itself must be able to fail, or the test above proves nothing.
-        let key = [7u8, 200, 13, 99, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
-            18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28];
+        let key = [
+            7u8, 200, 13, 99, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+            20, 21, 22, 23, 24, 25, 26, 27, 28,
+        ];
         assert!(!leaks(&format!("{key:?}"), &key).is_empty());
         assert!(!leaks(&hex_of(&key), &key).is_empty());
     }
@@ -247,7 +249,10 @@ mod tests {
             KeyBytes::generate().unwrap(),
         );
         let text = format!("{mk:?}");
-        assert!(leaks(&text, mk.bytes().expose_secret()).is_empty(), "{text}");
+        assert!(
+            leaks(&text, mk.bytes().expose_secret()).is_empty(),
+            "{text}"
+        );
         assert!(text.contains("master_key_001@v2"));
     }
 

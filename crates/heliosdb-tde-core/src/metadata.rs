@@ -302,7 +302,10 @@ mod tests {
         assert!(DecryptOnly.can_transition_to(Active), "rollback");
         assert!(Deactivated.can_transition_to(DecryptOnly), "reactivate");
         assert!(!Deactivated.can_transition_to(Active));
-        assert!(!Active.can_transition_to(Destroyed), "destroy needs deactivation first");
+        assert!(
+            !Active.can_transition_to(Destroyed),
+            "destroy needs deactivation first"
+        );
         for s in ALL {
             assert!(!Destroyed.can_transition_to(s) || s == Destroyed);
             if s != Destroyed {
@@ -310,8 +313,7 @@ mod tests {
             }
         }
         let tek: TekId = "users@v1".parse().unwrap();
-        let mut meta =
-            KeyMetadata::new_active(tek.into(), EncryptionAlgorithm::Aes256Gcm, None);
+        let mut meta = KeyMetadata::new_active(tek.into(), EncryptionAlgorithm::Aes256Gcm, None);
         meta.transition(DecryptOnly).unwrap();
         meta.transition(Deactivated).unwrap();
         let err = meta.transition(Active).unwrap_err();

@@ -171,7 +171,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("HELIOSDB_SECURITY_MODE"), "{e}");
-        assert!(e.contains("\"production\"") && e.contains("\"development\""), "{e}");
+        assert!(
+            e.contains("\"production\"") && e.contains("\"development\""),
+            "{e}"
+        );
         // A bad environment value is an error even when the config is valid.
         assert!(SecurityMode::resolve_from(Some(""), Some("production"), true).is_err());
         let e = SecurityMode::resolve_from(None, Some("secure"), true)

@@ -66,9 +66,15 @@ mod tests {
     fn display_is_rfc3339_utc() {
         assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00Z");
         // 2024-10-25T12:34:56Z
-        assert_eq!(Timestamp(1_729_859_696_000).to_string(), "2024-10-25T12:34:56Z");
+        assert_eq!(
+            Timestamp(1_729_859_696_000).to_string(),
+            "2024-10-25T12:34:56Z"
+        );
         // A leap day.
-        assert_eq!(Timestamp(951_782_400_000).to_string(), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            Timestamp(951_782_400_000).to_string(),
+            "2000-02-29T00:00:00Z"
+        );
     }
 
     #[test]

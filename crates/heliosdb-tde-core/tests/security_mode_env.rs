@@ -3,6 +3,8 @@
 //! Setting environment variables inside a running test process is racy (and `unsafe` in Rust
 //! 2024), so each case re-runs this test binary as a child with the variable set.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use heliosdb_tde_core::{ModeSource, SECURITY_MODE_ENV, SecurityMode};
 use std::process::Command;
 

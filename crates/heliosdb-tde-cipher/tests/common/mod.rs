@@ -1,5 +1,6 @@
 //! Helpers shared by the cipher tests.
 #![allow(dead_code, unreachable_pub)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use heliosdb_tde_cipher::Backend;
 

@@ -1,0 +1,191 @@
+//! The workspace's automation, behind `cargo xtask` (an alias in `.cargo/config.toml`).
+//!
+//! * `cargo xtask test [ARGS...]`: the README's test command. Provisions what the tests need
+//!   (packages, servers on loopback), sets `HELIOSDB_REQUIRE_SERVICES=1`, runs `cargo test`
+//!   with `ARGS` passed through (default: the whole workspace), and stops the servers.
+//! * `cargo xtask ci`: everything CI checks: formatting, clippy with `-D warnings`, the tests
+//!   (as `test`), rustdoc with warnings denied, each cipher backend alone, and cargo-deny.
+//! * `cargo xtask lint`: the `ci` steps without the tests.
+//! * `cargo xtask tidy`: the workspace rules (also run as a test).
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod services;
+pub mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The result type of xtask steps: errors are messages for the terminal.
+pub type Result<T = ()> = std::result::Result<T, String>;
+
+const HELP: &str = "\
+cargo xtask <command>
+
+commands:
+  test [ARGS...]   provision services, then `cargo test` (ARGS pass through, e.g. -p CRATE)
+  ci               fmt check, clippy -D warnings, tests, rustdoc -D warnings, backend
+                   feature checks, cargo-deny
+  lint             the ci steps except the tests
+  tidy             check the workspace rules (layering, metadata, unsafe)
+  help             this text
+";
+
+/// Runs one xtask command.
+pub fn run(args: &[String]) -> Result {
+    let (cmd, rest) = match args.split_first() {
+        Some((c, r)) => (c.as_str(), r),
+        None => ("help", &[][..]),
+    };
+    match cmd {
+        "test" => test(rest),
+        "ci" => {
+            lint()?;
+            test(&[])
+        }
+        "lint" => lint(),
+        "tidy" => {
+            let problems = tidy::check_workspace(&workspace_root())?;
+            if problems.is_empty() {
+                println!("tidy: ok");
+                Ok(())
+            } else {
+                Err(format!("tidy found problems:\n  {}", problems.join("\n  ")))
+            }
+        }
+        "help" | "-h" | "--help" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => Err(format!("unknown command {other:?}\n\n{HELP}")),
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+/// Runs a command, echoing it, and fails with its exit status.
+pub fn run_cmd(cmd: &mut Command) -> Result {
+    eprintln!("xtask: $ {}", describe(cmd));
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start {}: {e}", describe(cmd)))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} failed with {status}", describe(cmd)))
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// `cargo xtask test`: provision, run `cargo test`, tear down.
+fn test(args: &[String]) -> Result {
+    let selects_packages = args
+        .iter()
+        .any(|a| a == "-p" || a.starts_with("--package") || a == "--workspace");
+    let mut cargo_args: Vec<String> = vec!["test".into()];
+    if !selects_packages {
+        cargo_args.push("--workspace".into());
+    }
+    cargo_args.extend(args.iter().cloned());
+
+    let env = services::provision(&workspace_root(), args)?;
+    let mut cmd = cargo();
+    cmd.args(&cargo_args).env("HELIOSDB_REQUIRE_SERVICES", "1");
+    for (k, v) in env.vars() {
+        cmd.env(k, v);
+    }
+    let result = run_cmd(&mut cmd);
+    // `env` stops every server it started when dropped, pass or fail.
+    drop(env);
+    result
+}
+
+/// Formatting, clippy, rustdoc, backend feature checks and cargo-deny.
+fn lint() -> Result {
+    run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run_cmd(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run_cmd(
+        cargo()
+            .args(["doc", "--workspace", "--no-deps", "--all-features"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    // Each cipher backend must build on its own.
+    for backend in ["aws-lc", "ring", "rustcrypto"] {
+        run_cmd(cargo().args([
+            "check",
+            "-p",
+            "heliosdb-tde-cipher",
+            "--no-default-features",
+            "--features",
+            backend,
+        ]))?;
+    }
+    let problems = tidy::check_workspace(&workspace_root())?;
+    if !problems.is_empty() {
+        return Err(format!("tidy found problems:\n  {}", problems.join("\n  ")));
+    }
+    cargo_deny()
+}
+
+fn cargo_deny() -> Result {
+    let have = Command::new("cargo-deny")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !have {
+        run_cmd(cargo().args(["install", "cargo-deny", "--locked"]))?;
+    }
+    // The RustSec advisory database is a git repository. Where it cannot be fetched (a
+    // machine that reaches package registries only), the other checks still run and the
+    // omission is reported loudly rather than passed over.
+    let fetched = cargo()
+        .args(["deny", "fetch", "db"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if fetched {
+        run_cmd(cargo().args(["deny", "--all-features", "check"]))
+    } else {
+        eprintln!(
+            "\nxtask: WARNING: the RustSec advisory database could not be fetched; \
+             cargo-deny checks licenses, bans and sources only. Advisories were NOT checked.\n"
+        );
+        run_cmd(cargo().args([
+            "deny",
+            "--all-features",
+            "check",
+            "licenses",
+            "bans",
+            "sources",
+        ]))
+    }
+}

@@ -1,0 +1,543 @@
+//! The workspace rules, checked from `cargo metadata` (run by `cargo test` via
+//! `xtask/tests/tidy.rs`, and by `cargo xtask tidy`).
+//!
+//! The rules are the layering invariants of ARCHITECTURE.md plus the release hygiene every
+//! crate needs to be packaged on its own. Each rule is a function over a small model of the
+//! workspace, so that the unit tests below can feed it broken workspaces and see it fail.
+
+use crate::Result;
+use cargo_metadata::{DependencyKind, MetadataCommand};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// What a crate is for, which decides what it may depend on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `heliosdb-tde-core`: depends on nothing of ours.
+    Core,
+    /// `heliosdb-tde-cipher`: core only.
+    Cipher,
+    /// An MEK provider backend: core, plus cipher if it does local cryptography.
+    Backend,
+    /// The durable TEK store: core only.
+    Store,
+    /// The rotation orchestrator: core only.
+    Rotation,
+    /// The key manager: anything but a backend.
+    Manager,
+    /// The conformance suite: anything but a backend.
+    Conformance,
+    /// The facade and the CLI: may know every backend.
+    Assembly,
+    /// Tooling outside `crates/` (xtask, benches).
+    Tooling,
+}
+
+/// The planned crate map: every crate name and its role.
+pub const CRATE_MAP: &[(&str, Role)] = &[
+    ("heliosdb-tde-core", Role::Core),
+    ("heliosdb-tde-cipher", Role::Cipher),
+    ("heliosdb-tde-memory", Role::Backend),
+    ("heliosdb-tde-file", Role::Backend),
+    ("heliosdb-tde-pkcs11", Role::Backend),
+    ("heliosdb-tde-vault", Role::Backend),
+    ("heliosdb-tde-aws-kms", Role::Backend),
+    ("heliosdb-tde-azure-kv", Role::Backend),
+    ("heliosdb-tde-keystore", Role::Store),
+    ("heliosdb-tde-rotation", Role::Rotation),
+    ("heliosdb-tde-manager", Role::Manager),
+    ("heliosdb-security", Role::Assembly),
+    ("heliosdb-cli", Role::Assembly),
+    ("heliosdb-tde-conformance", Role::Conformance),
+    ("xtask", Role::Tooling),
+    ("heliosdb-benches", Role::Tooling),
+];
+
+/// The crates that must not be published.
+pub const UNPUBLISHED: &[&str] = &["heliosdb-tde-conformance", "xtask", "heliosdb-benches"];
+
+/// The role of a crate, if it is on the map.
+pub fn role_of(name: &str) -> Option<Role> {
+    CRATE_MAP.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
+}
+
+/// A dependency edge between two workspace crates.
+#[derive(Clone, Debug)]
+pub struct InternalDep {
+    /// The dependency's crate name.
+    pub name: String,
+    /// Whether it is a dev-dependency.
+    pub dev: bool,
+    /// Whether it carries a version requirement (needed to package the dependent crate).
+    pub has_version: bool,
+}
+
+/// What the rules need to know about one workspace crate.
+#[derive(Clone, Debug, Default)]
+pub struct CrateInfo {
+    /// The package name.
+    pub name: String,
+    /// The directory of its manifest, relative to the workspace root, with `/` separators.
+    pub dir: String,
+    /// Whether `cargo publish` may publish it.
+    pub publishable: bool,
+    /// Dependencies on other workspace crates.
+    pub internal_deps: Vec<InternalDep>,
+    /// Whether description, license, repository, readme and rust-version are all set.
+    pub missing_metadata: Vec<&'static str>,
+    /// Whether the manifest opts into `[lints] workspace = true`.
+    pub uses_workspace_lints: bool,
+    /// Whether its sources contain `unsafe` blocks, functions or impls.
+    pub has_unsafe: bool,
+    /// Whether its `lib.rs` or `main.rs` allows `unsafe_code` at crate level.
+    pub allows_unsafe: bool,
+}
+
+/// Loads the model of the workspace at `root`.
+pub fn load(root: &Path) -> Result<Vec<CrateInfo>> {
+    let meta = MetadataCommand::new()
+        .current_dir(root)
+        .no_deps()
+        .exec()
+        .map_err(|e| format!("cargo metadata failed: {e}"))?;
+    let members: BTreeSet<String> = meta
+        .workspace_packages()
+        .iter()
+        .map(|p| p.name.to_string())
+        .collect();
+    let mut out = Vec::new();
+    for p in meta.workspace_packages() {
+        let manifest_dir = p
+            .manifest_path
+            .parent()
+            .map(|d| d.as_std_path().to_path_buf())
+            .unwrap_or_default();
+        let dir = manifest_dir
+            .strip_prefix(root)
+            .unwrap_or(&manifest_dir)
+            .to_string_lossy()
+            .replace('\\', "/");
+        let manifest = std::fs::read_to_string(p.manifest_path.as_std_path())
+            .map_err(|e| format!("cannot read {}: {e}", p.manifest_path))?;
+        let mut missing = Vec::new();
+        if p.description.is_none() {
+            missing.push("description");
+        }
+        if p.license.is_none() && p.license_file.is_none() {
+            missing.push("license");
+        }
+        if p.repository.is_none() {
+            missing.push("repository");
+        }
+        match &p.readme {
+            Some(r) if manifest_dir.join(r.as_std_path()).exists() => {}
+            _ => missing.push("readme"),
+        }
+        if p.rust_version.is_none() {
+            missing.push("rust-version");
+        }
+        let internal_deps = p
+            .dependencies
+            .iter()
+            .filter(|d| members.contains(&d.name) && d.name != p.name.as_str())
+            .map(|d| InternalDep {
+                name: d.name.clone(),
+                dev: d.kind == DependencyKind::Development,
+                has_version: d.req.to_string() != "*",
+            })
+            .collect();
+        let (has_unsafe, allows_unsafe) = scan_unsafe(&manifest_dir.join("src"));
+        out.push(CrateInfo {
+            name: p.name.to_string(),
+            dir,
+            publishable: p.publish.as_ref().is_none_or(|v| !v.is_empty()),
+            internal_deps,
+            missing_metadata: missing,
+            uses_workspace_lints: uses_workspace_lints(&manifest),
+            has_unsafe,
+            allows_unsafe,
+        });
+    }
+    Ok(out)
+}
+
+fn uses_workspace_lints(manifest: &str) -> bool {
+    let mut in_lints = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_lints = line == "[lints]";
+        } else if in_lints && line.replace(' ', "") == "workspace=true" {
+            return true;
+        }
+    }
+    manifest.contains("lints.workspace = true")
+}
+
+fn scan_unsafe(src: &Path) -> (bool, bool) {
+    let mut has = false;
+    let mut allows = false;
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                for line in text.lines() {
+                    let code = strip_strings(line.split("//").next().unwrap_or(""));
+                    if uses_unsafe_keyword(&code) {
+                        has = true;
+                    }
+                }
+                let root_file = path
+                    .file_name()
+                    .is_some_and(|n| n == "lib.rs" || n == "main.rs");
+                if root_file
+                    && text
+                        .lines()
+                        .any(|l| l.trim_start().starts_with("#![allow(unsafe_code)]"))
+                {
+                    allows = true;
+                }
+            }
+        }
+    }
+    (has, allows)
+}
+
+/// Whether a line of code (comments and strings removed) has an `unsafe` block, fn, impl or
+/// extern block.
+fn uses_unsafe_keyword(code: &str) -> bool {
+    code.match_indices("unsafe").any(|(i, _)| {
+        let before = code[..i].chars().next_back();
+        let after = code[i + "unsafe".len()..].trim_start();
+        !before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+            && (after.starts_with('{')
+                || after.starts_with("fn")
+                || after.starts_with("impl")
+                || after.starts_with("extern"))
+    })
+}
+
+/// The line without the contents of string literals (crudely: text between double quotes).
+fn strip_strings(line: &str) -> String {
+    line.replace("\\\\", "")
+        .replace("\\\"", "")
+        .split('"')
+        .step_by(2)
+        .collect::<Vec<_>>()
+        .join("\"\"")
+}
+
+/// Checks every rule; returns one line per violation.
+pub fn check(crates: &[CrateInfo], architecture_md: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for c in crates {
+        let Some(role) = role_of(&c.name) else {
+            problems.push(format!(
+                "{}: not on the crate map; add it to ARCHITECTURE.md and to tidy::CRATE_MAP",
+                c.name
+            ));
+            continue;
+        };
+        check_layout(c, role, &mut problems);
+        check_layering(c, role, &mut problems);
+        check_release(c, &mut problems);
+        check_unsafe(c, architecture_md, &mut problems);
+        if role != Role::Tooling && !architecture_md.contains(&format!("`{}`", c.name)) {
+            problems.push(format!(
+                "{}: ARCHITECTURE.md's code map does not mention it",
+                c.name
+            ));
+        }
+    }
+    problems
+}
+
+fn check_layout(c: &CrateInfo, role: Role, problems: &mut Vec<String>) {
+    if role != Role::Tooling && c.dir != format!("crates/{}", c.name) {
+        problems.push(format!(
+            "{}: lives in {} but must live in crates/{}",
+            c.name, c.dir, c.name
+        ));
+    }
+    if !c.uses_workspace_lints {
+        problems.push(format!(
+            "{}: Cargo.toml must opt into the workspace lints ([lints] workspace = true)",
+            c.name
+        ));
+    }
+}
+
+fn check_layering(c: &CrateInfo, role: Role, problems: &mut Vec<String>) {
+    for d in &c.internal_deps {
+        let Some(dep_role) = role_of(&d.name) else {
+            continue; // reported for the dependency itself
+        };
+        let kind = if d.dev {
+            "dev-dependency"
+        } else {
+            "dependency"
+        };
+        let allowed = match role {
+            // Tests of the bottom layers may use anything below the backends.
+            Role::Core => d.dev && dep_role == Role::Conformance,
+            Role::Cipher | Role::Store | Role::Rotation => {
+                dep_role == Role::Core
+                    || (d.dev && matches!(dep_role, Role::Conformance | Role::Cipher))
+            }
+            Role::Backend => {
+                matches!(dep_role, Role::Core | Role::Cipher)
+                    || (d.dev && dep_role == Role::Conformance)
+            }
+            Role::Manager | Role::Conformance => {
+                (dep_role != Role::Backend && dep_role != Role::Assembly)
+                    || (d.dev && dep_role == Role::Backend)
+            }
+            Role::Assembly | Role::Tooling => true,
+        };
+        if !allowed {
+            problems.push(format!(
+                "{}: {kind} on {} breaks the layering rules in ARCHITECTURE.md",
+                c.name, d.name
+            ));
+        }
+    }
+}
+
+fn check_release(c: &CrateInfo, problems: &mut Vec<String>) {
+    let should_publish = !UNPUBLISHED.contains(&c.name.as_str());
+    if should_publish != c.publishable {
+        problems.push(format!(
+            "{}: must {}be publishable (publish = false is for {})",
+            c.name,
+            if should_publish { "" } else { "not " },
+            UNPUBLISHED.join(", ")
+        ));
+    }
+    if c.publishable {
+        for m in &c.missing_metadata {
+            problems.push(format!("{}: publishable crate is missing `{m}`", c.name));
+        }
+        for d in c.internal_deps.iter().filter(|d| !d.dev && !d.has_version) {
+            problems.push(format!(
+                "{}: path dependency on {} needs a version to be packaged",
+                c.name, d.name
+            ));
+        }
+    }
+}
+
+fn check_unsafe(c: &CrateInfo, architecture_md: &str, problems: &mut Vec<String>) {
+    if c.has_unsafe || c.allows_unsafe {
+        let documented = architecture_md
+            .split("## Unsafe code")
+            .nth(1)
+            .is_some_and(|s| s.split("\n## ").next().unwrap_or("").contains(&c.name));
+        if !documented {
+            problems.push(format!(
+                "{}: uses unsafe code, which is only allowed in a crate that says why in \
+                 ARCHITECTURE.md's \"Unsafe code\" section",
+                c.name
+            ));
+        }
+    }
+}
+
+/// Loads the workspace at `root` and checks it.
+pub fn check_workspace(root: &Path) -> Result<Vec<String>> {
+    let crates = load(root)?;
+    let arch = std::fs::read_to_string(root.join("ARCHITECTURE.md"))
+        .map_err(|e| format!("cannot read ARCHITECTURE.md: {e}"))?;
+    let mut problems = check(&crates, &arch);
+    for top in [
+        "Cargo.toml",
+        "crates",
+        "xtask",
+        "benches",
+        "fuzz",
+        "docs",
+        "deny.toml",
+        "README.md",
+        "ARCHITECTURE.md",
+        ".ci/run",
+        ".cargo/config.toml",
+    ] {
+        if !root.join(top).exists() {
+            problems.push(format!("the top level must have {top}"));
+        }
+    }
+    Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn krate(name: &str, deps: &[(&str, bool)]) -> CrateInfo {
+        CrateInfo {
+            name: name.into(),
+            dir: format!("crates/{name}"),
+            publishable: !UNPUBLISHED.contains(&name),
+            internal_deps: deps
+                .iter()
+                .map(|(n, dev)| InternalDep {
+                    name: n.to_string(),
+                    dev: *dev,
+                    has_version: true,
+                })
+                .collect(),
+            missing_metadata: vec![],
+            uses_workspace_lints: true,
+            has_unsafe: false,
+            allows_unsafe: false,
+        }
+    }
+
+    fn arch_for(crates: &[CrateInfo]) -> String {
+        crates.iter().map(|c| format!("`{}`\n", c.name)).collect()
+    }
+
+    fn problems(crates: Vec<CrateInfo>) -> Vec<String> {
+        let arch = arch_for(&crates);
+        check(&crates, &arch)
+    }
+
+    #[test]
+    fn a_clean_workspace_passes() {
+        let ws = vec![
+            krate("heliosdb-tde-core", &[]),
+            krate("heliosdb-tde-cipher", &[("heliosdb-tde-core", false)]),
+            krate(
+                "heliosdb-tde-file",
+                &[("heliosdb-tde-core", false), ("heliosdb-tde-cipher", false)],
+            ),
+            krate(
+                "heliosdb-security",
+                &[("heliosdb-tde-file", false), ("heliosdb-tde-vault", false)],
+            ),
+        ];
+        assert_eq!(problems(ws), Vec::<String>::new());
+    }
+
+    #[test]
+    fn core_may_not_depend_on_our_crates() {
+        let p = problems(vec![krate(
+            "heliosdb-tde-core",
+            &[("heliosdb-tde-cipher", false)],
+        )]);
+        assert!(p[0].contains("layering"), "{p:?}");
+    }
+
+    #[test]
+    fn a_backend_may_not_depend_on_another_backend() {
+        for dev in [false, true] {
+            let p = problems(vec![krate(
+                "heliosdb-tde-vault",
+                &[("heliosdb-tde-core", false), ("heliosdb-tde-memory", dev)],
+            )]);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(p[0].contains("heliosdb-tde-memory"), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn rotation_depends_only_on_core() {
+        let p = problems(vec![krate(
+            "heliosdb-tde-rotation",
+            &[
+                ("heliosdb-tde-core", false),
+                ("heliosdb-tde-keystore", false),
+            ],
+        )]);
+        assert_eq!(p.len(), 1, "{p:?}");
+    }
+
+    #[test]
+    fn only_the_facade_and_cli_know_backends() {
+        let p = problems(vec![krate(
+            "heliosdb-tde-manager",
+            &[("heliosdb-tde-file", false)],
+        )]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        let ok = problems(vec![krate(
+            "heliosdb-cli",
+            &[("heliosdb-tde-pkcs11", false)],
+        )]);
+        assert!(ok.is_empty(), "{ok:?}");
+    }
+
+    #[test]
+    fn unknown_crates_and_wrong_directories_are_reported() {
+        let p = problems(vec![krate("heliosdb-tde-gcp", &[])]);
+        assert!(p[0].contains("not on the crate map"), "{p:?}");
+        let mut c = krate("heliosdb-tde-core", &[]);
+        c.dir = "crates/core".into();
+        let p = problems(vec![c]);
+        assert!(
+            p[0].contains("must live in crates/heliosdb-tde-core"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn release_metadata_is_required() {
+        let mut c = krate("heliosdb-tde-core", &[]);
+        c.missing_metadata = vec!["rust-version"];
+        let p = problems(vec![c]);
+        assert!(p[0].contains("rust-version"), "{p:?}");
+        let mut c = krate("heliosdb-tde-cipher", &[("heliosdb-tde-core", false)]);
+        c.internal_deps[0].has_version = false;
+        let p = problems(vec![c]);
+        assert!(p[0].contains("needs a version"), "{p:?}");
+        let mut c = krate("heliosdb-tde-conformance", &[]);
+        c.publishable = true;
+        let p = problems(vec![c]);
+        assert!(p[0].contains("must not be publishable"), "{p:?}");
+    }
+
+    #[test]
+    fn unsafe_needs_a_documented_reason() {
+        let mut c = krate("heliosdb-tde-core", &[]);
+        c.has_unsafe = true;
+        let p = problems(vec![c.clone()]);
+        assert!(p[0].contains("unsafe"), "{p:?}");
+        let arch = format!(
+            "{}\n## Unsafe code\n- heliosdb-tde-core: mlock\n## Next\n",
+            arch_for(std::slice::from_ref(&c))
+        );
+        assert!(check(&[c], &arch).is_empty());
+    }
+
+    #[test]
+    fn unsafe_scanner_ignores_strings_and_comments() {
+        let dir = std::env::temp_dir().join(format!("tidy-scan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("lib.rs"), "let s = \"unsafe {\"; // unsafe fn\n").unwrap();
+        assert_eq!(scan_unsafe(&dir), (false, false));
+        std::fs::write(
+            dir.join("lib.rs"),
+            "#![allow(unsafe_code)]\nfn f() { unsafe { g() } }\n",
+        )
+        .unwrap();
+        assert_eq!(scan_unsafe(&dir), (true, true));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!uses_unsafe_keyword("if c.allows_unsafe {"));
+        assert!(uses_unsafe_keyword("pub unsafe fn f()"));
+        assert!(uses_unsafe_keyword("unsafe impl Send for X {}"));
+    }
+
+    #[test]
+    fn lints_and_code_map_are_required() {
+        let mut c = krate("heliosdb-tde-core", &[]);
+        c.uses_workspace_lints = false;
+        let p = check(&[c], "");
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(uses_workspace_lints("[lints]\nworkspace = true\n"));
+        assert!(!uses_workspace_lints("[lints.rust]\nworkspace = true\n"));
+    }
+}

@@ -17,18 +17,6 @@ use heliosdb_tde_core::{
 /// Length of the local wrap payload.
 pub const PAYLOAD_LEN: usize = NONCE_LEN + KEY_LEN + TAG_LEN;
 
-fn check_identity(tek: &TableKey, ctx: &WrapContext) -> Result<()> {
-    if tek.id().table != ctx.table || tek.id().version != ctx.tek_version {
-        return Err(TdeError::InvalidKeyState {
-            key: tek.id().to_string(),
-            state: heliosdb_tde_core::KeyState::Active,
-            operation: format!("wrap for {}", ctx.tek_id()),
-            hint: "a TEK can only be wrapped for its own table and version".into(),
-        });
-    }
-    Ok(())
-}
-
 /// Wraps `tek` under `master`, bound to `ctx`.
 pub fn wrap_tek(
     backend: Backend,
@@ -37,7 +25,7 @@ pub fn wrap_tek(
     tek: &TableKey,
     ctx: &WrapContext,
 ) -> Result<WrappedTek> {
-    check_identity(tek, ctx)?;
+    ctx.ensure_names(tek)?;
     let key = AeadKey::new(backend, master.bytes().expose_secret())?;
     let nonce = random_nonce()?;
     let mut payload = vec![0u8; PAYLOAD_LEN];

@@ -68,6 +68,20 @@ impl WrapContext {
         }
     }
 
+    /// Checks that this context names `tek`'s own table and version: a TEK is only ever wrapped
+    /// for itself. Every provider calls this before wrapping.
+    pub fn ensure_names(&self, tek: &crate::TableKey) -> crate::Result<()> {
+        if tek.id().table != self.table || tek.id().version != self.tek_version {
+            return Err(crate::TdeError::InvalidKeyState {
+                key: tek.id().to_string(),
+                state: crate::KeyState::Active,
+                operation: format!("wrap for {}", self.tek_id()),
+                hint: "a TEK can only be wrapped for its own table and version".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// The TEK this context names.
     pub fn tek_id(&self) -> TekId {
         TekId::new(self.table.clone(), self.tek_version)

@@ -92,7 +92,10 @@ pub async fn aad_binding(p: &dyn MekProvider) {
     let key = tek("users@v1");
     let w = p.wrap_tek(&mek, &key, &ctx("users@v1")).await.unwrap();
     assert_rejected(p.unwrap_tek(&w, &ctx("orders@v1")).await, "another table");
-    assert_rejected(p.unwrap_tek(&w, &ctx("users@v2")).await, "another TEK version");
+    assert_rejected(
+        p.unwrap_tek(&w, &ctx("users@v2")).await,
+        "another TEK version",
+    );
     let mut backup = ctx("users@v1");
     backup.purpose = WrapPurpose::Backup;
     assert_rejected(p.unwrap_tek(&w, &backup).await, "another purpose");
@@ -157,7 +160,10 @@ pub async fn versions(p: &dyn MekProvider) {
     // Lifecycle: Deactivated cannot jump back to Active, but can be reactivated to DecryptOnly.
     assert!(p.set_mek_state(&v1, KeyState::Active).await.is_err());
     p.set_mek_state(&v1, KeyState::DecryptOnly).await.unwrap();
-    assert!(p.unwrap_tek(&w1, &c).await.is_ok(), "reactivated version unwraps");
+    assert!(
+        p.unwrap_tek(&w1, &c).await.is_ok(),
+        "reactivated version unwraps"
+    );
 
     // A third rotation continues the numbering.
     let v3 = p.rotate_mek(&v1.id).await.unwrap();
@@ -187,7 +193,11 @@ pub async fn errors(p: &dyn MekProvider) {
         .unwrap_err();
     assert!(matches!(e, TdeError::KeyNotFound { .. }), "{e}");
     let missing_version = MekRef::new(mek.id.clone(), MekVersion::new(99).unwrap());
-    assert!(p.set_mek_state(&missing_version, KeyState::Deactivated).await.is_err());
+    assert!(
+        p.set_mek_state(&missing_version, KeyState::Deactivated)
+            .await
+            .is_err()
+    );
     assert!(p.health().await.unwrap().healthy);
 }
 

@@ -63,11 +63,13 @@ impl InMemoryMekProvider {
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, BTreeMap<MekRef, Version>>> {
-        self.versions.lock().map_err(|_| TdeError::ProviderUnavailable {
-            provider: DESCRIPTION.into(),
-            reason: "internal lock poisoned by a panic in another thread".into(),
-            retryable: false,
-        })
+        self.versions
+            .lock()
+            .map_err(|_| TdeError::ProviderUnavailable {
+                provider: DESCRIPTION.into(),
+                reason: "internal lock poisoned by a panic in another thread".into(),
+                retryable: false,
+            })
     }
 
     fn not_found(mek: &dyn fmt::Display) -> TdeError {
@@ -132,7 +134,11 @@ impl MekProvider for InMemoryMekProvider {
         }
         let mek = MekRef::new(mek_id.clone(), heliosdb_tde_core::MekVersion::FIRST);
         let entry = Version {
-            key: Arc::new(MasterKey::new(mek.clone(), algorithm, KeyBytes::generate()?)),
+            key: Arc::new(MasterKey::new(
+                mek.clone(),
+                algorithm,
+                KeyBytes::generate()?,
+            )),
             state: KeyState::Active,
             created_at: Timestamp::now(),
         };
@@ -206,7 +212,11 @@ impl MekProvider for InMemoryMekProvider {
         }
         let mek = MekRef::new(mek_id.clone(), latest.next()?);
         let entry = Version {
-            key: Arc::new(MasterKey::new(mek.clone(), algorithm, KeyBytes::generate()?)),
+            key: Arc::new(MasterKey::new(
+                mek.clone(),
+                algorithm,
+                KeyBytes::generate()?,
+            )),
             state: KeyState::Active,
             created_at: Timestamp::now(),
         };

@@ -1,0 +1,357 @@
+//! The binary encoding of stored TEK records (see `docs/formats/keystore-record.md`).
+//!
+//! Decoding is total: any byte string gives a record or a [`TdeError::Corrupt`].
+
+use heliosdb_tde_core::{
+    EncryptionAlgorithm, KeyId, KeyMetadata, KeyState, MekId, MekRef, MekVersion, Result, TableId,
+    TdeError, TekId, TekRecord, TekVersion, Timestamp, UsageCounters, WrappedTek,
+};
+
+/// The record format version this crate writes.
+pub const RECORD_VERSION: u8 = 1;
+
+/// The store key of a TEK: table bytes, a zero byte, the version as u32 big-endian. Table ids
+/// never contain a zero byte, so keys sort by (table, version).
+pub fn tek_key(id: &TekId) -> Vec<u8> {
+    let t = id.table.as_str().as_bytes();
+    let mut k = Vec::with_capacity(t.len() + 5);
+    k.extend_from_slice(t);
+    k.push(0);
+    k.extend_from_slice(&id.version.get().to_be_bytes());
+    k
+}
+
+/// The key range holding every version of `table`: `[table 0x00, table 0x01)`.
+pub fn table_range(table: &TableId) -> (Vec<u8>, Vec<u8>) {
+    let t = table.as_str().as_bytes();
+    let mut lo = t.to_vec();
+    lo.push(0);
+    let mut hi = t.to_vec();
+    hi.push(1);
+    (lo, hi)
+}
+
+/// Parses a store key back into a TEK id; `location` names the store in errors.
+pub fn parse_tek_key(key: &[u8], location: &str) -> Result<TekId> {
+    let bad = |d: &str| {
+        TdeError::corrupt(
+            "key store key",
+            format!("{location} (key bytes {key:02x?})"),
+            d.to_string(),
+        )
+    };
+    if key.len() < 6 || key[key.len() - 5] != 0 {
+        return Err(bad("not TABLE 0x00 VERSION"));
+    }
+    let (t, v) = key.split_at(key.len() - 5);
+    let table = std::str::from_utf8(t)
+        .ok()
+        .and_then(|s| TableId::new(s).ok())
+        .ok_or_else(|| bad("invalid table id"))?;
+    let version = u32::from_be_bytes([v[1], v[2], v[3], v[4]]);
+    let version = TekVersion::new(version).map_err(|_| bad("TEK version 0"))?;
+    Ok(TekId::new(table, version))
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    location: &'a str,
+}
+
+impl<'a> Reader<'a> {
+    fn err(&self, detail: String) -> TdeError {
+        TdeError::corrupt("key store record", self.location, detail)
+    }
+    fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8]> {
+        match self.pos.checked_add(n).filter(|&e| e <= self.buf.len()) {
+            Some(end) => {
+                let s = &self.buf[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(self.err(format!("truncated at byte {} reading {field}", self.pos))),
+        }
+    }
+    fn u8(&mut self, field: &str) -> Result<u8> {
+        Ok(self.take(1, field)?[0])
+    }
+    fn u32(&mut self, field: &str) -> Result<u32> {
+        let b = self.take(4, field)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, field: &str) -> Result<u64> {
+        let b = self.take(8, field)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn flag(&mut self, field: &str) -> Result<bool> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            x => Err(self.err(format!("{field}: flag byte {x} is neither 0 nor 1"))),
+        }
+    }
+    fn envelope(&mut self, field: &str) -> Result<WrappedTek> {
+        let len = usize::try_from(self.u32(field)?).unwrap_or(usize::MAX);
+        let bytes = self.take(len, field)?;
+        WrappedTek::decode(bytes).map_err(|e| self.err(format!("{field}: {e}")))
+    }
+}
+
+fn put_envelope(out: &mut Vec<u8>, w: &WrappedTek) {
+    let bytes = w.encode();
+    out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&bytes);
+}
+
+/// Encodes a record (the TEK id is the store key, not part of the value).
+pub fn encode(r: &TekRecord) -> Vec<u8> {
+    let m = &r.metadata;
+    let mut out = Vec::with_capacity(160 + r.wrapped.payload.len() * 2);
+    out.push(RECORD_VERSION);
+    out.push(m.state.code());
+    out.push(m.algorithm.code());
+    match &m.wrapped_by {
+        Some(mek) => {
+            out.push(1);
+            let id = mek.id.as_str().as_bytes();
+            out.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
+            out.extend_from_slice(id);
+            out.extend_from_slice(&mek.version.get().to_be_bytes());
+        }
+        None => out.push(0),
+    }
+    out.extend_from_slice(&m.created_at.0.to_be_bytes());
+    out.extend_from_slice(&m.state_changed_at.0.to_be_bytes());
+    out.extend_from_slice(&m.usage.encryptions.to_be_bytes());
+    out.extend_from_slice(&m.usage.decryptions.to_be_bytes());
+    match m.usage.last_used {
+        Some(t) => {
+            out.push(1);
+            out.extend_from_slice(&t.0.to_be_bytes());
+        }
+        None => out.push(0),
+    }
+    put_envelope(&mut out, &r.wrapped);
+    match &r.previous_wrap {
+        Some(p) => {
+            out.push(1);
+            put_envelope(&mut out, p);
+        }
+        None => out.push(0),
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// Decodes the record stored under `id`. `location` names it in errors (store path and key).
+pub fn decode(id: &TekId, bytes: &[u8], location: &str) -> Result<TekRecord> {
+    // The last four bytes are a CRC-32 of the rest: the storage engine does not checksum every
+    // page, so flipped bits in metadata (a state code, a counter) would otherwise go unnoticed.
+    let Some(split) = bytes.len().checked_sub(4) else {
+        return Err(TdeError::corrupt(
+            "key store record",
+            location,
+            format!("{} bytes is too short for a record", bytes.len()),
+        ));
+    };
+    let (body, crc) = bytes.split_at(split);
+    if crc32fast::hash(body).to_be_bytes() != crc {
+        return Err(TdeError::corrupt(
+            "key store record",
+            location,
+            "checksum mismatch: the record was damaged on disk",
+        ));
+    }
+    let bytes = body;
+    let mut r = Reader {
+        buf: bytes,
+        pos: 0,
+        location,
+    };
+    let version = r.u8("record version")?;
+    if version != RECORD_VERSION {
+        return Err(r.err(format!(
+            "record version {version} is not supported by this build (it reads \
+             {RECORD_VERSION}); upgrade HeliosDB"
+        )));
+    }
+    let s = r.u8("state")?;
+    let state = KeyState::from_code(s).ok_or_else(|| r.err(format!("unknown state code {s}")))?;
+    let a = r.u8("algorithm")?;
+    let algorithm = EncryptionAlgorithm::from_code(a)
+        .ok_or_else(|| r.err(format!("unknown algorithm code {a}")))?;
+    let wrapped_by = if r.flag("wrapped-by flag")? {
+        let n = usize::from(r.u8("MEK id length")?);
+        let raw = r.take(n, "MEK id")?;
+        let id = std::str::from_utf8(raw)
+            .ok()
+            .and_then(|s| MekId::new(s).ok())
+            .ok_or_else(|| r.err("invalid MEK id".into()))?;
+        let v =
+            MekVersion::new(r.u32("MEK version")?).map_err(|_| r.err("MEK version 0".into()))?;
+        Some(MekRef::new(id, v))
+    } else {
+        None
+    };
+    let created_at = Timestamp(r.u64("created_at")?);
+    let state_changed_at = Timestamp(r.u64("state_changed_at")?);
+    let encryptions = r.u64("encryptions")?;
+    let decryptions = r.u64("decryptions")?;
+    let last_used = if r.flag("last-used flag")? {
+        Some(Timestamp(r.u64("last_used")?))
+    } else {
+        None
+    };
+    let wrapped = r.envelope("wrapped TEK")?;
+    let previous_wrap = if r.flag("previous-wrap flag")? {
+        Some(r.envelope("previous wrapped TEK")?)
+    } else {
+        None
+    };
+    if r.pos != bytes.len() {
+        return Err(r.err(format!("{} trailing bytes", bytes.len() - r.pos)));
+    }
+    Ok(TekRecord {
+        id: id.clone(),
+        metadata: KeyMetadata {
+            key_id: KeyId::Table(id.clone()),
+            state,
+            algorithm,
+            wrapped_by,
+            created_at,
+            state_changed_at,
+            usage: UsageCounters {
+                encryptions,
+                decryptions,
+                last_used,
+            },
+        },
+        wrapped,
+        previous_wrap,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heliosdb_tde_core::ProviderKind;
+    use proptest::prelude::*;
+
+    fn env(mek: &str, n: usize) -> WrappedTek {
+        WrappedTek {
+            algorithm: EncryptionAlgorithm::Aes256Gcm,
+            provider: ProviderKind::SecureFile,
+            mek: mek.parse().unwrap(),
+            payload: vec![0x5A; n],
+        }
+    }
+
+    fn arb_record() -> impl Strategy<Value = TekRecord> {
+        (
+            "[a-z][a-z0-9_.]{0,20}",
+            1u32..,
+            1u8..=5,
+            any::<bool>(),
+            any::<(u64, u64, u64, u64)>(),
+            prop::option::of(any::<u64>()),
+            0usize..100,
+            prop::option::of(0usize..100),
+        )
+            .prop_map(|(t, v, s, wb, (c, sc, e, d), lu, n, prev)| {
+                let id: TekId = format!("{t}@v{v}").parse().unwrap();
+                TekRecord {
+                    id: id.clone(),
+                    metadata: KeyMetadata {
+                        key_id: KeyId::Table(id),
+                        state: KeyState::from_code(s).unwrap(),
+                        algorithm: EncryptionAlgorithm::Aes256Gcm,
+                        wrapped_by: wb.then(|| "m@v2".parse().unwrap()),
+                        created_at: Timestamp(c),
+                        state_changed_at: Timestamp(sc),
+                        usage: UsageCounters {
+                            encryptions: e,
+                            decryptions: d,
+                            last_used: lu.map(Timestamp),
+                        },
+                    },
+                    wrapped: env("m@v2", n),
+                    previous_wrap: prev.map(|p| env("m@v1", p)),
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(rec in arb_record()) {
+            let bytes = encode(&rec);
+            prop_assert_eq!(decode(&rec.id, &bytes, "test").unwrap(), rec.clone());
+            prop_assert_eq!(parse_tek_key(&tek_key(&rec.id), "test").unwrap(), rec.id);
+        }
+
+        #[test]
+        fn decode_is_total(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let id: TekId = "t@v1".parse().unwrap();
+            let _ = decode(&id, &bytes, "test");
+            let _ = parse_tek_key(&bytes, "test");
+        }
+    }
+
+    #[test]
+    fn truncations_are_errors_naming_the_location() {
+        let id: TekId = "users@v1".parse().unwrap();
+        let rec = TekRecord::new(
+            id.clone(),
+            KeyMetadata::new_active(
+                KeyId::Table(id.clone()),
+                EncryptionAlgorithm::Aes256Gcm,
+                Some("m@v1".parse().unwrap()),
+            ),
+            env("m@v1", 60),
+        )
+        .unwrap();
+        let bytes = encode(&rec);
+        for n in 0..bytes.len() {
+            let e = decode(&id, &bytes[..n], "/keys/tek-store.redb users@v1").unwrap_err();
+            assert!(e.to_string().contains("/keys/tek-store.redb"), "{e}");
+        }
+    }
+
+    #[test]
+    fn every_bit_flip_is_detected() {
+        let id: TekId = "users@v1".parse().unwrap();
+        let rec = TekRecord::new(
+            id.clone(),
+            KeyMetadata::new_active(
+                KeyId::Table(id.clone()),
+                EncryptionAlgorithm::Aes256Gcm,
+                None,
+            ),
+            env("m@v1", 60),
+        )
+        .unwrap();
+        let bytes = encode(&rec);
+        for bit in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                decode(&id, &b, "test").is_err(),
+                "flip of bit {bit} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_sort_by_table_then_version() {
+        let k = |s: &str| tek_key(&s.parse().unwrap());
+        assert!(k("a@v2") < k("a@v10"));
+        assert!(k("a@v4294967295") < k("a.b@v1"));
+        assert!(k("a@v1") < k("ab@v1"));
+        let (lo, hi) = table_range(&"a".parse().unwrap());
+        assert!(lo <= k("a@v1") && k("a@v4294967295") < hi);
+        assert!(!(lo <= k("ab@v1") && k("ab@v1") < hi));
+    }
+}

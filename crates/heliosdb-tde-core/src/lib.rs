@@ -19,6 +19,7 @@
 
 pub mod aad;
 pub mod audit;
+pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod ids;
@@ -31,6 +32,7 @@ pub mod time;
 
 pub use aad::{WrapContext, WrapPurpose};
 pub use audit::{AuditAction, AuditEvent, AuditOutcome, AuditSink};
+pub use config::{KdfParams, SecureFileConfig};
 pub use envelope::WrappedTek;
 pub use error::{Result, TdeError};
 pub use ids::{KeyId, MekId, MekRef, MekVersion, TableId, TekId, TekVersion};

@@ -1,0 +1,130 @@
+//! Plain configuration data for the providers, shared by the facade (which parses it from
+//! TOML and the environment whatever backends are compiled in) and the backend crates.
+//!
+//! Nothing here is secret: passphrases, PINs and tokens are read at run time from the
+//! environment or from files named here, never stored in these structs.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The default environment variable holding the secure file provider's passphrase.
+pub const DEFAULT_PASSPHRASE_ENV: &str = "HELIOSDB_MEK_PASSPHRASE";
+
+/// Argon2id cost parameters for deriving a key from a passphrase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory cost in KiB.
+    pub m_cost_kib: u32,
+    /// Number of passes.
+    pub t_cost: u32,
+    /// Degree of parallelism.
+    pub p_cost: u32,
+}
+
+impl KdfParams {
+    /// OWASP's recommended minimum for Argon2id (Password Storage Cheat Sheet): 19 MiB of
+    /// memory, 2 iterations, parallelism 1. Production mode refuses anything weaker.
+    pub const OWASP_MINIMUM: KdfParams = KdfParams {
+        m_cost_kib: 19 * 1024,
+        t_cost: 2,
+        p_cost: 1,
+    };
+
+    /// Whether these parameters are at least [`KdfParams::OWASP_MINIMUM`] in memory and
+    /// passes (a higher memory cost may trade for fewer passes: 46 MiB with 1 pass is OWASP's
+    /// other option).
+    pub fn meets_owasp_minimum(&self) -> bool {
+        let m = self.m_cost_kib;
+        (m >= 19 * 1024 && self.t_cost >= 2) || (m >= 46 * 1024 && self.t_cost >= 1)
+    }
+}
+
+impl Default for KdfParams {
+    fn default() -> Self {
+        Self::OWASP_MINIMUM
+    }
+}
+
+/// Configuration of the secure file MEK provider.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureFileConfig {
+    /// The directory holding one `<mek_id>.v<version>.mek` file per MEK version. Created with
+    /// mode 0700.
+    pub storage_path: PathBuf,
+    /// The environment variable holding the passphrase; `None` means
+    /// [`DEFAULT_PASSPHRASE_ENV`].
+    #[serde(default)]
+    pub passphrase_env_var: Option<String>,
+    /// A file holding the passphrase (mode 0600), used instead of the environment variable.
+    #[serde(default)]
+    pub passphrase_file: Option<PathBuf>,
+    /// Argon2id parameters for newly written files; `None` means [`KdfParams::default`].
+    #[serde(default)]
+    pub kdf: Option<KdfParams>,
+}
+
+impl SecureFileConfig {
+    /// A configuration with the defaults for everything but the directory.
+    pub fn new(storage_path: impl Into<PathBuf>) -> Self {
+        Self {
+            storage_path: storage_path.into(),
+            passphrase_env_var: None,
+            passphrase_file: None,
+            kdf: None,
+        }
+    }
+
+    /// The name of the passphrase variable in effect.
+    pub fn passphrase_var(&self) -> &str {
+        self.passphrase_env_var
+            .as_deref()
+            .unwrap_or(DEFAULT_PASSPHRASE_ENV)
+    }
+}
+
+impl Default for SecureFileConfig {
+    fn default() -> Self {
+        Self::new("/var/lib/heliosdb/mek")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owasp_floor() {
+        assert!(KdfParams::default().meets_owasp_minimum());
+        assert!(
+            !KdfParams {
+                m_cost_kib: 8 * 1024,
+                t_cost: 2,
+                p_cost: 1
+            }
+            .meets_owasp_minimum()
+        );
+        assert!(
+            KdfParams {
+                m_cost_kib: 46 * 1024,
+                t_cost: 1,
+                p_cost: 1
+            }
+            .meets_owasp_minimum()
+        );
+        assert!(
+            !KdfParams {
+                m_cost_kib: 19 * 1024,
+                t_cost: 1,
+                p_cost: 1
+            }
+            .meets_owasp_minimum()
+        );
+    }
+
+    #[test]
+    fn default_variable() {
+        let c = SecureFileConfig::new("/x");
+        assert_eq!(c.passphrase_var(), "HELIOSDB_MEK_PASSPHRASE");
+    }
+}

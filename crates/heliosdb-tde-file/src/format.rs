@@ -1,0 +1,330 @@
+//! The MEK file format, version 1 (drawn in `docs/formats/mek-file.md`).
+//!
+//! ```text
+//! "HMEK" | format u8 = 1 | KDF u8 = 1 (Argon2id v1.3) | m_cost u32 | t_cost u32 | p_cost u32
+//! | salt len u8 | salt | passphrase generation u32 | algorithm u8 | state u8
+//! | created_at u64 | state_changed_at u64 | MEK id len u8 | MEK id | MEK version u32
+//! | nonce (12) | encrypted MEK (32) | tag (16)
+//! ```
+//!
+//! Every byte before the nonce is the header, and the header is the AES-GCM associated data:
+//! the KDF parameters, the salt, the MEK identity and its state cannot be changed without the
+//! file failing to open. Parsing is total.
+
+use heliosdb_tde_cipher::{NONCE_LEN, TAG_LEN};
+use heliosdb_tde_core::{
+    EncryptionAlgorithm, KEY_LEN, KdfParams, KeyState, MekId, MekRef, MekVersion, Result, TdeError,
+    Timestamp,
+};
+use std::path::Path;
+
+/// The four bytes every MEK file starts with.
+pub const MAGIC: [u8; 4] = *b"HMEK";
+/// The file format version this crate writes.
+pub const FORMAT_VERSION: u8 = 1;
+/// KDF code for Argon2id, version 0x13.
+pub const KDF_ARGON2ID: u8 = 1;
+/// Salt length written by this crate.
+pub const SALT_LEN: usize = 32;
+
+/// Limits applied when parsing, so that a hostile file cannot make us allocate or spin forever.
+const MAX_M_COST_KIB: u32 = 4 * 1024 * 1024;
+const MAX_T_COST: u32 = 64;
+const MAX_P_COST: u32 = 64;
+
+/// The authenticated header of a MEK file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Argon2id parameters the file key was derived with.
+    pub kdf: KdfParams,
+    /// The Argon2id salt.
+    pub salt: Vec<u8>,
+    /// Which passphrase generation encrypted the file (incremented by each passphrase change).
+    pub generation: u32,
+    /// The MEK's algorithm.
+    pub algorithm: EncryptionAlgorithm,
+    /// The MEK version's lifecycle state.
+    pub state: KeyState,
+    /// When the version was created.
+    pub created_at: Timestamp,
+    /// When its state last changed.
+    pub state_changed_at: Timestamp,
+    /// Which MEK version the file holds.
+    pub mek: MekRef,
+}
+
+/// A parsed MEK file: header bytes (the AAD), header, and the sealed key.
+#[derive(Clone, Debug)]
+pub struct MekFile {
+    /// The header as stored: the associated data.
+    pub header_bytes: Vec<u8>,
+    /// The parsed header.
+    pub header: Header,
+    /// The nonce.
+    pub nonce: [u8; NONCE_LEN],
+    /// The encrypted MEK.
+    pub ciphertext: [u8; KEY_LEN],
+    /// The tag.
+    pub tag: [u8; TAG_LEN],
+}
+
+impl Header {
+    /// Encodes the header.
+    pub fn encode(&self) -> Vec<u8> {
+        let id = self.mek.id.as_str().as_bytes();
+        let mut out = Vec::with_capacity(64 + self.salt.len() + id.len());
+        out.extend_from_slice(&MAGIC);
+        out.push(FORMAT_VERSION);
+        out.push(KDF_ARGON2ID);
+        out.extend_from_slice(&self.kdf.m_cost_kib.to_be_bytes());
+        out.extend_from_slice(&self.kdf.t_cost.to_be_bytes());
+        out.extend_from_slice(&self.kdf.p_cost.to_be_bytes());
+        out.push(u8::try_from(self.salt.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(&self.salt);
+        out.extend_from_slice(&self.generation.to_be_bytes());
+        out.push(self.algorithm.code());
+        out.push(self.state.code());
+        out.extend_from_slice(&self.created_at.0.to_be_bytes());
+        out.extend_from_slice(&self.state_changed_at.0.to_be_bytes());
+        out.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(id);
+        out.extend_from_slice(&self.mek.version.get().to_be_bytes());
+        out
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Reader<'a> {
+    fn err(&self, detail: String) -> TdeError {
+        TdeError::corrupt("MEK file", self.path.display().to_string(), detail)
+    }
+    fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8]> {
+        match self.pos.checked_add(n).filter(|&e| e <= self.buf.len()) {
+            Some(end) => {
+                let s = &self.buf[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(self.err(format!(
+                "truncated at byte {} while reading the {field}",
+                self.pos
+            ))),
+        }
+    }
+    fn u8(&mut self, f: &str) -> Result<u8> {
+        Ok(self.take(1, f)?[0])
+    }
+    fn u32(&mut self, f: &str) -> Result<u32> {
+        let b = self.take(4, f)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, f: &str) -> Result<u64> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8, f)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn array<const N: usize>(&mut self, f: &str) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, f)?);
+        Ok(a)
+    }
+}
+
+/// Parses a MEK file read from `path`. Any input gives `Ok` or [`TdeError::Corrupt`] naming
+/// the file.
+pub fn parse(bytes: &[u8], path: &Path) -> Result<MekFile> {
+    let mut r = Reader {
+        buf: bytes,
+        pos: 0,
+        path,
+    };
+    if r.take(4, "magic")? != MAGIC {
+        return Err(r.err("bad magic: this is not a HeliosDB MEK file".into()));
+    }
+    let version = r.u8("format version")?;
+    if version != FORMAT_VERSION {
+        return Err(r.err(format!(
+            "format version {version} is not supported by this build (it reads \
+             {FORMAT_VERSION}); upgrade HeliosDB"
+        )));
+    }
+    let kdf_id = r.u8("KDF")?;
+    if kdf_id != KDF_ARGON2ID {
+        return Err(r.err(format!("unknown KDF code {kdf_id}")));
+    }
+    let kdf = KdfParams {
+        m_cost_kib: r.u32("Argon2 memory cost")?,
+        t_cost: r.u32("Argon2 time cost")?,
+        p_cost: r.u32("Argon2 parallelism")?,
+    };
+    if kdf.m_cost_kib > MAX_M_COST_KIB
+        || kdf.t_cost == 0
+        || kdf.t_cost > MAX_T_COST
+        || kdf.p_cost == 0
+        || kdf.p_cost > MAX_P_COST
+        || kdf.m_cost_kib < 8 * kdf.p_cost
+    {
+        return Err(r.err(format!("implausible Argon2 parameters {kdf:?}")));
+    }
+    let salt_len = usize::from(r.u8("salt length")?);
+    if !(16..=64).contains(&salt_len) {
+        return Err(r.err(format!("salt length {salt_len} is outside 16..=64")));
+    }
+    let salt = r.take(salt_len, "salt")?.to_vec();
+    let generation = r.u32("passphrase generation")?;
+    let a = r.u8("algorithm")?;
+    let algorithm = EncryptionAlgorithm::from_code(a)
+        .ok_or_else(|| r.err(format!("unknown algorithm code {a}")))?;
+    let s = r.u8("state")?;
+    let state = KeyState::from_code(s).ok_or_else(|| r.err(format!("unknown state code {s}")))?;
+    let created_at = Timestamp(r.u64("created_at")?);
+    let state_changed_at = Timestamp(r.u64("state_changed_at")?);
+    let id_len = usize::from(r.u8("MEK id length")?);
+    let id_raw = r.take(id_len, "MEK id")?;
+    let id = std::str::from_utf8(id_raw)
+        .ok()
+        .and_then(|s| MekId::new(s).ok())
+        .ok_or_else(|| r.err("the MEK id is not a valid identifier".into()))?;
+    let v = MekVersion::new(r.u32("MEK version")?).map_err(|_| r.err("MEK version 0".into()))?;
+    let header_end = r.pos;
+    let nonce = r.array::<NONCE_LEN>("nonce")?;
+    let ciphertext = r.array::<KEY_LEN>("encrypted MEK")?;
+    let tag = r.array::<TAG_LEN>("tag")?;
+    if r.pos != bytes.len() {
+        return Err(r.err(format!("{} unexpected trailing bytes", bytes.len() - r.pos)));
+    }
+    Ok(MekFile {
+        header_bytes: bytes[..header_end].to_vec(),
+        header: Header {
+            kdf,
+            salt,
+            generation,
+            algorithm,
+            state,
+            created_at,
+            state_changed_at,
+            mek: MekRef::new(id, v),
+        },
+        nonce,
+        ciphertext,
+        tag,
+    })
+}
+
+/// The file name of a MEK version: `<mek_id>.v<version>.mek`.
+pub fn file_name(mek: &MekRef) -> String {
+    format!("{}.v{}.mek", mek.id, mek.version.get())
+}
+
+/// The tombstone left when a version is destroyed: `<mek_id>.v<version>.destroyed`.
+pub fn tombstone_name(mek: &MekRef) -> String {
+    format!("{}.v{}.destroyed", mek.id, mek.version.get())
+}
+
+/// Parses a file name made by [`file_name`] or [`tombstone_name`]: the MEK version and whether
+/// it is a tombstone.
+pub fn parse_file_name(name: &str) -> Option<(MekRef, bool)> {
+    let (stem, tomb) = if let Some(s) = name.strip_suffix(".mek") {
+        (s, false)
+    } else {
+        (name.strip_suffix(".destroyed")?, true)
+    };
+    let (id, v) = stem.rsplit_once(".v")?;
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mek = MekRef::new(MekId::new(id).ok()?, MekVersion::new(v.parse().ok()?).ok()?);
+    Some((mek, tomb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Vec<u8> {
+        let h = Header {
+            kdf: KdfParams::default(),
+            salt: vec![9; SALT_LEN],
+            generation: 3,
+            algorithm: EncryptionAlgorithm::Aes256Gcm,
+            state: KeyState::Active,
+            created_at: Timestamp(1),
+            state_changed_at: Timestamp(2),
+            mek: "master_key_001@v4".parse().unwrap(),
+        };
+        let mut b = h.encode();
+        b.extend_from_slice(&[1; NONCE_LEN + KEY_LEN + TAG_LEN]);
+        b
+    }
+
+    #[test]
+    fn parse_round_trip_and_truncation() {
+        let b = sample();
+        let f = parse(&b, Path::new("/x.mek")).unwrap();
+        assert_eq!(f.header.mek.to_string(), "master_key_001@v4");
+        assert_eq!(f.header.generation, 3);
+        assert_eq!(f.header.encode(), f.header_bytes);
+        for n in 0..b.len() {
+            let e = parse(&b[..n], Path::new("/keys/m.v4.mek")).unwrap_err();
+            assert!(e.to_string().contains("/keys/m.v4.mek"), "{e}");
+        }
+    }
+
+    #[test]
+    fn hostile_parameters_are_refused() {
+        let mut b = sample();
+        b[6..10].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(
+            parse(&b, Path::new("x"))
+                .unwrap_err()
+                .to_string()
+                .contains("Argon2")
+        );
+    }
+
+    #[test]
+    fn names() {
+        let m: MekRef = "master_key_001@v12".parse().unwrap();
+        assert_eq!(file_name(&m), "master_key_001.v12.mek");
+        assert_eq!(
+            parse_file_name("master_key_001.v12.mek"),
+            Some((m.clone(), false))
+        );
+        assert_eq!(
+            parse_file_name("master_key_001.v12.destroyed"),
+            Some((m, true))
+        );
+        assert_eq!(parse_file_name("a.b.v3.mek").unwrap().0.id.as_str(), "a.b");
+        for bad in [
+            "x.mek",
+            "x.v.mek",
+            "x.v0.mek",
+            "x.vx.mek",
+            ".x.v1.mek.tmp",
+            "x.v1.txt",
+        ] {
+            assert_eq!(parse_file_name(bad), None, "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn parse_is_total(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse(&bytes, Path::new("fuzz"));
+        }
+
+        #[test]
+        fn parse_is_total_near_valid(i in any::<prop::sample::Index>(), v in any::<u8>()) {
+            let mut b = sample();
+            let i = i.index(b.len());
+            b[i] = v;
+            let _ = parse(&b, Path::new("fuzz"));
+        }
+    }
+}

@@ -89,6 +89,101 @@ impl Default for SecureFileConfig {
     }
 }
 
+/// Configuration of a cloud KMS MEK provider.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "provider", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum KmsConfig {
+    /// AWS Key Management Service.
+    Aws(AwsKmsConfig),
+    /// Azure Key Vault.
+    Azure(AzureKeyVaultConfig),
+    /// HashiCorp Vault (or OpenBao) Transit.
+    Vault(VaultTransitConfig),
+}
+
+impl KmsConfig {
+    /// The facade's cargo feature that provides this backend.
+    pub fn feature(&self) -> &'static str {
+        match self {
+            KmsConfig::Aws(_) => "aws-kms",
+            KmsConfig::Azure(_) => "azure-kv",
+            KmsConfig::Vault(_) => "vault",
+        }
+    }
+
+    /// A human-readable name of the backend.
+    pub fn name(&self) -> &'static str {
+        match self {
+            KmsConfig::Aws(_) => "AWS KMS",
+            KmsConfig::Azure(_) => "Azure Key Vault",
+            KmsConfig::Vault(_) => "HashiCorp Vault Transit",
+        }
+    }
+}
+
+/// AWS KMS settings (the guide's `AwsKmsConfig`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsKmsConfig {
+    /// The AWS region, for example `us-east-1`.
+    pub region: String,
+    /// The KMS key id or ARN.
+    pub key_id: String,
+    /// A custom endpoint URL (a VPC endpoint, or a local test server); `None` for AWS's own.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+/// Azure Key Vault settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureKeyVaultConfig {
+    /// The vault URL, for example `https://my-vault.vault.azure.net`.
+    pub vault_url: String,
+    /// The key name in the vault.
+    pub key_name: String,
+}
+
+/// HashiCorp Vault / OpenBao Transit settings. The token is read from `VAULT_TOKEN` (or the
+/// variable named here), never from this file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultTransitConfig {
+    /// The server address, for example `https://vault.example.com:8200`.
+    pub address: String,
+    /// The Transit mount path; `transit` by default.
+    #[serde(default)]
+    pub mount: Option<String>,
+    /// The environment variable holding the token; `VAULT_TOKEN` by default.
+    #[serde(default)]
+    pub token_env_var: Option<String>,
+}
+
+/// PKCS#11 HSM settings (the guide's `HsmConfig`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmConfig {
+    /// Path of the vendor's PKCS#11 module, for example `/usr/lib/softhsm/libsofthsm2.so`.
+    pub pkcs11_library_path: String,
+    /// The slot id; ignored when `token_label` is set (slot ids change after initialisation).
+    #[serde(default)]
+    pub slot_id: u64,
+    /// The token label to find the token by.
+    #[serde(default)]
+    pub token_label: Option<String>,
+    /// Seconds before an HSM operation is abandoned.
+    #[serde(default = "default_hsm_timeout")]
+    pub timeout_secs: u64,
+    /// Log each HSM operation (never key material or the PIN).
+    #[serde(default)]
+    pub enable_logging: bool,
+}
+
+fn default_hsm_timeout() -> u64 {
+    30
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

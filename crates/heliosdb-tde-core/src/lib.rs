@@ -32,7 +32,10 @@ pub mod time;
 
 pub use aad::{WrapContext, WrapPurpose};
 pub use audit::{AuditAction, AuditEvent, AuditOutcome, AuditSink};
-pub use config::{KdfParams, SecureFileConfig};
+pub use config::{
+    AwsKmsConfig, AzureKeyVaultConfig, HsmConfig, KdfParams, KmsConfig, SecureFileConfig,
+    VaultTransitConfig,
+};
 pub use envelope::WrappedTek;
 pub use error::{Result, TdeError};
 pub use ids::{KeyId, MekId, MekRef, MekVersion, TableId, TekId, TekVersion};

@@ -1,0 +1,553 @@
+//! `KeyManager`: the control path of the HeliosDB TDE key hierarchy.
+//!
+//! The manager owns the lifecycle of table encryption keys (TEKs) over any [`MekProvider`] and
+//! any [`KeyStore`]:
+//!
+//! * it refuses insecure providers in production mode ([`KeyManager::validate_security`]);
+//! * it creates TEKs from the OS CSPRNG, wraps them under the active MEK version bound to their
+//!   identity, and stores them ([`KeyManager::create_table_key`]);
+//! * it rotates a table's TEK: the new version becomes active for encryption and older versions
+//!   become decrypt-only, in one store transaction ([`KeyManager::rotate_table_key`]);
+//! * it caches unwrapped TEKs in a bounded cache with single-flight misses, so a cold cache
+//!   under a thousand concurrent readers costs one provider unwrap, and hits are a synchronous
+//!   lookup ([`KeyManager::get_cached_table_key`]).
+
+mod stats;
+
+pub use stats::{CacheStats, KeyStats, ProviderStats, UsageTotals};
+
+use heliosdb_tde_core::{
+    AuditAction, AuditEvent, AuditSink, EncryptionAlgorithm, KeyId, KeyMetadata, KeyState,
+    KeyStore, KeyType, MekId, MekInfo, MekProvider, MekRef, Result, SecurityMode, StoreBatch,
+    TableId, TableKey, TdeError, TekId, TekRecord, TekVersion, WrapContext,
+};
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
+use stats::Counters;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+/// Settings of a [`KeyManager`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyManagerConfig {
+    /// The MEK that wraps new TEKs.
+    pub default_mek_id: MekId,
+    /// The most TEKs kept unwrapped in the cache.
+    pub cache_limit: usize,
+    /// The algorithm of new TEKs.
+    pub algorithm: EncryptionAlgorithm,
+    /// The resolved security mode.
+    pub security_mode: SecurityMode,
+}
+
+/// Counts evictions; the evicted `Arc<TableKey>` is dropped right after, and its bytes are
+/// zeroized as soon as no caller still holds it.
+#[derive(Clone, Debug)]
+struct EvictionCounter(Arc<AtomicU64>);
+
+impl Lifecycle<TekId, Arc<TableKey>> for EvictionCounter {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), _key: TekId, _val: Arc<TableKey>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+type TekCache = Cache<TekId, Arc<TableKey>, UnitWeighter, DefaultHashBuilder, EvictionCounter>;
+
+/// The key manager.
+pub struct KeyManager {
+    /// The MEK provider (public so that the guide's `km.mek_provider.generate_mek(..)` works).
+    pub mek_provider: Arc<dyn MekProvider>,
+    store: Arc<dyn KeyStore>,
+    audit: Option<Arc<dyn AuditSink>>,
+    config: KeyManagerConfig,
+    cache: TekCache,
+    counters: Counters,
+    /// The active TEK version of each table seen by this process.
+    active_versions: RwLock<HashMap<TableId, TekVersion>>,
+    /// The MEK version new TEKs are wrapped under, once known.
+    active_mek: RwLock<Option<MekRef>>,
+    /// Serialises TEK creation and rotation (rare; reads never take it).
+    mutations: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for KeyManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyManager")
+            .field("provider", &self.mek_provider.description())
+            .field("store", &self.store.location())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn poisoned() -> TdeError {
+    TdeError::ProviderUnavailable {
+        provider: "key manager".into(),
+        reason: "internal lock poisoned by a panic in another thread".into(),
+        retryable: false,
+    }
+}
+
+impl KeyManager {
+    /// A manager over `provider` and `store`.
+    pub fn new(
+        provider: Arc<dyn MekProvider>,
+        store: Arc<dyn KeyStore>,
+        config: KeyManagerConfig,
+    ) -> Result<Self> {
+        if config.cache_limit == 0 {
+            return Err(TdeError::config("cache_limit", "must be at least 1"));
+        }
+        let counters = Counters::default();
+        let cache = TekCache::with(
+            config.cache_limit,
+            u64::try_from(config.cache_limit).unwrap_or(u64::MAX),
+            UnitWeighter,
+            DefaultHashBuilder::default(),
+            EvictionCounter(counters.cache_evictions.clone()),
+        );
+        Ok(Self {
+            mek_provider: provider,
+            store,
+            audit: None,
+            config,
+            cache,
+            counters,
+            active_versions: RwLock::new(HashMap::new()),
+            active_mek: RwLock::new(None),
+            mutations: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Sends audit events to `sink`.
+    pub fn with_audit(mut self, sink: Arc<dyn AuditSink>) -> Self {
+        self.audit = Some(sink);
+        self
+    }
+
+    /// Whether an audit sink is attached.
+    pub fn has_audit(&self) -> bool {
+        self.audit.is_some()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &KeyManagerConfig {
+        &self.config
+    }
+
+    /// The security mode.
+    pub fn security_mode(&self) -> SecurityMode {
+        self.config.security_mode
+    }
+
+    /// The key store.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    async fn audit(&self, event: AuditEvent) {
+        if let Some(sink) = &self.audit {
+            if let Err(e) = sink.record(event).await {
+                tracing::error!(target: "heliosdb::tde::audit", "audit record failed: {e}");
+            }
+        }
+    }
+
+    /// Times a provider call into the statistics.
+    async fn call<T>(&self, f: impl Future<Output = Result<T>>) -> Result<T> {
+        let start = Instant::now();
+        let r = f.await;
+        self.counters.provider_call(start.elapsed(), r.is_ok());
+        r
+    }
+
+    /// Refuses an insecure provider in production mode; in development mode logs a warning and
+    /// returns it.
+    pub fn validate_security(&self) -> Result<Option<String>> {
+        if self.mek_provider.is_secure() {
+            return Ok(None);
+        }
+        let err = TdeError::InsecureProvider {
+            provider: self.mek_provider.description(),
+        };
+        if self.config.security_mode.is_production() {
+            return Err(err);
+        }
+        let warning = format!("{err} (running in development mode)");
+        tracing::warn!(target: "heliosdb::tde", "{warning}");
+        Ok(Some(warning))
+    }
+
+    /// Makes sure the default MEK exists (generating version 1 if it does not) and returns its
+    /// active version.
+    pub async fn ensure_default_mek(&self) -> Result<MekRef> {
+        let id = self.config.default_mek_id.clone();
+        let info = match self.call(self.mek_provider.mek_info(&id)).await {
+            Ok(info) => info,
+            Err(TdeError::KeyNotFound { .. }) => {
+                let v = self
+                    .call(self.mek_provider.generate_mek(&id, self.config.algorithm))
+                    .await?;
+                self.audit(AuditEvent::success(
+                    AuditAction::MekGenerated,
+                    Some(KeyId::Master(v.mek.clone())),
+                    self.mek_provider.description(),
+                ))
+                .await;
+                self.set_active_mek(v.mek.clone())?;
+                return Ok(v.mek);
+            }
+            Err(e) => return Err(e),
+        };
+        let active = active_of(&info)?;
+        self.set_active_mek(active.clone())?;
+        Ok(active)
+    }
+
+    /// Generates a new MEK (version 1) in the provider.
+    pub async fn generate_mek(&self, mek_id: &str) -> Result<MekRef> {
+        let id = MekId::new(mek_id)?;
+        let v = self
+            .call(self.mek_provider.generate_mek(&id, self.config.algorithm))
+            .await?;
+        self.audit(AuditEvent::success(
+            AuditAction::MekGenerated,
+            Some(KeyId::Master(v.mek.clone())),
+            self.mek_provider.description(),
+        ))
+        .await;
+        Ok(v.mek)
+    }
+
+    fn set_active_mek(&self, mek: MekRef) -> Result<()> {
+        *self.active_mek.write().map_err(|_| poisoned())? = Some(mek);
+        Ok(())
+    }
+
+    /// The MEK version new TEKs are wrapped under.
+    pub async fn active_mek(&self) -> Result<MekRef> {
+        if let Some(m) = self.active_mek.read().map_err(|_| poisoned())?.clone() {
+            return Ok(m);
+        }
+        let info = self
+            .call(self.mek_provider.mek_info(&self.config.default_mek_id))
+            .await?;
+        let active = active_of(&info)?;
+        self.set_active_mek(active.clone())?;
+        Ok(active)
+    }
+
+    /// Forgets the cached active MEK version (after a rotation changed it).
+    pub fn refresh_active_mek(&self) -> Result<()> {
+        *self.active_mek.write().map_err(|_| poisoned())? = None;
+        Ok(())
+    }
+
+    /// Describes the default MEK and its versions.
+    pub async fn mek_info(&self) -> Result<MekInfo> {
+        self.call(self.mek_provider.mek_info(&self.config.default_mek_id))
+            .await
+    }
+
+    /// Creates version 1 of a table's TEK: 256 fresh bits from the OS CSPRNG, wrapped under the
+    /// active MEK version with the AAD binding, stored durably, and cached.
+    pub async fn create_table_key(&self, table: &str) -> Result<KeyMetadata> {
+        let table = TableId::new(table)?;
+        let _guard = self.mutations.lock().await;
+        if let Some(existing) = self.store.latest_tek(&table).await? {
+            return Err(TdeError::AlreadyExists {
+                key: format!("tek:{} (the table has keys; rotate instead)", existing.id),
+            });
+        }
+        let id = TekId::new(table.clone(), TekVersion::FIRST);
+        let record = self.new_record(&id).await?;
+        let meta = record.0.metadata.clone();
+        self.store.apply(StoreBatch::new().insert(record.0)).await?;
+        self.cache.insert(id.clone(), Arc::new(record.1));
+        self.active_versions
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(table, id.version);
+        self.audit(AuditEvent::success(
+            AuditAction::TekCreated,
+            Some(KeyId::Table(id)),
+            format!(
+                "wrapped under {}",
+                meta.wrapped_by
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default()
+            ),
+        ))
+        .await;
+        Ok(meta)
+    }
+
+    /// A fresh TEK for `id`, wrapped under the active MEK, as a record plus the clear key.
+    async fn new_record(&self, id: &TekId) -> Result<(TekRecord, TableKey)> {
+        let mek = self.active_mek().await?;
+        let tek = TableKey::generate(id.clone(), self.config.algorithm)?;
+        let ctx = WrapContext::table_key(id);
+        let wrapped = self
+            .call(self.mek_provider.wrap_tek(&mek, &tek, &ctx))
+            .await?;
+        let meta = KeyMetadata::new_active(
+            KeyId::Table(id.clone()),
+            self.config.algorithm,
+            Some(wrapped.mek.clone()),
+        );
+        Ok((TekRecord::new(id.clone(), meta, wrapped)?, tek))
+    }
+
+    /// A table's TEK: the given version, or the newest one.
+    pub async fn get_table_key(
+        &self,
+        table: &str,
+        version: Option<TekVersion>,
+    ) -> Result<Arc<TableKey>> {
+        let table = TableId::new(table)?;
+        let version = match version {
+            Some(v) => v,
+            None => self.latest_version(&table).await?,
+        };
+        self.get_tek(&TekId::new(table, version)).await
+    }
+
+    /// The TEK that encrypts new data for `table`: its newest, active version.
+    pub async fn active_table_key(&self, table: &str) -> Result<Arc<TableKey>> {
+        let key = self.get_table_key(table, None).await?;
+        let rec = self.store.get_tek(key.id()).await?;
+        match rec {
+            Some(r) if r.metadata.state.can_encrypt() => Ok(key),
+            Some(r) => Err(TdeError::InvalidKeyState {
+                key: format!("tek:{}", r.id),
+                state: r.metadata.state,
+                operation: "encrypt".into(),
+                hint: "rotate the table key to get an active version".into(),
+            }),
+            None => Err(not_found(key.id())),
+        }
+    }
+
+    async fn latest_version(&self, table: &TableId) -> Result<TekVersion> {
+        if let Some(v) = self
+            .active_versions
+            .read()
+            .map_err(|_| poisoned())?
+            .get(table)
+            .copied()
+        {
+            return Ok(v);
+        }
+        let latest = self
+            .store
+            .latest_tek(table)
+            .await?
+            .ok_or_else(|| TdeError::KeyNotFound {
+                key: format!("table {table}"),
+                hint: "create its key first (`heliosdb-cli security tek create`)".into(),
+            })?;
+        self.active_versions
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(table.clone(), latest.id.version);
+        Ok(latest.id.version)
+    }
+
+    /// The cached TEK `id`, if it is in the cache. Synchronous: no await, no I/O.
+    pub fn get_cached_table_key(&self, id: &TekId) -> Option<Arc<TableKey>> {
+        let hit = self.cache.get(id);
+        if hit.is_some() {
+            self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
+    /// One TEK version: from the cache, or unwrapped through the provider. Concurrent misses
+    /// on the same key wait for a single unwrap.
+    pub async fn get_tek(&self, id: &TekId) -> Result<Arc<TableKey>> {
+        if let Some(hit) = self.get_cached_table_key(id) {
+            return Ok(hit);
+        }
+        self.counters.cache_misses.fetch_add(1, Ordering::Relaxed);
+        self.cache
+            .get_or_insert_async(id, async {
+                let rec = self.store.get_tek(id).await?.ok_or_else(|| not_found(id))?;
+                if !rec.metadata.state.can_decrypt() {
+                    return Err(TdeError::InvalidKeyState {
+                        key: format!("tek:{id}"),
+                        state: rec.metadata.state,
+                        operation: "use it".into(),
+                        hint: "the key version is out of service".into(),
+                    });
+                }
+                let tek = self
+                    .call(
+                        self.mek_provider
+                            .unwrap_tek(&rec.wrapped, &WrapContext::table_key(id)),
+                    )
+                    .await?;
+                Ok(Arc::new(tek))
+            })
+            .await
+    }
+
+    /// Lists keys: MEK versions, TEK versions, or both.
+    pub async fn list_keys(&self, key_type: Option<KeyType>) -> Result<Vec<KeyMetadata>> {
+        let mut out = Vec::new();
+        if key_type != Some(KeyType::Table) {
+            for id in self.call(self.mek_provider.list_meks()).await? {
+                let info = self.call(self.mek_provider.mek_info(&id)).await?;
+                for v in info.versions {
+                    out.push(KeyMetadata {
+                        key_id: KeyId::Master(v.mek),
+                        state: v.state,
+                        algorithm: v.algorithm,
+                        wrapped_by: None,
+                        created_at: v.created_at,
+                        state_changed_at: v.created_at,
+                        usage: Default::default(),
+                    });
+                }
+            }
+        }
+        if key_type != Some(KeyType::Master) {
+            let mut cursor: Option<TekId> = None;
+            loop {
+                let page = self.store.scan_teks(cursor.as_ref(), 1024).await?;
+                let Some(last) = page.last() else { break };
+                cursor = Some(last.id.clone());
+                out.extend(page.into_iter().map(|r| r.metadata));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rotates a table's TEK: a new version becomes active for encryption and every older
+    /// active version becomes decrypt-only, in one transaction. `key_id` names any version of
+    /// the table's key (as listed by [`KeyManager::list_keys`]).
+    pub async fn rotate_table_key(&self, key_id: &KeyId) -> Result<KeyMetadata> {
+        let KeyId::Table(tek) = key_id else {
+            return Err(TdeError::Unsupported {
+                what: format!("rotate_table_key on {key_id}"),
+                hint: "MEKs are rotated with rotate_mek_with_dual_encryption".into(),
+            });
+        };
+        self.rotate_table(&tek.table).await
+    }
+
+    /// Rotates the TEK of `table`; see [`KeyManager::rotate_table_key`].
+    pub async fn rotate_table(&self, table: &TableId) -> Result<KeyMetadata> {
+        let _guard = self.mutations.lock().await;
+        let versions = self.store.table_teks(table).await?;
+        let latest = versions.last().ok_or_else(|| TdeError::KeyNotFound {
+            key: format!("table {table}"),
+            hint: "create its key first".into(),
+        })?;
+        let id = TekId::new(table.clone(), latest.id.version.next()?);
+        let (record, tek) = self.new_record(&id).await?;
+        let meta = record.metadata.clone();
+        let mut batch = StoreBatch::new().insert(record);
+        for old in versions {
+            if old.metadata.state == KeyState::Active {
+                let mut old = old;
+                old.metadata.transition(KeyState::DecryptOnly)?;
+                batch = batch.upsert(old);
+            }
+        }
+        self.store.apply(batch).await?;
+        self.cache.insert(id.clone(), Arc::new(tek));
+        self.active_versions
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(table.clone(), id.version);
+        self.audit(AuditEvent::success(
+            AuditAction::TekRotated,
+            Some(KeyId::Table(id)),
+            "older versions are decrypt-only",
+        ))
+        .await;
+        Ok(meta)
+    }
+
+    /// Cache, provider, state and usage statistics.
+    pub async fn key_stats(&self) -> Result<KeyStats> {
+        let c = &self.counters;
+        let calls = c.provider_calls.load(Ordering::Relaxed);
+        let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+        let mut tables = 0u64;
+        let mut usage = UsageTotals::default();
+        let mut last_table: Option<TableId> = None;
+        let mut cursor: Option<TekId> = None;
+        loop {
+            let page = self.store.scan_teks(cursor.as_ref(), 4096).await?;
+            let Some(last) = page.last() else { break };
+            cursor = Some(last.id.clone());
+            for r in page {
+                *by_state
+                    .entry(stats::state_name(r.metadata.state))
+                    .or_default() += 1;
+                if last_table.as_ref() != Some(&r.id.table) {
+                    tables += 1;
+                    last_table = Some(r.id.table.clone());
+                }
+                usage.encryptions += r.metadata.usage.encryptions;
+                usage.decryptions += r.metadata.usage.decryptions;
+                usage.last_used = usage.last_used.max(r.metadata.usage.last_used);
+            }
+        }
+        Ok(KeyStats {
+            cache: CacheStats {
+                hits: c.cache_hits.load(Ordering::Relaxed),
+                misses: c.cache_misses.load(Ordering::Relaxed),
+                evictions: c.cache_evictions.load(Ordering::Relaxed),
+                entries: u64::try_from(self.cache.len()).unwrap_or(u64::MAX),
+                limit: u64::try_from(self.config.cache_limit).unwrap_or(u64::MAX),
+            },
+            provider: ProviderStats {
+                provider: self.mek_provider.description(),
+                calls,
+                errors: c.provider_errors.load(Ordering::Relaxed),
+                mean_latency_us: c
+                    .provider_nanos_total
+                    .load(Ordering::Relaxed)
+                    .checked_div(calls)
+                    .unwrap_or(0)
+                    / 1000,
+                max_latency_us: c.provider_nanos_max.load(Ordering::Relaxed) / 1000,
+            },
+            teks_by_state: by_state,
+            tables,
+            usage,
+        })
+    }
+}
+
+fn not_found(id: &TekId) -> TdeError {
+    TdeError::KeyNotFound {
+        key: format!("tek:{id}"),
+        hint: "no such table key version in the key store".into(),
+    }
+}
+
+fn active_of(info: &MekInfo) -> Result<MekRef> {
+    let v = info
+        .active_version()
+        .ok_or_else(|| TdeError::InvalidKeyState {
+            key: format!("mek:{}", info.id),
+            state: info
+                .versions
+                .last()
+                .map(|v| v.state)
+                .unwrap_or(KeyState::Deactivated),
+            operation: "wrap new table keys".into(),
+            hint: "no version of this MEK is active; rotate it or reactivate a version".into(),
+        })?;
+    Ok(MekRef::new(info.id.clone(), v))
+}

@@ -1,0 +1,93 @@
+//! Counters behind `KeyManager::key_stats`.
+
+use heliosdb_tde_core::{KeyState, Timestamp};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Live counters, updated without locks.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) cache_hits: AtomicU64,
+    pub(crate) cache_misses: AtomicU64,
+    pub(crate) cache_evictions: Arc<AtomicU64>,
+    pub(crate) provider_calls: AtomicU64,
+    pub(crate) provider_errors: AtomicU64,
+    pub(crate) provider_nanos_total: AtomicU64,
+    pub(crate) provider_nanos_max: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn provider_call(&self, took: Duration, ok: bool) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.provider_calls.fetch_add(1, Relaxed);
+        if !ok {
+            self.provider_errors.fetch_add(1, Relaxed);
+        }
+        self.provider_nanos_total.fetch_add(nanos, Relaxed);
+        self.provider_nanos_max.fetch_max(nanos, Relaxed);
+    }
+}
+
+/// Cache statistics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CacheStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that had to unwrap the key through the provider (or wait for another caller's
+    /// unwrap of the same key).
+    pub misses: u64,
+    /// Keys evicted to respect the limit.
+    pub evictions: u64,
+    /// Keys in the cache now.
+    pub entries: u64,
+    /// The configured limit.
+    pub limit: u64,
+}
+
+/// MEK provider call statistics (wrap, unwrap, rewrap, info, generate, rotate).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProviderStats {
+    /// The provider's description.
+    pub provider: String,
+    /// Calls made.
+    pub calls: u64,
+    /// Calls that failed.
+    pub errors: u64,
+    /// Mean latency in microseconds.
+    pub mean_latency_us: u64,
+    /// Highest latency in microseconds.
+    pub max_latency_us: u64,
+}
+
+/// Usage summed over all stored TEKs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UsageTotals {
+    /// Encryptions (GCM invocations) recorded against TEKs.
+    pub encryptions: u64,
+    /// Decryptions recorded against TEKs.
+    pub decryptions: u64,
+    /// The most recent use of any TEK.
+    pub last_used: Option<Timestamp>,
+}
+
+/// What `KeyManager::key_stats` reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KeyStats {
+    /// The TEK cache.
+    pub cache: CacheStats,
+    /// The MEK provider.
+    pub provider: ProviderStats,
+    /// Number of stored TEK versions per lifecycle state.
+    pub teks_by_state: BTreeMap<String, u64>,
+    /// Number of tables with at least one TEK.
+    pub tables: u64,
+    /// Usage totals.
+    pub usage: UsageTotals,
+}
+
+pub(crate) fn state_name(s: KeyState) -> String {
+    s.to_string()
+}

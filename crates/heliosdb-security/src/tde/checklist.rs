@@ -1,0 +1,296 @@
+//! The guide's Security Checklist, evaluated against a running subsystem.
+
+use super::TdeSubsystem;
+use heliosdb_tde_core::{ProviderKind, SecureFileConfig, Timestamp};
+use serde::Serialize;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// The outcome of one checklist item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckStatus {
+    /// The item holds.
+    Pass,
+    /// The item does not hold.
+    Fail,
+    /// The item does not apply to this setup, or cannot be verified by software.
+    NotApplicable,
+}
+
+impl std::fmt::Display for CheckStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CheckStatus::Pass => "pass",
+            CheckStatus::Fail => "FAIL",
+            CheckStatus::NotApplicable => "n/a",
+        })
+    }
+}
+
+/// One checklist item with its verdict and the reason for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CheckItem {
+    /// The item, as the guide words it.
+    pub item: &'static str,
+    /// The verdict.
+    pub status: CheckStatus,
+    /// Why.
+    pub reason: String,
+}
+
+fn item(item: &'static str, status: CheckStatus, reason: impl Into<String>) -> CheckItem {
+    CheckItem {
+        item,
+        status,
+        reason: reason.into(),
+    }
+}
+
+fn mode_bits(p: &Path) -> Option<u32> {
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777)
+}
+
+/// Checks `dir` (0700) and every `*.mek` file in it (0600).
+fn permission_problems(dir: &Path, files_ext: Option<&str>) -> Vec<String> {
+    let mut problems = Vec::new();
+    match mode_bits(dir) {
+        Some(m) if m & 0o077 != 0 => problems.push(format!(
+            "{} is {m:03o} (chmod 700 {})",
+            dir.display(),
+            dir.display()
+        )),
+        None => problems.push(format!("{} is missing", dir.display())),
+        _ => {}
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let matches = match files_ext {
+                Some(ext) => p.extension().is_some_and(|x| x == ext),
+                None => p.is_file(),
+            };
+            if matches {
+                if let Some(m) = mode_bits(&p) {
+                    if m & 0o077 != 0 {
+                        problems.push(format!(
+                            "{} is {m:03o} (chmod 600 {})",
+                            p.display(),
+                            p.display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn passphrase_item(file: &SecureFileConfig) -> CheckItem {
+    const ITEM: &str = "MEK passphrase stored securely (not in code or config files)";
+    match &file.passphrase_file {
+        Some(p) => match mode_bits(p) {
+            Some(m) if m & 0o077 == 0 => {
+                let inside = p.starts_with(&file.storage_path);
+                if inside {
+                    item(
+                        ITEM,
+                        CheckStatus::Fail,
+                        format!(
+                            "the passphrase file {} sits next to the MEK files it protects; keep \
+                             it on another volume or in a secret manager",
+                            p.display()
+                        ),
+                    )
+                } else {
+                    item(
+                        ITEM,
+                        CheckStatus::Pass,
+                        format!("read from {} (mode {m:03o})", p.display()),
+                    )
+                }
+            }
+            Some(m) => item(
+                ITEM,
+                CheckStatus::Fail,
+                format!(
+                    "{} has mode {m:03o}; chmod 600 {}",
+                    p.display(),
+                    p.display()
+                ),
+            ),
+            None => item(
+                ITEM,
+                CheckStatus::Fail,
+                format!("{} is missing", p.display()),
+            ),
+        },
+        None => item(
+            ITEM,
+            CheckStatus::Pass,
+            format!(
+                "read from the environment variable {} at start, never written to disk by \
+                 HeliosDB",
+                file.passphrase_var()
+            ),
+        ),
+    }
+}
+
+/// Evaluates every item of the guide's Security Checklist.
+pub async fn security_checklist(tde: &TdeSubsystem) -> Vec<CheckItem> {
+    let km = tde.key_manager();
+    let provider = &km.mek_provider;
+    let mut out = Vec::new();
+
+    out.push(if provider.kind() == ProviderKind::InMemory {
+        item(
+            "InMemoryMekProvider disabled in production",
+            CheckStatus::Fail,
+            format!(
+                "the in-memory provider is in use ({} mode; production mode refuses it); \
+                 configure a secure provider",
+                tde.security_mode()
+            ),
+        )
+    } else {
+        item(
+            "InMemoryMekProvider disabled in production",
+            CheckStatus::Pass,
+            format!("provider is {}", provider.description()),
+        )
+    });
+
+    out.push(if provider.is_secure() {
+        item(
+            "Production MEK provider configured (HSM, Cloud KMS, or Secure File)",
+            CheckStatus::Pass,
+            provider.description(),
+        )
+    } else {
+        item(
+            "Production MEK provider configured (HSM, Cloud KMS, or Secure File)",
+            CheckStatus::Fail,
+            format!("{} is not a production provider", provider.description()),
+        )
+    });
+
+    let file = tde.config().secure_file_config.as_ref();
+    out.push(match file {
+        Some(f) => passphrase_item(f),
+        None => item(
+            "MEK passphrase stored securely (not in code or config files)",
+            CheckStatus::NotApplicable,
+            "no passphrase: the provider is not the secure file provider",
+        ),
+    });
+
+    let mut perm = permission_problems(&tde.config().key_storage_path, None);
+    if let Some(f) = file {
+        perm.extend(permission_problems(&f.storage_path, Some("mek")));
+    }
+    out.push(if perm.is_empty() {
+        item(
+            "File permissions set correctly (600 for MEK files, 700 for directories)",
+            CheckStatus::Pass,
+            "key directories are 700 and key files 600",
+        )
+    } else {
+        item(
+            "File permissions set correctly (600 for MEK files, 700 for directories)",
+            CheckStatus::Fail,
+            perm.join("; "),
+        )
+    });
+
+    out.push(item(
+        "MEK backup procedure established",
+        CheckStatus::NotApplicable,
+        match (provider.kind(), file) {
+            (ProviderKind::SecureFile, Some(f)) => format!(
+                "cannot be verified by software: back up {} (encrypted) and the passphrase \
+                 separately, as the README describes",
+                f.storage_path.display()
+            ),
+            (ProviderKind::InMemory, _) => {
+                "in-memory MEKs cannot be backed up: they are lost at exit".to_string()
+            }
+            _ => "cannot be verified by software: follow your provider's key backup procedure"
+                .to_string(),
+        },
+    ));
+
+    out.push(match km.mek_info().await {
+        Ok(info) => {
+            let active = info
+                .versions
+                .iter()
+                .rev()
+                .find(|v| v.state.can_encrypt())
+                .map(|v| v.created_at);
+            match active {
+                Some(created) => {
+                    let age_days = Timestamp::now()
+                        .as_millis()
+                        .saturating_sub(created.as_millis())
+                        / 86_400_000;
+                    if age_days <= 365 {
+                        item(
+                            "MEK rotation schedule defined",
+                            CheckStatus::Pass,
+                            format!(
+                                "the active MEK version is {age_days} days old (the guide's \
+                                 minimum is yearly; 90 days for high security)"
+                            ),
+                        )
+                    } else {
+                        item(
+                            "MEK rotation schedule defined",
+                            CheckStatus::Fail,
+                            format!("the active MEK version is {age_days} days old; rotate it"),
+                        )
+                    }
+                }
+                None => item(
+                    "MEK rotation schedule defined",
+                    CheckStatus::Fail,
+                    "no active MEK version",
+                ),
+            }
+        }
+        Err(e) => item(
+            "MEK rotation schedule defined",
+            CheckStatus::Fail,
+            e.to_string(),
+        ),
+    });
+
+    out.push(if km.has_audit() {
+        item(
+            "Audit logging enabled",
+            CheckStatus::Pass,
+            "an audit sink is attached",
+        )
+    } else {
+        item(
+            "Audit logging enabled",
+            CheckStatus::Fail,
+            "no audit sink is attached to the key manager",
+        )
+    });
+
+    for name in [
+        "Access controls configured (only authorized personnel)",
+        "Incident response plan documented",
+        "Regular security audits scheduled",
+    ] {
+        out.push(item(
+            name,
+            CheckStatus::NotApplicable,
+            "an organisational control; it cannot be verified by software",
+        ));
+    }
+    out
+}

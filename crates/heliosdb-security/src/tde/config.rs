@@ -1,0 +1,396 @@
+//! `TdeConfig`: the guide's configuration, from code, a TOML file and the environment.
+
+use super::Result;
+use heliosdb_tde_core::{
+    EncryptionAlgorithm, HsmConfig, KmsConfig, MekId, SecureFileConfig, SecurityMode, TdeError,
+};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Prefix of the environment variables that override configuration fields.
+pub const ENV_PREFIX: &str = "HELIOSDB_TDE_";
+
+/// The TDE configuration (the fields of the user's guide).
+///
+/// At most one of `kms_config`, `secure_file_config` and `hsm_config` may be set; with none,
+/// the insecure in-memory provider is used, which production mode refuses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TdeConfig {
+    /// Whether TDE is on.
+    pub enabled: bool,
+    /// The algorithm of table keys.
+    pub algorithm: EncryptionAlgorithm,
+    /// The directory of the TEK store (`tek-store.redb`), created `0700`.
+    pub key_storage_path: PathBuf,
+    /// The MEK that wraps table keys, for example `master_key_001`.
+    pub default_mek_id: String,
+    /// The most table keys kept unwrapped in memory.
+    pub cache_limit: usize,
+    /// A cloud KMS provider.
+    pub kms_config: Option<KmsConfig>,
+    /// The secure file provider.
+    pub secure_file_config: Option<SecureFileConfig>,
+    /// A PKCS#11 HSM provider.
+    pub hsm_config: Option<HsmConfig>,
+    /// `production` or `development`; `None` means the build type decides. The environment
+    /// variable `HELIOSDB_SECURITY_MODE` overrides it.
+    pub security_mode: Option<String>,
+}
+
+impl Default for TdeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            algorithm: EncryptionAlgorithm::Aes256Gcm,
+            key_storage_path: PathBuf::from("/var/lib/heliosdb/keys"),
+            default_mek_id: "master_key_001".into(),
+            cache_limit: 1000,
+            kms_config: None,
+            secure_file_config: None,
+            hsm_config: None,
+            security_mode: None,
+        }
+    }
+}
+
+fn env_err(var: &str, value: &str, accepted: &str) -> TdeError {
+    TdeError::config(var, format!("{value:?} is not valid; {accepted}"))
+}
+
+impl TdeConfig {
+    /// Parses a TOML document. Unknown fields are errors, so typos do not pass silently.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| {
+            let field = e
+                .message()
+                .split('`')
+                .nth(1)
+                .unwrap_or("configuration file")
+                .to_string();
+            TdeError::config(field, e.to_string().trim().to_string())
+        })
+    }
+
+    /// Reads a TOML file.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TdeError::io(path, e))?;
+        Self::from_toml_str(&text).map_err(|e| match e {
+            TdeError::InvalidConfig { field, reason } => TdeError::InvalidConfig {
+                field,
+                reason: format!("{} in {}", reason, path.display()),
+            },
+            other => other,
+        })
+    }
+
+    /// Applies overrides from the process environment; see [`TdeConfig::apply_env_with`].
+    pub fn apply_env(&mut self) -> Result<()> {
+        self.apply_env_with(|k| std::env::var(k).ok())
+    }
+
+    /// Applies overrides from `get` (the environment, or a map in tests):
+    ///
+    /// | variable | field |
+    /// | --- | --- |
+    /// | `HELIOSDB_TDE_ENABLED` | `enabled` (`true`/`false`) |
+    /// | `HELIOSDB_TDE_ALGORITHM` | `algorithm` |
+    /// | `HELIOSDB_TDE_KEY_STORAGE_PATH` | `key_storage_path` |
+    /// | `HELIOSDB_TDE_DEFAULT_MEK_ID` | `default_mek_id` |
+    /// | `HELIOSDB_TDE_CACHE_LIMIT` | `cache_limit` |
+    /// | `HELIOSDB_TDE_MEK_STORAGE_PATH` | `secure_file_config.storage_path` (enables it) |
+    /// | `HELIOSDB_TDE_PASSPHRASE_FILE` | `secure_file_config.passphrase_file` |
+    /// | `HELIOSDB_KMS_KEY_ID`, `AWS_REGION` | `kms_config` (AWS) `key_id`, `region` |
+    ///
+    /// `HELIOSDB_SECURITY_MODE` is not copied into `security_mode`: it is read when the mode is
+    /// resolved, where it takes precedence.
+    pub fn apply_env_with(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let var = |name: &str| get(&format!("{ENV_PREFIX}{name}"));
+        if let Some(v) = var("ENABLED") {
+            self.enabled = match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(env_err("HELIOSDB_TDE_ENABLED", &v, "use true or false")),
+            };
+        }
+        if let Some(v) = var("ALGORITHM") {
+            self.algorithm = v.parse().map_err(|_| {
+                env_err(
+                    "HELIOSDB_TDE_ALGORITHM",
+                    &v,
+                    "the accepted value is Aes256Gcm",
+                )
+            })?;
+        }
+        if let Some(v) = var("KEY_STORAGE_PATH") {
+            self.key_storage_path = v.into();
+        }
+        if let Some(v) = var("DEFAULT_MEK_ID") {
+            self.default_mek_id = v;
+        }
+        if let Some(v) = var("CACHE_LIMIT") {
+            self.cache_limit = v.parse().map_err(|_| {
+                env_err(
+                    "HELIOSDB_TDE_CACHE_LIMIT",
+                    &v,
+                    "use a whole number of keys, e.g. 1000",
+                )
+            })?;
+        }
+        if let Some(v) = var("MEK_STORAGE_PATH") {
+            match &mut self.secure_file_config {
+                Some(c) => c.storage_path = v.into(),
+                None => self.secure_file_config = Some(SecureFileConfig::new(v)),
+            }
+        }
+        if let Some(v) = var("PASSPHRASE_FILE") {
+            match &mut self.secure_file_config {
+                Some(c) => c.passphrase_file = Some(v.into()),
+                None => {
+                    return Err(TdeError::config(
+                        "HELIOSDB_TDE_PASSPHRASE_FILE",
+                        "set only together with a secure file provider \
+                         (secure_file_config or HELIOSDB_TDE_MEK_STORAGE_PATH)",
+                    ));
+                }
+            }
+        }
+        if let Some(KmsConfig::Aws(aws)) = &mut self.kms_config {
+            if let Some(v) = get("HELIOSDB_KMS_KEY_ID") {
+                aws.key_id = v;
+            }
+            if let Some(v) = get("AWS_REGION") {
+                aws.region = v;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every field; errors name the field and say what is accepted.
+    pub fn validate(&self) -> Result<()> {
+        if self.cache_limit == 0 {
+            return Err(TdeError::config(
+                "cache_limit",
+                "must be at least 1 (the number of table keys kept unwrapped in memory)",
+            ));
+        }
+        MekId::new(self.default_mek_id.clone())
+            .map_err(|e| TdeError::config("default_mek_id", e.to_string()))?;
+        if self.key_storage_path.as_os_str().is_empty() {
+            return Err(TdeError::config(
+                "key_storage_path",
+                "must name the directory of the key store, e.g. /var/lib/heliosdb/keys",
+            ));
+        }
+        if let Some(mode) = &self.security_mode {
+            mode.parse::<SecurityMode>()?;
+        }
+        let configured = [
+            self.kms_config.is_some(),
+            self.secure_file_config.is_some(),
+            self.hsm_config.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if configured > 1 {
+            return Err(TdeError::config(
+                "kms_config / secure_file_config / hsm_config",
+                "configure exactly one MEK provider",
+            ));
+        }
+        if let Some(f) = &self.secure_file_config {
+            if f.storage_path.as_os_str().is_empty() {
+                return Err(TdeError::config(
+                    "secure_file_config.storage_path",
+                    "must name the directory of the MEK files, e.g. /var/lib/heliosdb/mek",
+                ));
+            }
+            if let Some(v) = &f.passphrase_env_var {
+                if v.is_empty() || v.contains('=') || v.contains('\0') {
+                    return Err(TdeError::config(
+                        "secure_file_config.passphrase_env_var",
+                        format!("{v:?} is not a valid environment variable name"),
+                    ));
+                }
+            }
+        }
+        if let Some(h) = &self.hsm_config {
+            if h.pkcs11_library_path.is_empty() {
+                return Err(TdeError::config(
+                    "hsm_config.pkcs11_library_path",
+                    "must name the PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so",
+                ));
+            }
+            if h.timeout_secs == 0 {
+                return Err(TdeError::config(
+                    "hsm_config.timeout_secs",
+                    "must be at least 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn toml_round_trip_with_the_guides_fields() {
+        let text = r#"
+            enabled = true
+            algorithm = "Aes256Gcm"
+            key_storage_path = "/var/lib/heliosdb/keys"
+            default_mek_id = "prod_mek_001"
+            cache_limit = 10000
+            security_mode = "production"
+
+            [secure_file_config]
+            storage_path = "/var/lib/heliosdb/mek"
+            passphrase_env_var = "HELIOSDB_MEK_PASSPHRASE"
+        "#;
+        let c = TdeConfig::from_toml_str(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.default_mek_id, "prod_mek_001");
+        assert_eq!(c.cache_limit, 10000);
+        let f = c.secure_file_config.as_ref().unwrap();
+        assert_eq!(f.storage_path, PathBuf::from("/var/lib/heliosdb/mek"));
+        let back = TdeConfig::from_toml_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn kms_and_hsm_sections_parse() {
+        let c = TdeConfig::from_toml_str(
+            "[kms_config]\nprovider = \"aws\"\nregion = \"us-east-1\"\nkey_id = \"alias/x\"\n",
+        )
+        .unwrap();
+        assert!(matches!(c.kms_config, Some(KmsConfig::Aws(_))));
+        let c = TdeConfig::from_toml_str(
+            "[hsm_config]\npkcs11_library_path = \"/usr/lib/softhsm/libsofthsm2.so\"\n\
+             token_label = \"heliosdb\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.hsm_config.unwrap().timeout_secs, 30);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = TdeConfig::from_toml_str("cache_limt = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cache_limt"), "{e}");
+        let e = TdeConfig::from_toml_str("cache_limit = \"lots\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cache_limit"), "{e}");
+        let e = TdeConfig::from_toml_str("algorithm = \"des\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("algorithm") || e.contains("des"), "{e}");
+        for (c, field) in [
+            (
+                TdeConfig {
+                    cache_limit: 0,
+                    ..Default::default()
+                },
+                "cache_limit",
+            ),
+            (
+                TdeConfig {
+                    default_mek_id: "a b".into(),
+                    ..Default::default()
+                },
+                "default_mek_id",
+            ),
+            (
+                TdeConfig {
+                    key_storage_path: "".into(),
+                    ..Default::default()
+                },
+                "key_storage_path",
+            ),
+            (
+                TdeConfig {
+                    security_mode: Some("prod".into()),
+                    ..Default::default()
+                },
+                "security_mode",
+            ),
+            (
+                TdeConfig {
+                    secure_file_config: Some(SecureFileConfig::new("")),
+                    ..Default::default()
+                },
+                "secure_file_config.storage_path",
+            ),
+        ] {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        let two = TdeConfig {
+            secure_file_config: Some(SecureFileConfig::new("/x")),
+            hsm_config: Some(HsmConfig {
+                pkcs11_library_path: "/lib.so".into(),
+                slot_id: 0,
+                token_label: None,
+                timeout_secs: 30,
+                enable_logging: false,
+            }),
+            ..Default::default()
+        };
+        assert!(
+            two.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one")
+        );
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("HELIOSDB_TDE_CACHE_LIMIT", "42"),
+            ("HELIOSDB_TDE_KEY_STORAGE_PATH", "/tmp/k"),
+            ("HELIOSDB_TDE_DEFAULT_MEK_ID", "env_mek"),
+            ("HELIOSDB_TDE_MEK_STORAGE_PATH", "/tmp/m"),
+            ("HELIOSDB_TDE_PASSPHRASE_FILE", "/tmp/p"),
+            ("HELIOSDB_TDE_ENABLED", "false"),
+        ]);
+        let mut c = TdeConfig::default();
+        c.apply_env_with(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        assert_eq!(c.cache_limit, 42);
+        assert_eq!(c.key_storage_path, PathBuf::from("/tmp/k"));
+        assert_eq!(c.default_mek_id, "env_mek");
+        assert!(!c.enabled);
+        let f = c.secure_file_config.unwrap();
+        assert_eq!(f.storage_path, PathBuf::from("/tmp/m"));
+        assert_eq!(f.passphrase_file, Some(PathBuf::from("/tmp/p")));
+
+        let mut c = TdeConfig::default();
+        let e = c
+            .apply_env_with(|k| (k == "HELIOSDB_TDE_CACHE_LIMIT").then(|| "many".to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains("HELIOSDB_TDE_CACHE_LIMIT"), "{e}");
+
+        let mut c = TdeConfig::from_toml_str(
+            "[kms_config]\nprovider = \"aws\"\nregion = \"us-east-1\"\nkey_id = \"k\"\n",
+        )
+        .unwrap();
+        c.apply_env_with(|k| match k {
+            "HELIOSDB_KMS_KEY_ID" => Some("arn:aws:kms:eu-west-1:1:key/x".into()),
+            "AWS_REGION" => Some("eu-west-1".into()),
+            _ => None,
+        })
+        .unwrap();
+        let Some(KmsConfig::Aws(aws)) = c.kms_config else {
+            panic!()
+        };
+        assert_eq!(aws.region, "eu-west-1");
+        assert_eq!(aws.key_id, "arn:aws:kms:eu-west-1:1:key/x");
+    }
+}

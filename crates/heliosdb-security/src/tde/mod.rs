@@ -1,0 +1,33 @@
+//! Transparent data encryption: configuration, subsystem, key manager and page cipher.
+//!
+//! ```text
+//! TdeConfig --TdeSubsystem::new--> TdeSubsystem { KeyManager { MekProvider, KeyStore, cache } }
+//! ```
+
+mod checklist;
+mod config;
+mod subsystem;
+
+pub use checklist::{CheckItem, CheckStatus, security_checklist};
+pub use config::{ENV_PREFIX, TdeConfig};
+pub use subsystem::TdeSubsystem;
+
+pub use heliosdb_tde_cipher::{
+    Backend as CipherBackend, CipherError, PageHeader, SealedParts, TableCipher, UsageLimits,
+    UsageSnapshot, sealed_tek_version,
+};
+pub use heliosdb_tde_core::{
+    AwsKmsConfig, AzureKeyVaultConfig, EncryptionAlgorithm, HsmConfig, KdfParams, KeyId,
+    KeyMetadata, KeyState, KeyType, KmsConfig, MekId, MekInfo, MekProvider, MekRef, ModeSource,
+    ProviderKind, SecureFileConfig, SecurityMode, TableId, TableKey, TdeError, TekId, TekVersion,
+    VaultTransitConfig,
+};
+pub use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, KeyStats};
+pub use heliosdb_tde_memory::InMemoryMekProvider;
+
+/// The secure file provider (feature `secure-file`).
+#[cfg(feature = "secure-file")]
+pub use heliosdb_tde_file::{PassphraseChange, SecureFileMekProvider};
+
+/// Results of the TDE subsystem.
+pub type Result<T, E = TdeError> = std::result::Result<T, E>;

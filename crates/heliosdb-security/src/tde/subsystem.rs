@@ -1,0 +1,166 @@
+//! `TdeSubsystem`: builds the provider, store and key manager from a [`TdeConfig`].
+
+use super::{Result, TdeConfig};
+use heliosdb_tde_cipher::{Backend, TableCipher, UsageLimits};
+use heliosdb_tde_core::{MekId, MekProvider, ModeSource, SecurityMode, TdeError};
+use heliosdb_tde_keystore::RedbKeyStore;
+use heliosdb_tde_manager::{KeyManager, KeyManagerConfig};
+use heliosdb_tde_memory::InMemoryMekProvider;
+use std::fmt;
+use std::sync::Arc;
+
+/// The running TDE subsystem.
+pub struct TdeSubsystem {
+    config: TdeConfig,
+    mode: SecurityMode,
+    mode_source: ModeSource,
+    key_manager: KeyManager,
+    warnings: Vec<String>,
+}
+
+impl fmt::Debug for TdeSubsystem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TdeSubsystem")
+            .field("mode", &self.mode)
+            .field("key_manager", &self.key_manager)
+            .finish_non_exhaustive()
+    }
+}
+
+fn missing_feature(what: &str, feature: &str) -> TdeError {
+    TdeError::Unsupported {
+        what: format!(
+            "{what} is configured, but this build of heliosdb-security has no {what} backend"
+        ),
+        hint: format!(
+            "build heliosdb-security with the cargo feature `{feature}` (features = [\"{feature}\"]), \
+             or configure another MEK provider"
+        ),
+    }
+}
+
+/// Builds the MEK provider the configuration names. Returns it with any warnings.
+fn build_provider(
+    config: &TdeConfig,
+    mode: SecurityMode,
+) -> Result<(Arc<dyn MekProvider>, Vec<String>)> {
+    if let Some(kms) = &config.kms_config {
+        return Err(missing_feature(kms.name(), kms.feature()));
+    }
+    if config.hsm_config.is_some() {
+        return Err(missing_feature("PKCS#11 HSM", "pkcs11-hsm"));
+    }
+    if let Some(file) = &config.secure_file_config {
+        #[cfg(feature = "secure-file")]
+        {
+            let p = heliosdb_tde_file::SecureFileMekProvider::open(file, mode)?;
+            let warnings = p.warnings();
+            return Ok((Arc::new(p), warnings));
+        }
+        #[cfg(not(feature = "secure-file"))]
+        {
+            let _ = (file, mode);
+            return Err(missing_feature("secure file", "secure-file"));
+        }
+    }
+    Ok((Arc::new(InMemoryMekProvider::new()), Vec::new()))
+}
+
+impl TdeSubsystem {
+    /// Starts TDE from `config`:
+    ///
+    /// 1. checks the configuration and resolves the security mode;
+    /// 2. builds the MEK provider the configuration names (secure file, KMS, HSM; the
+    ///    in-memory provider when none is configured);
+    /// 3. validates security: production mode refuses an insecure provider *before* anything
+    ///    is created on disk;
+    /// 4. opens (or creates) the key store at `key_storage_path`;
+    /// 5. makes sure the default MEK exists, generating it on first start.
+    pub async fn new(config: TdeConfig) -> Result<Self> {
+        config.validate()?;
+        if !config.enabled {
+            return Err(TdeError::config(
+                "enabled",
+                "TDE is disabled in this configuration (enabled = false); there is nothing to start",
+            ));
+        }
+        let (mode, mode_source) = SecurityMode::resolve(config.security_mode.as_deref())?;
+        let (provider, mut warnings) = build_provider(&config, mode)?;
+        if mode.is_production() && !provider.is_secure() {
+            return Err(TdeError::InsecureProvider {
+                provider: provider.description(),
+            });
+        }
+        let store = RedbKeyStore::open_dir(&config.key_storage_path)?;
+        let km = KeyManager::new(
+            provider,
+            Arc::new(store),
+            KeyManagerConfig {
+                default_mek_id: MekId::new(config.default_mek_id.clone())?,
+                cache_limit: config.cache_limit,
+                algorithm: config.algorithm,
+                security_mode: mode,
+            },
+        )?;
+        if let Some(w) = km.validate_security()? {
+            warnings.push(w);
+        }
+        km.ensure_default_mek().await?;
+        Ok(Self {
+            config,
+            mode,
+            mode_source,
+            key_manager: km,
+            warnings,
+        })
+    }
+
+    /// The key manager.
+    pub fn key_manager(&self) -> &KeyManager {
+        &self.key_manager
+    }
+
+    /// The configuration the subsystem was started with.
+    pub fn config(&self) -> &TdeConfig {
+        &self.config
+    }
+
+    /// The security mode in force.
+    pub fn security_mode(&self) -> SecurityMode {
+        self.mode
+    }
+
+    /// Where the security mode came from.
+    pub fn mode_source(&self) -> ModeSource {
+        self.mode_source
+    }
+
+    /// Warnings raised at start (development mode only; production turns them into errors).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// A page cipher for the active TEK of `table`, on the default cipher backend.
+    pub async fn table_cipher(&self, table: &str) -> Result<TableCipher> {
+        let key = self.key_manager.active_table_key(table).await?;
+        Ok(TableCipher::new(
+            &key,
+            Backend::default(),
+            UsageLimits::default(),
+        )?)
+    }
+
+    /// A page cipher for one TEK version of `table` (to open pages sealed under it).
+    pub async fn table_cipher_version(
+        &self,
+        table: &str,
+        version: heliosdb_tde_core::TekVersion,
+    ) -> Result<TableCipher> {
+        let key = self.key_manager.get_table_key(table, Some(version)).await?;
+        Ok(TableCipher::new(
+            &key,
+            Backend::default(),
+            UsageLimits::default(),
+        )?)
+    }
+}

@@ -1,0 +1,227 @@
+//! TdeSubsystem end to end on the embedded default: secure file provider + redb store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use heliosdb_security::tde::{
+    AwsKmsConfig, CheckStatus, HsmConfig, KmsConfig, ProviderKind, SecureFileConfig, TdeConfig,
+    TdeError, TdeSubsystem, sealed_tek_version, security_checklist,
+};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+fn no_mode_override() {
+    assert!(
+        std::env::var_os("HELIOSDB_SECURITY_MODE").is_none(),
+        "these tests set the security mode through the configuration; unset \
+         HELIOSDB_SECURITY_MODE to run them"
+    );
+}
+
+fn file_config(root: &Path, mode: &str) -> TdeConfig {
+    let pass = root.join("secrets").join("mek-passphrase.txt");
+    std::fs::create_dir_all(pass.parent().unwrap()).unwrap();
+    std::fs::write(&pass, "a long and sufficiently random passphrase\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut sf = SecureFileConfig::new(root.join("mek"));
+    sf.passphrase_file = Some(pass);
+    TdeConfig {
+        key_storage_path: root.join("keys"),
+        secure_file_config: Some(sf),
+        security_mode: Some(mode.into()),
+        cache_limit: 100,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn production_refuses_in_memory_before_touching_the_disk() {
+    no_mode_override();
+    let dir = tempfile::tempdir().unwrap();
+    let config = TdeConfig {
+        key_storage_path: dir.path().join("keys"),
+        security_mode: Some("production".into()),
+        ..Default::default()
+    };
+    let e = TdeSubsystem::new(config).await.unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "Production mode requires a secure MEK provider. Current provider: In-Memory \
+             (INSECURE - testing only) is NOT suitable for production."
+        ),
+        "{e}"
+    );
+    assert!(
+        !dir.path().join("keys").exists(),
+        "a refused start created files"
+    );
+}
+
+#[tokio::test]
+async fn development_falls_back_to_in_memory_and_says_so() {
+    no_mode_override();
+    let dir = tempfile::tempdir().unwrap();
+    let tde = TdeSubsystem::new(TdeConfig {
+        key_storage_path: dir.path().join("keys"),
+        default_mek_id: "test_mek".into(),
+        security_mode: Some("development".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        tde.key_manager().mek_provider.kind(),
+        ProviderKind::InMemory
+    );
+    assert!(
+        tde.warnings().iter().any(|w| w.contains("INSECURE")),
+        "{:?}",
+        tde.warnings()
+    );
+    let checklist = security_checklist(&tde).await;
+    assert_eq!(checklist[0].status, CheckStatus::Fail);
+    assert_eq!(checklist[1].status, CheckStatus::Fail);
+}
+
+#[tokio::test]
+async fn secure_file_in_production_end_to_end_and_across_restarts() {
+    no_mode_override();
+    let dir = tempfile::tempdir().unwrap();
+    let config = file_config(dir.path(), "production");
+    let tde = TdeSubsystem::new(config.clone()).await.unwrap();
+    assert!(tde.warnings().is_empty(), "{:?}", tde.warnings());
+    let km = tde.key_manager();
+    assert_eq!(km.mek_info().await.unwrap().versions.len(), 1);
+    km.create_table_key("public.users").await.unwrap();
+    let cipher = tde.table_cipher("public.users").await.unwrap();
+    let sealed = cipher.seal(b"public.users/1", b"alice").unwrap();
+    km.rotate_table(&"public.users".parse().unwrap())
+        .await
+        .unwrap();
+    assert!(std::fs::metadata(dir.path().join("mek/master_key_001.v1.mek")).is_ok());
+    drop(tde);
+
+    let tde = TdeSubsystem::new(config).await.unwrap();
+    let v = sealed_tek_version(&sealed).unwrap();
+    let old = tde.table_cipher_version("public.users", v).await.unwrap();
+    assert_eq!(old.open(b"public.users/1", &sealed).unwrap(), b"alice");
+    let current = tde.table_cipher("public.users").await.unwrap();
+    assert_eq!(current.tek().version.get(), 2);
+
+    let checklist = security_checklist(&tde).await;
+    let by_item = |needle: &str| {
+        checklist
+            .iter()
+            .find(|c| c.item.contains(needle))
+            .unwrap_or_else(|| panic!("no item {needle}"))
+            .clone()
+    };
+    assert_eq!(by_item("InMemoryMekProvider").status, CheckStatus::Pass);
+    assert_eq!(by_item("Production MEK provider").status, CheckStatus::Pass);
+    assert_eq!(by_item("passphrase stored").status, CheckStatus::Pass);
+    assert_eq!(by_item("File permissions").status, CheckStatus::Pass);
+    assert_eq!(by_item("rotation schedule").status, CheckStatus::Pass);
+    assert_eq!(by_item("Audit logging").status, CheckStatus::Fail);
+    assert_eq!(by_item("backup").status, CheckStatus::NotApplicable);
+    assert_eq!(checklist.len(), 10, "every item of the guide's checklist");
+}
+
+#[tokio::test]
+async fn checklist_flags_loose_permissions_in_development() {
+    no_mode_override();
+    let dir = tempfile::tempdir().unwrap();
+    let config = file_config(dir.path(), "development");
+    drop(TdeSubsystem::new(config.clone()).await.unwrap());
+    let mek_file = dir.path().join("mek/master_key_001.v1.mek");
+    std::fs::set_permissions(&mek_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let tde = TdeSubsystem::new(config.clone()).await.unwrap();
+    assert!(
+        tde.warnings().iter().any(|w| w.contains("chmod 600")),
+        "{:?}",
+        tde.warnings()
+    );
+    let checklist = security_checklist(&tde).await;
+    let perm = checklist
+        .iter()
+        .find(|c| c.item.contains("File permissions"))
+        .unwrap();
+    assert_eq!(perm.status, CheckStatus::Fail);
+    assert!(perm.reason.contains("chmod 600"), "{}", perm.reason);
+    drop(tde);
+    // The same files are refused outright in production.
+    let mut prod = config;
+    prod.security_mode = Some("production".into());
+    let e = TdeSubsystem::new(prod).await.unwrap_err();
+    assert!(matches!(e, TdeError::InsecurePermissions { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn backends_missing_from_the_build_name_their_feature() {
+    no_mode_override();
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TdeConfig {
+        key_storage_path: dir.path().join("k"),
+        kms_config: Some(KmsConfig::Aws(AwsKmsConfig {
+            region: "us-east-1".into(),
+            key_id: "alias/heliosdb".into(),
+            endpoint: None,
+        })),
+        ..Default::default()
+    };
+    let e = TdeSubsystem::new(kms).await.unwrap_err().to_string();
+    assert!(e.contains("`aws-kms`"), "{e}");
+    let hsm = TdeConfig {
+        key_storage_path: dir.path().join("k"),
+        hsm_config: Some(HsmConfig {
+            pkcs11_library_path: "/usr/lib/softhsm/libsofthsm2.so".into(),
+            slot_id: 0,
+            token_label: Some("heliosdb".into()),
+            timeout_secs: 30,
+            enable_logging: true,
+        }),
+        ..Default::default()
+    };
+    let e = TdeSubsystem::new(hsm).await.unwrap_err().to_string();
+    assert!(e.contains("`pkcs11-hsm`"), "{e}");
+}
+
+#[tokio::test]
+async fn invalid_and_disabled_configurations_are_refused() {
+    let e = TdeSubsystem::new(TdeConfig {
+        enabled: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("enabled"), "{e}");
+    let e = TdeSubsystem::new(TdeConfig {
+        cache_limit: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("cache_limit"), "{e}");
+}
+
+#[tokio::test]
+async fn a_missing_passphrase_variable_gives_the_guides_error() {
+    no_mode_override();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sf = SecureFileConfig::new(dir.path().join("mek"));
+    sf.passphrase_env_var = Some("HELIOSDB_TEST_NO_SUCH_PASSPHRASE_VAR".into());
+    let e = TdeSubsystem::new(TdeConfig {
+        key_storage_path: dir.path().join("keys"),
+        secure_file_config: Some(sf),
+        security_mode: Some("production".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "MEK provider error: Passphrase environment variable \
+             HELIOSDB_TEST_NO_SUCH_PASSPHRASE_VAR not found"
+        ),
+        "{e}"
+    );
+    assert!(!dir.path().join("keys").exists());
+}

@@ -225,3 +225,27 @@ async fn a_missing_passphrase_variable_gives_the_guides_error() {
     );
     assert!(!dir.path().join("keys").exists());
 }
+
+#[tokio::test]
+async fn the_audit_log_records_every_key_operation_and_verifies() {
+    no_mode_override();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = file_config(dir.path(), "production");
+    let log = dir.path().join("audit").join("audit.log");
+    config.audit_log_path = Some(log.clone());
+    let tde = TdeSubsystem::new(config.clone()).await.unwrap();
+    tde.key_manager().create_table_key("t").await.unwrap();
+    tde.key_manager().rotate_table(&"t".parse().unwrap()).await.unwrap();
+    let checklist = security_checklist(&tde).await;
+    let audit = checklist.iter().find(|c| c.item.contains("Audit")).unwrap();
+    assert_eq!(audit.status, CheckStatus::Pass, "{}", audit.reason);
+    drop(tde);
+    let v = heliosdb_security::tde::verify_audit_log(&log).unwrap();
+    assert_eq!(v.lines, 3, "MEK generated, TEK created, TEK rotated");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("\"action\":\"tek.rotated\""), "{text}");
+    // A restart extends the same chain.
+    let tde = TdeSubsystem::new(config).await.unwrap();
+    tde.key_manager().create_table_key("u").await.unwrap();
+    assert_eq!(heliosdb_security::tde::verify_audit_log(&log).unwrap().lines, 4);
+}

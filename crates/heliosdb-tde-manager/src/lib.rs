@@ -12,8 +12,10 @@
 //!   under a thousand concurrent readers costs one provider unwrap, and hits are a synchronous
 //!   lookup ([`KeyManager::get_cached_table_key`]).
 
+pub mod audit;
 mod stats;
 
+pub use audit::{AuditVerification, FileAuditSink, verify_audit_log};
 pub use stats::{CacheStats, KeyStats, ProviderStats, UsageTotals};
 
 use heliosdb_tde_core::{

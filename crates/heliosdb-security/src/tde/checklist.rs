@@ -277,7 +277,7 @@ pub async fn security_checklist(tde: &TdeSubsystem) -> Vec<CheckItem> {
         item(
             "Audit logging enabled",
             CheckStatus::Fail,
-            "no audit sink is attached to the key manager",
+            "no audit log: set audit_log_path (or HELIOSDB_TDE_AUDIT_LOG_PATH)",
         )
     });
 

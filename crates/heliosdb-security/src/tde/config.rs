@@ -36,6 +36,9 @@ pub struct TdeConfig {
     /// `production` or `development`; `None` means the build type decides. The environment
     /// variable `HELIOSDB_SECURITY_MODE` overrides it.
     pub security_mode: Option<String>,
+    /// A hash-chained audit log of every key operation (JSON lines, mode 0600). Not in the
+    /// guide's examples; `None` disables audit logging, which `security status` reports.
+    pub audit_log_path: Option<PathBuf>,
 }
 
 impl Default for TdeConfig {
@@ -50,6 +53,7 @@ impl Default for TdeConfig {
             secure_file_config: None,
             hsm_config: None,
             security_mode: None,
+            audit_log_path: None,
         }
     }
 }
@@ -98,6 +102,7 @@ impl TdeConfig {
     /// | `HELIOSDB_TDE_KEY_STORAGE_PATH` | `key_storage_path` |
     /// | `HELIOSDB_TDE_DEFAULT_MEK_ID` | `default_mek_id` |
     /// | `HELIOSDB_TDE_CACHE_LIMIT` | `cache_limit` |
+    /// | `HELIOSDB_TDE_AUDIT_LOG_PATH` | `audit_log_path` |
     /// | `HELIOSDB_TDE_MEK_STORAGE_PATH` | `secure_file_config.storage_path` (enables it) |
     /// | `HELIOSDB_TDE_PASSPHRASE_FILE` | `secure_file_config.passphrase_file` |
     /// | `HELIOSDB_KMS_KEY_ID`, `AWS_REGION` | `kms_config` (AWS) `key_id`, `region` |
@@ -136,6 +141,9 @@ impl TdeConfig {
                     "use a whole number of keys, e.g. 1000",
                 )
             })?;
+        }
+        if let Some(v) = var("AUDIT_LOG_PATH") {
+            self.audit_log_path = Some(v.into());
         }
         if let Some(v) = var("MEK_STORAGE_PATH") {
             match &mut self.secure_file_config {

@@ -22,7 +22,9 @@ pub use heliosdb_tde_core::{
     ProviderKind, SecureFileConfig, SecurityMode, TableId, TableKey, TdeError, TekId, TekVersion,
     VaultTransitConfig,
 };
-pub use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, KeyStats};
+pub use heliosdb_tde_manager::{
+    AuditVerification, FileAuditSink, KeyManager, KeyManagerConfig, KeyStats, verify_audit_log,
+};
 pub use heliosdb_tde_memory::InMemoryMekProvider;
 
 /// The secure file provider (feature `secure-file`).

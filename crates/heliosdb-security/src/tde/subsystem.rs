@@ -92,7 +92,7 @@ impl TdeSubsystem {
             });
         }
         let store = RedbKeyStore::open_dir(&config.key_storage_path)?;
-        let km = KeyManager::new(
+        let mut km = KeyManager::new(
             provider,
             Arc::new(store),
             KeyManagerConfig {
@@ -102,6 +102,12 @@ impl TdeSubsystem {
                 security_mode: mode,
             },
         )?;
+        if let Some(path) = &config.audit_log_path {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| TdeError::io(parent, e))?;
+            }
+            km = km.with_audit(Arc::new(heliosdb_tde_manager::FileAuditSink::open(path)?));
+        }
         if let Some(w) = km.validate_security()? {
             warnings.push(w);
         }

@@ -1,0 +1,262 @@
+//! `heliosdb-cli`: manage HeliosDB TDE keys from the command line.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod output;
+mod quickstart;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use heliosdb_security::tde::{
+    self, CheckStatus, KeyType, SecureFileMekProvider, TdeConfig, TdeError, TdeSubsystem,
+};
+use output::{Format, Out};
+use secrecy::SecretString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Manage HeliosDB transparent data encryption keys.
+#[derive(Parser, Debug)]
+#[command(name = "heliosdb-cli", version, about)]
+struct Cli {
+    /// TOML configuration file (TdeConfig); environment overrides apply on top. Defaults to
+    /// $HELIOSDB_CONFIG, then to built-in defaults.
+    #[arg(long, global = true, env = "HELIOSDB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Key management for transparent data encryption.
+    #[command(subcommand)]
+    Security(Security),
+    /// Protect sample tables with a real key hierarchy in a local directory (no server needed).
+    Quickstart(quickstart::Args),
+}
+
+#[derive(Subcommand, Debug)]
+enum Security {
+    /// Security mode, MEK provider, and the guide's Security Checklist.
+    Status,
+    /// The default MEK and its versions.
+    MekInfo,
+    /// Cache, provider, state and usage statistics.
+    KeyStats,
+    /// MEK operations.
+    #[command(subcommand)]
+    Mek(Mek),
+    /// Table encryption key operations.
+    #[command(subcommand)]
+    Tek(Tek),
+    /// Verify the hash chain of the audit log (audit_log_path, or --path).
+    AuditVerify {
+        /// The log file; defaults to the configured audit_log_path.
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum Mek {
+    /// Generate an MEK (version 1) in the provider.
+    Generate {
+        /// The MEK id; defaults to the configured default_mek_id.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Re-encrypt every MEK file under a new passphrase (secure file provider). The old
+    /// passphrase is read from HELIOSDB_MEK_PASSPHRASE_OLD, the new one from the configured
+    /// variable or passphrase file. Also finishes an interrupted change.
+    ChangePassphrase,
+}
+
+#[derive(Subcommand, Debug)]
+enum Tek {
+    /// Create the first TEK of a table.
+    Create {
+        /// The table, for example public.users.
+        table: String,
+    },
+    /// List keys.
+    List {
+        /// Which keys.
+        #[arg(long = "type", value_enum, default_value_t = KeyKind::Table)]
+        kind: KeyKind,
+    },
+    /// Rotate a table's TEK: a new version encrypts, older versions only decrypt.
+    Rotate {
+        /// The table.
+        table: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum KeyKind {
+    All,
+    Master,
+    Table,
+}
+
+/// Exit code for a status report with failing checklist items.
+const EXIT_CHECKLIST_FAILED: u8 = 3;
+
+fn load_config(path: Option<&PathBuf>) -> Result<TdeConfig, TdeError> {
+    let mut config = match path {
+        Some(p) => TdeConfig::from_toml_file(p)?,
+        None => TdeConfig::default(),
+    };
+    config.apply_env()?;
+    Ok(config)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, TdeError> {
+    let out = Out::new(cli.format);
+    match cli.command {
+        Command::Quickstart(args) => quickstart::run(args, &out).await,
+        Command::Security(cmd) => {
+            let config = load_config(cli.config.as_ref())?;
+            // Runs without starting the subsystem: the provider cannot open while files are
+            // split between two passphrases, which is exactly what this command repairs.
+            if let Security::Mek(Mek::ChangePassphrase) = cmd {
+                return change_passphrase(&config, &out);
+            }
+            if let Security::AuditVerify { path } = &cmd {
+                return audit_verify(path.as_ref().or(config.audit_log_path.as_ref()), &out);
+            }
+            let tde = TdeSubsystem::new(config).await?;
+            security(cmd, &tde, &out).await
+        }
+    }
+}
+
+async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, TdeError> {
+    let km = tde.key_manager();
+    match cmd {
+        Security::Status => {
+            let checklist = tde::security_checklist(tde).await;
+            out.status(tde, &checklist);
+            if checklist.iter().any(|c| c.status == CheckStatus::Fail) {
+                return Ok(ExitCode::from(EXIT_CHECKLIST_FAILED));
+            }
+        }
+        Security::MekInfo => out.mek_info(&km.mek_info().await?),
+        Security::KeyStats => out.key_stats(&km.key_stats().await?),
+        Security::Mek(Mek::Generate { id }) => {
+            let id = id.unwrap_or_else(|| tde.config().default_mek_id.clone());
+            let mek = km.generate_mek(&id).await?;
+            out.message(&format!(
+                "generated {mek} in {}",
+                km.mek_provider.description()
+            ));
+        }
+        Security::Mek(Mek::ChangePassphrase) => return change_passphrase(tde.config(), out),
+        Security::AuditVerify { path } => {
+            return audit_verify(path.as_ref().or(tde.config().audit_log_path.as_ref()), out);
+        }
+        Security::Tek(Tek::Create { table }) => {
+            let meta = km.create_table_key(&table).await?;
+            out.keys(&[meta]);
+        }
+        Security::Tek(Tek::List { kind }) => {
+            let kind = match kind {
+                KeyKind::All => None,
+                KeyKind::Master => Some(KeyType::Master),
+                KeyKind::Table => Some(KeyType::Table),
+            };
+            out.keys(&km.list_keys(kind).await?);
+        }
+        Security::Tek(Tek::Rotate { table }) => {
+            let meta = km.rotate_table(&table.parse()?).await?;
+            out.keys(&[meta]);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn audit_verify(path: Option<&PathBuf>, out: &Out) -> Result<ExitCode, TdeError> {
+    let path = path.ok_or_else(|| {
+        TdeError::config(
+            "audit_log_path",
+            "no audit log is configured; pass --path FILE",
+        )
+    })?;
+    let v = tde::verify_audit_log(path)?;
+    out.message(&format!(
+        "audit log {} verified: {} lines, chain intact, last hash {}",
+        path.display(),
+        v.lines,
+        v.last_hash
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn change_passphrase(config: &TdeConfig, out: &Out) -> Result<ExitCode, TdeError> {
+    let file = config.secure_file_config.as_ref().ok_or_else(|| {
+        TdeError::config(
+            "secure_file_config",
+            "change-passphrase applies to the secure file provider only; configure it",
+        )
+    })?;
+    let (mode, _) = tde::SecurityMode::resolve(config.security_mode.as_deref())?;
+    let old = std::env::var("HELIOSDB_MEK_PASSPHRASE_OLD").map_err(|_| {
+        TdeError::PassphraseEnvMissing {
+            var: "HELIOSDB_MEK_PASSPHRASE_OLD".into(),
+        }
+    })?;
+    let new = match &file.passphrase_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| TdeError::io(p, e))?;
+            text.trim_end_matches(['\n', '\r']).to_string()
+        }
+        None => {
+            std::env::var(file.passphrase_var()).map_err(|_| TdeError::PassphraseEnvMissing {
+                var: file.passphrase_var().into(),
+            })?
+        }
+    };
+    let report = SecureFileMekProvider::change_passphrase_in(
+        file,
+        mode,
+        &SecretString::from(old),
+        &SecretString::from(new),
+    )?;
+    out.message(&format!(
+        "passphrase changed: {} files re-encrypted, {} already converted by an earlier run; \
+         passphrase generation {}",
+        report.rewritten, report.already_converted, report.generation
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HELIOSDB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

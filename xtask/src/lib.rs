@@ -148,6 +148,16 @@ fn lint() -> Result {
             backend,
         ]))?;
     }
+    // The facade must build without any backend feature, and with each one alone.
+    run_cmd(cargo().args(["check", "-p", "heliosdb-security", "--no-default-features"]))?;
+    run_cmd(cargo().args([
+        "check",
+        "-p",
+        "heliosdb-security",
+        "--no-default-features",
+        "--features",
+        "secure-file",
+    ]))?;
     let problems = tidy::check_workspace(&workspace_root())?;
     if !problems.is_empty() {
         return Err(format!("tidy found problems:\n  {}", problems.join("\n  ")));

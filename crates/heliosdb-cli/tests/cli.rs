@@ -64,7 +64,10 @@ fn quickstart_works_twice_and_says_development() {
     let t = text(&second);
     assert!(t.contains("exists: reopened and unwrapped"), "{t}");
     assert!(t.contains("public.orders@v3 now encrypts"), "{t}");
-    let audit = cli(dir.path(), &["security", "audit-verify", "--path", "qs/audit.log"]);
+    let audit = cli(
+        dir.path(),
+        &["security", "audit-verify", "--path", "qs/audit.log"],
+    );
     assert!(text(&audit).contains("chain intact"), "{}", text(&audit));
 }
 
@@ -88,7 +91,11 @@ fn quickstart_in_production_applies_the_production_rules() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("security mode: production"), "{}", text(&out));
+    assert!(
+        text(&out).contains("security mode: production"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -107,7 +114,11 @@ fn security_commands_with_a_config_file() {
     let out = run(&["security", "tek", "create", "public.users"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("already exists"), "{}", text(&out));
-    assert!(run(&["security", "tek", "rotate", "public.users"]).status.success());
+    assert!(
+        run(&["security", "tek", "rotate", "public.users"])
+            .status
+            .success()
+    );
 
     let out = run(&["--format", "json", "security", "tek", "list"]);
     let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -135,11 +146,18 @@ fn security_commands_with_a_config_file() {
     assert_eq!(status["provider_secure"], true);
     let checklist = status["checklist"].as_array().unwrap();
     assert_eq!(checklist.len(), 10);
-    assert!(checklist.iter().all(|c| c["status"] != "fail"), "{status:#}");
+    assert!(
+        checklist.iter().all(|c| c["status"] != "fail"),
+        "{status:#}"
+    );
     assert_eq!(out.status.code(), Some(0));
 
     let out = run(&["security", "mek", "generate", "--id", "second_mek"]);
-    assert!(text(&out).contains("generated second_mek@v1"), "{}", text(&out));
+    assert!(
+        text(&out).contains("generated second_mek@v1"),
+        "{}",
+        text(&out)
+    );
     let out = run(&["security", "tek", "list", "--type", "master"]);
     assert!(text(&out).contains("mek:second_mek@v1"), "{}", text(&out));
     assert!(run(&["security", "audit-verify"]).status.success());
@@ -157,10 +175,16 @@ fn status_exits_3_when_a_checklist_item_fails() {
         ),
     )
     .unwrap();
-    let out = cli(dir.path(), &["--config", cfg.to_str().unwrap(), "security", "status"]);
+    let out = cli(
+        dir.path(),
+        &["--config", cfg.to_str().unwrap(), "security", "status"],
+    );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("[FAIL]") && t.contains("In-Memory (INSECURE - testing only)"), "{t}");
+    assert!(
+        t.contains("[FAIL]") && t.contains("In-Memory (INSECURE - testing only)"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -168,22 +192,38 @@ fn change_passphrase_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path());
     assert!(
-        cli(dir.path(), &["--config", cfg.to_str().unwrap(), "security", "mek-info"])
-            .status
-            .success()
+        cli(
+            dir.path(),
+            &["--config", cfg.to_str().unwrap(), "security", "mek-info"]
+        )
+        .status
+        .success()
     );
     let new_pass = "the replacement passphrase, also quite long";
     std::fs::write(dir.path().join("secrets/pass.txt"), new_pass).unwrap();
     let out = Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap(), "security", "mek", "change-passphrase"])
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "security",
+            "mek",
+            "change-passphrase",
+        ])
         .current_dir(dir.path())
         .env_remove("HELIOSDB_SECURITY_MODE")
         .env("HELIOSDB_MEK_PASSPHRASE_OLD", PASS)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("1 files re-encrypted"), "{}", text(&out));
-    let out = cli(dir.path(), &["--config", cfg.to_str().unwrap(), "security", "mek-info"]);
+    assert!(
+        text(&out).contains("1 files re-encrypted"),
+        "{}",
+        text(&out)
+    );
+    let out = cli(
+        dir.path(),
+        &["--config", cfg.to_str().unwrap(), "security", "mek-info"],
+    );
     assert!(out.status.success(), "{}", text(&out));
 }
 
@@ -192,19 +232,36 @@ fn bad_input_gives_readable_errors_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "cache_limit = 0\nkey_storage_path = \"/tmp/x\"\n").unwrap();
-    let out = cli(dir.path(), &["--config", cfg.to_str().unwrap(), "security", "status"]);
+    let out = cli(
+        dir.path(),
+        &["--config", cfg.to_str().unwrap(), "security", "status"],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("cache_limit"), "{}", text(&out));
-    assert!(!text(&out).contains("InvalidConfig {"), "a debug dump: {}", text(&out));
+    assert!(
+        !text(&out).contains("InvalidConfig {"),
+        "a debug dump: {}",
+        text(&out)
+    );
 
     std::fs::write(&cfg, "cache_limt = 10\n").unwrap();
-    let out = cli(dir.path(), &["--config", cfg.to_str().unwrap(), "security", "status"]);
+    let out = cli(
+        dir.path(),
+        &["--config", cfg.to_str().unwrap(), "security", "status"],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("cache_limt"), "{}", text(&out));
 
-    let out = cli(dir.path(), &["--config", "/nonexistent/tde.toml", "security", "status"]);
+    let out = cli(
+        dir.path(),
+        &["--config", "/nonexistent/tde.toml", "security", "status"],
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("/nonexistent/tde.toml"), "{}", text(&out));
+    assert!(
+        text(&out).contains("/nonexistent/tde.toml"),
+        "{}",
+        text(&out)
+    );
 
     let out = cli(dir.path(), &["security", "no-such-command"]);
     assert_eq!(out.status.code(), Some(2));

@@ -235,7 +235,10 @@ async fn the_audit_log_records_every_key_operation_and_verifies() {
     config.audit_log_path = Some(log.clone());
     let tde = TdeSubsystem::new(config.clone()).await.unwrap();
     tde.key_manager().create_table_key("t").await.unwrap();
-    tde.key_manager().rotate_table(&"t".parse().unwrap()).await.unwrap();
+    tde.key_manager()
+        .rotate_table(&"t".parse().unwrap())
+        .await
+        .unwrap();
     let checklist = security_checklist(&tde).await;
     let audit = checklist.iter().find(|c| c.item.contains("Audit")).unwrap();
     assert_eq!(audit.status, CheckStatus::Pass, "{}", audit.reason);
@@ -247,5 +250,10 @@ async fn the_audit_log_records_every_key_operation_and_verifies() {
     // A restart extends the same chain.
     let tde = TdeSubsystem::new(config).await.unwrap();
     tde.key_manager().create_table_key("u").await.unwrap();
-    assert_eq!(heliosdb_security::tde::verify_audit_log(&log).unwrap().lines, 4);
+    assert_eq!(
+        heliosdb_security::tde::verify_audit_log(&log)
+            .unwrap()
+            .lines,
+        4
+    );
 }

@@ -230,10 +230,10 @@ impl SecureFileMekProvider {
         passphrase: SecretString,
         mut warnings: Vec<String>,
     ) -> Result<Self> {
-        if let Some(w) = passphrase::check_strength(&passphrase, mode)? {
-            if !warnings.contains(&w) {
-                warnings.push(w);
-            }
+        if let Some(w) = passphrase::check_strength(&passphrase, mode)?
+            && !warnings.contains(&w)
+        {
+            warnings.push(w);
         }
         let kdf = config.kdf.unwrap_or_default();
         if !kdf.meets_owasp_minimum() {
@@ -505,14 +505,15 @@ fn normalize_active(slots: &mut BTreeMap<MekRef, Slot>, warnings: &mut Vec<Strin
         }
     }
     for (m, s) in slots.iter_mut() {
-        if let Slot::Live { state, .. } = s {
-            if *state == KeyState::Active && newest_active.get(&m.id) != Some(&m.version) {
-                *state = KeyState::DecryptOnly;
-                warnings.push(format!(
-                    "{m} was still marked active next to a newer active version (an interrupted \
+        if let Slot::Live { state, .. } = s
+            && *state == KeyState::Active
+            && newest_active.get(&m.id) != Some(&m.version)
+        {
+            *state = KeyState::DecryptOnly;
+            warnings.push(format!(
+                "{m} was still marked active next to a newer active version (an interrupted \
                      rotation); treating it as decrypt-only"
-                ));
-            }
+            ));
         }
     }
 }

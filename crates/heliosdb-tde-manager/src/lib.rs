@@ -154,10 +154,10 @@ impl KeyManager {
     }
 
     async fn audit(&self, event: AuditEvent) {
-        if let Some(sink) = &self.audit {
-            if let Err(e) = sink.record(event).await {
-                tracing::error!(target: "heliosdb::tde::audit", "audit record failed: {e}");
-            }
+        if let Some(sink) = &self.audit
+            && let Err(e) = sink.record(event).await
+        {
+            tracing::error!(target: "heliosdb::tde::audit", "audit record failed: {e}");
         }
     }
 

@@ -72,16 +72,15 @@ fn permission_problems(dir: &Path, files_ext: Option<&str>) -> Vec<String> {
                 Some(ext) => p.extension().is_some_and(|x| x == ext),
                 None => p.is_file(),
             };
-            if matches {
-                if let Some(m) = mode_bits(&p) {
-                    if m & 0o077 != 0 {
-                        problems.push(format!(
-                            "{} is {m:03o} (chmod 600 {})",
-                            p.display(),
-                            p.display()
-                        ));
-                    }
-                }
+            if matches
+                && let Some(m) = mode_bits(&p)
+                && m & 0o077 != 0
+            {
+                problems.push(format!(
+                    "{} is {m:03o} (chmod 600 {})",
+                    p.display(),
+                    p.display()
+                ));
             }
         }
     }

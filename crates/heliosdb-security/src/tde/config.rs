@@ -214,13 +214,13 @@ impl TdeConfig {
                     "must name the directory of the MEK files, e.g. /var/lib/heliosdb/mek",
                 ));
             }
-            if let Some(v) = &f.passphrase_env_var {
-                if v.is_empty() || v.contains('=') || v.contains('\0') {
-                    return Err(TdeError::config(
-                        "secure_file_config.passphrase_env_var",
-                        format!("{v:?} is not a valid environment variable name"),
-                    ));
-                }
+            if let Some(v) = &f.passphrase_env_var
+                && (v.is_empty() || v.contains('=') || v.contains('\0'))
+            {
+                return Err(TdeError::config(
+                    "secure_file_config.passphrase_env_var",
+                    format!("{v:?} is not a valid environment variable name"),
+                ));
             }
         }
         if let Some(h) = &self.hsm_config {

@@ -91,17 +91,35 @@ async fn kill_9_never_leaves_a_torn_or_unreadable_file() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .filter(|l| l.starts_with("PASS ") || l == "READY")
-                .count()
+            let mut n = 0usize;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // libtest prints "test churn_child ... " without a newline before the child's
+                // first line, so match on the end of the line.
+                if line.starts_with("PASS ") || line.ends_with("READY") {
+                    n += 1;
+                    let _ = tx.send(if line.ends_with("READY") {
+                        "READY".into()
+                    } else {
+                        line
+                    });
+                }
+            }
+            n
         });
+        // Wait until the child has opened the provider (slow under a loaded machine), then
+        // kill it at a random moment of its rotate / change-passphrase loop.
+        let ready = rx.recv_timeout(Duration::from_secs(120));
+        assert_eq!(
+            ready.as_deref(),
+            Ok("READY"),
+            "round {round}: the child never started"
+        );
         let mut r = [0u8; 2];
         getrandom::fill(&mut r).unwrap();
         std::thread::sleep(Duration::from_millis(
-            300 + u64::from(u16::from_le_bytes(r)) % 900,
+            50 + u64::from(u16::from_le_bytes(r)) % 1200,
         ));
         child.kill().unwrap();
         child.wait().unwrap();

@@ -71,7 +71,8 @@ async fn sigkill_never_loses_an_acknowledged_key() {
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
-                    if let Some(id) = line.strip_prefix("ACK ") {
+                    // The first line may follow libtest's "test writer_child ... " prefix.
+                    if let Some(id) = line.find("ACK ").map(|i| &line[i + 4..]) {
                         acked.lock().unwrap().push(id.to_string());
                     }
                 }

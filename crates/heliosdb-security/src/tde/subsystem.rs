@@ -28,14 +28,24 @@ impl fmt::Debug for TdeSubsystem {
 }
 
 fn missing_feature(what: &str, feature: &str) -> TdeError {
+    // Features of this crate that exist but may be switched off.
+    const KNOWN: &[&str] = &["secure-file"];
+    let hint = if KNOWN.contains(&feature) {
+        format!(
+            "build heliosdb-security with the cargo feature `{feature}` (features = \
+             [\"{feature}\"]), or configure another MEK provider"
+        )
+    } else {
+        format!(
+            "the `{feature}` backend (cargo feature `{feature}`) is not part of this release of \
+             heliosdb-security; configure the secure file provider instead"
+        )
+    };
     TdeError::Unsupported {
         what: format!(
             "{what} is configured, but this build of heliosdb-security has no {what} backend"
         ),
-        hint: format!(
-            "build heliosdb-security with the cargo feature `{feature}` (features = [\"{feature}\"]), \
-             or configure another MEK provider"
-        ),
+        hint,
     }
 }
 

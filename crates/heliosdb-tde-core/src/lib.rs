@@ -43,5 +43,5 @@ pub use material::{KEY_LEN, KeyBytes, MasterKey, TableKey};
 pub use metadata::{EncryptionAlgorithm, KeyMetadata, KeyState, KeyType, UsageCounters};
 pub use mode::{ModeSource, SECURITY_MODE_ENV, SecurityMode};
 pub use provider::{MekInfo, MekProvider, MekVersionInfo, ProviderHealth, ProviderKind};
-pub use store::{KeyStore, StoreBatch, TekRecord};
+pub use store::{KeyStore, StoreBatch, StoreOp, TekRecord};
 pub use time::Timestamp;

@@ -7,8 +7,9 @@
 
 use crate::envelope::WrappedTek;
 use crate::error::{Result, TdeError};
-use crate::ids::{KeyId, TableId, TekId};
+use crate::ids::{KeyId, MekRef, TableId, TekId};
 use crate::metadata::KeyMetadata;
+use crate::metadata::KeyState;
 use async_trait::async_trait;
 use std::fmt;
 
@@ -65,6 +66,41 @@ pub enum StoreOp {
         /// The entry's name.
         name: String,
     },
+    /// Replaces a TEK's wrapped form, read-modify-write inside the transaction so that no
+    /// concurrent metadata change is lost. Skipped (not an error) when the TEK is missing or is
+    /// no longer wrapped under `expect`: another writer got there first.
+    Rewrap {
+        /// Which TEK.
+        id: TekId,
+        /// The MEK version the current wrapped form must be under.
+        expect: MekRef,
+        /// The new wrapped form; `metadata.wrapped_by` follows it.
+        wrapped: WrappedTek,
+        /// Keep the current wrapped form as `previous_wrap` (dual-encryption period), or clear
+        /// `previous_wrap`.
+        keep_previous: bool,
+    },
+    /// Drops the kept `previous_wrap` of a TEK (the dual-encryption period is over).
+    ClearPreviousWrap {
+        /// Which TEK.
+        id: TekId,
+    },
+    /// Moves a TEK to another lifecycle state (read-modify-write; the lifecycle rules apply and
+    /// a refused transition fails the batch).
+    SetState {
+        /// Which TEK.
+        id: TekId,
+        /// The new state.
+        state: KeyState,
+    },
+    /// Raises a TEK's recorded encryption count to at least `at_least` (nonce-budget
+    /// reservations; never lowers it).
+    ReserveEncryptions {
+        /// Which TEK.
+        id: TekId,
+        /// The count to reserve up to.
+        at_least: u64,
+    },
 }
 
 /// A set of mutations committed as one transaction.
@@ -104,6 +140,12 @@ impl StoreBatch {
     /// Adds a journal delete.
     pub fn delete_journal(mut self, name: impl Into<String>) -> Self {
         self.ops.push(StoreOp::DeleteJournal { name: name.into() });
+        self
+    }
+
+    /// Adds an operation.
+    pub fn push(mut self, op: StoreOp) -> Self {
+        self.ops.push(op);
         self
     }
 

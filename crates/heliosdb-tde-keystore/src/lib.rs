@@ -260,6 +260,48 @@ impl RedbKeyStore {
                             .remove(name.as_str())
                             .map_err(|e| self.err("journal delete", e))?;
                     }
+                    StoreOp::Rewrap {
+                        id,
+                        expect,
+                        wrapped,
+                        keep_previous,
+                    } => {
+                        let Some(mut rec) = self.read_in(&teks, &id)? else {
+                            continue;
+                        };
+                        if rec.wrapped.mek != expect {
+                            continue;
+                        }
+                        rec.metadata.wrapped_by = Some(wrapped.mek.clone());
+                        let old = std::mem::replace(&mut rec.wrapped, wrapped);
+                        rec.previous_wrap = keep_previous.then_some(old);
+                        self.write_in(&mut teks, &rec)?;
+                    }
+                    StoreOp::ClearPreviousWrap { id } => {
+                        if let Some(mut rec) = self.read_in(&teks, &id)? {
+                            if rec.previous_wrap.take().is_some() {
+                                self.write_in(&mut teks, &rec)?;
+                            }
+                        }
+                    }
+                    StoreOp::SetState { id, state } => {
+                        let mut rec =
+                            self.read_in(&teks, &id)?
+                                .ok_or_else(|| TdeError::KeyNotFound {
+                                    key: format!("tek:{id}"),
+                                    hint: "no such table key version in the key store".into(),
+                                })?;
+                        rec.metadata.transition(state)?;
+                        self.write_in(&mut teks, &rec)?;
+                    }
+                    StoreOp::ReserveEncryptions { id, at_least } => {
+                        if let Some(mut rec) = self.read_in(&teks, &id)? {
+                            if rec.metadata.usage.encryptions < at_least {
+                                rec.metadata.usage.encryptions = at_least;
+                                self.write_in(&mut teks, &rec)?;
+                            }
+                        }
+                    }
                     other => {
                         return Err(TdeError::Unsupported {
                             what: format!("store operation {other:?}"),
@@ -270,6 +312,27 @@ impl RedbKeyStore {
             }
         }
         txn.commit().map_err(|e| self.err("commit", e))
+    }
+}
+
+impl RedbKeyStore {
+    fn read_in(
+        &self,
+        teks: &redb::Table<'_, &[u8], &[u8]>,
+        id: &TekId,
+    ) -> Result<Option<TekRecord>> {
+        let key = record::tek_key(id);
+        match teks.get(key.as_slice()).map_err(|e| self.err("read", e))? {
+            Some(v) => Ok(Some(self.decode(&key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn write_in(&self, teks: &mut redb::Table<'_, &[u8], &[u8]>, rec: &TekRecord) -> Result<()> {
+        let key = record::tek_key(&rec.id);
+        teks.insert(key.as_slice(), record::encode(rec).as_slice())
+            .map_err(|e| self.err("write", e))?;
+        Ok(())
     }
 }
 

@@ -185,3 +185,104 @@ async fn concurrent_writers_all_land() {
     }
     assert_eq!(store.count_teks().await.unwrap(), 100);
 }
+
+#[tokio::test]
+async fn read_modify_write_operations() {
+    use heliosdb_tde_core::StoreOp;
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbKeyStore::open_dir(dir.path()).unwrap();
+    let (_, rec) = record("t@v1");
+    let id = rec.id.clone();
+    store
+        .apply(StoreBatch::new().insert(rec.clone()))
+        .await
+        .unwrap();
+
+    // Rewrap keeps the old form as previous_wrap and follows the new MEK in the metadata.
+    let mut new_wrap = rec.wrapped.clone();
+    new_wrap.mek = "store_test_mek@v2".parse().unwrap();
+    let op = |expect: &str, keep| StoreOp::Rewrap {
+        id: id.clone(),
+        expect: expect.parse().unwrap(),
+        wrapped: new_wrap.clone(),
+        keep_previous: keep,
+    };
+    store
+        .apply(StoreBatch::new().push(op("store_test_mek@v1", true)))
+        .await
+        .unwrap();
+    let got = store.get_tek(&id).await.unwrap().unwrap();
+    assert_eq!(got.wrapped.mek.to_string(), "store_test_mek@v2");
+    assert_eq!(got.previous_wrap.as_ref().unwrap(), &rec.wrapped);
+    assert_eq!(
+        got.metadata.wrapped_by.unwrap().to_string(),
+        "store_test_mek@v2"
+    );
+    // A rewrap whose expectation no longer holds is skipped, not applied twice.
+    let mut other = new_wrap.clone();
+    other.payload[0] ^= 1;
+    store
+        .apply(StoreBatch::new().push(StoreOp::Rewrap {
+            id: id.clone(),
+            expect: "store_test_mek@v1".parse().unwrap(),
+            wrapped: other,
+            keep_previous: false,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(store.get_tek(&id).await.unwrap().unwrap().wrapped, new_wrap);
+
+    // State changes follow the lifecycle; a refused one fails the whole batch.
+    store
+        .apply(StoreBatch::new().push(StoreOp::SetState {
+            id: id.clone(),
+            state: KeyState::DecryptOnly,
+        }))
+        .await
+        .unwrap();
+    let e = store
+        .apply(
+            StoreBatch::new()
+                .put_journal("x", vec![1])
+                .push(StoreOp::SetState {
+                    id: id.clone(),
+                    state: KeyState::Destroyed,
+                }),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TdeError::InvalidKeyState { .. }), "{e}");
+    assert!(store.get_journal("x").await.unwrap().is_none());
+
+    // Reservations only ever raise the count.
+    for v in [100, 50, 300] {
+        store
+            .apply(StoreBatch::new().push(StoreOp::ReserveEncryptions {
+                id: id.clone(),
+                at_least: v,
+            }))
+            .await
+            .unwrap();
+    }
+    let got = store.get_tek(&id).await.unwrap().unwrap();
+    assert_eq!(got.metadata.usage.encryptions, 300);
+    assert_eq!(
+        got.metadata.state,
+        KeyState::DecryptOnly,
+        "no update was lost"
+    );
+    assert!(got.previous_wrap.is_some());
+    store
+        .apply(StoreBatch::new().push(StoreOp::ClearPreviousWrap { id: id.clone() }))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .get_tek(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .previous_wrap
+            .is_none()
+    );
+}

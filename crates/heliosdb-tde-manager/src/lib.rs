@@ -21,7 +21,7 @@ pub use stats::{CacheStats, KeyStats, ProviderStats, UsageTotals};
 use heliosdb_tde_core::{
     AuditAction, AuditEvent, AuditSink, EncryptionAlgorithm, KeyId, KeyMetadata, KeyState,
     KeyStore, KeyType, MekId, MekInfo, MekProvider, MekRef, Result, SecurityMode, StoreBatch,
-    TableId, TableKey, TdeError, TekId, TekRecord, TekVersion, WrapContext,
+    StoreOp, TableId, TableKey, TdeError, TekId, TekRecord, TekVersion, WrapContext,
 };
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
@@ -458,9 +458,12 @@ impl KeyManager {
         let mut batch = StoreBatch::new().insert(record);
         for old in versions {
             if old.metadata.state == KeyState::Active {
-                let mut old = old;
-                old.metadata.transition(KeyState::DecryptOnly)?;
-                batch = batch.upsert(old);
+                // Read-modify-write in the store: a concurrent MEK rewrap of this record is
+                // never undone.
+                batch = batch.push(StoreOp::SetState {
+                    id: old.id,
+                    state: KeyState::DecryptOnly,
+                });
             }
         }
         self.store.apply(batch).await?;

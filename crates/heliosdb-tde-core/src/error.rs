@@ -94,6 +94,19 @@ pub enum TdeError {
         hint: String,
     },
 
+    /// An MEK rotation is in a phase where the requested step cannot run.
+    #[error("cannot {operation}: the rotation of {mek} is in phase {phase}. {hint}")]
+    RotationPhase {
+        /// The MEK being rotated.
+        mek: String,
+        /// The rotation's phase.
+        phase: String,
+        /// What was attempted.
+        operation: String,
+        /// What to do about it.
+        hint: String,
+    },
+
     /// The MEK provider could not be reached or refused service.
     #[error(
         "MEK provider {provider} unavailable: {reason}. {}",

@@ -13,9 +13,12 @@
 //!   lookup ([`KeyManager::get_cached_table_key`]).
 
 pub mod audit;
+mod rotation;
 mod stats;
 
 pub use audit::{AuditVerification, FileAuditSink, verify_audit_log};
+pub use heliosdb_tde_rotation::{Phase, Progress, RotationConfig, RotationState, Verification};
+pub use rotation::{EmergencyRotation, MekRotationResult, UsagePolicy};
 pub use stats::{CacheStats, KeyStats, ProviderStats, UsageTotals};
 
 use heliosdb_tde_core::{
@@ -44,6 +47,24 @@ pub struct KeyManagerConfig {
     pub algorithm: EncryptionAlgorithm,
     /// The resolved security mode.
     pub security_mode: SecurityMode,
+    /// MEK rotation tuning and the dual-encryption grace period.
+    pub rotation: RotationConfig,
+    /// Nonce-budget policy for pages sealed through the manager.
+    pub usage: UsagePolicy,
+}
+
+impl KeyManagerConfig {
+    /// A configuration with default cache limit (1000), algorithm, rotation and usage policy.
+    pub fn new(default_mek_id: MekId, security_mode: SecurityMode) -> Self {
+        Self {
+            default_mek_id,
+            cache_limit: 1000,
+            algorithm: EncryptionAlgorithm::Aes256Gcm,
+            security_mode,
+            rotation: RotationConfig::default(),
+            usage: UsagePolicy::default(),
+        }
+    }
 }
 
 /// Counts evictions; the evicted `Arc<TableKey>` is dropped right after, and its bytes are
@@ -76,6 +97,10 @@ pub struct KeyManager {
     active_mek: RwLock<Option<MekRef>>,
     /// Serialises TEK creation and rotation (rare; reads never take it).
     mutations: tokio::sync::Mutex<()>,
+    /// Page sealers per table, with their reserved nonce budget.
+    encryptors: RwLock<HashMap<TableId, Arc<rotation::Encryptor>>>,
+    /// Serialises sealer creation, so that two sealers never share a reservation.
+    encryptor_lock: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for KeyManager {
@@ -88,7 +113,7 @@ impl fmt::Debug for KeyManager {
     }
 }
 
-fn poisoned() -> TdeError {
+pub(crate) fn poisoned() -> TdeError {
     TdeError::ProviderUnavailable {
         provider: "key manager".into(),
         reason: "internal lock poisoned by a panic in another thread".into(),
@@ -124,6 +149,8 @@ impl KeyManager {
             active_versions: RwLock::new(HashMap::new()),
             active_mek: RwLock::new(None),
             mutations: tokio::sync::Mutex::new(()),
+            encryptors: RwLock::new(HashMap::new()),
+            encryptor_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -153,7 +180,7 @@ impl KeyManager {
         &self.store
     }
 
-    async fn audit(&self, event: AuditEvent) {
+    pub(crate) async fn audit(&self, event: AuditEvent) {
         if let Some(sink) = &self.audit
             && let Err(e) = sink.record(event).await
         {
@@ -467,6 +494,10 @@ impl KeyManager {
             }
         }
         self.store.apply(batch).await?;
+        self.encryptors
+            .write()
+            .map_err(|_| poisoned())?
+            .remove(table);
         self.cache.insert(id.clone(), Arc::new(tek));
         self.active_versions
             .write()
@@ -534,7 +565,7 @@ impl KeyManager {
     }
 }
 
-fn not_found(id: &TekId) -> TdeError {
+pub(crate) fn not_found(id: &TekId) -> TdeError {
     TdeError::KeyNotFound {
         key: format!("tek:{id}"),
         hint: "no such table key version in the key store".into(),

@@ -16,12 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn config(mode: SecurityMode, cache_limit: usize) -> KeyManagerConfig {
-    KeyManagerConfig {
-        default_mek_id: MekId::new("master_key_001").unwrap(),
-        cache_limit,
-        algorithm: EncryptionAlgorithm::Aes256Gcm,
-        security_mode: mode,
-    }
+    let mut c = KeyManagerConfig::new(MekId::new("master_key_001").unwrap(), mode);
+    c.cache_limit = cache_limit;
+    c
 }
 
 fn store(dir: &std::path::Path) -> Arc<dyn KeyStore> {

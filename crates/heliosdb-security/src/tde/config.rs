@@ -39,6 +39,12 @@ pub struct TdeConfig {
     /// A hash-chained audit log of every key operation (JSON lines, mode 0600). Not in the
     /// guide's examples; `None` disables audit logging, which `security status` reports.
     pub audit_log_path: Option<PathBuf>,
+    /// Days both MEK versions stay valid after a rotation before the old one may be
+    /// deactivated (the guide's schedule: 30).
+    pub rotation_grace_days: u64,
+    /// Encryptions after which a table key used through the key manager is rotated
+    /// automatically (at most 2^32, NIST SP 800-38D; default 2^31).
+    pub tek_usage_soft_limit: u64,
 }
 
 impl Default for TdeConfig {
@@ -54,6 +60,8 @@ impl Default for TdeConfig {
             hsm_config: None,
             security_mode: None,
             audit_log_path: None,
+            rotation_grace_days: 30,
+            tek_usage_soft_limit: 1 << 31,
         }
     }
 }
@@ -103,6 +111,7 @@ impl TdeConfig {
     /// | `HELIOSDB_TDE_DEFAULT_MEK_ID` | `default_mek_id` |
     /// | `HELIOSDB_TDE_CACHE_LIMIT` | `cache_limit` |
     /// | `HELIOSDB_TDE_AUDIT_LOG_PATH` | `audit_log_path` |
+    /// | `HELIOSDB_TDE_ROTATION_GRACE_DAYS` | `rotation_grace_days` |
     /// | `HELIOSDB_TDE_MEK_STORAGE_PATH` | `secure_file_config.storage_path` (enables it) |
     /// | `HELIOSDB_TDE_PASSPHRASE_FILE` | `secure_file_config.passphrase_file` |
     /// | `HELIOSDB_KMS_KEY_ID`, `AWS_REGION` | `kms_config` (AWS) `key_id`, `region` |
@@ -139,6 +148,15 @@ impl TdeConfig {
                     "HELIOSDB_TDE_CACHE_LIMIT",
                     &v,
                     "use a whole number of keys, e.g. 1000",
+                )
+            })?;
+        }
+        if let Some(v) = var("ROTATION_GRACE_DAYS") {
+            self.rotation_grace_days = v.parse().map_err(|_| {
+                env_err(
+                    "HELIOSDB_TDE_ROTATION_GRACE_DAYS",
+                    &v,
+                    "use a whole number of days",
                 )
             })?;
         }
@@ -188,6 +206,13 @@ impl TdeConfig {
             return Err(TdeError::config(
                 "key_storage_path",
                 "must name the directory of the key store, e.g. /var/lib/heliosdb/keys",
+            ));
+        }
+        if self.tek_usage_soft_limit == 0 || self.tek_usage_soft_limit > 1 << 32 {
+            return Err(TdeError::config(
+                "tek_usage_soft_limit",
+                "must be between 1 and 2^32 (4294967296), the NIST SP 800-38D limit for random \
+                 nonces",
             ));
         }
         if let Some(mode) = &self.security_mode {

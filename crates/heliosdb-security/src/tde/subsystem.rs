@@ -102,16 +102,15 @@ impl TdeSubsystem {
             });
         }
         let store = RedbKeyStore::open_dir(&config.key_storage_path)?;
-        let mut km = KeyManager::new(
-            provider,
-            Arc::new(store),
-            KeyManagerConfig {
-                default_mek_id: MekId::new(config.default_mek_id.clone())?,
-                cache_limit: config.cache_limit,
-                algorithm: config.algorithm,
-                security_mode: mode,
-            },
-        )?;
+        let mut km = KeyManager::new(provider, Arc::new(store), {
+            let mut c = KeyManagerConfig::new(MekId::new(config.default_mek_id.clone())?, mode);
+            c.cache_limit = config.cache_limit;
+            c.algorithm = config.algorithm;
+            c.rotation.grace_period =
+                std::time::Duration::from_secs(config.rotation_grace_days.saturating_mul(86_400));
+            c.usage.soft_limit = config.tek_usage_soft_limit;
+            c
+        })?;
         if let Some(path) = &config.audit_log_path {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| TdeError::io(parent, e))?;

@@ -4,6 +4,7 @@
 
 mod output;
 mod quickstart;
+mod rotate;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use heliosdb_security::tde::{
@@ -68,6 +69,20 @@ enum Mek {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Rotate the MEK with a dual-encryption period (resumes an interrupted rotation, and
+    /// retries keys that failed).
+    Rotate {
+        /// Suspected compromise: also mark the old version compromised and give every table a
+        /// new TEK version; lists the tables whose data must be re-encrypted.
+        #[arg(long)]
+        emergency: bool,
+    },
+    /// Show the rotation in progress.
+    RotationStatus,
+    /// Roll the rotation back: the old MEK version becomes active again.
+    Rollback,
+    /// Deactivate the old MEK version of a verified rotation after its grace period.
+    Deactivate,
     /// Re-encrypt every MEK file under a new passphrase (secure file provider). The old
     /// passphrase is read from HELIOSDB_MEK_PASSPHRASE_OLD, the new one from the configured
     /// variable or passphrase file. Also finishes an interrupted change.
@@ -154,6 +169,12 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
             ));
         }
         Security::Mek(Mek::ChangePassphrase) => return change_passphrase(tde.config(), out),
+        Security::Mek(Mek::Rotate { emergency }) => {
+            return rotate::rotate(tde, emergency, out).await;
+        }
+        Security::Mek(Mek::RotationStatus) => return rotate::status(tde, out).await,
+        Security::Mek(Mek::Rollback) => return rotate::rollback(tde, out).await,
+        Security::Mek(Mek::Deactivate) => return rotate::deactivate(tde, out).await,
         Security::AuditVerify { path } => {
             return audit_verify(path.as_ref().or(tde.config().audit_log_path.as_ref()), out);
         }

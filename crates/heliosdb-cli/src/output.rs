@@ -65,6 +65,10 @@ impl Out {
         self.format == Format::Json
     }
 
+    pub(crate) fn json_value(&self, v: serde_json::Value) {
+        self.json(v);
+    }
+
     fn json(&self, v: serde_json::Value) {
         println!(
             "{}",

@@ -23,7 +23,9 @@ pub use heliosdb_tde_core::{
     VaultTransitConfig,
 };
 pub use heliosdb_tde_manager::{
-    AuditVerification, FileAuditSink, KeyManager, KeyManagerConfig, KeyStats, verify_audit_log,
+    AuditVerification, EmergencyRotation, FileAuditSink, KeyManager, KeyManagerConfig, KeyStats,
+    MekRotationResult, Phase as RotationPhase, Progress as RotationProgress, RotationConfig,
+    RotationState, UsagePolicy, Verification, verify_audit_log,
 };
 pub use heliosdb_tde_memory::InMemoryMekProvider;
 

@@ -1,0 +1,178 @@
+//! `heliosdb-cli security mek rotate | rotation-status | rollback | deactivate`.
+
+use crate::output::Out;
+use heliosdb_security::tde::{RotationProgress, TdeError, TdeSubsystem};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::process::ExitCode;
+
+/// Exit code when a rotation finished but some keys failed (run it again to retry them).
+const EXIT_PARTIAL: u8 = 4;
+
+fn bar(out: &Out) -> ProgressBar {
+    if out.is_json() {
+        return ProgressBar::hidden();
+    }
+    // indicatif draws on stderr and stays silent when it is not a terminal.
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:40}] {pos}/{len} TEKs ({per_sec}, ETA {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+fn report<'a>(
+    pb: &'a ProgressBar,
+    msg: &'static str,
+) -> impl Fn(&RotationProgress) + Send + Sync + 'a {
+    move |p: &RotationProgress| {
+        pb.set_message(if p.failed > 0 {
+            "re-wrapping (some failed)"
+        } else {
+            msg
+        });
+        pb.set_length(p.total);
+        pb.set_position(p.done);
+    }
+}
+
+pub(crate) async fn rotate(
+    tde: &TdeSubsystem,
+    emergency: bool,
+    out: &Out,
+) -> Result<ExitCode, TdeError> {
+    let km = tde.key_manager();
+    let id = tde.config().default_mek_id.clone();
+    let pb = bar(out);
+    let cb = report(&pb, "re-wrapping");
+    let (result, tables) = if emergency {
+        let e = km.emergency_rotate_mek(&id, Some(&cb)).await?;
+        (e.rotation, Some(e.tables_needing_reencryption))
+    } else {
+        (km.rotate_mek_with_progress(&id, Some(&cb)).await?, None)
+    };
+    pb.finish_and_clear();
+    if out.is_json() {
+        out.json_value(serde_json::json!({
+            "old_mek_id": result.old_mek_id.to_string(),
+            "new_mek_id": result.new_mek_id.to_string(),
+            "keys_reencrypted": result.keys_reencrypted,
+            "failed_keys": result.failed_keys,
+            "failed_total": result.failed_total,
+            "phase": result.phase.to_string(),
+            "grace_until": result.grace_until.map(|t| t.to_string()),
+            "tables_needing_reencryption": tables.as_ref().map(|t| t.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
+        }));
+    } else {
+        println!(
+            "MEK Rotation {}:",
+            if emergency {
+                "(EMERGENCY) complete"
+            } else {
+                "Complete"
+            }
+        );
+        println!("  Old MEK: {}", result.old_mek_id);
+        println!("  New MEK: {}", result.new_mek_id);
+        println!("  Keys re-encrypted: {}", result.keys_reencrypted);
+        println!("  Phase: {}", result.phase);
+        if let Some(t) = result.grace_until {
+            println!(
+                "  Both versions stay valid until {t}; then run `heliosdb-cli security mek \
+                 deactivate`"
+            );
+        }
+        if !result.failed_keys.is_empty() {
+            eprintln!(
+                "WARNING: {} keys failed to re-encrypt:",
+                result.failed_total
+            );
+            for (k, e) in &result.failed_keys {
+                eprintln!("  - {k}: {e}");
+            }
+            eprintln!("Run `heliosdb-cli security mek rotate` again to retry them.");
+        }
+        if let Some(tables) = &tables {
+            println!(
+                "  {} table(s) got a new TEK version; their data is still encrypted under TEK \
+                 versions the compromised MEK wrapped. Re-encrypt these tables:",
+                tables.len()
+            );
+            for t in tables {
+                println!("    {t}");
+            }
+        }
+    }
+    Ok(if result.failed_total > 0 {
+        ExitCode::from(EXIT_PARTIAL)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub(crate) async fn status(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, TdeError> {
+    let id = tde.config().default_mek_id.clone();
+    match tde.key_manager().mek_rotation_status(&id).await? {
+        None => out.message(&format!("no rotation of {id} is in progress")),
+        Some(st) => {
+            if out.is_json() {
+                out.json_value(serde_json::to_value(&st).unwrap_or_default());
+            } else {
+                println!("Rotation of {}: phase {}", st.mek_id, st.phase);
+                println!("  Old MEK: {}", st.old);
+                println!(
+                    "  New MEK: {}",
+                    st.new
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| "(not yet)".into())
+                );
+                println!("  Emergency: {}", st.emergency);
+                println!("  Started: {}", st.started_at);
+                println!("  Keys re-encrypted: {}", st.reencrypted);
+                println!("  Keys failed in the last pass: {}", st.failed_total);
+                if let Some(c) = &st.cursor {
+                    println!("  Resume point: after {c}");
+                }
+                if let Some(t) = st.grace_until {
+                    println!("  Grace period ends: {t}");
+                }
+                if let Some(t) = st.verified_at {
+                    println!("  Verified: {t}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn rollback(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, TdeError> {
+    let id = tde.config().default_mek_id.clone();
+    let pb = bar(out);
+    let cb = report(&pb, "restoring");
+    let st = tde
+        .key_manager()
+        .rollback_mek_rotation(&id, Some(&cb))
+        .await?;
+    pb.finish_and_clear();
+    out.message(&format!(
+        "rolled back: {} is active again; {} is deactivated",
+        st.old,
+        st.new.map(|m| m.to_string()).unwrap_or_default()
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn deactivate(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, TdeError> {
+    let id = tde.config().default_mek_id.clone();
+    let st = tde.key_manager().deactivate_old_mek(&id).await?;
+    out.message(&format!(
+        "{} is deactivated; every TEK is wrapped under {}",
+        st.old,
+        st.new.map(|m| m.to_string()).unwrap_or_default()
+    ));
+    Ok(ExitCode::SUCCESS)
+}

@@ -278,11 +278,10 @@ impl RedbKeyStore {
                         self.write_in(&mut teks, &rec)?;
                     }
                     StoreOp::ClearPreviousWrap { id } => {
-                        if let Some(mut rec) = self.read_in(&teks, &id)? {
-                            if rec.previous_wrap.take().is_some() {
+                        if let Some(mut rec) = self.read_in(&teks, &id)?
+                            && rec.previous_wrap.take().is_some() {
                                 self.write_in(&mut teks, &rec)?;
                             }
-                        }
                     }
                     StoreOp::SetState { id, state } => {
                         let mut rec =
@@ -295,12 +294,11 @@ impl RedbKeyStore {
                         self.write_in(&mut teks, &rec)?;
                     }
                     StoreOp::ReserveEncryptions { id, at_least } => {
-                        if let Some(mut rec) = self.read_in(&teks, &id)? {
-                            if rec.metadata.usage.encryptions < at_least {
+                        if let Some(mut rec) = self.read_in(&teks, &id)?
+                            && rec.metadata.usage.encryptions < at_least {
                                 rec.metadata.usage.encryptions = at_least;
                                 self.write_in(&mut teks, &rec)?;
                             }
-                        }
                     }
                     other => {
                         return Err(TdeError::Unsupported {

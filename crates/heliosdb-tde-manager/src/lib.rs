@@ -338,12 +338,13 @@ impl KeyManager {
         }
         // The store refuses the whole batch if any table already has a key.
         self.store.apply(batch).await?;
-        let mut active = self.active_versions.write().map_err(|_| poisoned())?;
-        for tek in keys {
-            active.insert(tek.id().table.clone(), TekVersion::FIRST);
-            self.cache.insert(tek.id().clone(), Arc::new(tek));
+        {
+            let mut active = self.active_versions.write().map_err(|_| poisoned())?;
+            for tek in keys {
+                active.insert(tek.id().table.clone(), TekVersion::FIRST);
+                self.cache.insert(tek.id().clone(), Arc::new(tek));
+            }
         }
-        drop(active);
         self.audit(AuditEvent::success(
             AuditAction::TekCreated,
             None,

@@ -419,8 +419,8 @@ impl Rotator {
                 ),
             });
         }
-        if let Some(until) = st.grace_until {
-            if now < until {
+        if let Some(until) = st.grace_until
+            && now < until {
                 return Err(TdeError::InvalidKeyState {
                     key: format!("mek:{}", st.old),
                     state: KeyState::DecryptOnly,
@@ -431,7 +431,6 @@ impl Rotator {
                     ),
                 });
             }
-        }
         let info = self.provider.mek_info(mek_id).await?;
         let state = info
             .versions

@@ -79,6 +79,8 @@ enum Mek {
     },
     /// Show the rotation in progress.
     RotationStatus,
+    /// Count the TEKs that only the old MEK version can unwrap.
+    Verify,
     /// Roll the rotation back: the old MEK version becomes active again.
     Rollback,
     /// Deactivate the old MEK version of a verified rotation after its grace period.
@@ -173,6 +175,7 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
             return rotate::rotate(tde, emergency, out).await;
         }
         Security::Mek(Mek::RotationStatus) => return rotate::status(tde, out).await,
+        Security::Mek(Mek::Verify) => return rotate::verify(tde, out).await,
         Security::Mek(Mek::Rollback) => return rotate::rollback(tde, out).await,
         Security::Mek(Mek::Deactivate) => return rotate::deactivate(tde, out).await,
         Security::AuditVerify { path } => {

@@ -176,3 +176,34 @@ pub(crate) async fn deactivate(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode
     ));
     Ok(ExitCode::SUCCESS)
 }
+
+pub(crate) async fn verify(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, TdeError> {
+    let id = tde.config().default_mek_id.clone();
+    let v = tde.key_manager().verify_mek_rotation(&id).await?;
+    if out.is_json() {
+        out.json_value(serde_json::json!({
+            "stranded": v.stranded,
+            "examples": v.examples.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            "phase": v.state.phase.to_string(),
+        }));
+    } else if v.stranded == 0 {
+        println!(
+            "verified: no TEK depends on {} alone (phase {})",
+            v.state.old, v.state.phase
+        );
+    } else {
+        println!(
+            "{} TEK(s) can only be unwrapped by {}; run `heliosdb-cli security mek rotate` to \
+             re-wrap them:",
+            v.stranded, v.state.old
+        );
+        for t in &v.examples {
+            println!("  {t}");
+        }
+    }
+    Ok(if v.stranded == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PARTIAL)
+    })
+}

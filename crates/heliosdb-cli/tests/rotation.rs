@@ -101,6 +101,14 @@ async fn rotate_status_deactivate_and_rollback_commands() {
     assert_eq!(st["phase"], "dual_active");
     assert_eq!(st["reencrypted"], 50);
 
+    let out = cli(&cfg, &["security", "mek", "verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("no TEK depends on master_key_001@v1 alone"),
+        "{}",
+        text(&out)
+    );
+
     let out = cli(&cfg, &["security", "mek", "deactivate"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("grace period"), "{}", text(&out));

@@ -257,3 +257,39 @@ async fn the_audit_log_records_every_key_operation_and_verifies() {
         4
     );
 }
+
+#[tokio::test]
+async fn an_interrupted_rotation_is_reported_at_start() {
+    no_mode_override();
+    let dir = tempfile::tempdir().unwrap();
+    let config = file_config(dir.path(), "production");
+    let tde = TdeSubsystem::new(config.clone()).await.unwrap();
+    let km = tde.key_manager();
+    km.create_table_keys(&["a", "b"]).await.unwrap();
+    km.rotate_mek_with_dual_encryption("master_key_001")
+        .await
+        .unwrap();
+    drop(tde);
+    // Put the journal back into the re-wrapping phase, as a crash mid-pass would leave it.
+    {
+        use heliosdb_tde_core::{KeyStore, StoreBatch};
+        let store =
+            heliosdb_tde_keystore::RedbKeyStore::open_dir(&config.key_storage_path).unwrap();
+        let name = "mek_rotation/master_key_001";
+        let mut st: serde_json::Value =
+            serde_json::from_slice(&store.get_journal(name).await.unwrap().unwrap()).unwrap();
+        st["phase"] = "rewrapping".into();
+        store
+            .apply(StoreBatch::new().put_journal(name, serde_json::to_vec(&st).unwrap()))
+            .await
+            .unwrap();
+    }
+    let tde = TdeSubsystem::new(config).await.unwrap();
+    assert!(
+        tde.warnings()
+            .iter()
+            .any(|w| w.contains("interrupted") && w.contains("mek rotate")),
+        "{:?}",
+        tde.warnings()
+    );
+}

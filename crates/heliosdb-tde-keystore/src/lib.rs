@@ -279,9 +279,10 @@ impl RedbKeyStore {
                     }
                     StoreOp::ClearPreviousWrap { id } => {
                         if let Some(mut rec) = self.read_in(&teks, &id)?
-                            && rec.previous_wrap.take().is_some() {
-                                self.write_in(&mut teks, &rec)?;
-                            }
+                            && rec.previous_wrap.take().is_some()
+                        {
+                            self.write_in(&mut teks, &rec)?;
+                        }
                     }
                     StoreOp::SetState { id, state } => {
                         let mut rec =
@@ -295,10 +296,11 @@ impl RedbKeyStore {
                     }
                     StoreOp::ReserveEncryptions { id, at_least } => {
                         if let Some(mut rec) = self.read_in(&teks, &id)?
-                            && rec.metadata.usage.encryptions < at_least {
-                                rec.metadata.usage.encryptions = at_least;
-                                self.write_in(&mut teks, &rec)?;
-                            }
+                            && rec.metadata.usage.encryptions < at_least
+                        {
+                            rec.metadata.usage.encryptions = at_least;
+                            self.write_in(&mut teks, &rec)?;
+                        }
                     }
                     other => {
                         return Err(TdeError::Unsupported {

@@ -420,17 +420,18 @@ impl Rotator {
             });
         }
         if let Some(until) = st.grace_until
-            && now < until {
-                return Err(TdeError::InvalidKeyState {
-                    key: format!("mek:{}", st.old),
-                    state: KeyState::DecryptOnly,
-                    operation: "deactivate it".into(),
-                    hint: format!(
-                        "the dual-encryption grace period lasts until {until}; deactivate after \
+            && now < until
+        {
+            return Err(TdeError::InvalidKeyState {
+                key: format!("mek:{}", st.old),
+                state: KeyState::DecryptOnly,
+                operation: "deactivate it".into(),
+                hint: format!(
+                    "the dual-encryption grace period lasts until {until}; deactivate after \
                          that (the period is configurable, 30 days by default)"
-                    ),
-                });
-            }
+                ),
+            });
+        }
         let info = self.provider.mek_info(mek_id).await?;
         let state = info
             .versions

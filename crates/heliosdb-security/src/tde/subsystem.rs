@@ -121,6 +121,32 @@ impl TdeSubsystem {
             warnings.push(w);
         }
         km.ensure_default_mek().await?;
+        // An interrupted rotation is resumed by running it again; say so at every start.
+        if let Some(st) = km.mek_rotation_status(&config.default_mek_id).await? {
+            use heliosdb_tde_manager::Phase;
+            let msg = match st.phase {
+                Phase::Preparing | Phase::NewMekReady | Phase::Rewrapping => Some(format!(
+                    "a rotation of {} was interrupted in phase {}; run `heliosdb-cli security mek \
+                     rotate` to resume it (every table key is readable meanwhile)",
+                    st.old, st.phase
+                )),
+                Phase::RollingBack => Some(format!(
+                    "a rollback of the rotation of {} was interrupted; run `heliosdb-cli security \
+                     mek rollback` to finish it",
+                    st.old
+                )),
+                Phase::OldDeactivated => Some(format!(
+                    "the deactivation of {} was interrupted; run `heliosdb-cli security mek \
+                     deactivate` to finish it",
+                    st.old
+                )),
+                _ => None,
+            };
+            if let Some(m) = msg {
+                tracing::warn!(target: "heliosdb::tde", "{m}");
+                warnings.push(m);
+            }
+        }
         Ok(Self {
             config,
             mode,

@@ -358,12 +358,101 @@ fn check_unsafe(c: &CrateInfo, architecture_md: &str, problems: &mut Vec<String>
     }
 }
 
+/// Crates that belong to the cloud KMS and HSM backends: a build that does not ask for those
+/// backends must not compile them. (aws-lc-rs and aws-lc-sys are the cipher engine, not AWS
+/// KMS, and are allowed.)
+pub const BACKEND_ONLY_CRATES: &[&str] = &[
+    "aws-sdk-",
+    "aws-config",
+    "aws-smithy-",
+    "aws-types",
+    "aws-runtime",
+    "aws-sigv4",
+    "aws-credential-types",
+    "azure_",
+    "vaultrs",
+    "cryptoki",
+    "pkcs11",
+];
+
+/// The crates whose default-feature dependency tree must stay free of backend-only crates.
+pub const LEAN_BY_DEFAULT: &[&str] = &["heliosdb-tde-file", "heliosdb-security"];
+
+/// Problems in the dependency tree (`names`, normal and build edges) of `package`.
+pub fn check_tree(package: &str, names: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
+    if LEAN_BY_DEFAULT.contains(&package) {
+        for n in names {
+            if BACKEND_ONLY_CRATES.iter().any(|b| n.starts_with(b)) {
+                problems.push(format!(
+                    "{package}: with default features its dependency tree contains {n}, which \
+                     belongs to a cloud KMS or HSM backend; put it behind that backend's feature"
+                ));
+            }
+        }
+    }
+    if role_of(package) == Some(Role::Backend) {
+        for n in names {
+            if n != package && role_of(n) == Some(Role::Backend) {
+                problems.push(format!(
+                    "{package}: its dependency tree contains the backend {n}; no backend may \
+                     depend on another"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// The crate names in `package`'s dependency tree (normal and build edges, its own default
+/// features), from `cargo tree`, which resolves features for that package alone.
+pub fn dependency_names(root: &Path, package: &str) -> Result<Vec<String>> {
+    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args([
+            "tree",
+            "-p",
+            package,
+            "-e",
+            "normal,build",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run cargo tree: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo tree -p {package} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
 /// Loads the workspace at `root` and checks it.
 pub fn check_workspace(root: &Path) -> Result<Vec<String>> {
     let crates = load(root)?;
     let arch = std::fs::read_to_string(root.join("ARCHITECTURE.md"))
         .map_err(|e| format!("cannot read ARCHITECTURE.md: {e}"))?;
     let mut problems = check(&crates, &arch);
+    for c in &crates {
+        if LEAN_BY_DEFAULT.contains(&c.name.as_str()) || role_of(&c.name) == Some(Role::Backend) {
+            problems.extend(check_tree(&c.name, &dependency_names(root, &c.name)?));
+        }
+        let changelog = root.join(&c.dir).join("CHANGELOG.md");
+        if c.publishable && !changelog.exists() {
+            problems.push(format!("{}: publishable crate has no CHANGELOG.md", c.name));
+        }
+    }
     for top in [
         "Cargo.toml",
         "crates",
@@ -539,6 +628,34 @@ mod tests {
         assert!(!uses_unsafe_keyword("if c.allows_unsafe {"));
         assert!(uses_unsafe_keyword("pub unsafe fn f()"));
         assert!(uses_unsafe_keyword("unsafe impl Send for X {}"));
+    }
+
+    #[test]
+    fn backend_crates_stay_out_of_lean_trees() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(
+            check_tree(
+                "heliosdb-security",
+                &names(&["aws-lc-rs", "aws-lc-sys", "redb"])
+            )
+            .is_empty()
+        );
+        let p = check_tree("heliosdb-security", &names(&["aws-sdk-kms", "redb"]));
+        assert_eq!(p.len(), 1, "{p:?}");
+        let p = check_tree("heliosdb-tde-file", &names(&["cryptoki", "azure_core"]));
+        assert_eq!(p.len(), 2, "{p:?}");
+        // The CLI may pull every backend.
+        assert!(check_tree("heliosdb-cli", &names(&["aws-sdk-kms", "cryptoki"])).is_empty());
+        let p = check_tree(
+            "heliosdb-tde-vault",
+            &names(&[
+                "heliosdb-tde-vault",
+                "heliosdb-tde-core",
+                "heliosdb-tde-memory",
+            ]),
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("heliosdb-tde-memory"), "{p:?}");
     }
 
     #[test]

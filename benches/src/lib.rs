@@ -1,17 +1,67 @@
 //! Shared fixtures for the criterion benchmarks in `benches/benches/`.
 //!
 //! Every benchmark measures its baseline in the same run (the machines are noisy), so results
-//! are read as ratios: see `docs/benchmarks.md`.
+//! are read as ratios: `cargo xtask bench` writes them to `docs/benchmarks.md`.
 
-#![allow(clippy::panic)]
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
-use heliosdb_tde_core::{EncryptionAlgorithm, KeyBytes, TableKey};
+use heliosdb_tde_core::{
+    EncryptionAlgorithm, KeyBytes, KeyStore, MekId, MekProvider, SecureFileConfig, SecurityMode,
+    TableKey,
+};
+use heliosdb_tde_file::SecureFileMekProvider;
+use heliosdb_tde_keystore::RedbKeyStore;
+use heliosdb_tde_manager::{KeyManager, KeyManagerConfig};
+use std::path::Path;
+use std::sync::Arc;
 
 /// A table key with fixed bytes, for benchmarks only.
 pub fn bench_tek() -> TableKey {
     TableKey::new(
-        "bench.table@v1".parse().unwrap_or_else(|e| panic!("{e}")),
+        "bench.table@v1".parse().unwrap(),
         EncryptionAlgorithm::Aes256Gcm,
-        KeyBytes::from_slice(&[0x42; 32]).unwrap_or_else(|e| panic!("{e}")),
+        KeyBytes::from_slice(&[0x42; 32]).unwrap(),
     )
+}
+
+/// A secure-file provider in `dir/mek`, with a fixed benchmark passphrase.
+pub fn file_provider(dir: &Path) -> Arc<dyn MekProvider> {
+    let pass =
+        secrecy::SecretString::from("benchmark passphrase, long enough for production".to_string());
+    Arc::new(
+        SecureFileMekProvider::open_with_passphrase(
+            &SecureFileConfig::new(dir.join("mek")),
+            SecurityMode::Production,
+            pass,
+            vec![],
+        )
+        .unwrap(),
+    )
+}
+
+/// A key manager over `provider` and a redb store in `dir/keys`, with `tables` TEKs created.
+pub fn manager(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    provider: Arc<dyn MekProvider>,
+    cache_limit: usize,
+    tables: usize,
+    grace_zero: bool,
+) -> KeyManager {
+    let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(&dir.join("keys")).unwrap());
+    let mut c = KeyManagerConfig::new(MekId::new("bench_mek").unwrap(), SecurityMode::Development);
+    c.cache_limit = cache_limit;
+    if grace_zero {
+        c.rotation.grace_period = std::time::Duration::ZERO;
+    }
+    let km = KeyManager::new(provider, store, c).unwrap();
+    rt.block_on(async {
+        km.ensure_default_mek().await.unwrap();
+        let names: Vec<String> = (0..tables).map(|i| format!("t{i:07}")).collect();
+        for chunk in names.chunks(5000) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            km.create_table_keys(&refs).await.unwrap();
+        }
+    });
+    km
 }

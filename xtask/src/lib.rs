@@ -10,6 +10,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod bench;
 pub mod services;
 pub mod tidy;
 
@@ -28,6 +29,11 @@ commands:
                    feature checks, cargo-deny
   lint             the ci steps except the tests
   tidy             check the workspace rules (layering, metadata, unsafe)
+  fuzz [--smoke] [--seconds N] [TARGET...]
+                   run the cargo-fuzz targets (installs cargo-fuzz if missing); --smoke
+                   runs each for 15 s, the default is 300 s each
+  bench [--report] run the criterion benchmarks and write docs/benchmarks.md (--report:
+                   only rewrite the file from the last results)
   help             this text
 ";
 
@@ -44,6 +50,8 @@ pub fn run(args: &[String]) -> Result {
             test(&[])
         }
         "lint" => lint(),
+        "fuzz" => fuzz(rest),
+        "bench" => bench::run(&workspace_root(), rest.iter().any(|a| a == "--report")),
         "tidy" => {
             let problems = tidy::check_workspace(&workspace_root())?;
             if problems.is_empty() {
@@ -162,7 +170,98 @@ fn lint() -> Result {
     if !problems.is_empty() {
         return Err(format!("tidy found problems:\n  {}", problems.join("\n  ")));
     }
+    // Every crate packages and builds from what would be uploaded.
+    run_cmd(cargo().args(["package", "--workspace", "--allow-dirty"]))?;
     cargo_deny()
+}
+
+/// The fuzz targets, in `fuzz/Cargo.toml`.
+pub const FUZZ_TARGETS: &[&str] = &[
+    "envelope",
+    "page_open",
+    "mek_file",
+    "keystore_record",
+    "config_toml",
+    "audit_log",
+];
+
+fn installed(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// `cargo xtask fuzz`: each target for a while, from the committed seed corpus.
+fn fuzz(args: &[String]) -> Result {
+    let mut seconds = 300u64;
+    let mut targets = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--smoke" => seconds = 15,
+            "--seconds" => {
+                seconds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--seconds takes a whole number")?;
+            }
+            t if FUZZ_TARGETS.contains(&t) => targets.push(t.to_string()),
+            other => {
+                return Err(format!(
+                    "unknown fuzz target {other:?}; targets: {}",
+                    FUZZ_TARGETS.join(", ")
+                ));
+            }
+        }
+    }
+    if targets.is_empty() {
+        targets = FUZZ_TARGETS.iter().map(|t| t.to_string()).collect();
+    }
+    if !installed("cargo-fuzz") {
+        run_cmd(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let root = workspace_root();
+    let fuzz_dir = root.join("fuzz");
+    // The machine has one stable toolchain; cargo-fuzz's sanitizer flags are unstable.
+    run_cmd(
+        cargo()
+            .current_dir(&fuzz_dir)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "build"]),
+    )?;
+    for t in &targets {
+        // New inputs go to an ignored working corpus; the committed seeds are read only.
+        let work = fuzz_dir.join("target").join("corpus").join(t);
+        std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+        run_cmd(
+            cargo()
+                .current_dir(&fuzz_dir)
+                .env("RUSTC_BOOTSTRAP", "1")
+                .args(["fuzz", "run", t])
+                .arg(&work)
+                .arg(fuzz_dir.join("corpus").join(t))
+                .args([
+                    "--",
+                    &format!("-max_total_time={seconds}"),
+                    "-rss_limit_mb=2048",
+                    "-timeout=10",
+                    "-print_final_stats=1",
+                ]),
+        )
+        .map_err(|e| {
+            format!(
+                "{e}\nfuzz target {t} found a failure; the input is in fuzz/artifacts/{t}/. Fix \
+                 it and add the input to fuzz/regressions/{t}/ (replayed by cargo test)"
+            )
+        })?;
+    }
+    eprintln!(
+        "xtask: fuzzed {} target(s) for {seconds} s each: no failure",
+        targets.len()
+    );
+    Ok(())
 }
 
 fn cargo_deny() -> Result {

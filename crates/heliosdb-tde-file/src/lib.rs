@@ -148,6 +148,19 @@ fn open_file(
         .map_err(|_| ()))
 }
 
+/// Parses and decrypts a MEK file image with `passphrase`: `Ok(Some(key))` when it opens,
+/// `Ok(None)` when the passphrase is wrong or the file was altered, and an error when the image
+/// is malformed. `path` names the file in errors. (The provider uses the same code; this entry
+/// point exists for tools and fuzzing.)
+pub fn open_image(
+    bytes: &[u8],
+    path: &Path,
+    passphrase: &SecretString,
+) -> Result<Option<MasterKey>> {
+    let file = format::parse(bytes, path)?;
+    Ok(open_file(Backend::default(), passphrase, &file)?.ok())
+}
+
 struct Scanned {
     files: Vec<(PathBuf, format::MekFile)>,
     tombstones: Vec<MekRef>,

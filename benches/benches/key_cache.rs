@@ -1,0 +1,185 @@
+//! `get_table_key`: the cache hit against a plain `HashMap` lookup (1 and 2 threads), and the
+//! miss (store read + provider unwrap + cache insert) against one raw AES-GCM open of 32 bytes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use heliosdb_benches::{file_provider, manager};
+use heliosdb_tde_cipher::{AeadKey, Backend};
+use heliosdb_tde_core::TekId;
+use heliosdb_tde_memory::InMemoryMekProvider;
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const KEYS: usize = 1000;
+
+/// Runs `op` `iters` times on each of `threads` threads at once; returns the mean time per
+/// operation as seen by one thread (the wall time over iters).
+fn threaded(threads: usize, iters: u64, op: impl Fn(u64) + Sync) -> Duration {
+    let barrier = std::sync::Barrier::new(threads);
+    let start = std::sync::Mutex::new(None::<Instant>);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let op = &op;
+            let barrier = &barrier;
+            let start = &start;
+            s.spawn(move || {
+                barrier.wait();
+                start.lock().unwrap().get_or_insert_with(Instant::now);
+                for i in 0..iters {
+                    op(i.wrapping_mul(7919).wrapping_add(t as u64));
+                }
+            });
+        }
+    });
+    start
+        .lock()
+        .unwrap()
+        .map(|s| s.elapsed())
+        .unwrap_or_default()
+}
+
+fn hits(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let km = Arc::new(manager(
+        &rt,
+        dir.path(),
+        Arc::new(InMemoryMekProvider::new()),
+        KEYS * 2,
+        KEYS,
+        false,
+    ));
+    let ids: Vec<TekId> = (0..KEYS)
+        .map(|i| format!("t{i:07}@v1").parse().unwrap())
+        .collect();
+    for id in &ids {
+        assert!(km.get_cached_table_key(id).is_some(), "warm cache");
+    }
+    let map: HashMap<TekId, Arc<u64>> = ids.iter().cloned().map(|i| (i, Arc::new(1))).collect();
+
+    let mut g = c.benchmark_group("get_table_key_hit");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for threads in [1usize, 2] {
+        g.bench_function(format!("hashmap_{threads}t"), |b| {
+            b.iter_custom(|iters| {
+                threaded(threads, iters, |i| {
+                    black_box(map.get(&ids[(i as usize) % KEYS]).cloned());
+                })
+            })
+        });
+        g.bench_function(format!("ours_{threads}t"), |b| {
+            b.iter_custom(|iters| {
+                threaded(threads, iters, |i| {
+                    black_box(km.get_cached_table_key(&ids[(i as usize) % KEYS]));
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+fn misses(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("get_table_key_miss");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    let raw = AeadKey::new(Backend::default(), &[9u8; 32]).unwrap();
+    let nonce = [1u8; 12];
+    let mut ct = [0u8; 32];
+    let tag = raw.seal_detached(&nonce, b"aad", &mut ct).unwrap();
+    g.bench_function("raw_aes_gcm_open_32", |b| {
+        b.iter(|| {
+            let mut buf = ct;
+            raw.open_detached(&nonce, black_box(b"aad"), &mut buf, &tag)
+                .unwrap();
+            black_box(buf)
+        })
+    });
+    for name in ["memory", "file"] {
+        let dir = tempfile::tempdir().unwrap();
+        let provider: Arc<dyn heliosdb_tde_core::MekProvider> = if name == "memory" {
+            Arc::new(InMemoryMekProvider::new())
+        } else {
+            file_provider(dir.path())
+        };
+        // A cache of one entry over many keys: practically every lookup misses.
+        let km = manager(&rt, dir.path(), provider, 1, KEYS, false);
+        let ids: Vec<TekId> = (0..KEYS)
+            .map(|i| format!("t{i:07}@v1").parse().unwrap())
+            .collect();
+        let mut i = 0usize;
+        g.bench_function(format!("ours_{name}"), |b| {
+            b.iter(|| {
+                i = (i + 7919) % KEYS;
+                rt.block_on(km.get_tek(&ids[i])).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn wrap_unwrap(c: &mut Criterion) {
+    // Per provider, report only. The SoftHSM, OpenBao and moto backends are not part of this
+    // release; their rows say so in docs/benchmarks.md.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("wrap_unwrap");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    let tek = heliosdb_benches::bench_tek();
+    let ctx = heliosdb_tde_core::WrapContext::table_key(tek.id());
+    let master = heliosdb_tde_core::MasterKey::new(
+        "raw@v1".parse().unwrap(),
+        heliosdb_tde_core::EncryptionAlgorithm::Aes256Gcm,
+        heliosdb_tde_core::KeyBytes::from_slice(&[3; 32]).unwrap(),
+    );
+    g.bench_function("raw_local_wrap_unwrap", |b| {
+        b.iter(|| {
+            let w = heliosdb_tde_cipher::wrap::wrap_tek(
+                Backend::default(),
+                &master,
+                heliosdb_tde_core::ProviderKind::InMemory,
+                &tek,
+                &ctx,
+            )
+            .unwrap();
+            heliosdb_tde_cipher::wrap::unwrap_tek(Backend::default(), &master, &w, &ctx).unwrap()
+        })
+    });
+    for name in ["memory", "file"] {
+        let dir = tempfile::tempdir().unwrap();
+        let p: Arc<dyn heliosdb_tde_core::MekProvider> = if name == "memory" {
+            Arc::new(InMemoryMekProvider::new())
+        } else {
+            file_provider(dir.path())
+        };
+        let mek = rt
+            .block_on(p.generate_mek(
+                &"w".parse().unwrap(),
+                heliosdb_tde_core::EncryptionAlgorithm::Aes256Gcm,
+            ))
+            .unwrap()
+            .mek;
+        g.bench_function(format!("provider_{name}"), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let w = p.wrap_tek(&mek, &tek, &ctx).await.unwrap();
+                    p.unwrap_tek(&w, &ctx).await.unwrap()
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, hits, misses, wrap_unwrap);
+criterion_main!(benches);

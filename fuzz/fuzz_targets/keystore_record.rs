@@ -1,0 +1,13 @@
+#![no_main]
+//! Key-store record and key decoding: total, and whatever decodes re-encodes identically.
+
+use heliosdb_tde_keystore::record;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = record::parse_tek_key(data, "fuzz");
+    let id = "fuzz.table@v1".parse().expect("valid id");
+    if let Ok(rec) = record::decode(&id, data, "fuzz") {
+        assert_eq!(record::encode(&rec), data, "ambiguous record encoding");
+    }
+});

@@ -1,0 +1,308 @@
+//! `cargo xtask bench`: runs the criterion benchmarks and writes `docs/benchmarks.md`.
+
+use crate::Result;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+/// Median time in nanoseconds of every benchmark criterion has results for, by full id
+/// (`group/function[/parameter]`).
+pub fn read_results(criterion_dir: &Path) -> Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![criterion_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n == "new") {
+                    let bench = p.join("benchmark.json");
+                    let est = p.join("estimates.json");
+                    if let (Ok(b), Ok(s)) = (std::fs::read(&bench), std::fs::read(&est)) {
+                        let b: serde_json::Value = serde_json::from_slice(&b)
+                            .map_err(|e| format!("{}: {e}", bench.display()))?;
+                        let s: serde_json::Value = serde_json::from_slice(&s)
+                            .map_err(|e| format!("{}: {e}", est.display()))?;
+                        if let (Some(id), Some(median)) = (
+                            b["full_id"].as_str(),
+                            s["median"]["point_estimate"].as_f64(),
+                        ) {
+                            out.insert(id.to_string(), median);
+                        }
+                    }
+                } else {
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn human(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// One row of the report.
+struct Row {
+    what: String,
+    ours: Option<f64>,
+    base: Option<f64>,
+    base_name: String,
+    target: String,
+    verdict: String,
+}
+
+/// Renders the report from criterion results.
+pub fn render(r: &BTreeMap<String, f64>) -> String {
+    let get = |k: &str| r.get(k).copied();
+    let mut rows = Vec::new();
+    for op in ["seal", "open"] {
+        for backend in ["aws-lc", "ring", "rustcrypto"] {
+            for size in [4096u64, 8192, 16384, 1 << 20] {
+                let ours = get(&format!("page_{op}/{backend}/ours/{size}"));
+                let base = get(&format!("page_{op}/{backend}/raw/{size}"));
+                let gate = op == "seal" && size == 8192;
+                let verdict = match (ours, base, gate) {
+                    (Some(o), Some(b), true) => {
+                        if o / b <= 1.05 {
+                            "met".into()
+                        } else {
+                            format!("MISSED ({:+.1}%)", (o / b - 1.0) * 100.0)
+                        }
+                    }
+                    (Some(_), Some(_), false) => "report".into(),
+                    _ => "not run".into(),
+                };
+                let gbps = ours
+                    .map(|o| format!(" ({:.1} GB/s)", size as f64 / o))
+                    .unwrap_or_default();
+                rows.push(Row {
+                    what: format!("page {op}, {backend}, {} KiB{gbps}", size / 1024),
+                    ours,
+                    base,
+                    base_name: format!("raw {backend} {op}"),
+                    target: if gate {
+                        "≤ 1.05× raw".into()
+                    } else {
+                        "report".into()
+                    },
+                    verdict,
+                });
+            }
+        }
+    }
+    for t in ["1t", "2t"] {
+        let ours = get(&format!("get_table_key_hit/ours_{t}"));
+        rows.push(Row {
+            what: format!("get_table_key cache hit, {} thread(s)", &t[..1]),
+            ours,
+            base: get(&format!("get_table_key_hit/hashmap_{t}")),
+            base_name: "HashMap lookup".into(),
+            target: "≤ 100 ns median".into(),
+            verdict: ours
+                .map(|o| {
+                    if o <= 100.0 {
+                        "met".into()
+                    } else {
+                        "MISSED".into()
+                    }
+                })
+                .unwrap_or_else(|| "not run".into()),
+        });
+    }
+    for p in ["memory", "file"] {
+        let ours = get(&format!("get_table_key_miss/ours_{p}"));
+        rows.push(Row {
+            what: format!("get_table_key miss, {p} provider"),
+            ours,
+            base: get("get_table_key_miss/raw_aes_gcm_open_32"),
+            base_name: "raw AES-GCM open of 32 bytes".into(),
+            target: "≤ 5 µs".into(),
+            verdict: ours
+                .map(|o| {
+                    if o <= 5000.0 {
+                        "met".into()
+                    } else {
+                        "MISSED".into()
+                    }
+                })
+                .unwrap_or_else(|| "not run".into()),
+        });
+    }
+    for p in ["memory", "file"] {
+        rows.push(Row {
+            what: format!("wrap + unwrap, {p} provider"),
+            ours: get(&format!("wrap_unwrap/provider_{p}")),
+            base: get("wrap_unwrap/raw_local_wrap_unwrap"),
+            base_name: "raw local AES-GCM wrap + unwrap".into(),
+            target: "report".into(),
+            verdict: "report".into(),
+        });
+    }
+    for p in [
+        "SoftHSM (PKCS#11)",
+        "OpenBao (Vault Transit)",
+        "moto (AWS KMS)",
+    ] {
+        rows.push(Row {
+            what: format!("wrap + unwrap, {p}"),
+            ours: None,
+            base: None,
+            base_name: "the provider's raw SDK call".into(),
+            target: "report".into(),
+            verdict: "not measured: this backend is not part of this release".into(),
+        });
+    }
+    let ours = get("mek_rotation_100k/ours_file_provider_durable");
+    rows.push(Row {
+        what: "MEK rotation of 100,000 TEKs, file provider, durable".into(),
+        ours,
+        base: get("mek_rotation_100k/baseline_unwrap_wrap_in_memory"),
+        base_name: "unwrap + wrap of 100,000 keys in memory".into(),
+        target: "≤ 3 s".into(),
+        verdict: ours
+            .map(|o| {
+                if o <= 3e9 {
+                    "met".into()
+                } else {
+                    "MISSED".into()
+                }
+            })
+            .unwrap_or_else(|| "not run".into()),
+    });
+    let ours = get("store_open/ours_1m_teks");
+    rows.push(Row {
+        what: "key store open with 1,000,000 TEKs (no eager unwrap)".into(),
+        ours,
+        base: get("store_open/baseline_empty"),
+        base_name: "empty store open".into(),
+        target: "≤ 100 ms".into(),
+        verdict: ours
+            .map(|o| {
+                if o <= 1e8 {
+                    "met".into()
+                } else {
+                    "MISSED".into()
+                }
+            })
+            .unwrap_or_else(|| "not run".into()),
+    });
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Written by `cargo xtask bench` from the criterion results of one run. Every row is \
+         measured next to its baseline in the same run, because the machine is noisy; read the \
+         ratio first. Times are medians.\n"
+    );
+    let cpu = sh("sh", &["-c", "lscpu | grep 'Model name' | sed 's/.*: *//'"]);
+    let _ = writeln!(md, "## Machine\n");
+    let _ = writeln!(md, "* CPU: {cpu} ({} cores)", sh("nproc", &[]));
+    let _ = writeln!(
+        md,
+        "* Memory: {}",
+        sh("sh", &["-c", "free -h | awk '/Mem:/{print $2}'"])
+    );
+    let _ = writeln!(md, "* Kernel: {}", sh("uname", &["-sr"]));
+    let _ = writeln!(md, "* Compiler: {}", sh("rustc", &["-V"]));
+    let _ = writeln!(
+        md,
+        "* Run: {}\n",
+        sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+    );
+    let _ = writeln!(md, "## Results\n");
+    let _ = writeln!(
+        md,
+        "| what | ours | baseline | baseline is | ratio | target | verdict |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- |");
+    for row in rows {
+        let ratio = match (row.ours, row.base) {
+            (Some(o), Some(b)) if b > 0.0 => format!("{:.2}×", o / b),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            row.what,
+            row.ours.map(human).unwrap_or_else(|| "-".into()),
+            row.base.map(human).unwrap_or_else(|| "-".into()),
+            row.base_name,
+            ratio,
+            row.target,
+            row.verdict
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nReproduce with `cargo xtask bench` (about 15 minutes on 2 cores; the 1,000,000-key \
+         store is built once under `target/bench-data/`). `cargo xtask bench --report` rewrites \
+         this file from the last results without running anything."
+    );
+    md
+}
+
+/// Runs the benchmarks (unless `report_only`) and writes the report.
+pub fn run(root: &Path, report_only: bool) -> Result {
+    if !report_only {
+        crate::run_cmd(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(root)
+                .args(["bench", "-p", "heliosdb-benches", "--", "--noplot"]),
+        )?;
+    }
+    let results = read_results(&root.join("target").join("criterion"))?;
+    if results.is_empty() {
+        return Err("no criterion results under target/criterion; run `cargo xtask bench`".into());
+    }
+    let md = render(&results);
+    let path = root.join("docs").join("benchmarks.md");
+    std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_follow_the_targets() {
+        let mut r = BTreeMap::new();
+        r.insert("page_seal/aws-lc/raw/8192".to_string(), 500.0);
+        r.insert("page_seal/aws-lc/ours/8192".to_string(), 520.0);
+        r.insert("page_seal/ring/raw/8192".to_string(), 1000.0);
+        r.insert("page_seal/ring/ours/8192".to_string(), 1100.0);
+        r.insert("get_table_key_hit/ours_1t".to_string(), 150.0);
+        r.insert("store_open/ours_1m_teks".to_string(), 5e6);
+        let md = render(&r);
+        assert!(md.contains("| page seal, aws-lc, 8 KiB"), "{md}");
+        let line = |needle: &str| md.lines().find(|l| l.contains(needle)).unwrap().to_string();
+        assert!(line("page seal, aws-lc, 8 KiB").ends_with("| met |"));
+        assert!(line("page seal, ring, 8 KiB").contains("MISSED (+10.0%)"));
+        assert!(line("cache hit, 1 thread").ends_with("| MISSED |"));
+        assert!(line("1,000,000 TEKs").ends_with("| met |"));
+        assert!(line("MEK rotation").ends_with("| not run |"));
+    }
+}

@@ -118,7 +118,10 @@ fn test(args: &[String]) -> Result {
 
     let env = services::provision(&workspace_root(), args)?;
     let mut cmd = cargo();
-    cmd.args(&cargo_args).env("HELIOSDB_REQUIRE_SERVICES", "1");
+    // The tests choose their security mode explicitly; an operator's override must not leak in.
+    cmd.args(&cargo_args)
+        .env("HELIOSDB_REQUIRE_SERVICES", "1")
+        .env_remove("HELIOSDB_SECURITY_MODE");
     for (k, v) in env.vars() {
         cmd.env(k, v);
     }

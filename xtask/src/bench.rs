@@ -269,7 +269,14 @@ pub fn run(root: &Path, report_only: bool) -> Result {
         crate::run_cmd(
             Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .current_dir(root)
-                .args(["bench", "-p", "heliosdb-benches", "--", "--noplot"]),
+                .args([
+                    "bench",
+                    "-p",
+                    "heliosdb-benches",
+                    "--benches",
+                    "--",
+                    "--noplot",
+                ]),
         )?;
     }
     let results = read_results(&root.join("target").join("criterion"))?;

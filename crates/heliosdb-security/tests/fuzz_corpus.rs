@@ -57,11 +57,12 @@ fn page_open() {
 fn mek_file() {
     let pass = secrecy::SecretString::from("fuzzing passphrase".to_string());
     for (p, data) in inputs("mek_file") {
-        if let Ok(file) = heliosdb_tde_file::format::parse(&data, &p) {
-            if file.header.kdf.m_cost_kib <= 64 && file.header.kdf.t_cost <= 2 {
-                let opened = heliosdb_tde_file::open_image(&data, &p, &pass).unwrap();
-                assert!(opened.is_none(), "{}", p.display());
-            }
+        if let Ok(file) = heliosdb_tde_file::format::parse(&data, &p)
+            && file.header.kdf.m_cost_kib <= 64
+            && file.header.kdf.t_cost <= 2
+        {
+            let opened = heliosdb_tde_file::open_image(&data, &p, &pass).unwrap();
+            assert!(opened.is_none(), "{}", p.display());
         }
     }
 }
@@ -92,11 +93,11 @@ fn keystore_record() {
 fn config_toml() {
     let mut parsed = 0;
     for (_, data) in inputs("config_toml") {
-        if let Ok(text) = std::str::from_utf8(&data) {
-            if let Ok(c) = TdeConfig::from_toml_str(text) {
-                let _ = c.validate();
-                parsed += 1;
-            }
+        if let Ok(text) = std::str::from_utf8(&data)
+            && let Ok(c) = TdeConfig::from_toml_str(text)
+        {
+            let _ = c.validate();
+            parsed += 1;
         }
     }
     assert!(parsed >= 3, "the seed configurations must parse");

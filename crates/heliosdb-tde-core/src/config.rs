@@ -4,8 +4,53 @@
 //! Nothing here is secret: passphrases, PINs and tokens are read at run time from the
 //! environment or from files named here, never stored in these structs.
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::path::PathBuf;
+
+/// A credential written in a configuration file (an HSM PIN, in development only). It never
+/// shows in `Debug` output, and serializing a configuration writes `[REDACTED]` in its place.
+#[derive(Clone)]
+pub struct ConfigSecret(SecretString);
+
+impl ConfigSecret {
+    /// Wraps a credential.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(SecretString::from(value.into()))
+    }
+
+    /// The credential.
+    pub fn secret(&self) -> &SecretString {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ConfigSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConfigSecret([REDACTED])")
+    }
+}
+
+impl PartialEq for ConfigSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.expose_secret() == other.0.expose_secret()
+    }
+}
+
+impl Eq for ConfigSecret {}
+
+impl Serialize for ConfigSecret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[REDACTED]")
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self::new(String::deserialize(d)?))
+    }
+}
 
 /// The default environment variable holding the secure file provider's passphrase.
 pub const DEFAULT_PASSPHRASE_ENV: &str = "HELIOSDB_MEK_PASSPHRASE";
@@ -178,7 +223,20 @@ pub struct HsmConfig {
     /// Log each HSM operation (never key material or the PIN).
     #[serde(default)]
     pub enable_logging: bool,
+    /// The user PIN written in the configuration. Allowed in development mode only; prefer
+    /// `HELIOSDB_HSM_PIN` or `pin_file`.
+    #[serde(default)]
+    pub pin: Option<ConfigSecret>,
+    /// A file (mode 0600) holding the user PIN.
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    /// Sessions kept open for concurrent operations; 4 by default.
+    #[serde(default)]
+    pub session_pool_size: Option<usize>,
 }
+
+/// The environment variable holding the HSM user PIN.
+pub const HSM_PIN_ENV: &str = "HELIOSDB_HSM_PIN";
 
 fn default_hsm_timeout() -> u64 {
     30
@@ -215,6 +273,18 @@ mod tests {
             }
             .meets_owasp_minimum()
         );
+    }
+
+    #[test]
+    fn config_secrets_are_redacted() {
+        let s = ConfigSecret::new("654321");
+        assert_eq!(format!("{s:?}"), "ConfigSecret([REDACTED])");
+        let h: HsmConfig =
+            serde_json::from_str(r#"{"pkcs11_library_path":"/x.so","pin":"654321"}"#).unwrap();
+        assert_eq!(h.pin, Some(ConfigSecret::new("654321")));
+        let text = format!("{h:?} {}", serde_json::to_string(&h).unwrap());
+        assert!(!text.contains("654321"), "{text}");
+        assert_eq!(h.timeout_secs, 30);
     }
 
     #[test]

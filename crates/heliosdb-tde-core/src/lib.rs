@@ -33,8 +33,8 @@ pub mod time;
 pub use aad::{WrapContext, WrapPurpose};
 pub use audit::{AuditAction, AuditEvent, AuditOutcome, AuditSink};
 pub use config::{
-    AwsKmsConfig, AzureKeyVaultConfig, HsmConfig, KdfParams, KmsConfig, SecureFileConfig,
-    VaultTransitConfig,
+    AwsKmsConfig, AzureKeyVaultConfig, ConfigSecret, HSM_PIN_ENV, HsmConfig, KdfParams, KmsConfig,
+    SecureFileConfig, VaultTransitConfig,
 };
 pub use envelope::WrappedTek;
 pub use error::{Result, TdeError};

@@ -429,7 +429,7 @@ impl KeyManager {
     pub fn get_cached_table_key(&self, id: &TekId) -> Option<Arc<TableKey>> {
         let hit = self.cache.get(id);
         if hit.is_some() {
-            self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+            self.counters.cache_hits.add(1);
         }
         hit
     }
@@ -440,7 +440,7 @@ impl KeyManager {
         if let Some(hit) = self.get_cached_table_key(id) {
             return Ok(hit);
         }
-        self.counters.cache_misses.fetch_add(1, Ordering::Relaxed);
+        self.counters.cache_misses.add(1);
         self.cache
             .get_or_insert_async(id, async {
                 let rec = self.store.get_tek(id).await?.ok_or_else(|| not_found(id))?;
@@ -576,8 +576,8 @@ impl KeyManager {
         }
         Ok(KeyStats {
             cache: CacheStats {
-                hits: c.cache_hits.load(Ordering::Relaxed),
-                misses: c.cache_misses.load(Ordering::Relaxed),
+                hits: c.cache_hits.load(),
+                misses: c.cache_misses.load(),
                 evictions: c.cache_evictions.load(Ordering::Relaxed),
                 entries: u64::try_from(self.cache.len()).unwrap_or(u64::MAX),
                 limit: u64::try_from(self.config.cache_limit).unwrap_or(u64::MAX),

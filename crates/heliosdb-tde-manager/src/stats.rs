@@ -7,11 +7,40 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+/// A counter split over cache-line-sized stripes, so that threads counting cache hits at the
+/// same time do not fight over one cache line.
+#[derive(Debug, Default)]
+pub(crate) struct StripedCounter([Stripe; STRIPES]);
+
+const STRIPES: usize = 16;
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+thread_local! {
+    static STRIPE: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        (NEXT.fetch_add(1, Relaxed) as usize) % STRIPES
+    };
+}
+
+impl StripedCounter {
+    pub(crate) fn add(&self, n: u64) {
+        let i = STRIPE.with(|s| *s);
+        self.0[i].0.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn load(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Relaxed)).sum()
+    }
+}
+
 /// Live counters, updated without locks.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) cache_hits: AtomicU64,
-    pub(crate) cache_misses: AtomicU64,
+    pub(crate) cache_hits: StripedCounter,
+    pub(crate) cache_misses: StripedCounter,
     pub(crate) cache_evictions: Arc<AtomicU64>,
     pub(crate) provider_calls: AtomicU64,
     pub(crate) provider_errors: AtomicU64,

@@ -177,9 +177,24 @@ pub async fn security_checklist(tde: &TdeSubsystem) -> Vec<CheckItem> {
     });
 
     let file = tde.config().secure_file_config.as_ref();
-    out.push(match file {
-        Some(f) => passphrase_item(f),
-        None => item(
+    out.push(match (file, tde.hsm_pin_source()) {
+        (Some(f), _) => passphrase_item(f),
+        (None, Some("configuration file")) => item(
+            "MEK passphrase stored securely (not in code or config files)",
+            if tde.security_mode().is_production() {
+                CheckStatus::Fail
+            } else {
+                CheckStatus::NotApplicable
+            },
+            "the HSM PIN is written in the configuration file; set HELIOSDB_HSM_PIN or \
+             hsm_config.pin_file (mode 0600) instead (development mode allows it)",
+        ),
+        (None, Some(source)) => item(
+            "MEK passphrase stored securely (not in code or config files)",
+            CheckStatus::Pass,
+            format!("the HSM PIN is read from the {source}"),
+        ),
+        (None, None) => item(
             "MEK passphrase stored securely (not in code or config files)",
             CheckStatus::NotApplicable,
             "no passphrase: the provider is not the secure file provider",

@@ -372,6 +372,9 @@ mod tests {
                 token_label: None,
                 timeout_secs: 30,
                 enable_logging: false,
+                pin: None,
+                pin_file: None,
+                session_pool_size: None,
             }),
             ..Default::default()
         };

@@ -17,10 +17,10 @@ pub use heliosdb_tde_cipher::{
     UsageSnapshot, sealed_tek_version,
 };
 pub use heliosdb_tde_core::{
-    AwsKmsConfig, AzureKeyVaultConfig, EncryptionAlgorithm, HsmConfig, KdfParams, KeyId,
-    KeyMetadata, KeyState, KeyType, KmsConfig, MekId, MekInfo, MekProvider, MekRef, ModeSource,
-    ProviderKind, SecureFileConfig, SecurityMode, TableId, TableKey, TdeError, TekId, TekVersion,
-    VaultTransitConfig,
+    AwsKmsConfig, AzureKeyVaultConfig, ConfigSecret, EncryptionAlgorithm, HsmConfig, KdfParams,
+    KeyId, KeyMetadata, KeyState, KeyType, KmsConfig, MekId, MekInfo, MekProvider, MekRef,
+    ModeSource, ProviderKind, SecureFileConfig, SecurityMode, TableId, TableKey, TdeError, TekId,
+    TekVersion, VaultTransitConfig,
 };
 pub use heliosdb_tde_manager::{
     AuditVerification, EmergencyRotation, FileAuditSink, KeyManager, KeyManagerConfig, KeyStats,
@@ -32,6 +32,10 @@ pub use heliosdb_tde_memory::InMemoryMekProvider;
 /// The secure file provider (feature `secure-file`).
 #[cfg(feature = "secure-file")]
 pub use heliosdb_tde_file::{PassphraseChange, SecureFileMekProvider};
+
+/// The PKCS#11 HSM provider (feature `pkcs11-hsm`).
+#[cfg(feature = "pkcs11-hsm")]
+pub use heliosdb_tde_pkcs11::{Pkcs11MekProvider, Pkcs11Settings};
 
 /// Results of the TDE subsystem.
 pub type Result<T, E = TdeError> = std::result::Result<T, E>;

@@ -16,6 +16,7 @@ pub struct TdeSubsystem {
     mode_source: ModeSource,
     key_manager: KeyManager,
     warnings: Vec<String>,
+    pin_source: Option<&'static str>,
 }
 
 impl fmt::Debug for TdeSubsystem {
@@ -29,7 +30,7 @@ impl fmt::Debug for TdeSubsystem {
 
 fn missing_feature(what: &str, feature: &str) -> TdeError {
     // Features of this crate that exist but may be switched off.
-    const KNOWN: &[&str] = &["secure-file"];
+    const KNOWN: &[&str] = &["secure-file", "pkcs11-hsm"];
     let hint = if KNOWN.contains(&feature) {
         format!(
             "build heliosdb-security with the cargo feature `{feature}` (features = \
@@ -49,23 +50,60 @@ fn missing_feature(what: &str, feature: &str) -> TdeError {
     }
 }
 
-/// Builds the MEK provider the configuration names. Returns it with any warnings.
-fn build_provider(
+/// What the provider set-up found out, for the checklist.
+#[derive(Default)]
+struct ProviderFacts {
+    warnings: Vec<String>,
+    /// Where the HSM PIN came from (`environment`, `file`, `configuration file`).
+    pin_source: Option<&'static str>,
+}
+
+/// Builds the MEK provider the configuration names.
+async fn build_provider(
     config: &TdeConfig,
     mode: SecurityMode,
-) -> Result<(Arc<dyn MekProvider>, Vec<String>)> {
+) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
     if let Some(kms) = &config.kms_config {
         return Err(missing_feature(kms.name(), kms.feature()));
     }
-    if config.hsm_config.is_some() {
-        return Err(missing_feature("PKCS#11 HSM", "pkcs11-hsm"));
+    if let Some(hsm) = &config.hsm_config {
+        #[cfg(feature = "pkcs11-hsm")]
+        {
+            use heliosdb_tde_pkcs11::{PinSource, Pkcs11MekProvider, Pkcs11Settings, resolve_pin};
+            let (pin, source) = resolve_pin(hsm, mode)?;
+            let p = Pkcs11MekProvider::open(Pkcs11Settings::from_config(hsm, pin)).await?;
+            let mut facts = ProviderFacts {
+                warnings: Vec::new(),
+                pin_source: Some(match source {
+                    PinSource::Environment => "environment",
+                    PinSource::File => "file",
+                    PinSource::ConfigFile => "configuration file",
+                }),
+            };
+            if source == PinSource::ConfigFile {
+                facts.warnings.push(
+                    "the HSM PIN is written in the configuration file; use HELIOSDB_HSM_PIN or \
+                     hsm_config.pin_file (the security checklist fails this in production mode)"
+                        .into(),
+                );
+            }
+            return Ok((Arc::new(p), facts));
+        }
+        #[cfg(not(feature = "pkcs11-hsm"))]
+        {
+            let _ = hsm;
+            return Err(missing_feature("PKCS#11 HSM", "pkcs11-hsm"));
+        }
     }
     if let Some(file) = &config.secure_file_config {
         #[cfg(feature = "secure-file")]
         {
             let p = heliosdb_tde_file::SecureFileMekProvider::open(file, mode)?;
-            let warnings = p.warnings();
-            return Ok((Arc::new(p), warnings));
+            let facts = ProviderFacts {
+                warnings: p.warnings(),
+                pin_source: None,
+            };
+            return Ok((Arc::new(p), facts));
         }
         #[cfg(not(feature = "secure-file"))]
         {
@@ -73,7 +111,10 @@ fn build_provider(
             return Err(missing_feature("secure file", "secure-file"));
         }
     }
-    Ok((Arc::new(InMemoryMekProvider::new()), Vec::new()))
+    Ok((
+        Arc::new(InMemoryMekProvider::new()),
+        ProviderFacts::default(),
+    ))
 }
 
 impl TdeSubsystem {
@@ -95,7 +136,9 @@ impl TdeSubsystem {
             ));
         }
         let (mode, mode_source) = SecurityMode::resolve(config.security_mode.as_deref())?;
-        let (provider, mut warnings) = build_provider(&config, mode)?;
+        let (provider, facts) = build_provider(&config, mode).await?;
+        let mut warnings = facts.warnings;
+        let pin_source = facts.pin_source;
         if mode.is_production() && !provider.is_secure() {
             return Err(TdeError::InsecureProvider {
                 provider: provider.description(),
@@ -153,6 +196,7 @@ impl TdeSubsystem {
             mode_source,
             key_manager: km,
             warnings,
+            pin_source,
         })
     }
 
@@ -179,6 +223,11 @@ impl TdeSubsystem {
     /// Warnings raised at start (development mode only; production turns them into errors).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Where the HSM PIN came from, when the provider is an HSM.
+    pub fn hsm_pin_source(&self) -> Option<&'static str> {
+        self.pin_source
     }
 
     /// A page cipher for the active TEK of `table`, on the default cipher backend.

@@ -1,0 +1,279 @@
+//! The PKCS#11 provider against a real SoftHSM2 token.
+//!
+//! `cargo xtask test` installs SoftHSM2 if needed, initialises a private token and exports
+//! `SOFTHSM2_CONF`, `HELIOSDB_TEST_PKCS11_MODULE`, `HELIOSDB_TEST_PKCS11_TOKEN` and
+//! `HELIOSDB_TEST_PKCS11_PIN`. With `HELIOSDB_REQUIRE_SERVICES=1` (as in CI), a missing token
+//! fails every test here; nothing in this file can pass without touching SoftHSM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use heliosdb_tde_conformance::{provider, services};
+use heliosdb_tde_core::{
+    EncryptionAlgorithm, KeyState, MekId, MekProvider, TableKey, TdeError, WrapContext,
+};
+use heliosdb_tde_pkcs11::{Pkcs11MekProvider, Pkcs11Settings};
+use secrecy::SecretString;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn settings(pin: &str) -> Pkcs11Settings {
+    Pkcs11Settings {
+        library_path: env(
+            "HELIOSDB_TEST_PKCS11_MODULE",
+            "/usr/lib/softhsm/libsofthsm2.so",
+        )
+        .into(),
+        token_label: Some(env("HELIOSDB_TEST_PKCS11_TOKEN", "heliosdb-test")),
+        slot_id: 0,
+        pin: SecretString::from(pin.to_string()),
+        timeout: Duration::from_secs(30),
+        enable_logging: true,
+        pool_size: 4,
+    }
+}
+
+fn pin() -> String {
+    env("HELIOSDB_TEST_PKCS11_PIN", "654321")
+}
+
+/// The provider on the test token, or a loud skip / failure per the service policy.
+async fn hsm() -> Option<Arc<dyn MekProvider>> {
+    let probe = if std::env::var_os("SOFTHSM2_CONF").is_none() {
+        Err("SOFTHSM2_CONF is not set (run `cargo xtask test`)".to_string())
+    } else {
+        Pkcs11MekProvider::open(settings(&pin()))
+            .await
+            .map_err(|e| e.to_string())
+    };
+    services::require("SoftHSM2 token", probe).map(|p| Arc::new(p) as Arc<dyn MekProvider>)
+}
+
+#[tokio::test]
+async fn conformance_round_trip() {
+    let Some(p) = hsm().await else { return };
+    provider::round_trip(p.as_ref()).await;
+}
+
+#[tokio::test]
+async fn conformance_aad_binding() {
+    let Some(p) = hsm().await else { return };
+    provider::aad_binding(p.as_ref()).await;
+}
+
+#[tokio::test]
+async fn conformance_versions() {
+    let Some(p) = hsm().await else { return };
+    provider::versions(p.as_ref()).await;
+}
+
+#[tokio::test]
+async fn conformance_errors() {
+    let Some(p) = hsm().await else { return };
+    provider::errors(p.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_concurrency_through_the_pool() {
+    let Some(p) = hsm().await else { return };
+    provider::concurrency(p).await;
+}
+
+#[tokio::test]
+async fn conformance_secrecy() {
+    let Some(p) = hsm().await else { return };
+    provider::secrecy(p.as_ref()).await;
+    let text = format!("{p:?}");
+    assert!(!text.contains(&pin()), "the PIN leaked into Debug: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mek_rotation_through_the_key_manager_with_dual_encryption() {
+    let Some(p) = hsm().await else { return };
+    provider::rotation_with_manager(p).await;
+}
+
+#[tokio::test]
+async fn the_mek_never_leaves_the_token() {
+    let Some(p) = hsm().await else { return };
+    let id = provider::fresh_mek_id("hsm_attr");
+    p.generate_mek(&id, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap();
+    // Read the attributes with an independent session: sensitive, not extractable, value
+    // unreadable.
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::object::{Attribute, AttributeType};
+    use cryptoki::session::UserType;
+    let s = settings(&pin());
+    let ctx = Pkcs11::new(&s.library_path).unwrap();
+    let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|sl| {
+            ctx.get_token_info(*sl).unwrap().label().trim() == s.token_label.as_deref().unwrap()
+        })
+        .unwrap();
+    let session = ctx.open_ro_session(slot).unwrap();
+    // The process may already be logged in through the provider's sessions.
+    match session.login(UserType::User, Some(&SecretString::from(pin()))) {
+        Ok(())
+        | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
+        }
+        Err(e) => panic!("login: {e}"),
+    }
+    let label = format!("heliosdb-mek:{id}:v1").into_bytes();
+    let found = session.find_objects(&[Attribute::Label(label)]).unwrap();
+    assert_eq!(found.len(), 1);
+    let attrs = session
+        .get_attributes(
+            found[0],
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::Token,
+                AttributeType::Private,
+            ],
+        )
+        .unwrap();
+    assert!(attrs.contains(&Attribute::Sensitive(true)), "{attrs:?}");
+    assert!(attrs.contains(&Attribute::Extractable(false)), "{attrs:?}");
+    assert!(attrs.contains(&Attribute::Token(true)), "{attrs:?}");
+    assert!(attrs.contains(&Attribute::Private(true)), "{attrs:?}");
+    let value = session
+        .get_attributes(found[0], &[AttributeType::Value])
+        .unwrap();
+    assert!(
+        value.iter().all(|a| !matches!(a, Attribute::Value(_))),
+        "the key value was readable"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_pin_gives_the_guides_error() {
+    if hsm().await.is_none() {
+        return;
+    }
+    let e = Pkcs11MekProvider::open(settings("000000-wrong"))
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.starts_with("HSM error: CKR_PIN_INCORRECT"), "{text}");
+    assert!(text.contains("softhsm2-util --show-slots"), "{text}");
+}
+
+#[tokio::test]
+async fn an_unknown_label_is_named() {
+    if hsm().await.is_none() {
+        return;
+    }
+    let mut s = settings(&pin());
+    s.token_label = Some("no-such-token".into());
+    let e = Pkcs11MekProvider::open(s).await.unwrap_err();
+    assert!(matches!(e, TdeError::KeyNotFound { .. }), "{e}");
+    assert!(e.to_string().contains("no-such-token"), "{e}");
+}
+
+#[tokio::test]
+async fn a_missing_or_bogus_library_is_a_clear_error() {
+    if hsm().await.is_none() {
+        return;
+    }
+    let mut s = settings(&pin());
+    s.library_path = "/nonexistent/libpkcs11.so".into();
+    let e = Pkcs11MekProvider::open(s.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    s.library_path = "/etc/hostname".into();
+    let e = Pkcs11MekProvider::open(s).await.unwrap_err();
+    assert!(e.to_string().contains("is not a PKCS#11 module"), "{e}");
+}
+
+#[tokio::test]
+async fn a_tampered_wrap_is_an_authentication_error() {
+    let Some(p) = hsm().await else { return };
+    let id = provider::fresh_mek_id("hsm_tag");
+    let mek = p
+        .generate_mek(&id, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap()
+        .mek;
+    let tek = TableKey::generate("t@v1".parse().unwrap(), EncryptionAlgorithm::Aes256Gcm).unwrap();
+    let ctx = WrapContext::table_key(tek.id());
+    let mut w = p.wrap_tek(&mek, &tek, &ctx).await.unwrap();
+    let last = w.payload.len() - 1;
+    w.payload[last] ^= 1;
+    let e = p.unwrap_tek(&w, &ctx).await.unwrap_err();
+    assert!(matches!(e, TdeError::AuthenticationFailed { .. }), "{e}");
+}
+
+const CHILD: &str = "HELIOSDB_PKCS11_CHILD";
+
+/// The other process of `a_new_process_finds_the_mek_by_label`: opens the token afresh and
+/// unwraps what the parent wrapped.
+#[tokio::test]
+async fn child_unwraps_by_label() {
+    let Ok(spec) = std::env::var(CHILD) else {
+        return;
+    };
+    let (mek_id, rest) = spec.split_once('|').unwrap();
+    let (envelope, expected) = rest.split_once('|').unwrap();
+    let p = Pkcs11MekProvider::open(settings(&pin())).await.unwrap();
+    let info = p.mek_info(&mek_id.parse().unwrap()).await.unwrap();
+    assert_eq!(info.versions[0].state, KeyState::Active);
+    let w = heliosdb_tde_core::WrappedTek::decode(&unhex(envelope)).unwrap();
+    let ctx = WrapContext::table_key(&"r@v1".parse().unwrap());
+    let back = p.unwrap_tek(&w, &ctx).await.unwrap();
+    assert_eq!(back.bytes().expose_secret().to_vec(), unhex(expected));
+    println!("CHILD-OK");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_process_finds_the_mek_by_label() {
+    let Some(p) = hsm().await else { return };
+    let id: MekId = provider::fresh_mek_id("hsm_restart");
+    let mek = p
+        .generate_mek(&id, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap()
+        .mek;
+    let tek = TableKey::generate("r@v1".parse().unwrap(), EncryptionAlgorithm::Aes256Gcm).unwrap();
+    let w = p
+        .wrap_tek(&mek, &tek, &WrapContext::table_key(tek.id()))
+        .await
+        .unwrap();
+    drop(p);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_unwraps_by_label", "--nocapture"])
+        .env(
+            CHILD,
+            format!(
+                "{id}|{}|{}",
+                hex(&w.encode()),
+                hex(tek.bytes().expose_secret())
+            ),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CHILD-OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -13,6 +13,9 @@
 //! | its lifecycle record | `heliosdb-mek-state:<id>:v<N>` | data object: state and creation time |
 //!
 //! A destroyed version loses its key object and keeps its record, so its number is not reused.
+//!
+//! Every test of this crate runs against a real SoftHSM2 token (`tests/`); there are no unit
+//! tests that could pass without one.
 
 // The only `unsafe`-adjacent code is inside cryptoki; this crate needs none.
 
@@ -964,58 +967,5 @@ impl MekProvider for Pkcs11MekProvider {
                 Err(e) => e.to_string(),
             },
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_and_records_round_trip() {
-        let m: MekRef = "master_key_001@v12".parse().unwrap();
-        assert_eq!(parse_label(&key_label(&m), KEY_PREFIX), Some(m.clone()));
-        assert_eq!(parse_label(&state_label(&m), STATE_PREFIX), Some(m));
-        assert_eq!(parse_label("other:x:v1", KEY_PREFIX), None);
-        let r = Record {
-            state: KeyState::DecryptOnly,
-            created_at: Timestamp(42),
-            seq: 3,
-        };
-        assert_eq!(Record::decode(&r.encode()), Some(r));
-        assert_eq!(Record::decode(b"v2;state=1;created=1;seq=1"), None);
-        assert_eq!(Record::decode(b"garbage"), None);
-    }
-
-    #[test]
-    fn pin_errors_use_the_guides_code() {
-        let e = hsm_error(
-            &CkError::Pkcs11(RvError::PinIncorrect, cryptoki::context::Function::Login),
-            "login",
-        );
-        assert!(
-            e.to_string().starts_with("HSM error: CKR_PIN_INCORRECT"),
-            "{e}"
-        );
-        assert!(e.to_string().contains("softhsm2-util --show-slots"), "{e}");
-        let e = hsm_error(
-            &CkError::Pkcs11(RvError::PinLocked, cryptoki::context::Function::Login),
-            "login",
-        );
-        assert!(e.to_string().contains("CKR_PIN_LOCKED"), "{e}");
-    }
-
-    #[test]
-    fn settings_debug_hides_the_pin() {
-        let s = Pkcs11Settings {
-            library_path: "/x.so".into(),
-            token_label: None,
-            slot_id: 0,
-            pin: SecretString::from("987654".to_string()),
-            timeout: Duration::from_secs(1),
-            enable_logging: false,
-            pool_size: 1,
-        };
-        assert!(!format!("{s:?}").contains("987654"));
     }
 }

@@ -4,7 +4,7 @@
 use crate::{hsm_error, is_reset};
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use heliosdb_tde_core::{Result, TdeError};
 use secrecy::SecretString;
@@ -35,6 +35,22 @@ impl SessionPool {
         let s = self.ctx.open_rw_session(self.slot)?;
         match s.login(UserType::User, Some(&self.pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(s),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes sure the application is logged in. A token that was reset (or logged out by
+    /// another session) answers searches for private objects with nothing instead of an
+    /// error, which would read as "key not found"; so the login state is checked before every
+    /// operation (one C_GetSessionInfo call).
+    fn ensure_login(&self, s: &Session) -> std::result::Result<(), CkError> {
+        let state = s.get_session_info()?.session_state();
+        if matches!(state, SessionState::RoUser | SessionState::RwUser) {
+            return Ok(());
+        }
+        tracing::warn!(target: "heliosdb::tde::hsm", "the token logged this application out; logging in again");
+        match s.login(UserType::User, Some(&self.pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -100,7 +116,7 @@ impl SessionPool {
     ) -> Result<T> {
         for attempt in 0..2 {
             let s = self.take().map_err(|e| hsm_error(&e, what))?;
-            match f(&s) {
+            match self.ensure_login(&s).and_then(|()| f(&s)) {
                 Ok(v) => {
                     self.put(s);
                     return Ok(v);

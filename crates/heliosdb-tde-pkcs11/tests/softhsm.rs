@@ -119,6 +119,8 @@ async fn the_mek_never_leaves_the_token() {
             ctx.get_token_info(*sl).unwrap().label().trim() == s.token_label.as_deref().unwrap()
         })
         .unwrap();
+    // Never finalise the module while this process's providers still use it.
+    let ctx = std::mem::ManuallyDrop::new(ctx);
     let session = ctx.open_ro_session(slot).unwrap();
     // The process may already be logged in through the provider's sessions.
     match session.login(UserType::User, Some(&SecretString::from(pin()))) {
@@ -165,6 +167,23 @@ async fn a_wrong_pin_gives_the_guides_error() {
     let text = e.to_string();
     assert!(text.starts_with("HSM error: CKR_PIN_INCORRECT"), "{text}");
     assert!(text.contains("softhsm2-util --show-slots"), "{text}");
+}
+
+#[tokio::test]
+async fn the_timeout_is_honoured() {
+    if hsm().await.is_none() {
+        return;
+    }
+    let p = Pkcs11MekProvider::open(settings(&pin())).await.unwrap();
+    let mut s = settings(&pin());
+    s.timeout = Duration::from_nanos(1);
+    let slow = Pkcs11MekProvider::open(s).await;
+    // Opening runs outside the timeout; the first operation does not.
+    let slow = slow.unwrap();
+    let e = slow.list_meks().await.unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("hsm_config.timeout_secs"), "{e}");
+    assert!(p.list_meks().await.is_ok());
 }
 
 #[tokio::test]

@@ -1,0 +1,164 @@
+//! The CLI over the PKCS#11 provider on a real SoftHSM2 token (provisioned by
+//! `cargo xtask test`): table keys, a rotation, and the PIN rules of the security checklist.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use heliosdb_tde_conformance::services;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_heliosdb-cli");
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn token() -> Option<()> {
+    let probe = match std::env::var("SOFTHSM2_CONF") {
+        Ok(conf) if Path::new(&conf).exists() => Ok(()),
+        _ => Err("SOFTHSM2_CONF is not set (run `cargo xtask test`)"),
+    };
+    services::require("SoftHSM2 token", probe)
+}
+
+fn config(dir: &Path, mode: &str, pin_in_file: bool) -> std::path::PathBuf {
+    let cfg = dir.join(format!("hsm-{mode}-{pin_in_file}.toml"));
+    let pin = if pin_in_file {
+        format!("pin = \"{}\"\n", env("HELIOSDB_TEST_PKCS11_PIN", "654321"))
+    } else {
+        String::new()
+    };
+    std::fs::write(
+        &cfg,
+        format!(
+            "key_storage_path = \"{d}/keys-{mode}\"\ndefault_mek_id = \"hsm_cli_{pid}_{mode}\"\n\
+             security_mode = \"{mode}\"\naudit_log_path = \"{d}/audit-{mode}.log\"\n\n\
+             [hsm_config]\npkcs11_library_path = \"{lib}\"\ntoken_label = \"{label}\"\n\
+             timeout_secs = 30\nenable_logging = true\n{pin}",
+            d = dir.display(),
+            pid = std::process::id(),
+            lib = env(
+                "HELIOSDB_TEST_PKCS11_MODULE",
+                "/usr/lib/softhsm/libsofthsm2.so"
+            ),
+            label = env("HELIOSDB_TEST_PKCS11_TOKEN", "heliosdb-test"),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn cli(cfg: &Path, with_env_pin: bool, args: &[&str]) -> Output {
+    let mut c = Command::new(BIN);
+    c.arg("--config")
+        .arg(cfg)
+        .args(args)
+        .env_remove("HELIOSDB_SECURITY_MODE");
+    if with_env_pin {
+        c.env(
+            "HELIOSDB_HSM_PIN",
+            env("HELIOSDB_TEST_PKCS11_PIN", "654321"),
+        );
+    } else {
+        c.env_remove("HELIOSDB_HSM_PIN");
+    }
+    c.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn table_keys_and_rotation_on_the_hsm() {
+    if token().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "production", false);
+    let out = cli(&cfg, true, &["security", "tek", "create", "public.users"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cli(&cfg, true, &["security", "mek", "rotate"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("Keys re-encrypted: 1"),
+        "{}",
+        text(&out)
+    );
+    let out = cli(&cfg, true, &["--format", "json", "security", "status"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["provider_kind"], "pkcs11-hsm");
+    assert_eq!(status["security_level"], "5/5 (HSM: highest)");
+    let pin_item = status["checklist"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["item"].as_str().unwrap().contains("passphrase"))
+        .unwrap()
+        .clone();
+    assert_eq!(pin_item["status"], "pass", "{pin_item}");
+    assert!(
+        pin_item["reason"].as_str().unwrap().contains("environment"),
+        "{pin_item}"
+    );
+}
+
+#[test]
+fn a_pin_in_the_config_file_fails_the_production_checklist() {
+    if token().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dev = config(dir.path(), "development", true);
+    let out = cli(&dev, false, &["--format", "json", "security", "status"]);
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let item = |s: &serde_json::Value| {
+        s["checklist"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["item"].as_str().unwrap().contains("passphrase"))
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(item(&status), "not-applicable", "allowed in development");
+    let prod = config(dir.path(), "production", true);
+    let out = cli(&prod, false, &["--format", "json", "security", "status"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(item(&status), "fail");
+    assert!(
+        status["checklist"]
+            .to_string()
+            .contains("the HSM PIN is written in the configuration file"),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_wrong_pin_is_reported_with_the_guides_code() {
+    if token().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "production", false);
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["security", "mek-info"])
+        .env_remove("HELIOSDB_SECURITY_MODE")
+        .env("HELIOSDB_HSM_PIN", "999999")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("HSM error: CKR_PIN_INCORRECT"),
+        "{}",
+        text(&out)
+    );
+}

@@ -159,16 +159,18 @@ fn lint() -> Result {
             backend,
         ]))?;
     }
-    // The facade must build without any backend feature, and with each one alone.
+    // The facade must build without any backend feature, with each one alone, and with all.
     run_cmd(cargo().args(["check", "-p", "heliosdb-security", "--no-default-features"]))?;
-    run_cmd(cargo().args([
-        "check",
-        "-p",
-        "heliosdb-security",
-        "--no-default-features",
-        "--features",
-        "secure-file",
-    ]))?;
+    for feature in ["secure-file", "pkcs11-hsm", "secure-file,pkcs11-hsm"] {
+        run_cmd(cargo().args([
+            "check",
+            "-p",
+            "heliosdb-security",
+            "--no-default-features",
+            "--features",
+            feature,
+        ]))?;
+    }
     let problems = tidy::check_workspace(&workspace_root())?;
     if !problems.is_empty() {
         return Err(format!("tidy found problems:\n  {}", problems.join("\n  ")));

@@ -178,7 +178,113 @@ fn wrap_unwrap(c: &mut Criterion) {
             })
         });
     }
+    softhsm(&rt, &mut g, &tek, &ctx);
     g.finish();
+}
+
+/// The PKCS#11 provider on SoftHSM2 (when `cargo xtask bench` provisioned a token), against
+/// the raw cryptoki calls it makes: one CKM_AES_GCM encrypt and one decrypt of 32 bytes.
+fn softhsm(
+    rt: &tokio::runtime::Runtime,
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    tek: &heliosdb_tde_core::TableKey,
+    ctx: &heliosdb_tde_core::WrapContext,
+) {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::mechanism::aead::GcmParams;
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    use cryptoki::session::UserType;
+    if std::env::var_os("SOFTHSM2_CONF").is_none() {
+        eprintln!("SoftHSM2 not provisioned: skipping the PKCS#11 rows (run `cargo xtask bench`)");
+        return;
+    }
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let pin = env("HELIOSDB_TEST_PKCS11_PIN", "654321");
+    let settings = heliosdb_tde_pkcs11::Pkcs11Settings {
+        library_path: env(
+            "HELIOSDB_TEST_PKCS11_MODULE",
+            "/usr/lib/softhsm/libsofthsm2.so",
+        )
+        .into(),
+        token_label: Some(env("HELIOSDB_TEST_PKCS11_TOKEN", "heliosdb-test")),
+        slot_id: 0,
+        pin: secrecy::SecretString::from(pin.clone()),
+        timeout: Duration::from_secs(30),
+        enable_logging: false,
+        pool_size: 2,
+    };
+    let p = rt
+        .block_on(heliosdb_tde_pkcs11::Pkcs11MekProvider::open(
+            settings.clone(),
+        ))
+        .unwrap();
+    let mek = rt
+        .block_on(p.generate_mek(
+            &format!("bench_{}", std::process::id()).parse().unwrap(),
+            heliosdb_tde_core::EncryptionAlgorithm::Aes256Gcm,
+        ))
+        .unwrap()
+        .mek;
+    use heliosdb_tde_core::MekProvider;
+    g.bench_function("provider_softhsm", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let w = p.wrap_tek(&mek, tek, ctx).await.unwrap();
+                p.unwrap_tek(&w, ctx).await.unwrap()
+            })
+        })
+    });
+    // The raw SDK calls on one session, with a session key of the same kind.
+    let module = std::mem::ManuallyDrop::new(
+        cryptoki::context::Pkcs11::new(&settings.library_path).unwrap(),
+    );
+    let slot = module
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| {
+            module.get_token_info(*s).unwrap().label().trim()
+                == settings.token_label.as_deref().unwrap()
+        })
+        .unwrap();
+    let session = module.open_rw_session(slot).unwrap();
+    let _ = session.login(UserType::User, Some(&secrecy::SecretString::from(pin)));
+    let key = session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(false),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+            ],
+        )
+        .unwrap();
+    let aad = ctx.aad(&mek);
+    g.bench_function("raw_cryptoki_softhsm", |b| {
+        b.iter(|| {
+            let mut iv = [5u8; 12];
+            let ct = session
+                .encrypt(
+                    &Mechanism::AesGcm(GcmParams::new(&mut iv, &aad, 128.into()).unwrap()),
+                    key,
+                    &[7u8; 32],
+                )
+                .unwrap();
+            let mut iv = [5u8; 12];
+            session
+                .decrypt(
+                    &Mechanism::AesGcm(GcmParams::new(&mut iv, &aad, 128.into()).unwrap()),
+                    key,
+                    &ct,
+                )
+                .unwrap()
+        })
+    });
 }
 
 criterion_group!(benches, hits, misses, wrap_unwrap);

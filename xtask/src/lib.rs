@@ -32,8 +32,10 @@ commands:
   fuzz [--smoke] [--seconds N] [TARGET...]
                    run the cargo-fuzz targets (installs cargo-fuzz if missing); --smoke
                    runs each for 15 s, the default is 300 s each
-  bench [--report] run the criterion benchmarks and write docs/benchmarks.md (--report:
-                   only rewrite the file from the last results)
+  bench [--report] [FILTER]
+                   run the criterion benchmarks (provisioning SoftHSM2) and write
+                   docs/benchmarks.md; --report only rewrites the file from the last
+                   results; FILTER runs only matching benchmarks
   help             this text
 ";
 
@@ -51,7 +53,14 @@ pub fn run(args: &[String]) -> Result {
         }
         "lint" => lint(),
         "fuzz" => fuzz(rest),
-        "bench" => bench::run(&workspace_root(), rest.iter().any(|a| a == "--report")),
+        "bench" => {
+            let filter: Vec<String> = rest.iter().filter(|a| *a != "--report").cloned().collect();
+            bench::run(
+                &workspace_root(),
+                rest.iter().any(|a| a == "--report"),
+                &filter,
+            )
+        }
         "tidy" => {
             let problems = tidy::check_workspace(&workspace_root())?;
             if problems.is_empty() {

@@ -13,6 +13,14 @@ fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
+/// SoftHSM's file object store is read by every process at start; a CLI process starting while
+/// another one writes token objects can miss the token. The tests here run one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn token() -> Option<()> {
     let probe = match std::env::var("SOFTHSM2_CONF") {
         Ok(conf) if Path::new(&conf).exists() => Ok(()),
@@ -75,6 +83,7 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn table_keys_and_rotation_on_the_hsm() {
+    let _one = serial();
     if token().is_none() {
         return;
     }
@@ -109,6 +118,7 @@ fn table_keys_and_rotation_on_the_hsm() {
 
 #[test]
 fn a_pin_in_the_config_file_fails_the_production_checklist() {
+    let _one = serial();
     if token().is_none() {
         return;
     }
@@ -142,6 +152,7 @@ fn a_pin_in_the_config_file_fails_the_production_checklist() {
 
 #[test]
 fn a_wrong_pin_is_reported_with_the_guides_code() {
+    let _one = serial();
     if token().is_none() {
         return;
     }

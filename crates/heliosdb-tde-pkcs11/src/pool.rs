@@ -55,7 +55,9 @@ impl SessionPool {
         }
     }
 
-    /// Opens one session and logs in, so that a wrong PIN is reported at start.
+    /// Opens one session and logs in, so that a wrong PIN is reported at start. (PKCS#11 login
+    /// state belongs to the process: if another provider of this process is already logged in
+    /// to the token, the token answers CKR_USER_ALREADY_LOGGED_IN and this PIN is not checked.)
     pub(crate) fn check_login(&self) -> Result<()> {
         let s = self
             .open()

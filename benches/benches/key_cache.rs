@@ -43,6 +43,7 @@ fn threaded(threads: usize, iters: u64, op: impl Fn(u64) + Sync) -> Duration {
 
 fn hits(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -86,6 +87,7 @@ fn hits(c: &mut Criterion) {
 
 fn misses(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     let mut g = c.benchmark_group("get_table_key_miss");
@@ -130,6 +132,7 @@ fn wrap_unwrap(c: &mut Criterion) {
     // Per provider, report only. The SoftHSM, OpenBao and moto backends are not part of this
     // release; their rows say so in docs/benchmarks.md.
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     let mut g = c.benchmark_group("wrap_unwrap");

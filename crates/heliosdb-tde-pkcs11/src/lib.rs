@@ -14,6 +14,9 @@
 //!
 //! A destroyed version loses its key object and keeps its record, so its number is not reused.
 //!
+//! The provider runs its HSM calls on Tokio's blocking pool and bounds them with Tokio timers:
+//! use it inside a runtime with time enabled (`#[tokio::main]` or `Builder::enable_all`).
+//!
 //! Every test of this crate runs against a real SoftHSM2 token (`tests/`); there are no unit
 //! tests that could pass without one.
 

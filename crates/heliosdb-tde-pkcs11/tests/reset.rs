@@ -3,40 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use heliosdb_tde_conformance::services;
 use heliosdb_tde_core::{EncryptionAlgorithm, MekId, MekProvider, TableKey, WrapContext};
-use heliosdb_tde_pkcs11::{Pkcs11MekProvider, Pkcs11Settings};
-use secrecy::SecretString;
-use std::time::Duration;
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
+mod common;
 
 #[tokio::test]
 async fn the_provider_logs_in_again_after_a_reset() {
-    let pin = env("HELIOSDB_TEST_PKCS11_PIN", "654321");
-    let settings = Pkcs11Settings {
-        library_path: env(
-            "HELIOSDB_TEST_PKCS11_MODULE",
-            "/usr/lib/softhsm/libsofthsm2.so",
-        )
-        .into(),
-        token_label: Some(env("HELIOSDB_TEST_PKCS11_TOKEN", "heliosdb-test")),
-        slot_id: 0,
-        pin: SecretString::from(pin.clone()),
-        timeout: Duration::from_secs(30),
-        enable_logging: true,
-        pool_size: 2,
-    };
-    let probe = if std::env::var_os("SOFTHSM2_CONF").is_none() {
-        Err("SOFTHSM2_CONF is not set (run `cargo xtask test`)".to_string())
-    } else {
-        Pkcs11MekProvider::open(settings.clone())
-            .await
-            .map_err(|e| e.to_string())
-    };
-    let Some(p) = services::require("SoftHSM2 token", probe) else {
+    let mut settings = common::settings(&common::pin());
+    settings.pool_size = 2;
+    let Some(p) = common::provider().await else {
         return;
     };
     let id = MekId::new(format!("reset_{}", std::process::id())).unwrap();

@@ -3,45 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use heliosdb_tde_conformance::{provider, services};
+use heliosdb_tde_conformance::provider;
 use heliosdb_tde_core::{EncryptionAlgorithm, KeyState, MekId, MekProvider, TableKey, WrapContext};
-use heliosdb_tde_pkcs11::{Pkcs11MekProvider, Pkcs11Settings};
-use secrecy::SecretString;
-use std::time::Duration;
+use heliosdb_tde_pkcs11::Pkcs11MekProvider;
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
+mod common;
 
-fn settings(pin: &str) -> Pkcs11Settings {
-    Pkcs11Settings {
-        library_path: env(
-            "HELIOSDB_TEST_PKCS11_MODULE",
-            "/usr/lib/softhsm/libsofthsm2.so",
-        )
-        .into(),
-        token_label: Some(env("HELIOSDB_TEST_PKCS11_TOKEN", "heliosdb-test")),
-        slot_id: 0,
-        pin: SecretString::from(pin.to_string()),
-        timeout: Duration::from_secs(30),
-        enable_logging: true,
-        pool_size: 2,
-    }
-}
-
-fn pin() -> String {
-    env("HELIOSDB_TEST_PKCS11_PIN", "654321")
-}
+use common::{pin, settings};
 
 async fn hsm() -> Option<Pkcs11MekProvider> {
-    let probe = if std::env::var_os("SOFTHSM2_CONF").is_none() {
-        Err("SOFTHSM2_CONF is not set (run `cargo xtask test`)".to_string())
-    } else {
-        Pkcs11MekProvider::open(settings(&pin()))
-            .await
-            .map_err(|e| e.to_string())
-    };
-    services::require("SoftHSM2 token", probe)
+    common::provider().await
 }
 
 const CHILD: &str = "HELIOSDB_PKCS11_CHILD";

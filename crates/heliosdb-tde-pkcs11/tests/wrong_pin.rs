@@ -4,38 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use heliosdb_tde_conformance::services;
-use heliosdb_tde_pkcs11::{Pkcs11MekProvider, Pkcs11Settings};
-use secrecy::SecretString;
-use std::time::Duration;
+mod common;
 
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-fn settings(pin: &str) -> Pkcs11Settings {
-    Pkcs11Settings {
-        library_path: env(
-            "HELIOSDB_TEST_PKCS11_MODULE",
-            "/usr/lib/softhsm/libsofthsm2.so",
-        )
-        .into(),
-        token_label: Some(env("HELIOSDB_TEST_PKCS11_TOKEN", "heliosdb-test")),
-        slot_id: 0,
-        pin: SecretString::from(pin.to_string()),
-        timeout: Duration::from_secs(30),
-        enable_logging: true,
-        pool_size: 2,
-    }
-}
+use common::{env, settings};
+use heliosdb_tde_pkcs11::Pkcs11MekProvider;
 
 #[tokio::test]
 async fn a_wrong_pin_gives_the_guides_error() {
-    let probe = match std::env::var("SOFTHSM2_CONF") {
-        Ok(c) if std::path::Path::new(&c).exists() => Ok(()),
-        _ => Err("SOFTHSM2_CONF is not set (run `cargo xtask test`)"),
-    };
-    if services::require("SoftHSM2 token", probe).is_none() {
+    if common::token_present().is_none() {
         return;
     }
     let e = Pkcs11MekProvider::open(settings("000000-wrong"))

@@ -173,8 +173,22 @@ async fn sigkill_during_a_rotation_of_10000_teks() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = setup(dir.path(), 30);
     let tables = create_tables(&cfg, 10_000).await;
+    // How long one whole rotation takes on this machine, so that kills land inside it.
+    let start = std::time::Instant::now();
+    let out = cli(&cfg, &["security", "mek", "rotate"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let full = start.elapsed().as_millis() as u64;
+    subsystem(&cfg)
+        .await
+        .key_manager()
+        .rollback_mek_rotation("master_key_001", None)
+        .await
+        .unwrap();
     let mut mid_rotation = 0;
-    for round in 0..10 {
+    let mut rounds = 0;
+    while mid_rotation < 6 && rounds < 30 {
+        rounds += 1;
+        let round = rounds;
         let mut child = Command::new(BIN)
             .arg("--config")
             .arg(&cfg)
@@ -184,7 +198,7 @@ async fn sigkill_during_a_rotation_of_10000_teks() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(random_ms(20, 700))).await;
+        tokio::time::sleep(Duration::from_millis(random_ms(full / 10, full.max(20)))).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         // After each kill: 100% of TEKs unwrap.

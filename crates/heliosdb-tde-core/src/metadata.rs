@@ -162,6 +162,36 @@ impl KeyState {
         }
     }
 
+    /// `Ok` if a key in this state may encrypt (or wrap); otherwise an error naming the key,
+    /// its state and `operation`.
+    pub fn ensure_can_encrypt(self, key: &dyn fmt::Display, operation: &str) -> Result<()> {
+        if self.can_encrypt() {
+            return Ok(());
+        }
+        Err(self.unusable(key, operation))
+    }
+
+    /// `Ok` if a key in this state may decrypt (or unwrap); otherwise an error naming the key,
+    /// its state and `operation`.
+    pub fn ensure_can_decrypt(self, key: &dyn fmt::Display, operation: &str) -> Result<()> {
+        if self.can_decrypt() {
+            return Ok(());
+        }
+        Err(self.unusable(key, operation))
+    }
+
+    fn unusable(self, key: &dyn fmt::Display, operation: &str) -> TdeError {
+        TdeError::InvalidKeyState {
+            key: key.to_string(),
+            state: self,
+            operation: operation.into(),
+            hint: match self {
+                KeyState::Destroyed => "its key material was destroyed".into(),
+                _ => "use the active version; see `heliosdb-cli security mek-info`".into(),
+            },
+        }
+    }
+
     /// Checks a transition and returns an error that explains a refused one.
     pub fn check_transition(self, next: KeyState, key: &dyn fmt::Display) -> Result<()> {
         if self.can_transition_to(next) {
@@ -319,6 +349,33 @@ mod tests {
         let err = meta.transition(Active).unwrap_err();
         assert!(err.to_string().contains("tek:users@v1"), "{err}");
         assert_eq!(meta.state, Deactivated);
+    }
+
+    #[test]
+    fn usability_errors_name_the_key_and_operation() {
+        assert!(
+            KeyState::Active
+                .ensure_can_encrypt(&"mek:m@v1", "wrap a TEK")
+                .is_ok()
+        );
+        let e = KeyState::DecryptOnly
+            .ensure_can_encrypt(&"mek:m@v1", "wrap a TEK")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("wrap a TEK") && e.contains("mek:m@v1") && e.contains("decrypt-only"),
+            "{e}"
+        );
+        assert!(
+            KeyState::DecryptOnly
+                .ensure_can_decrypt(&"k", "unwrap")
+                .is_ok()
+        );
+        assert!(
+            KeyState::Deactivated
+                .ensure_can_decrypt(&"k", "unwrap")
+                .is_err()
+        );
     }
 
     #[test]

@@ -531,15 +531,6 @@ fn normalize_active(slots: &mut BTreeMap<MekRef, Slot>, warnings: &mut Vec<Strin
     }
 }
 
-fn refuse(mek: &MekRef, state: KeyState, operation: &str) -> TdeError {
-    TdeError::InvalidKeyState {
-        key: format!("mek:{mek}"),
-        state,
-        operation: operation.into(),
-        hint: "use the active MEK version; see `heliosdb-cli security mek-info`".into(),
-    }
-}
-
 #[async_trait]
 impl MekProvider for SecureFileMekProvider {
     fn kind(&self) -> ProviderKind {
@@ -594,17 +585,13 @@ impl MekProvider for SecureFileMekProvider {
         ctx: &WrapContext,
     ) -> Result<WrappedTek> {
         let (key, state) = self.live(mek)?;
-        if !state.can_encrypt() {
-            return Err(refuse(mek, state, "wrap a TEK"));
-        }
+        state.ensure_can_encrypt(&format!("mek:{}", mek), "wrap a TEK")?;
         wrap::wrap_tek(self.backend, &key, ProviderKind::SecureFile, tek, ctx)
     }
 
     async fn unwrap_tek(&self, wrapped: &WrappedTek, ctx: &WrapContext) -> Result<TableKey> {
         let (key, state) = self.live(&wrapped.mek)?;
-        if !state.can_decrypt() {
-            return Err(refuse(&wrapped.mek, state, "unwrap a TEK"));
-        }
+        state.ensure_can_decrypt(&format!("mek:{}", &wrapped.mek), "unwrap a TEK")?;
         wrap::unwrap_tek(self.backend, &key, wrapped, ctx)
     }
 

@@ -98,15 +98,6 @@ impl InMemoryMekProvider {
     }
 }
 
-fn refuse(mek: &MekRef, state: KeyState, operation: &str) -> TdeError {
-    TdeError::InvalidKeyState {
-        key: format!("mek:{mek}"),
-        state,
-        operation: operation.into(),
-        hint: "use the active MEK version; see `mek-info`".into(),
-    }
-}
-
 #[async_trait]
 impl MekProvider for InMemoryMekProvider {
     fn kind(&self) -> ProviderKind {
@@ -154,17 +145,13 @@ impl MekProvider for InMemoryMekProvider {
         ctx: &WrapContext,
     ) -> Result<WrappedTek> {
         let (key, state) = self.version(mek)?;
-        if !state.can_encrypt() {
-            return Err(refuse(mek, state, "wrap a TEK"));
-        }
+        state.ensure_can_encrypt(&format!("mek:{}", mek), "wrap a TEK")?;
         wrap::wrap_tek(self.backend, &key, ProviderKind::InMemory, tek, ctx)
     }
 
     async fn unwrap_tek(&self, wrapped: &WrappedTek, ctx: &WrapContext) -> Result<TableKey> {
         let (key, state) = self.version(&wrapped.mek)?;
-        if !state.can_decrypt() {
-            return Err(refuse(&wrapped.mek, state, "unwrap a TEK"));
-        }
+        state.ensure_can_decrypt(&format!("mek:{}", &wrapped.mek), "unwrap a TEK")?;
         wrap::unwrap_tek(self.backend, &key, wrapped, ctx)
     }
 

@@ -742,15 +742,6 @@ impl Pkcs11MekProvider {
     }
 }
 
-fn refuse(mek: &MekRef, state: KeyState, op: &str) -> TdeError {
-    TdeError::InvalidKeyState {
-        key: format!("mek:{mek}"),
-        state,
-        operation: op.into(),
-        hint: "use the active MEK version; see `heliosdb-cli security mek-info`".into(),
-    }
-}
-
 #[async_trait]
 impl MekProvider for Pkcs11MekProvider {
     fn kind(&self) -> ProviderKind {
@@ -797,9 +788,7 @@ impl MekProvider for Pkcs11MekProvider {
     ) -> Result<WrappedTek> {
         ctx.ensure_names(tek)?;
         let (_, state) = self.version(mek).await?;
-        if !state.can_encrypt() {
-            return Err(refuse(mek, state, "wrap a TEK"));
-        }
+        state.ensure_can_encrypt(&format!("mek:{}", mek), "wrap a TEK")?;
         let label = key_label(mek).into_bytes();
         let mut iv = [0u8; IV_LEN];
         getrandom::fill(&mut iv).map_err(|e| TdeError::Random(e.to_string()))?;
@@ -848,9 +837,7 @@ impl MekProvider for Pkcs11MekProvider {
             ));
         }
         let (_, state) = self.version(&wrapped.mek).await?;
-        if !state.can_decrypt() {
-            return Err(refuse(&wrapped.mek, state, "unwrap a TEK"));
-        }
+        state.ensure_can_decrypt(&format!("mek:{}", &wrapped.mek), "unwrap a TEK")?;
         let label = key_label(&wrapped.mek).into_bytes();
         let mut iv = [0u8; IV_LEN];
         iv.copy_from_slice(&wrapped.payload[..IV_LEN]);

@@ -185,6 +185,7 @@ fn lint() -> Result {
         return Err(format!("tidy found problems:\n  {}", problems.join("\n  ")));
     }
     // Every crate packages and builds from what would be uploaded.
+    clear_package_overlays()?;
     run_cmd(cargo().args(["package", "--workspace", "--allow-dirty"]))?;
     cargo_deny()
 }
@@ -198,6 +199,30 @@ pub const FUZZ_TARGETS: &[&str] = &[
     "config_toml",
     "audit_log",
 ];
+
+/// `cargo package --workspace` verifies each crate against the other workspace crates through a
+/// local registry overlay whose unpacked sources land in `$CARGO_HOME/registry/src/-<hash>/`,
+/// keyed by name and version only. A crate changed since the last packaging run on this machine,
+/// with the same version, would be verified against the stale copy; remove those directories so
+/// every run unpacks what it just packaged.
+fn clear_package_overlays() -> Result {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(src) = home.map(|h| h.join("registry").join("src")) else {
+        return Ok(());
+    };
+    let Ok(entries) = std::fs::read_dir(&src) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with('-') {
+            std::fs::remove_dir_all(e.path())
+                .map_err(|err| format!("cannot remove {}: {err}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
 
 fn installed(tool: &str) -> bool {
     Command::new(tool)

@@ -503,6 +503,30 @@ impl SecureFileMekProvider {
     }
 }
 
+/// Records a freshly written, active MEK version in memory and describes it.
+fn insert_active(
+    slots: &mut BTreeMap<MekRef, Slot>,
+    key: MasterKey,
+    now: Timestamp,
+) -> MekVersionInfo {
+    let info = MekVersionInfo {
+        mek: key.mek().clone(),
+        state: KeyState::Active,
+        algorithm: key.algorithm(),
+        created_at: now,
+    };
+    slots.insert(
+        info.mek.clone(),
+        Slot::Live {
+            key: Arc::new(key),
+            state: KeyState::Active,
+            created_at: now,
+            state_changed_at: now,
+        },
+    );
+    info
+}
+
 /// After a crash between writing a new version and demoting the old one, two versions of one
 /// MEK can be Active on disk; only the newest stays Active.
 fn normalize_active(slots: &mut BTreeMap<MekRef, Slot>, warnings: &mut Vec<String>) {
@@ -561,21 +585,7 @@ impl MekProvider for SecureFileMekProvider {
         let now = Timestamp::now();
         self.write_version(&key, KeyState::Active, now, now)?;
         tracing::info!(target: "heliosdb::tde::file", mek = %mek, "generated MEK");
-        slots.insert(
-            mek.clone(),
-            Slot::Live {
-                key: Arc::new(key),
-                state: KeyState::Active,
-                created_at: now,
-                state_changed_at: now,
-            },
-        );
-        Ok(MekVersionInfo {
-            mek,
-            state: KeyState::Active,
-            algorithm,
-            created_at: now,
-        })
+        Ok(insert_active(&mut slots, key, now))
     }
 
     async fn wrap_tek(
@@ -687,21 +697,7 @@ impl MekProvider for SecureFileMekProvider {
             }
         }
         tracing::info!(target: "heliosdb::tde::file", mek = %mek, "rotated MEK");
-        slots.insert(
-            mek.clone(),
-            Slot::Live {
-                key: Arc::new(key),
-                state: KeyState::Active,
-                created_at: now,
-                state_changed_at: now,
-            },
-        );
-        Ok(MekVersionInfo {
-            mek,
-            state: KeyState::Active,
-            algorithm,
-            created_at: now,
-        })
+        Ok(insert_active(&mut slots, key, now))
     }
 
     async fn set_mek_state(&self, mek: &MekRef, next: KeyState) -> Result<()> {

@@ -18,6 +18,28 @@ async fn populated(dir: &std::path::Path) -> std::path::PathBuf {
     dir.join(STORE_FILE_NAME)
 }
 
+/// Opens `path` and reads every record, on its own thread: `None` if that panicked, else the
+/// number of records or the error text.
+async fn open_and_scan(path: &std::path::Path) -> Option<Result<usize, String>> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            match RedbKeyStore::open(&path) {
+                Err(e) => Err(e.to_string()),
+                Ok(s) => match s.scan_teks(None, usize::MAX).await {
+                    Ok(v) => Ok(v.len()),
+                    Err(e) => Err(e.to_string()),
+                },
+            }
+        })
+    })
+    .await
+    .ok()
+}
+
 #[tokio::test]
 async fn garbage_file_is_refused_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
@@ -45,23 +67,9 @@ async fn truncated_files_never_panic() {
         }
         let trial = dir.path().join(format!("cut-{cut}.redb"));
         std::fs::write(&trial, &full[..cut]).unwrap();
-        let path2 = trial.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                match RedbKeyStore::open(&path2) {
-                    Err(e) => Err(e.to_string()),
-                    Ok(s) => match s.scan_teks(None, usize::MAX).await {
-                        Ok(v) => Ok(v.len()),
-                        Err(e) => Err(e.to_string()),
-                    },
-                }
-            })
-        })
-        .await
-        .unwrap_or_else(|_| panic!("the store panicked on a file truncated to {cut} bytes"));
+        let r = open_and_scan(&trial)
+            .await
+            .unwrap_or_else(|| panic!("the store panicked on a file truncated to {cut} bytes"));
         if let Err(text) = &r {
             assert!(text.contains(&trial.display().to_string()), "{text}");
         }
@@ -98,23 +106,9 @@ async fn flipped_bytes_never_panic() {
         }
         let trial = dir.path().join(format!("flip-{round}.redb"));
         std::fs::write(&trial, &bytes).unwrap();
-        let path2 = trial.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                match RedbKeyStore::open(&path2) {
-                    Err(e) => Err(e.to_string()),
-                    Ok(s) => match s.scan_teks(None, usize::MAX).await {
-                        Ok(v) => Ok(v.len()),
-                        Err(e) => Err(e.to_string()),
-                    },
-                }
-            })
-        })
-        .await
-        .unwrap_or_else(|_| panic!("the store panicked on damaged file {}", trial.display()));
+        let r = open_and_scan(&trial)
+            .await
+            .unwrap_or_else(|| panic!("the store panicked on damaged file {}", trial.display()));
         if let Err(text) = r {
             assert!(text.contains(&trial.display().to_string()), "{text}");
         }

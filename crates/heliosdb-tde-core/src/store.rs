@@ -101,6 +101,32 @@ pub enum StoreOp {
         /// The count to reserve up to.
         at_least: u64,
     },
+    /// Fails the whole batch with [`journal_conflict`] unless the journal entry `name`
+    /// currently holds exactly `expect` (`None`: the entry must be absent). Placed before a
+    /// `PutJournal` or `DeleteJournal` of the same name, it makes that write a compare-and-set.
+    CheckJournal {
+        /// The entry's name.
+        name: String,
+        /// The value it must hold, or `None` if it must not exist.
+        expect: Option<Vec<u8>>,
+    },
+}
+
+/// The `phase` of the [`TdeError::RotationPhase`] a store returns when a
+/// [`StoreOp::CheckJournal`] finds another value (see [`journal_conflict`]).
+pub const JOURNAL_CHANGED: &str = "changed since it was read";
+
+/// The error of a failed [`StoreOp::CheckJournal`]: another writer changed the entry `name`
+/// after the caller read it. Nothing of the batch was written.
+pub fn journal_conflict(name: &str) -> TdeError {
+    TdeError::RotationPhase {
+        mek: format!("journal entry {name}"),
+        phase: JOURNAL_CHANGED.into(),
+        operation: "write the journal entry".into(),
+        hint: "another process or task changed it meanwhile and nothing was written; check \
+               `heliosdb-cli security mek rotation-status` and run the command again"
+            .into(),
+    }
 }
 
 /// A set of mutations committed as one transaction.
@@ -143,6 +169,15 @@ impl StoreBatch {
         self
     }
 
+    /// Adds a compare-and-set check of a journal entry (see [`StoreOp::CheckJournal`]).
+    pub fn check_journal(mut self, name: impl Into<String>, expect: Option<Vec<u8>>) -> Self {
+        self.ops.push(StoreOp::CheckJournal {
+            name: name.into(),
+            expect,
+        });
+        self
+    }
+
     /// Adds an operation.
     pub fn push(mut self, op: StoreOp) -> Self {
         self.ops.push(op);
@@ -180,6 +215,63 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     /// A journal entry, if present.
     async fn get_journal(&self, name: &str) -> Result<Option<Vec<u8>>>;
 
+    /// Reserves the next block of encryptions of TEK `id` in one transaction: reads its
+    /// recorded encryption count `c`, raises it to `min(c + block, limit)` and returns
+    /// `c..min(c + block, limit)`. Two callers, in one process or several, never receive
+    /// overlapping blocks. The range is empty when the count has reached `limit`.
+    async fn reserve_encryptions(
+        &self,
+        id: &TekId,
+        block: u64,
+        limit: u64,
+    ) -> Result<std::ops::Range<u64>>;
+
     /// Where the store lives, for messages (a path, a URL). Never a secret.
     fn location(&self) -> String;
+}
+
+/// Checks that a page returned by [`KeyStore::scan_teks`] after `cursor` moves strictly forward
+/// (every id greater than the cursor and than the id before it), and returns its last id, the
+/// next cursor. A page that does not advance is a damaged index: walking it again would loop
+/// forever, so it is reported as [`TdeError::Corrupt`].
+pub fn next_scan_cursor(
+    location: &str,
+    cursor: Option<&TekId>,
+    page: &[TekRecord],
+) -> Result<Option<TekId>> {
+    let mut previous = cursor;
+    for r in page {
+        if previous.is_some_and(|p| r.id <= *p) {
+            return Err(TdeError::corrupt(
+                "key store",
+                location,
+                format!(
+                    "a scan of the table keys did not move forward ({} after {}); the index is \
+                     damaged",
+                    r.id,
+                    previous.map(|p| p.to_string()).unwrap_or_default()
+                ),
+            ));
+        }
+        previous = Some(&r.id);
+    }
+    Ok(page.last().map(|r| r.id.clone()))
+}
+
+/// Walks every stored TEK in id order, `page_size` at a time, calling `f` on each page. Stops
+/// with [`TdeError::Corrupt`] instead of looping when the store's scan does not move forward.
+pub async fn for_each_tek_page<S, F>(store: &S, page_size: usize, mut f: F) -> Result<()>
+where
+    S: KeyStore + ?Sized,
+    F: FnMut(Vec<TekRecord>) -> Result<()>,
+{
+    let mut cursor: Option<TekId> = None;
+    loop {
+        let page = store.scan_teks(cursor.as_ref(), page_size.max(1)).await?;
+        match next_scan_cursor(&store.location(), cursor.as_ref(), &page)? {
+            Some(next) => cursor = Some(next),
+            None => return Ok(()),
+        }
+        f(page)?;
+    }
 }

@@ -302,6 +302,16 @@ impl RedbKeyStore {
                             self.write_in(&mut teks, &rec)?;
                         }
                     }
+                    StoreOp::CheckJournal { name, expect } => {
+                        // Compare-and-set: the batch is dropped uncommitted on a mismatch.
+                        let current = journal
+                            .get(name.as_str())
+                            .map_err(|e| self.err("journal read", e))?
+                            .map(|v| v.value().to_vec());
+                        if current != expect {
+                            return Err(heliosdb_tde_core::store::journal_conflict(&name));
+                        }
+                    }
                     other => {
                         return Err(TdeError::Unsupported {
                             what: format!("store operation {other:?}"),

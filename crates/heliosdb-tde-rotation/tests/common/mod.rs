@@ -120,3 +120,163 @@ impl World {
         under
     }
 }
+
+/// Holds a step inside the provider: each `rewrap_tek` call announces itself on `entered` and
+/// waits for a permit of `open`.
+#[derive(Debug)]
+pub struct Gate {
+    pub entered: tokio::sync::Notify,
+    pub open: tokio::sync::Semaphore,
+}
+
+impl Gate {
+    pub fn new() -> Arc<Gate> {
+        Arc::new(Gate {
+            entered: tokio::sync::Notify::new(),
+            open: tokio::sync::Semaphore::new(0),
+        })
+    }
+
+    pub fn release(&self) {
+        self.open.add_permits(1 << 20);
+    }
+}
+
+/// Another writer of the journal: on the `at`-th re-wrap, sets the rotation's phase in the
+/// store behind the rotator's back.
+#[derive(Debug)]
+pub struct Interloper {
+    pub at: usize,
+    pub store: Arc<dyn KeyStore>,
+    pub journal: String,
+    pub phase: &'static str,
+}
+
+/// The in-memory provider with hooks: counts unwraps and re-wraps, can hold re-wraps at a
+/// [`Gate`] and can let an [`Interloper`] write the journal.
+#[derive(Debug, Default)]
+pub struct Hooked {
+    pub inner: InMemoryMekProvider,
+    pub unwraps: std::sync::atomic::AtomicUsize,
+    pub rewraps: std::sync::atomic::AtomicUsize,
+    pub gate: std::sync::Mutex<Option<Arc<Gate>>>,
+    pub interloper: std::sync::Mutex<Option<Interloper>>,
+}
+
+#[async_trait::async_trait]
+impl MekProvider for Hooked {
+    fn kind(&self) -> heliosdb_tde_core::ProviderKind {
+        self.inner.kind()
+    }
+    fn description(&self) -> String {
+        "hooked test provider over the in-memory provider".into()
+    }
+    fn is_secure(&self) -> bool {
+        false
+    }
+    async fn generate_mek(
+        &self,
+        id: &MekId,
+        a: EncryptionAlgorithm,
+    ) -> heliosdb_tde_core::Result<heliosdb_tde_core::MekVersionInfo> {
+        self.inner.generate_mek(id, a).await
+    }
+    async fn wrap_tek(
+        &self,
+        m: &MekRef,
+        t: &TableKey,
+        c: &WrapContext,
+    ) -> heliosdb_tde_core::Result<heliosdb_tde_core::WrappedTek> {
+        self.inner.wrap_tek(m, t, c).await
+    }
+    async fn unwrap_tek(
+        &self,
+        w: &heliosdb_tde_core::WrappedTek,
+        c: &WrapContext,
+    ) -> heliosdb_tde_core::Result<TableKey> {
+        self.unwraps
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.unwrap_tek(w, c).await
+    }
+    async fn rewrap_tek(
+        &self,
+        w: &heliosdb_tde_core::WrappedTek,
+        c: &WrapContext,
+        new: &MekRef,
+    ) -> heliosdb_tde_core::Result<heliosdb_tde_core::WrappedTek> {
+        let n = self
+            .rewraps
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(g) = gate {
+            g.entered.notify_one();
+            let _permit = g.open.acquire().await.unwrap();
+        }
+        let interfere = {
+            let mut slot = self.interloper.lock().unwrap();
+            if slot.as_ref().is_some_and(|i| i.at == n) {
+                slot.take()
+            } else {
+                None
+            }
+        };
+        if let Some(i) = interfere {
+            let raw = i.store.get_journal(&i.journal).await.unwrap().unwrap();
+            let mut v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+            v["phase"] = i.phase.into();
+            i.store
+                .apply(
+                    StoreBatch::new()
+                        .put_journal(i.journal.clone(), serde_json::to_vec(&v).unwrap()),
+                )
+                .await
+                .unwrap();
+        }
+        let k = self.inner.unwrap_tek(w, c).await?;
+        self.inner.wrap_tek(new, &k, c).await
+    }
+    async fn mek_info(&self, id: &MekId) -> heliosdb_tde_core::Result<heliosdb_tde_core::MekInfo> {
+        self.inner.mek_info(id).await
+    }
+    async fn list_meks(&self) -> heliosdb_tde_core::Result<Vec<MekId>> {
+        self.inner.list_meks().await
+    }
+    async fn rotate_mek(
+        &self,
+        id: &MekId,
+    ) -> heliosdb_tde_core::Result<heliosdb_tde_core::MekVersionInfo> {
+        self.inner.rotate_mek(id).await
+    }
+    async fn set_mek_state(
+        &self,
+        m: &MekRef,
+        s: heliosdb_tde_core::KeyState,
+    ) -> heliosdb_tde_core::Result<()> {
+        self.inner.set_mek_state(m, s).await
+    }
+    async fn health(&self) -> heliosdb_tde_core::Result<heliosdb_tde_core::ProviderHealth> {
+        self.inner.health().await
+    }
+}
+
+impl World {
+    /// Replaces a stored record (as damage or a bad writer would).
+    pub async fn put_record(&self, rec: TekRecord) {
+        self.store
+            .apply(StoreBatch::new().upsert(rec))
+            .await
+            .unwrap();
+    }
+
+    pub async fn record(&self, id: &str) -> TekRecord {
+        let id: TekId = id.parse().unwrap();
+        self.store.get_tek(&id).await.unwrap().unwrap()
+    }
+
+    /// The state of one MEK version in the provider.
+    pub async fn mek_state(&self, mek: &MekRef) -> heliosdb_tde_core::KeyState {
+        let info = self.provider.mek_info(&self.mek_id).await.unwrap();
+        info.versions.iter().find(|v| &v.mek == mek).unwrap().state
+    }
+}

@@ -70,30 +70,104 @@ fn env_err(var: &str, value: &str, accepted: &str) -> TdeError {
     TdeError::config(var, format!("{value:?} is not valid; {accepted}"))
 }
 
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column + offset.saturating_sub(text.len()))
+}
+
+/// The dotted key path of the deepest entry whose key or value spans byte `offset`, as the TOML
+/// parser reads the document (recovering from syntax errors where it can).
+fn key_path_at(text: &str, offset: usize) -> Option<String> {
+    fn walk(
+        table: &toml::de::DeTable<'_>,
+        offset: usize,
+        prefix: &mut Vec<String>,
+        best: &mut Option<Vec<String>>,
+    ) {
+        for (key, value) in table {
+            prefix.push(key.get_ref().to_string());
+            let (k, v) = (key.span(), value.span());
+            if (k.start <= offset && offset < k.end.max(k.start + 1))
+                || (v.start <= offset && offset <= v.end)
+            {
+                if best.as_ref().is_none_or(|b| b.len() < prefix.len()) {
+                    *best = Some(prefix.clone());
+                }
+            }
+            match value.get_ref() {
+                toml::de::DeValue::Table(t) => walk(t, offset, prefix, best),
+                toml::de::DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let toml::de::DeValue::Table(t) = item.get_ref() {
+                            if let Some(last) = prefix.last_mut() {
+                                last.push_str(&format!("[{i}]"));
+                            }
+                            walk(t, offset, prefix, best);
+                            if let Some(last) = prefix.last_mut() {
+                                *last = key.get_ref().to_string();
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+            prefix.pop();
+        }
+    }
+    let (doc, _errors) = toml::de::DeTable::parse_recoverable(text);
+    let mut best = None;
+    walk(doc.get_ref(), offset, &mut Vec::new(), &mut best);
+    best.map(|p| p.join("."))
+}
+
+/// A TOML error as one line: where (`origin:line:column`), the field as the parser knows it,
+/// then the parser's own detail.
+fn toml_error(text: &str, origin: Option<&Path>, e: &toml::de::Error) -> TdeError {
+    let detail = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let origin = origin.map(|p| p.display().to_string());
+    let Some(span) = e.span() else {
+        return TdeError::config(origin.unwrap_or_else(|| "TOML document".into()), detail);
+    };
+    let (line, column) = line_column(text, span.start);
+    let location = match origin {
+        Some(o) => format!("{o}:{line}:{column}"),
+        None => format!("line {line}, column {column}"),
+    };
+    match key_path_at(text, span.start) {
+        Some(field) => TdeError::config(format!("{location}: {field}"), detail),
+        None => TdeError::config(location, detail),
+    }
+}
+
 impl TdeConfig {
     /// Parses a TOML document. Unknown fields are errors, so typos do not pass silently.
+    ///
+    /// An error is one line: [`TdeError::InvalidConfig`] whose `field` is `line L, column C:`
+    /// and the dotted key path the parser was reading there (when there is one), and whose
+    /// `reason` is the parser's detail.
     pub fn from_toml_str(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| {
-            let field = e
-                .message()
-                .split('`')
-                .nth(1)
-                .unwrap_or("configuration file")
-                .to_string();
-            TdeError::config(field, e.to_string().trim().to_string())
-        })
+        toml::from_str(text).map_err(|e| toml_error(text, None, &e))
     }
 
-    /// Reads a TOML file.
+    /// Reads a TOML file. Errors are as for [`TdeConfig::from_toml_str`], located as
+    /// `FILE:LINE:COLUMN`, for example `invalid configuration: /etc/heliosdb/tde.toml:3:15:
+    /// cache_limit: invalid value: integer `-1`, expected usize`.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| TdeError::io(path, e))?;
-        Self::from_toml_str(&text).map_err(|e| match e {
-            TdeError::InvalidConfig { field, reason } => TdeError::InvalidConfig {
-                field,
-                reason: format!("{} in {}", reason, path.display()),
-            },
-            other => other,
-        })
+        toml::from_str(&text).map_err(|e| toml_error(&text, Some(path), &e))
     }
 
     /// Applies overrides from the process environment; see [`TdeConfig::apply_env_with`].
@@ -384,6 +458,107 @@ mod tests {
                 .to_string()
                 .contains("exactly one")
         );
+    }
+
+    /// Issue 9, item 21: a TOML error is one line naming the file, line, column and the field
+    /// as the parser knows it (never a stray `"`, `=` or `-1`), then the parser's detail.
+    #[test]
+    fn toml_errors_are_one_line_with_file_line_column_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tde.toml");
+        let cases: [(&str, &str, &str, &str); 6] = [
+            // A stray quote: the string never ends.
+            (
+                "cache_limit = 5\nkey_storage_path = \"/var/lib/keys\n",
+                "2:34",
+                "key_storage_path",
+                "invalid basic string",
+            ),
+            // A stray quote after a value.
+            (
+                "cache_limit = 5\"\n",
+                "1:15",
+                "cache_limit",
+                "missing opening quote",
+            ),
+            // A missing `=`: the parser read no key-value pair, so no field is named.
+            (
+                "enabled = true\ncache_limit 5\n",
+                "2:13",
+                "",
+                "key with no value, expected `=`",
+            ),
+            // A value out of range.
+            (
+                "enabled = true\ncache_limit = -1\n",
+                "2:15",
+                "cache_limit",
+                "invalid value: integer `-1`, expected usize",
+            ),
+            // An unknown field in a section.
+            (
+                "[secure_file_config]\nstorage_pat = \"/x\"\n",
+                "2:1",
+                "secure_file_config.storage_pat",
+                "unknown field `storage_pat`",
+            ),
+            // A wrong type in a section.
+            (
+                "[hsm_config]\npkcs11_library_path = \"/l.so\"\ntimeout_secs = \"soon\"\n",
+                "3:16",
+                "hsm_config.timeout_secs",
+                "invalid type",
+            ),
+        ];
+        // (document, line:column, field as the parser knows it or "", the parser's detail)
+        for (text, at, field, detail) in cases {
+            let field_part = if field.is_empty() {
+                String::new()
+            } else {
+                format!("{field}: ")
+            };
+            std::fs::write(&file, text).unwrap();
+            let e = TdeConfig::from_toml_file(&file).unwrap_err();
+            let TdeError::InvalidConfig { field: got, .. } = &e else {
+                panic!("{text:?}: {e:?}");
+            };
+            let message = e.to_string();
+            assert!(
+                !message.contains('\n'),
+                "{text:?}: more than one line: {message}"
+            );
+            let prefix = format!(
+                "invalid configuration: {}:{at}: {field_part}{detail}",
+                file.display()
+            );
+            assert!(
+                message.starts_with(&prefix),
+                "{text:?}: {message}\nexpected it to start with {prefix}"
+            );
+            assert_eq!(
+                got,
+                format!("{}:{at}: {field_part}", file.display()).trim_end_matches([':', ' '])
+            );
+            // Without a file, the location is the line and column.
+            let e = TdeConfig::from_toml_str(text).unwrap_err().to_string();
+            let (line, column) = at.split_once(':').unwrap();
+            assert!(
+                e.starts_with(&format!(
+                    "invalid configuration: line {line}, column {column}: {field_part}{detail}"
+                )),
+                "{text:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn line_columns_count_characters() {
+        assert_eq!(line_column("", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 3), (2, 1));
+        assert_eq!(line_column("é = 1", 3), (1, 3));
+        // Past the end, and inside a character: no panic.
+        assert_eq!(line_column("ab", 5), (1, 6));
+        assert_eq!(line_column("é", 1), (1, 1));
     }
 
     #[test]

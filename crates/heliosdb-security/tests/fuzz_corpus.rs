@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use heliosdb_security::tde::{
-    CipherBackend, EncryptionAlgorithm, PageHeader, TableCipher, TableKey, TdeConfig, UsageLimits,
+    CipherBackend, EncryptionAlgorithm, PageHeader, TableKey, TdeConfig, UnmeteredTableCipher,
+    UsageLimits,
 };
 use std::path::{Path, PathBuf};
 
@@ -46,7 +47,8 @@ fn page_open() {
         EncryptionAlgorithm::Aes256Gcm,
         heliosdb_tde_core::KeyBytes::from_slice(&[1u8; 32]).unwrap(),
     );
-    let cipher = TableCipher::new(&key, CipherBackend::default(), UsageLimits::default()).unwrap();
+    let cipher =
+        UnmeteredTableCipher::new(&key, CipherBackend::default(), UsageLimits::default()).unwrap();
     for (p, data) in inputs("page_open") {
         let _ = PageHeader::parse(&data);
         assert!(cipher.open(b"aad", &data).is_err(), "{}", p.display());

@@ -92,8 +92,8 @@ async fn secure_file_in_production_end_to_end_and_across_restarts() {
     let km = tde.key_manager();
     assert_eq!(km.mek_info().await.unwrap().versions.len(), 1);
     km.create_table_key("public.users").await.unwrap();
-    let cipher = tde.table_cipher("public.users").await.unwrap();
-    let sealed = cipher.seal(b"public.users/1", b"alice").unwrap();
+    let sealer = tde.page_sealer("public.users").await.unwrap();
+    let sealed = sealer.seal(b"public.users/1", b"alice").await.unwrap();
     km.rotate_table(&"public.users".parse().unwrap())
         .await
         .unwrap();
@@ -102,10 +102,11 @@ async fn secure_file_in_production_end_to_end_and_across_restarts() {
 
     let tde = TdeSubsystem::new(config).await.unwrap();
     let v = sealed_tek_version(&sealed).unwrap();
-    let old = tde.table_cipher_version("public.users", v).await.unwrap();
+    let old = tde.page_opener("public.users", v).await.unwrap();
     assert_eq!(old.open(b"public.users/1", &sealed).unwrap(), b"alice");
-    let current = tde.table_cipher("public.users").await.unwrap();
-    assert_eq!(current.tek().version.get(), 2);
+    let current = tde.page_sealer("public.users").await.unwrap();
+    let sealed2 = current.seal(b"public.users/2", b"bob").await.unwrap();
+    assert_eq!(sealed_tek_version(&sealed2).unwrap().get(), 2);
 
     let checklist = security_checklist(&tde).await;
     let by_item = |needle: &str| {

@@ -27,6 +27,9 @@ pub enum WrapPurpose {
     TableKey,
     /// A table encryption key inside a backup bundle.
     Backup,
+    /// A key store's key check value: a random canary key wrapped under an MEK version, whose
+    /// unwrap proves that the provider holds the same MEK bytes the store was written with.
+    KeyCheck,
 }
 
 impl WrapPurpose {
@@ -35,6 +38,7 @@ impl WrapPurpose {
         match self {
             WrapPurpose::TableKey => 1,
             WrapPurpose::Backup => 2,
+            WrapPurpose::KeyCheck => 3,
         }
     }
 
@@ -43,6 +47,7 @@ impl WrapPurpose {
         match self {
             WrapPurpose::TableKey => "table-key",
             WrapPurpose::Backup => "backup",
+            WrapPurpose::KeyCheck => "key-check",
         }
     }
 }

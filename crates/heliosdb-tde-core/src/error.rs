@@ -194,6 +194,53 @@ pub enum TdeError {
     #[error("the OS random number generator failed: {0}. No key was created")]
     Random(String),
 
+    /// A file or store is held by another process.
+    #[error("the {what} {location} is in use by another process ({hint})")]
+    InUse {
+        /// What is in use, for example `key store`.
+        what: String,
+        /// Its path or address.
+        location: String,
+        /// Who may hold it and what to do.
+        hint: String,
+    },
+
+    /// An MEK that stored table keys depend on is not in the provider. Nothing was created.
+    #[error(
+        "MEK {mek} is missing from the MEK provider {provider}: {teks} table key version(s) of \
+         {tables} table(s) in the key store {store} are wrapped under it and cannot be read. \
+         Check that the provider's location is right (a wrong path, mount or key id?); only a \
+         backup of the MEK can restore these keys. No key was created"
+    )]
+    MekMissing {
+        /// The missing MEK (id, or id and version).
+        mek: String,
+        /// The provider and its location.
+        provider: String,
+        /// The key store.
+        store: String,
+        /// How many TEK versions depend on it.
+        teks: u64,
+        /// How many tables depend on it.
+        tables: u64,
+    },
+
+    /// The provider holds an MEK of the expected name, but not the key the store was written
+    /// with (its key check value does not unwrap).
+    #[error(
+        "MEK {mek} in the MEK provider {provider} is not the key the key store {store} was \
+         written with: its key check value does not unwrap under it. Point the provider at the \
+         right MEK (path, token, key id) or restore that MEK from a backup; nothing was changed"
+    )]
+    MekMismatch {
+        /// The MEK version checked.
+        mek: String,
+        /// The provider and its location.
+        provider: String,
+        /// The key store.
+        store: String,
+    },
+
     /// An operating-system I/O error on a path.
     #[error("IO error: {source} (path: {})", path.display())]
     Io {

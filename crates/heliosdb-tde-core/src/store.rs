@@ -215,6 +215,63 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     /// A journal entry, if present.
     async fn get_journal(&self, name: &str) -> Result<Option<Vec<u8>>>;
 
+    /// Reserves the next block of encryptions of TEK `id` in one transaction: reads its
+    /// recorded encryption count `c`, raises it to `min(c + block, limit)` and returns
+    /// `c..min(c + block, limit)`. Two callers, in one process or several, never receive
+    /// overlapping blocks. The range is empty when the count has reached `limit`.
+    async fn reserve_encryptions(
+        &self,
+        id: &TekId,
+        block: u64,
+        limit: u64,
+    ) -> Result<std::ops::Range<u64>>;
+
     /// Where the store lives, for messages (a path, a URL). Never a secret.
     fn location(&self) -> String;
+}
+
+/// Checks that a page returned by [`KeyStore::scan_teks`] after `cursor` moves strictly forward
+/// (every id greater than the cursor and than the id before it), and returns its last id, the
+/// next cursor. A page that does not advance is a damaged index: walking it again would loop
+/// forever, so it is reported as [`TdeError::Corrupt`].
+pub fn next_scan_cursor(
+    location: &str,
+    cursor: Option<&TekId>,
+    page: &[TekRecord],
+) -> Result<Option<TekId>> {
+    let mut previous = cursor;
+    for r in page {
+        if previous.is_some_and(|p| r.id <= *p) {
+            return Err(TdeError::corrupt(
+                "key store",
+                location,
+                format!(
+                    "a scan of the table keys did not move forward ({} after {}); the index is \
+                     damaged",
+                    r.id,
+                    previous.map(|p| p.to_string()).unwrap_or_default()
+                ),
+            ));
+        }
+        previous = Some(&r.id);
+    }
+    Ok(page.last().map(|r| r.id.clone()))
+}
+
+/// Walks every stored TEK in id order, `page_size` at a time, calling `f` on each page. Stops
+/// with [`TdeError::Corrupt`] instead of looping when the store's scan does not move forward.
+pub async fn for_each_tek_page<S, F>(store: &S, page_size: usize, mut f: F) -> Result<()>
+where
+    S: KeyStore + ?Sized,
+    F: FnMut(Vec<TekRecord>) -> Result<()>,
+{
+    let mut cursor: Option<TekId> = None;
+    loop {
+        let page = store.scan_teks(cursor.as_ref(), page_size.max(1)).await?;
+        match next_scan_cursor(&store.location(), cursor.as_ref(), &page)? {
+            Some(next) => cursor = Some(next),
+            None => return Ok(()),
+        }
+        f(page)?;
+    }
 }

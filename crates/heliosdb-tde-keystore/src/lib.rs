@@ -22,25 +22,68 @@ use async_trait::async_trait;
 use heliosdb_tde_core::{
     KeyStore, Result, StoreBatch, TableId, TdeError, TekId, TekRecord, store::StoreOp,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
+};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 const TEKS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("teks");
 const JOURNAL: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("journal");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// The `meta` entry counting commits, so that a handle reopened for writing can tell whether
+/// another process wrote in between.
+const GENERATION: &str = "generation";
 
 /// The store's own format version (tables and record layout).
 pub const STORE_FORMAT_VERSION: u64 = 1;
 /// The file name of the store inside `key_storage_path`.
 pub const STORE_FILE_NAME: &str = "tek-store.redb";
+/// The journal entry holding the store's random identity (16 bytes), written at creation.
+pub const STORE_ID_ENTRY: &str = "store/id";
+
+/// The open database: writable, or opened read-only (which never modifies the file).
+enum Db {
+    ReadWrite(Database),
+    ReadOnly(ReadOnlyDatabase),
+}
+
+impl Db {
+    fn begin_read(&self) -> std::result::Result<ReadTransaction, redb::TransactionError> {
+        match self {
+            Db::ReadWrite(db) => db.begin_read(),
+            Db::ReadOnly(db) => db.begin_read(),
+        }
+    }
+}
+
+/// How [`RedbKeyStore`] opens its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OpenMode {
+    /// The file must exist and be a key store; it is opened for writing.
+    Existing,
+    /// The file must not exist; a new, empty store is created (an explicit first start).
+    CreateNew,
+    /// Open the file if it exists, else create it (tests and tools).
+    OpenOrCreate,
+    /// The file must exist; it is opened read-only and never modified.
+    ReadOnly,
+}
 
 /// A key store in one redb file.
+///
+/// A store opened for writing starts out read-only and switches to writing at its first
+/// write: redb changes the file when it is opened for writing, even if nothing is committed,
+/// so a command that only reads, or fails before writing, leaves the file byte-identical.
 pub struct RedbKeyStore {
     /// Always `Some` until drop; see [`Drop`].
-    db: Option<Database>,
+    db: RwLock<Option<Db>>,
+    /// Whether the first write may reopen the file for writing.
+    writable: bool,
     path: PathBuf,
     /// Set when the storage engine panicked on damaged data; the store then refuses all work.
     damaged: AtomicBool,
@@ -48,7 +91,10 @@ pub struct RedbKeyStore {
 
 impl Drop for RedbKeyStore {
     fn drop(&mut self) {
-        let db = self.db.take();
+        let db = match self.db.get_mut() {
+            Ok(db) => db.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
         if self.damaged.load(Ordering::SeqCst) {
             // The engine's in-memory state is unreliable after it hit damaged data, and its own
             // drop may panic again; leak it rather than risk an abort. This happens only after a
@@ -69,24 +115,98 @@ impl fmt::Debug for RedbKeyStore {
 }
 
 impl RedbKeyStore {
-    /// Opens (or creates) the store in directory `dir`, creating the directory with mode 0700.
+    /// Opens the store in directory `dir`, creating the directory (mode 0700) and the store if
+    /// they do not exist. For tests and tools: a server decides between
+    /// [`RedbKeyStore::open_existing`] and [`RedbKeyStore::create_new`].
     pub fn open_dir(dir: &Path) -> Result<Self> {
         create_private_dir(dir)?;
         Self::open(&dir.join(STORE_FILE_NAME))
     }
 
-    /// Opens (or creates) the store file at `path`.
+    /// Opens the store file at `path`, creating it if it does not exist. An existing file that
+    /// is empty, damaged or not a key store is an error; it is never replaced.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, OpenMode::OpenOrCreate)
+    }
+
+    /// Opens the existing store file at `path` for writing. A missing, empty, damaged or
+    /// foreign file is an error naming the path; nothing is created.
+    pub fn open_existing(path: &Path) -> Result<Self> {
+        Self::open_with(path, OpenMode::Existing)
+    }
+
+    /// Creates a new, empty store at `path` (an explicit first start). Fails if a file exists.
+    pub fn create_new(path: &Path) -> Result<Self> {
+        Self::open_with(path, OpenMode::CreateNew)
+    }
+
+    /// Opens the existing store file at `path` read-only: the file is never modified, and
+    /// [`KeyStore::apply`] fails. For read-only commands.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        Self::open_with(path, OpenMode::ReadOnly)
+    }
+
+    fn open_with(path: &Path, mode: OpenMode) -> Result<Self> {
         let path = path.to_path_buf();
-        let existed = path.exists();
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(TdeError::io(&path, e)),
+        };
+        let existed = meta.is_some();
+        match (&meta, mode) {
+            (None, OpenMode::Existing | OpenMode::ReadOnly) => {
+                return Err(TdeError::KeyNotFound {
+                    key: format!("key store {}", path.display()),
+                    hint: "the key store file does not exist; check key_storage_path, or restore \
+                           the file from a backup"
+                        .into(),
+                });
+            }
+            (Some(_), OpenMode::CreateNew) => {
+                return Err(TdeError::AlreadyExists {
+                    key: format!("key store {}", path.display()),
+                });
+            }
+            (Some(m), _) if !m.is_file() => {
+                return Err(TdeError::corrupt(
+                    "key store",
+                    path.display().to_string(),
+                    "it is not a regular file; point key_storage_path at the directory that \
+                     holds the key store",
+                ));
+            }
+            (Some(m), _) if m.len() == 0 => {
+                return Err(TdeError::corrupt(
+                    "key store",
+                    path.display().to_string(),
+                    "the file is empty (0 bytes); restore it from a backup. It is not re-created, \
+                     because an empty store would hide every table key",
+                ));
+            }
+            _ => {}
+        }
         // redb validates its header and checksums on open; a damaged file must surface as an
         // error naming the file, so any panic inside the library is caught here too.
-        let opened = catch_unwind(|| Database::create(&path));
+        let opened = catch_unwind(|| {
+            if !existed {
+                return Database::create(&path).map(Db::ReadWrite);
+            }
+            // Writers too start read-only; see the type's documentation.
+            match ReadOnlyDatabase::open(&path) {
+                // After an unclean shutdown (a crash, kill -9) redb must repair the file
+                // before anyone reads it, which writes: a writer does it now.
+                Err(DatabaseError::RepairAborted) if mode != OpenMode::ReadOnly => {
+                    Database::open(&path).map(Db::ReadWrite)
+                }
+                other => other.map(Db::ReadOnly),
+            }
+        });
         let db = match opened {
             Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(open_error(&path, existed, &e.to_string())),
+            Ok(Err(e)) => return Err(open_error(&path, existed, &e)),
             Err(_) => {
-                return Err(open_error(
+                return Err(open_error_text(
                     &path,
                     existed,
                     "the storage engine failed on damaged data",
@@ -94,13 +214,23 @@ impl RedbKeyStore {
             }
         };
         let store = Self {
-            db: Some(db),
+            db: RwLock::new(Some(db)),
+            writable: mode != OpenMode::ReadOnly,
             path,
             damaged: AtomicBool::new(false),
         };
-        store.init()?;
-        restrict_file(&store.path)?;
+        if existed {
+            store.check_format()?;
+        } else {
+            store.init_new()?;
+            restrict_file(&store.path)?;
+        }
         Ok(store)
+    }
+
+    /// Whether the store was opened read-only (it refuses every write).
+    pub fn is_read_only(&self) -> bool {
+        !self.writable
     }
 
     /// The store file.
@@ -118,7 +248,7 @@ impl RedbKeyStore {
 
     /// Runs `f` on the database, turning a panic of the storage engine (which it raises on
     /// some kinds of damaged pages) into a [`TdeError::Corrupt`] naming the file.
-    fn with_db<T>(&self, what: &str, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+    fn with_db<T>(&self, what: &str, f: impl FnOnce(&Db) -> Result<T>) -> Result<T> {
         let damaged = || {
             TdeError::corrupt(
                 "key store",
@@ -132,7 +262,8 @@ impl RedbKeyStore {
         if self.damaged.load(Ordering::SeqCst) {
             return Err(damaged());
         }
-        let Some(db) = self.db.as_ref() else {
+        let guard = self.db.read().map_err(|_| damaged())?;
+        let Some(db) = guard.as_ref() else {
             return Err(damaged());
         };
         match catch_unwind(AssertUnwindSafe(|| f(db))) {
@@ -144,40 +275,176 @@ impl RedbKeyStore {
         }
     }
 
-    fn init(&self) -> Result<()> {
-        self.with_db("initialising", |db| self.init_inner(db))
+    /// Runs `f` on the database opened for writing, reopening it for writing first if it is
+    /// still read-only (the first write of this handle).
+    fn with_write_db<T>(&self, what: &str, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        if !self.writable {
+            return Err(self.read_only_error());
+        }
+        let is_ro = self.with_db(what, |db| Ok(matches!(db, Db::ReadOnly(_))))?;
+        if is_ro {
+            self.upgrade()?;
+        }
+        self.with_db(what, |db| match db {
+            Db::ReadWrite(db) => f(db),
+            Db::ReadOnly(_) => Err(self.read_only_error()),
+        })
     }
 
-    fn init_inner(&self, db: &Database) -> Result<()> {
-        let txn = db.begin_write().map_err(|e| self.err("begin", e))?;
-        {
-            let mut meta = txn.open_table(META).map_err(|e| self.err("open meta", e))?;
+    /// Reopens the file for writing. Another process may have written in the instant between
+    /// closing the read-only handle and opening for writing; the store's generation counter
+    /// tells, and then this write is refused (the caller's view of the store may be stale).
+    fn upgrade(&self) -> Result<()> {
+        let damaged = || {
+            TdeError::corrupt(
+                "key store",
+                self.loc(),
+                "the storage engine failed on damaged data while opening for writing",
+            )
+        };
+        let mut guard = self.db.write().map_err(|_| damaged())?;
+        let Some(Db::ReadOnly(_)) = guard.as_ref() else {
+            return Ok(());
+        };
+        let seen = match guard.as_ref() {
+            Some(db) => self.generation(db)?,
+            None => return Err(damaged()),
+        };
+        // Close the read-only handle (and its shared lock) before opening for writing.
+        drop(guard.take());
+        let opened = catch_unwind(|| Database::open(&self.path));
+        let db = match opened {
+            Ok(Ok(db)) => Db::ReadWrite(db),
+            Ok(Err(e)) => {
+                // Keep reading: reopen read-only, as the handle was.
+                if let Ok(Ok(ro)) = catch_unwind(|| ReadOnlyDatabase::open(&self.path)) {
+                    *guard = Some(Db::ReadOnly(ro));
+                }
+                return Err(open_error(&self.path, true, &e));
+            }
+            Err(_) => {
+                self.damaged.store(true, Ordering::SeqCst);
+                return Err(damaged());
+            }
+        };
+        let now = self.generation(&db)?;
+        *guard = Some(db);
+        if now != seen {
+            return Err(TdeError::InUse {
+                what: "key store".into(),
+                location: self.loc(),
+                hint: "another process changed it while this one was reading it; retry the \
+                       command"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The store's commit generation (0 before the first counted commit).
+    fn generation(&self, db: &Db) -> Result<u64> {
+        let txn = db.begin_read().map_err(|e| self.err("begin read", e))?;
+        let meta = txn.open_table(META).map_err(|e| self.err("open meta", e))?;
+        Ok(meta
+            .get(GENERATION)
+            .map_err(|e| self.err("read generation", e))?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// Counts a commit: called inside every write transaction.
+    fn bump_generation(&self, txn: &redb::WriteTransaction) -> Result<()> {
+        let mut meta = txn.open_table(META).map_err(|e| self.err("open meta", e))?;
+        let g = meta
+            .get(GENERATION)
+            .map_err(|e| self.err("read generation", e))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        meta.insert(GENERATION, g.wrapping_add(1))
+            .map_err(|e| self.err("write generation", e))?;
+        Ok(())
+    }
+
+    /// Checks an existing file's format version without writing anything.
+    fn check_format(&self) -> Result<()> {
+        self.with_db("opening", |db| {
+            let txn = db.begin_read().map_err(|e| self.err("begin read", e))?;
+            let meta = match txn.open_table(META) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => {
+                    return Err(self.not_a_store("it has no HeliosDB metadata table"));
+                }
+                Err(e) => return Err(self.err("open meta", e)),
+            };
             let current = meta
                 .get("format_version")
                 .map_err(|e| self.err("read format version", e))?
                 .map(|v| v.value());
             match current {
-                None => {
-                    meta.insert("format_version", STORE_FORMAT_VERSION)
-                        .map_err(|e| self.err("write format version", e))?;
+                None => Err(self.not_a_store("it has no format version")),
+                Some(v) if v == STORE_FORMAT_VERSION => {
+                    for t in [txn.open_table(TEKS).err(), txn.open_table(JOURNAL).err()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        return Err(self.not_a_store(&t.to_string()));
+                    }
+                    Ok(())
                 }
-                Some(v) if v == STORE_FORMAT_VERSION => {}
-                Some(v) => {
-                    return Err(TdeError::corrupt(
-                        "key store",
-                        self.loc(),
-                        format!(
-                            "store format version {v} is not supported by this build (it reads \
-                             version {STORE_FORMAT_VERSION}); upgrade HeliosDB"
-                        ),
-                    ));
-                }
+                Some(v) => Err(TdeError::corrupt(
+                    "key store",
+                    self.loc(),
+                    format!(
+                        "store format version {v} is not supported by this build (it reads \
+                         version {STORE_FORMAT_VERSION}); upgrade HeliosDB"
+                    ),
+                )),
             }
-            txn.open_table(TEKS).map_err(|e| self.err("open teks", e))?;
-            txn.open_table(JOURNAL)
-                .map_err(|e| self.err("open journal", e))?;
+        })
+    }
+
+    fn not_a_store(&self, detail: &str) -> TdeError {
+        TdeError::corrupt(
+            "key store",
+            self.loc(),
+            format!(
+                "the file is not a HeliosDB key store ({detail}); check key_storage_path, or \
+                 restore the file from a backup"
+            ),
+        )
+    }
+
+    /// Writes the tables, the format version and a fresh store identity into a new file.
+    fn init_new(&self) -> Result<()> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|e| TdeError::ProviderUnavailable {
+            provider: "OS random number generator".into(),
+            reason: e.to_string(),
+            retryable: true,
+        })?;
+        self.with_write_db("initialising", |db| {
+            let txn = db.begin_write().map_err(|e| self.err("begin", e))?;
+            {
+                let mut meta = txn.open_table(META).map_err(|e| self.err("open meta", e))?;
+                meta.insert("format_version", STORE_FORMAT_VERSION)
+                    .map_err(|e| self.err("write format version", e))?;
+                txn.open_table(TEKS).map_err(|e| self.err("open teks", e))?;
+                let mut journal = txn
+                    .open_table(JOURNAL)
+                    .map_err(|e| self.err("open journal", e))?;
+                journal
+                    .insert(STORE_ID_ENTRY, id.as_slice())
+                    .map_err(|e| self.err("write store id", e))?;
+            }
+            txn.commit().map_err(|e| self.err("commit", e))
+        })
+    }
+
+    fn read_only_error(&self) -> TdeError {
+        TdeError::Unsupported {
+            what: format!("writing to the key store {} opened read-only", self.loc()),
+            hint: "this command only reads; run a command that changes keys to write".into(),
         }
-        txn.commit().map_err(|e| self.err("commit", e))
     }
 
     fn decode(&self, key: &[u8], value: &[u8]) -> Result<TekRecord> {
@@ -193,7 +460,7 @@ impl RedbKeyStore {
 
     fn read_range_inner(
         &self,
-        db: &Database,
+        db: &Db,
         lo: &[u8],
         hi: Option<&[u8]>,
         limit: usize,
@@ -205,24 +472,42 @@ impl RedbKeyStore {
             None => table.range::<&[u8]>(lo..),
         }
         .map_err(|e| self.err("range", e))?;
-        let mut out = Vec::new();
+        let mut out: Vec<TekRecord> = Vec::new();
+        let mut previous: Option<Vec<u8>> = None;
         for item in iter {
             if out.len() >= limit {
                 break;
             }
             let (k, v) = item.map_err(|e| self.err("read", e))?;
-            out.push(self.decode(k.value(), v.value())?);
+            let key = k.value();
+            // Damaged pages can return keys out of order or outside the range asked for; a
+            // scan must always move forward, so either is corruption.
+            let in_range = key >= lo && hi.is_none_or(|hi| key < hi);
+            let ascending = previous.as_deref().is_none_or(|p| key > p);
+            if !in_range || !ascending {
+                return Err(TdeError::corrupt(
+                    "key store",
+                    self.loc(),
+                    format!(
+                        "a scan of the table keys went backwards or out of range at key bytes \
+                         {key:02x?}; the index is damaged. Restore the file from a backup"
+                    ),
+                ));
+            }
+            previous = Some(key.to_vec());
+            out.push(self.decode(key, v.value())?);
         }
         Ok(out)
     }
 
     /// Applies a batch synchronously (what [`KeyStore::apply`] does).
     pub fn apply_blocking(&self, batch: StoreBatch) -> Result<()> {
-        self.with_db("writing", |db| self.apply_inner(db, batch))
+        self.with_write_db("writing", |db| self.apply_inner(db, batch))
     }
 
     fn apply_inner(&self, db: &Database, batch: StoreBatch) -> Result<()> {
         let txn = db.begin_write().map_err(|e| self.err("begin", e))?;
+        self.bump_generation(&txn)?;
         {
             let mut teks = txn.open_table(TEKS).map_err(|e| self.err("open teks", e))?;
             let mut journal = txn
@@ -346,7 +631,39 @@ impl RedbKeyStore {
     }
 }
 
-fn open_error(path: &Path, existed: bool, detail: &str) -> TdeError {
+fn open_error(path: &Path, existed: bool, e: &DatabaseError) -> TdeError {
+    if matches!(e, DatabaseError::RepairAborted) {
+        return TdeError::InUse {
+            what: "key store".into(),
+            location: path.display().to_string(),
+            hint:
+                "or it was not closed cleanly (a crash?) and needs a recovery, which a read-only \
+                   command does not do: start HeliosDB or run a command that changes keys once, \
+                   then retry"
+                    .into(),
+        };
+    }
+    if matches!(e, DatabaseError::DatabaseAlreadyOpen) {
+        return TdeError::InUse {
+            what: "key store".into(),
+            location: path.display().to_string(),
+            hint: "is HeliosDB running? Stop it or wait for the other command to finish, then \
+                   retry"
+                .into(),
+        };
+    }
+    if let DatabaseError::Storage(redb::StorageError::Io(io)) = e
+        && io.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return TdeError::io(
+            path,
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+    }
+    open_error_text(path, existed, &e.to_string())
+}
+
+fn open_error_text(path: &Path, existed: bool, detail: &str) -> TdeError {
     if detail.contains("Permission denied") {
         return TdeError::io(
             path,
@@ -478,6 +795,36 @@ impl KeyStore for RedbKeyStore {
             Ok(t.get(name)
                 .map_err(|e| self.err("journal read", e))?
                 .map(|v| v.value().to_vec()))
+        })
+    }
+
+    async fn reserve_encryptions(
+        &self,
+        id: &TekId,
+        block: u64,
+        limit: u64,
+    ) -> Result<std::ops::Range<u64>> {
+        self.with_write_db("reserving encryptions", |db| {
+            let txn = db.begin_write().map_err(|e| self.err("begin", e))?;
+            self.bump_generation(&txn)?;
+            let range = {
+                let mut teks = txn.open_table(TEKS).map_err(|e| self.err("open teks", e))?;
+                let mut rec = self
+                    .read_in(&teks, id)?
+                    .ok_or_else(|| TdeError::KeyNotFound {
+                        key: format!("tek:{id}"),
+                        hint: "no such table key version in the key store".into(),
+                    })?;
+                let start = rec.metadata.usage.encryptions;
+                let end = start.saturating_add(block).min(limit).max(start);
+                if end > start {
+                    rec.metadata.usage.encryptions = end;
+                    self.write_in(&mut teks, &rec)?;
+                }
+                start..end
+            };
+            txn.commit().map_err(|e| self.err("commit", e))?;
+            Ok(range)
         })
     }
 

@@ -21,6 +21,7 @@ pub use heliosdb_tde_rotation::{Phase, Progress, RotationConfig, RotationState, 
 pub use rotation::{EmergencyRotation, MekRotationResult, UsagePolicy};
 pub use stats::{CacheStats, KeyStats, ProviderStats, UsageTotals};
 
+use heliosdb_tde_core::store::for_each_tek_page;
 use heliosdb_tde_core::{
     AuditAction, AuditEvent, AuditSink, EncryptionAlgorithm, KeyId, KeyMetadata, KeyState,
     KeyStore, KeyType, MekId, MekInfo, MekProvider, MekRef, Result, SecurityMode, StoreBatch,
@@ -213,13 +214,51 @@ impl KeyManager {
         Ok(Some(warning))
     }
 
-    /// Makes sure the default MEK exists (generating version 1 if it does not) and returns its
-    /// active version.
+    /// Makes sure the default MEK exists and returns its active version.
+    ///
+    /// The MEK is generated only on a true first start: when the provider does not have it
+    /// *and* the key store holds nothing that depends on it (no TEK wrapped under it, no
+    /// rotation journal, no key check value). If anything depends on it, the MEK was lost or the
+    /// provider points at the wrong place: that is [`TdeError::MekMissing`], and nothing is
+    /// created. When the MEK exists, its key check value is unwrapped to prove that it is the
+    /// key this store was written with ([`TdeError::MekMismatch`] otherwise), and written if the
+    /// store has none yet.
     pub async fn ensure_default_mek(&self) -> Result<MekRef> {
+        self.default_mek(true).await
+    }
+
+    /// [`KeyManager::ensure_default_mek`] for read-only use: checks the default MEK and its key
+    /// check value, but never generates a key and never writes.
+    pub async fn check_default_mek(&self) -> Result<MekRef> {
+        self.default_mek(false).await
+    }
+
+    async fn default_mek(&self, may_write: bool) -> Result<MekRef> {
         let id = self.config.default_mek_id.clone();
         let info = match self.call(self.mek_provider.mek_info(&id)).await {
             Ok(info) => info,
             Err(TdeError::KeyNotFound { .. }) => {
+                let deps = self.mek_dependents(&id).await?;
+                if deps.teks > 0 || deps.journal {
+                    return Err(TdeError::MekMissing {
+                        mek: id.to_string(),
+                        provider: self.mek_provider.description(),
+                        store: self.store.location(),
+                        teks: deps.teks,
+                        tables: deps.tables,
+                    });
+                }
+                if !may_write {
+                    return Err(TdeError::KeyNotFound {
+                        key: format!("mek:{id}"),
+                        hint: format!(
+                            "the MEK provider {} has no such MEK and the key store is empty; \
+                             start HeliosDB (or run `heliosdb-cli security tek create`) once to \
+                             create it",
+                            self.mek_provider.description()
+                        ),
+                    });
+                }
                 let v = self
                     .call(self.mek_provider.generate_mek(&id, self.config.algorithm))
                     .await?;
@@ -229,14 +268,196 @@ impl KeyManager {
                     self.mek_provider.description(),
                 ))
                 .await;
+                self.write_key_check(&v.mek).await?;
                 self.set_active_mek(v.mek.clone())?;
                 return Ok(v.mek);
             }
             Err(e) => return Err(e),
         };
         let active = active_of(&info)?;
+        self.verify_key_check(&active, may_write).await?;
         self.set_active_mek(active.clone())?;
         Ok(active)
+    }
+
+    /// What in the key store depends on MEK `id`.
+    async fn mek_dependents(&self, id: &MekId) -> Result<MekDependents> {
+        let mut deps = MekDependents::default();
+        let mut last_table: Option<TableId> = None;
+        for_each_tek_page(self.store.as_ref(), 4096, |page| {
+            for r in page {
+                let under = r.wrapped.mek.id == *id
+                    || r.previous_wrap.as_ref().is_some_and(|p| p.mek.id == *id);
+                if under {
+                    deps.teks += 1;
+                    if last_table.as_ref() != Some(&r.id.table) {
+                        deps.tables += 1;
+                        last_table = Some(r.id.table.clone());
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        deps.journal = self
+            .store
+            .get_journal(&format!("mek_rotation/{id}"))
+            .await?
+            .is_some();
+        Ok(deps)
+    }
+
+    /// Wraps a fresh random canary under `mek` and stores it as the key check value.
+    async fn write_key_check(&self, mek: &MekRef) -> Result<()> {
+        let (canary_id, ctx) = key_check_context();
+        let canary = TableKey::generate(canary_id, self.config.algorithm)?;
+        let wrapped = self
+            .call(self.mek_provider.wrap_tek(mek, &canary, &ctx))
+            .await?;
+        self.store
+            .apply(StoreBatch::new().put_journal(key_check_entry(mek), wrapped.encode()))
+            .await
+    }
+
+    /// Unwraps the key check value of `mek`. Without one (a store written before key checks
+    /// existed, or a version created by a rotation), one TEK wrapped under `mek` is unwrapped
+    /// instead, and a key check value is written when `may_write`.
+    async fn verify_key_check(&self, mek: &MekRef, may_write: bool) -> Result<()> {
+        let mismatch = || TdeError::MekMismatch {
+            mek: mek.to_string(),
+            provider: self.mek_provider.description(),
+            store: self.store.location(),
+        };
+        let judge = |r: Result<TableKey>| match r {
+            Ok(_) => Ok(()),
+            Err(e @ (TdeError::ProviderUnavailable { .. } | TdeError::Io { .. })) => Err(e),
+            Err(TdeError::KeyNotFound { .. } | TdeError::AuthenticationFailed { .. }) => {
+                Err(mismatch())
+            }
+            Err(e) => Err(e),
+        };
+        if let Some(bytes) = self.store.get_journal(&key_check_entry(mek)).await? {
+            let wrapped = heliosdb_tde_core::WrappedTek::decode(&bytes).map_err(|e| {
+                TdeError::corrupt(
+                    "key check value",
+                    format!("{} ({})", self.store.location(), key_check_entry(mek)),
+                    e.to_string(),
+                )
+            })?;
+            if wrapped.mek != *mek {
+                return Err(mismatch());
+            }
+            let (_, ctx) = key_check_context();
+            return judge(
+                self.call(self.mek_provider.unwrap_tek(&wrapped, &ctx))
+                    .await,
+            );
+        }
+        // No key check value yet: prove the MEK on one of the TEKs it wraps, if any.
+        let mut sample: Option<TekRecord> = None;
+        for_each_tek_page(self.store.as_ref(), 4096, |page| {
+            if sample.is_none() {
+                sample = page.into_iter().find(|r| r.wrapped.mek == *mek);
+            }
+            Ok(())
+        })
+        .await?;
+        if let Some(r) = sample {
+            judge(
+                self.call(
+                    self.mek_provider
+                        .unwrap_tek(&r.wrapped, &WrapContext::table_key(&r.id)),
+                )
+                .await,
+            )?;
+        }
+        if may_write {
+            self.write_key_check(mek).await?;
+        }
+        Ok(())
+    }
+
+    /// Checks that every MEK version some stored TEK depends on is in the provider and unwraps
+    /// one of its TEKs, and lists the tables that cannot be read. Read-only.
+    pub async fn key_availability(&self) -> Result<KeyAvailability> {
+        // For each MEK version: how many TEKs it wraps and one of them to try.
+        let mut by_mek: BTreeMap<MekRef, (u64, Option<TekRecord>)> = BTreeMap::new();
+        let mut teks: Vec<(TableId, MekRef, Option<MekRef>)> = Vec::new();
+        for_each_tek_page(self.store.as_ref(), 4096, |page| {
+            for r in page {
+                for (i, w) in std::iter::once(&r.wrapped)
+                    .chain(r.previous_wrap.as_ref())
+                    .enumerate()
+                {
+                    let e = by_mek.entry(w.mek.clone()).or_insert((0, None));
+                    e.0 += 1;
+                    if i == 0 && e.1.is_none() {
+                        e.1 = Some(r.clone());
+                    }
+                }
+                teks.push((
+                    r.id.table.clone(),
+                    r.wrapped.mek.clone(),
+                    r.previous_wrap.as_ref().map(|p| p.mek.clone()),
+                ));
+            }
+            Ok(())
+        })
+        .await?;
+        let mut infos: BTreeMap<MekId, Result<MekInfo>> = BTreeMap::new();
+        let mut meks = Vec::with_capacity(by_mek.len());
+        for (mek, (count, sample)) in by_mek {
+            if !infos.contains_key(&mek.id) {
+                let info = self.call(self.mek_provider.mek_info(&mek.id)).await;
+                infos.insert(mek.id.clone(), info);
+            }
+            let present = match infos.get(&mek.id) {
+                Some(Ok(info)) => info.versions.iter().any(|v| v.mek == mek),
+                _ => false,
+            };
+            let mut error = match infos.get(&mek.id) {
+                Some(Err(e)) => Some(e.to_string()),
+                _ if !present => Some("the provider does not have this MEK version".into()),
+                _ => None,
+            };
+            let mut unwraps = false;
+            if present {
+                let tried = match &sample {
+                    Some(r) => self
+                        .call(
+                            self.mek_provider
+                                .unwrap_tek(&r.wrapped, &WrapContext::table_key(&r.id)),
+                        )
+                        .await
+                        .map(|_| ()),
+                    // Only kept as a previous wrap: its presence is what can be checked.
+                    None => Ok(()),
+                };
+                match tried {
+                    Ok(()) => unwraps = true,
+                    Err(e) => error = Some(e.to_string()),
+                }
+            }
+            meks.push(MekAvailability {
+                mek,
+                teks: count,
+                present,
+                unwraps,
+                error,
+            });
+        }
+        let ok = |m: &MekRef| meks.iter().any(|a| a.mek == *m && a.unwraps);
+        let mut unreadable_tables: Vec<TableId> = Vec::new();
+        for (table, cur, prev) in &teks {
+            let readable = ok(cur) || prev.as_ref().is_some_and(ok);
+            if !readable && unreadable_tables.last() != Some(table) {
+                unreadable_tables.push(table.clone());
+            }
+        }
+        Ok(KeyAvailability {
+            meks,
+            unreadable_tables,
+        })
     }
 
     /// Generates a new MEK (version 1) in the provider.
@@ -483,13 +704,11 @@ impl KeyManager {
             }
         }
         if key_type != Some(KeyType::Master) {
-            let mut cursor: Option<TekId> = None;
-            loop {
-                let page = self.store.scan_teks(cursor.as_ref(), 1024).await?;
-                let Some(last) = page.last() else { break };
-                cursor = Some(last.id.clone());
+            for_each_tek_page(self.store.as_ref(), 1024, |page| {
                 out.extend(page.into_iter().map(|r| r.metadata));
-            }
+                Ok(())
+            })
+            .await?;
         }
         Ok(out)
     }
@@ -556,11 +775,7 @@ impl KeyManager {
         let mut tables = 0u64;
         let mut usage = UsageTotals::default();
         let mut last_table: Option<TableId> = None;
-        let mut cursor: Option<TekId> = None;
-        loop {
-            let page = self.store.scan_teks(cursor.as_ref(), 4096).await?;
-            let Some(last) = page.last() else { break };
-            cursor = Some(last.id.clone());
+        for_each_tek_page(self.store.as_ref(), 4096, |page| {
             for r in page {
                 *by_state
                     .entry(stats::state_name(r.metadata.state))
@@ -573,7 +788,9 @@ impl KeyManager {
                 usage.decryptions += r.metadata.usage.decryptions;
                 usage.last_used = usage.last_used.max(r.metadata.usage.last_used);
             }
-        }
+            Ok(())
+        })
+        .await?;
         Ok(KeyStats {
             cache: CacheStats {
                 hits: c.cache_hits.load(),
@@ -597,8 +814,65 @@ impl KeyManager {
             teks_by_state: by_state,
             tables,
             usage,
+            usage_rotation_failures: c.usage_rotation_failures.load(Ordering::Relaxed),
         })
     }
+}
+
+/// Whether one MEK version that stored TEKs depend on is usable.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MekAvailability {
+    /// The MEK version.
+    pub mek: MekRef,
+    /// How many stored TEK wraps (current or kept previous) are under it.
+    pub teks: u64,
+    /// Whether the provider has this version.
+    pub present: bool,
+    /// Whether one of its TEKs unwrapped through the provider.
+    pub unwraps: bool,
+    /// Why it is not usable, if it is not.
+    pub error: Option<String>,
+}
+
+/// What [`KeyManager::key_availability`] found.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KeyAvailability {
+    /// Every MEK version some stored TEK depends on.
+    pub meks: Vec<MekAvailability>,
+    /// Tables with at least one TEK version that no available MEK version can unwrap.
+    pub unreadable_tables: Vec<TableId>,
+}
+
+impl KeyAvailability {
+    /// Whether every stored TEK can be unwrapped.
+    pub fn all_readable(&self) -> bool {
+        self.unreadable_tables.is_empty()
+    }
+}
+
+/// What in a key store depends on one MEK.
+#[derive(Debug, Default)]
+struct MekDependents {
+    teks: u64,
+    tables: u64,
+    journal: bool,
+}
+
+/// The identity and wrap context of the key check canary.
+fn key_check_context() -> (TekId, WrapContext) {
+    let id = TekId::new(
+        // A valid table id, and the purpose keeps it apart from any real table's key.
+        TableId::new("heliosdb.keycheck").unwrap_or_else(|_| unreachable!("a valid table id")),
+        TekVersion::FIRST,
+    );
+    let mut ctx = WrapContext::table_key(&id);
+    ctx.purpose = heliosdb_tde_core::WrapPurpose::KeyCheck;
+    (id, ctx)
+}
+
+/// The journal entry holding the key check value of `mek`.
+pub fn key_check_entry(mek: &MekRef) -> String {
+    format!("keycheck/{mek}")
 }
 
 pub(crate) fn not_found(id: &TekId) -> TdeError {

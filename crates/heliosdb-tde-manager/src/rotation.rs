@@ -5,11 +5,11 @@ use heliosdb_tde_cipher::{
     Backend, CipherError, HARD_LIMIT, SealedParts, TableCipher, UsageLimits,
 };
 use heliosdb_tde_core::{
-    AuditAction, AuditEvent, KeyId, MekId, MekRef, Result, StoreBatch, StoreOp, TableId, TdeError,
-    TekId, Timestamp,
+    AuditAction, AuditEvent, KeyId, MekId, MekRef, Result, TableId, TdeError, Timestamp,
 };
 use heliosdb_tde_rotation::{Phase, ProgressFn, RotationState, Rotator, Verification};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// What `rotate_mek_with_dual_encryption` reports (the guide's field names).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -178,20 +178,16 @@ impl KeyManager {
         progress: Option<ProgressFn<'_>>,
     ) -> Result<EmergencyRotation> {
         let rotation = self.rotate_inner(current_mek_id, true, progress).await?;
-        let mut tables = Vec::new();
-        let mut cursor: Option<TekId> = None;
-        loop {
-            let page = self.store.scan_teks(cursor.as_ref(), 4096).await?;
-            let Some(last) = page.last().map(|r| r.id.clone()) else {
-                break;
-            };
+        let mut tables: Vec<TableId> = Vec::new();
+        heliosdb_tde_core::store::for_each_tek_page(self.store.as_ref(), 4096, |page| {
             for r in page {
                 if tables.last() != Some(&r.id.table) {
                     tables.push(r.id.table);
                 }
             }
-            cursor = Some(last);
-        }
+            Ok(())
+        })
+        .await?;
         let mut rotated = Vec::new();
         for t in &tables {
             // A table whose newest TEK was created under the new MEK needs nothing.
@@ -286,29 +282,25 @@ impl KeyManager {
             return Ok(e.clone());
         }
         let key = self.active_table_key(table.as_str()).await?;
-        let rec = self
-            .store
-            .get_tek(key.id())
-            .await?
-            .ok_or_else(|| crate::not_found(key.id()))?;
         // Everything reserved before may have been used (a crash loses the exact count), so
-        // this process starts counting at the reservation and reserves the next block.
-        let start = rec.metadata.usage.encryptions;
-        let block_end = start
-            .saturating_add(self.config.usage.reservation_block.max(1))
-            .min(HARD_LIMIT);
-        if start >= HARD_LIMIT {
+        // this process starts counting at the reservation and takes the next block, read and
+        // raised in one store transaction: no other sealer, here or in another process, can be
+        // handed the same invocation numbers.
+        let block = self
+            .store
+            .reserve_encryptions(
+                key.id(),
+                self.config.usage.reservation_block.max(1),
+                HARD_LIMIT,
+            )
+            .await?;
+        if block.is_empty() {
             return Err(TdeError::NonceBudgetExhausted {
                 key: format!("tek:{}", key.id()),
-                invocations: start,
+                invocations: block.start,
             });
         }
-        self.store
-            .apply(StoreBatch::new().push(StoreOp::ReserveEncryptions {
-                id: key.id().clone(),
-                at_least: block_end,
-            }))
-            .await?;
+        let (start, block_end) = (block.start, block.end);
         let limits = UsageLimits::new(block_end, block_end)?;
         let cipher = TableCipher::with_invocations(&key, Backend::default(), limits, start)?;
         let enc = Arc::new(Encryptor { cipher, block_end });
@@ -342,8 +334,26 @@ impl KeyManager {
             match enc.cipher.seal_in_place(aad, page) {
                 Ok(parts) => {
                     if enc.cipher.usage().invocations >= self.config.usage.soft_limit {
-                        self.retire_encryptor(&table, &enc)?;
-                        self.rotate_for_usage(&table, &enc).await?;
+                        // The page is sealed: whatever happens to the rotation, the caller
+                        // must get the header and tag, or the page could never be opened.
+                        // A failed rotation is logged and counted, and tried again at the next
+                        // seal (the key is still over its soft limit then).
+                        let rotated = match self.retire_encryptor(&table, &enc) {
+                            Ok(()) => self.rotate_for_usage(&table, &enc).await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = rotated {
+                            self.counters
+                                .usage_rotation_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                target: "heliosdb::tde",
+                                tek = %enc.cipher.tek(),
+                                "the table key reached its usage limit but could not be rotated \
+                                 ({e}); the page was sealed, and the rotation is retried at the \
+                                 next seal"
+                            );
+                        }
                     }
                     return Ok(parts);
                 }

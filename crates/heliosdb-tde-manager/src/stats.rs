@@ -46,6 +46,7 @@ pub(crate) struct Counters {
     pub(crate) provider_errors: AtomicU64,
     pub(crate) provider_nanos_total: AtomicU64,
     pub(crate) provider_nanos_max: AtomicU64,
+    pub(crate) usage_rotation_failures: AtomicU64,
 }
 
 impl Counters {
@@ -115,6 +116,9 @@ pub struct KeyStats {
     pub tables: u64,
     /// Usage totals.
     pub usage: UsageTotals,
+    /// Automatic (usage-driven) table key rotations that failed in this process after the
+    /// page that triggered them was sealed; each is retried at the next seal of that table.
+    pub usage_rotation_failures: u64,
 }
 
 pub(crate) fn state_name(s: KeyState) -> String {

@@ -10,11 +10,15 @@ mod subsystem;
 
 pub use checklist::{CheckItem, CheckStatus, security_checklist};
 pub use config::{ENV_PREFIX, TdeConfig};
-pub use subsystem::TdeSubsystem;
+pub use subsystem::{PageOpener, PageSealer, TdeSubsystem};
 
+/// The cipher engine's page cipher, which does NOT persist its invocation count: a sealer built
+/// from it directly can exceed a key's nonce budget across restarts. For benchmarks and tools
+/// that do their own accounting only; engines seal through [`TdeSubsystem::page_sealer`].
+pub use heliosdb_tde_cipher::TableCipher as UnmeteredTableCipher;
 pub use heliosdb_tde_cipher::{
-    Backend as CipherBackend, CipherError, PageHeader, SealedParts, TableCipher, UsageLimits,
-    UsageSnapshot, sealed_tek_version,
+    Backend as CipherBackend, CipherError, PageHeader, SealedParts, UsageLimits, UsageSnapshot,
+    sealed_tek_version,
 };
 pub use heliosdb_tde_core::{
     AwsKmsConfig, AzureKeyVaultConfig, ConfigSecret, EncryptionAlgorithm, HsmConfig, KdfParams,

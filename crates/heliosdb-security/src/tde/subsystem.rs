@@ -1,9 +1,9 @@
 //! `TdeSubsystem`: builds the provider, store and key manager from a [`TdeConfig`].
 
 use super::{Result, TdeConfig};
-use heliosdb_tde_cipher::{Backend, TableCipher, UsageLimits};
+use heliosdb_tde_cipher::{Backend, SealedParts, TableCipher, UsageLimits};
 use heliosdb_tde_core::{MekId, MekProvider, ModeSource, SecurityMode, TdeError};
-use heliosdb_tde_keystore::RedbKeyStore;
+use heliosdb_tde_keystore::{RedbKeyStore, STORE_FILE_NAME};
 use heliosdb_tde_manager::{KeyManager, KeyManagerConfig};
 use heliosdb_tde_memory::InMemoryMekProvider;
 use std::fmt;
@@ -117,6 +117,67 @@ async fn build_provider(
     ))
 }
 
+/// Opens the key store under `key_storage_path`. Only a first start (no store file, and no
+/// default MEK in the provider) creates one.
+async fn open_store(
+    config: &TdeConfig,
+    provider: &dyn MekProvider,
+    default_mek: &MekId,
+    read_only: bool,
+) -> Result<RedbKeyStore> {
+    let path = config.key_storage_path.join(STORE_FILE_NAME);
+    let exists = match std::fs::symlink_metadata(&path) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(TdeError::io(&path, e)),
+    };
+    if exists {
+        return if read_only {
+            RedbKeyStore::open_read_only(&path)
+        } else {
+            RedbKeyStore::open_existing(&path)
+        };
+    }
+    match provider.mek_info(default_mek).await {
+        Ok(_) => Err(TdeError::KeyNotFound {
+            key: format!("key store {}", path.display()),
+            hint: format!(
+                "the key store file is missing, but the MEK provider {} already holds MEK \
+                 {default_mek}, so this is not a first start (a wrong key_storage_path or \
+                 mount?). Restore the key store from a backup; a new, empty store would hide \
+                 every table key",
+                provider.description()
+            ),
+        }),
+        Err(TdeError::KeyNotFound { .. }) if read_only => Err(TdeError::KeyNotFound {
+            key: format!("key store {}", path.display()),
+            hint: "HeliosDB has not been started with this configuration yet; start it once \
+                   (or run `heliosdb-cli security tek create`) to create the key store"
+                .into(),
+        }),
+        Err(TdeError::KeyNotFound { .. }) => {
+            create_private_dir(&config.key_storage_path)?;
+            RedbKeyStore::create_new(&path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates `dir` (and parents) with mode 0700 if it does not exist.
+fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir).map_err(|e| TdeError::io(dir, e))
+}
+
 impl TdeSubsystem {
     /// Starts TDE from `config`:
     ///
@@ -125,9 +186,23 @@ impl TdeSubsystem {
     ///    in-memory provider when none is configured);
     /// 3. validates security: production mode refuses an insecure provider *before* anything
     ///    is created on disk;
-    /// 4. opens (or creates) the key store at `key_storage_path`;
-    /// 5. makes sure the default MEK exists, generating it on first start.
+    /// 4. opens the key store at `key_storage_path`; it is created only on a first start (no
+    ///    store file and no default MEK in the provider). A missing store while the provider
+    ///    holds the MEK is an error naming both places;
+    /// 5. makes sure the default MEK exists: it is generated only on a first start, and its key
+    ///    check value must unwrap (see [`KeyManager::ensure_default_mek`]).
     pub async fn new(config: TdeConfig) -> Result<Self> {
+        Self::start(config, false).await
+    }
+
+    /// Starts TDE for a read-only command: as [`TdeSubsystem::new`], but the key store is
+    /// opened read-only and nothing is created or written (no directory, no store, no MEK, no
+    /// audit record). Every file is left byte-identical.
+    pub async fn open_read_only(config: TdeConfig) -> Result<Self> {
+        Self::start(config, true).await
+    }
+
+    async fn start(config: TdeConfig, read_only: bool) -> Result<Self> {
         config.validate()?;
         if !config.enabled {
             return Err(TdeError::config(
@@ -144,9 +219,10 @@ impl TdeSubsystem {
                 provider: provider.description(),
             });
         }
-        let store = RedbKeyStore::open_dir(&config.key_storage_path)?;
+        let default_mek_id = MekId::new(config.default_mek_id.clone())?;
+        let store = open_store(&config, provider.as_ref(), &default_mek_id, read_only).await?;
         let mut km = KeyManager::new(provider, Arc::new(store), {
-            let mut c = KeyManagerConfig::new(MekId::new(config.default_mek_id.clone())?, mode);
+            let mut c = KeyManagerConfig::new(default_mek_id, mode);
             c.cache_limit = config.cache_limit;
             c.algorithm = config.algorithm;
             c.rotation.grace_period =
@@ -154,7 +230,7 @@ impl TdeSubsystem {
             c.usage.soft_limit = config.tek_usage_soft_limit;
             c
         })?;
-        if let Some(path) = &config.audit_log_path {
+        if let Some(path) = config.audit_log_path.as_ref().filter(|_| !read_only) {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| TdeError::io(parent, e))?;
             }
@@ -163,7 +239,11 @@ impl TdeSubsystem {
         if let Some(w) = km.validate_security()? {
             warnings.push(w);
         }
-        km.ensure_default_mek().await?;
+        if read_only {
+            km.check_default_mek().await?;
+        } else {
+            km.ensure_default_mek().await?;
+        }
         // An interrupted rotation is resumed by running it again; say so at every start.
         if let Some(st) = km.mek_rotation_status(&config.default_mek_id).await? {
             use heliosdb_tde_manager::Phase;
@@ -230,27 +310,79 @@ impl TdeSubsystem {
         self.pin_source
     }
 
-    /// A page cipher for the active TEK of `table`, on the default cipher backend.
-    pub async fn table_cipher(&self, table: &str) -> Result<TableCipher> {
-        let key = self.key_manager.active_table_key(table).await?;
-        Ok(TableCipher::new(
-            &key,
-            Backend::default(),
-            UsageLimits::default(),
-        )?)
+    /// The sealing handle for `table`'s pages: every seal goes through the key manager, which
+    /// counts it against the active TEK's nonce budget (reserved durably in the key store before
+    /// use, so the count survives restarts) and rotates the key at its usage limit. This is the
+    /// only way the facade seals pages.
+    pub async fn page_sealer(&self, table: &str) -> Result<PageSealer<'_>> {
+        // Fails early (unknown table, no active version) rather than at the first seal.
+        self.key_manager.active_table_key(table).await?;
+        Ok(PageSealer {
+            km: &self.key_manager,
+            table: table.to_string(),
+        })
     }
 
-    /// A page cipher for one TEK version of `table` (to open pages sealed under it).
-    pub async fn table_cipher_version(
+    /// The opening handle for pages of `table` sealed under TEK `version` (the version a sealed
+    /// page's header names: [`heliosdb_tde_cipher::sealed_tek_version`]). It cannot seal.
+    pub async fn page_opener(
         &self,
         table: &str,
         version: heliosdb_tde_core::TekVersion,
-    ) -> Result<TableCipher> {
+    ) -> Result<PageOpener> {
         let key = self.key_manager.get_table_key(table, Some(version)).await?;
-        Ok(TableCipher::new(
-            &key,
-            Backend::default(),
-            UsageLimits::default(),
-        )?)
+        Ok(PageOpener {
+            cipher: TableCipher::new(&key, Backend::default(), UsageLimits::default())?,
+        })
+    }
+}
+
+/// Seals the pages of one table with its active TEK, metered: see
+/// [`TdeSubsystem::page_sealer`]. Handles are cheap; any number may exist, and they share the
+/// key manager's one budget per key.
+#[derive(Debug)]
+pub struct PageSealer<'a> {
+    km: &'a KeyManager,
+    table: String,
+}
+
+impl PageSealer<'_> {
+    /// The table.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Seals `page` in place; returns the page header (naming the TEK version) and the tag.
+    pub async fn seal_in_place(&self, aad: &[u8], page: &mut [u8]) -> Result<SealedParts> {
+        self.km.seal_page_in_place(&self.table, aad, page).await
+    }
+
+    /// Seals `plaintext` into `header || ciphertext || tag`.
+    pub async fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        self.km.seal_page(&self.table, aad, plaintext).await
+    }
+}
+
+/// Opens pages sealed under one TEK version; it has no sealing method. See
+/// [`TdeSubsystem::page_opener`].
+#[derive(Debug)]
+pub struct PageOpener {
+    cipher: TableCipher,
+}
+
+impl PageOpener {
+    /// The TEK version this handle opens.
+    pub fn tek(&self) -> &heliosdb_tde_core::TekId {
+        self.cipher.tek()
+    }
+
+    /// Opens a page sealed in place, given its header and tag.
+    pub fn open_in_place(&self, parts: &SealedParts, aad: &[u8], page: &mut [u8]) -> Result<()> {
+        Ok(self.cipher.open_in_place(parts, aad, page)?)
+    }
+
+    /// Opens `header || ciphertext || tag`.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        Ok(self.cipher.open(aad, sealed)?)
     }
 }

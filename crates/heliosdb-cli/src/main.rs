@@ -1,17 +1,24 @@
 //! `heliosdb-cli`: manage HeliosDB TDE keys from the command line.
+//!
+//! Output goes through [`output::Out`] and failures through [`failure::Failure`]: nothing in
+//! this program prints with `println!`, which panics when stdout is closed.
 
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
+mod failure;
 mod output;
 mod quickstart;
 mod rotate;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use failure::Failure;
 use heliosdb_security::tde::{
     self, CheckStatus, KeyType, SecureFileMekProvider, TdeConfig, TdeError, TdeSubsystem,
 };
 use output::{Format, Out};
 use secrecy::SecretString;
+use std::ffi::OsString;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -130,22 +137,38 @@ fn load_config(path: Option<&PathBuf>) -> Result<TdeConfig, TdeError> {
     Ok(config)
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, TdeError> {
-    let out = Out::new(cli.format);
+/// A debug-build hook for the tests of the panic path: `HELIOSDB_CLI_TEST_PANIC=caught` panics
+/// inside `catch_unwind` (as the storage engine does on damaged data) and carries on; any other
+/// value panics with that value as the message. Not compiled into release builds.
+#[cfg(debug_assertions)]
+fn test_panic_hook() {
+    #![allow(clippy::panic)]
+    match std::env::var("HELIOSDB_CLI_TEST_PANIC").as_deref() {
+        Err(_) => {}
+        Ok("caught") => {
+            let _ = std::panic::catch_unwind(|| panic!("a panic that a library catches"));
+        }
+        Ok(message) => panic!("{message}"),
+    }
+}
+
+async fn run(cli: Cli, out: &Out) -> Result<ExitCode, TdeError> {
+    #[cfg(debug_assertions)]
+    test_panic_hook();
     match cli.command {
-        Command::Quickstart(args) => quickstart::run(args, &out).await,
+        Command::Quickstart(args) => quickstart::run(args, out).await,
         Command::Security(cmd) => {
             let config = load_config(cli.config.as_ref())?;
             // Runs without starting the subsystem: the provider cannot open while files are
             // split between two passphrases, which is exactly what this command repairs.
             if let Security::Mek(Mek::ChangePassphrase) = cmd {
-                return change_passphrase(&config, &out);
+                return change_passphrase(&config, out);
             }
             if let Security::AuditVerify { path } = &cmd {
-                return audit_verify(path.as_ref().or(config.audit_log_path.as_ref()), &out);
+                return audit_verify(path.as_ref().or(config.audit_log_path.as_ref()), out);
             }
             let tde = TdeSubsystem::new(config).await?;
-            security(cmd, &tde, &out).await
+            security(cmd, &tde, out).await
         }
     }
 }
@@ -256,8 +279,53 @@ fn change_passphrase(config: &TdeConfig, out: &Out) -> Result<ExitCode, TdeError
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether the raw command line asks for JSON output (used when clap cannot parse it).
+fn wants_json(args: &[OsString]) -> bool {
+    args.iter()
+        .zip(args.iter().skip(1).map(Some).chain([None]))
+        .any(|(a, next)| {
+            a == "--format=json" || (a == "--format" && next.is_some_and(|n| n == "json"))
+        })
+}
+
+/// Parses the command line. Help and version print and exit 0; an invalid command line exits
+/// 2, reported as JSON when `--format json` is on it.
+fn parse_args() -> Result<Cli, ExitCode> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let parsed = Cli::command()
+        .try_get_matches_from(&args)
+        .and_then(|mut m| Cli::from_arg_matches_mut(&mut m));
+    match parsed {
+        Ok(cli) => Ok(cli),
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let informational = matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
+            if wants_json(&args) && !informational {
+                let code = Failure::usage(&e.to_string()).report(&Out::new(output::Format::Json));
+                return Err(ExitCode::from(code));
+            }
+            // clap's own rendering (with usage) on stderr, help on stdout; a closed stream is
+            // not an error.
+            let _ = e.print();
+            Err(ExitCode::from(
+                u8::try_from(e.exit_code()).unwrap_or(failure::EXIT_USAGE),
+            ))
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    failure::install_panic_hook();
+    let cli = match parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let out = Out::new(cli.format);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HELIOSDB_LOG")
@@ -272,15 +340,26 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            let f = Failure {
+                kind: "runtime".into(),
+                message: format!(
+                    "cannot start the async runtime: {e}; check the process limits (threads, \
+                     memory) and retry"
+                ),
+                code: failure::EXIT_ERROR,
+            };
+            return ExitCode::from(f.report(&out));
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+    // A panic anywhere below is reported like any other failure, on one line (or as JSON).
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(run(cli, &out))));
+    let code = match result {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => ExitCode::from(Failure::from(&e).report(&out)),
+        Err(_) => ExitCode::from(Failure::internal(failure::take_last_panic()).report(&out)),
+    };
+    match out.take_write_error() {
+        Some(e) => ExitCode::from(Failure::from(&TdeError::io("<stdout>", e)).report(&out)),
+        None => code,
     }
 }

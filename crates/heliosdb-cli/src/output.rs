@@ -5,6 +5,21 @@ use heliosdb_security::tde::{
     CheckItem, KeyMetadata, KeyStats, MekInfo, ProviderKind, TdeSubsystem,
 };
 use serde_json::json;
+use std::fmt;
+use std::io::{self, Write};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Writes one line of command output through [`Out::line`], like `println!`.
+macro_rules! outln {
+    ($out:expr) => {
+        $out.line(format_args!(""))
+    };
+    ($out:expr, $($arg:tt)*) => {
+        $out.line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
 
 /// How results are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -15,8 +30,18 @@ pub(crate) enum Format {
     Json,
 }
 
+/// Where command output goes: stdout, in the chosen format.
+///
+/// Output never panics. When stdout is closed (`heliosdb-cli security status | true`: the
+/// reader has gone, `EPIPE`), the rest of the output is dropped silently and the command runs
+/// to its end and exits with its own code, as if the reader had read everything. Any other
+/// write error is kept and reported once the command has finished ([`Out::take_write_error`]).
 pub(crate) struct Out {
     format: Format,
+    /// Set once stdout is gone; later output is dropped.
+    closed: AtomicBool,
+    /// The first write error other than a closed pipe.
+    write_error: Mutex<Option<io::Error>>,
 }
 
 /// The guide's security levels.
@@ -58,11 +83,59 @@ fn table(rows: &[Vec<String>]) -> String {
 
 impl Out {
     pub(crate) fn new(format: Format) -> Self {
-        Self { format }
+        Self {
+            format,
+            closed: AtomicBool::new(false),
+            write_error: Mutex::new(None),
+        }
     }
 
     pub(crate) fn is_json(&self) -> bool {
         self.format == Format::Json
+    }
+
+    /// Writes `text` to stdout and flushes it; see [`Out`] for what happens on errors.
+    pub(crate) fn write_stdout(&self, text: &str) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut stdout = io::stdout().lock();
+        let result = stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush());
+        if let Err(e) = result {
+            self.closed.store(true, Ordering::Relaxed);
+            if e.kind() != io::ErrorKind::BrokenPipe
+                && let Ok(mut slot) = self.write_error.lock()
+            {
+                slot.get_or_insert(e);
+            }
+        }
+    }
+
+    /// The first error writing stdout other than a closed pipe, if any.
+    pub(crate) fn take_write_error(&self) -> Option<io::Error> {
+        self.write_error.lock().ok().and_then(|mut e| e.take())
+    }
+
+    /// One line of output (use [`outln!`]).
+    pub(crate) fn line(&self, args: fmt::Arguments<'_>) {
+        let mut text = args.to_string();
+        text.push('\n');
+        self.write_stdout(&text);
+    }
+
+    /// A line of narration for people: printed in table format, left out in JSON (where the
+    /// command prints one document instead).
+    pub(crate) fn say(&self, args: fmt::Arguments<'_>) {
+        if !self.is_json() {
+            self.line(args);
+        }
+    }
+
+    /// A line on stderr (warnings); errors writing it are ignored.
+    pub(crate) fn warn(&self, args: fmt::Arguments<'_>) {
+        let _ = writeln!(io::stderr().lock(), "{args}");
     }
 
     pub(crate) fn json_value(&self, v: serde_json::Value) {
@@ -70,40 +143,45 @@ impl Out {
     }
 
     fn json(&self, v: serde_json::Value) {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).unwrap_or_else(|e| e.to_string())
-        );
+        let text = serde_json::to_string_pretty(&v).unwrap_or_else(|e| e.to_string());
+        outln!(self, "{text}");
     }
 
     pub(crate) fn message(&self, text: &str) {
         if self.is_json() {
             self.json(json!({ "message": text }));
         } else {
-            println!("{text}");
+            outln!(self, "{text}");
         }
     }
 
+    /// The JSON form of `security status`.
+    pub(crate) fn status_value(tde: &TdeSubsystem, checklist: &[CheckItem]) -> serde_json::Value {
+        let p = &tde.key_manager().mek_provider;
+        json!({
+            "security_mode": tde.security_mode().to_string(),
+            "mode_source": tde.mode_source().to_string(),
+            "provider": p.description(),
+            "provider_kind": p.kind().name(),
+            "provider_secure": p.is_secure(),
+            "security_level": level(p.kind(), p.is_secure()),
+            "warnings": tde.warnings(),
+            "checklist": checklist,
+        })
+    }
+
     pub(crate) fn status(&self, tde: &TdeSubsystem, checklist: &[CheckItem]) {
+        if self.is_json() {
+            self.json(Self::status_value(tde, checklist));
+            return;
+        }
         let p = &tde.key_manager().mek_provider;
         let mode = tde.security_mode().to_string();
         let source = tde.mode_source().to_string();
-        if self.is_json() {
-            self.json(json!({
-                "security_mode": mode,
-                "mode_source": source,
-                "provider": p.description(),
-                "provider_kind": p.kind().name(),
-                "provider_secure": p.is_secure(),
-                "security_level": level(p.kind(), p.is_secure()),
-                "warnings": tde.warnings(),
-                "checklist": checklist,
-            }));
-            return;
-        }
-        println!("Security mode:   {mode} (from {source})");
-        println!("MEK provider:    {}", p.description());
-        println!(
+        outln!(self, "Security mode:   {mode} (from {source})");
+        outln!(self, "MEK provider:    {}", p.description());
+        outln!(
+            self,
             "Security level:  {}{}",
             level(p.kind(), p.is_secure()),
             if p.is_secure() {
@@ -113,9 +191,9 @@ impl Out {
             }
         );
         for w in tde.warnings() {
-            println!("Warning:         {w}");
+            outln!(self, "Warning:         {w}");
         }
-        println!("\nSecurity checklist:");
+        outln!(self, "\nSecurity checklist:");
         let rows: Vec<Vec<String>> = checklist
             .iter()
             .map(|c| {
@@ -126,7 +204,7 @@ impl Out {
                 ]
             })
             .collect();
-        print!("{}", table(&rows));
+        self.write_stdout(&table(&rows));
     }
 
     pub(crate) fn mek_info(&self, info: &MekInfo) {
@@ -153,9 +231,9 @@ impl Out {
             }));
             return;
         }
-        println!("MEK:       {}", info.id);
-        println!("Provider:  {}", info.provider);
-        println!("Location:  {}", info.location);
+        outln!(self, "MEK:       {}", info.id);
+        outln!(self, "Provider:  {}", info.provider);
+        outln!(self, "Location:  {}", info.location);
         let mut rows = vec![vec![
             "VERSION".into(),
             "STATE".into(),
@@ -170,7 +248,7 @@ impl Out {
                 v.created_at.to_string(),
             ]);
         }
-        print!("{}", table(&rows));
+        self.write_stdout(&table(&rows));
     }
 
     pub(crate) fn key_stats(&self, s: &KeyStats) {
@@ -179,21 +257,32 @@ impl Out {
             return;
         }
         let c = &s.cache;
-        println!(
+        outln!(
+            self,
             "TEK cache:     {} / {} entries, {} hits, {} misses, {} evictions",
-            c.entries, c.limit, c.hits, c.misses, c.evictions
+            c.entries,
+            c.limit,
+            c.hits,
+            c.misses,
+            c.evictions
         );
         let p = &s.provider;
-        println!(
+        outln!(
+            self,
             "MEK provider:  {} calls ({} failed), mean {} us, max {} us - {}",
-            p.calls, p.errors, p.mean_latency_us, p.max_latency_us, p.provider
+            p.calls,
+            p.errors,
+            p.mean_latency_us,
+            p.max_latency_us,
+            p.provider
         );
         let states: Vec<String> = s
             .teks_by_state
             .iter()
             .map(|(k, v)| format!("{v} {k}"))
             .collect();
-        println!(
+        outln!(
+            self,
             "Table keys:    {} tables; {}",
             s.tables,
             if states.is_empty() {
@@ -202,7 +291,8 @@ impl Out {
                 states.join(", ")
             }
         );
-        println!(
+        outln!(
+            self,
             "Usage:         {} encryptions, {} decryptions recorded{}",
             s.usage.encryptions,
             s.usage.decryptions,
@@ -235,6 +325,6 @@ impl Out {
                 k.created_at.to_string(),
             ]);
         }
-        print!("{}", table(&rows));
+        self.write_stdout(&table(&rows));
     }
 }

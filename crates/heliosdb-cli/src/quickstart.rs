@@ -5,6 +5,7 @@ use heliosdb_security::tde::{
     self, CheckStatus, KeyState, KeyType, SecureFileConfig, TdeConfig, TdeError, TdeSubsystem,
     sealed_tek_version,
 };
+use serde_json::json;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -97,10 +98,22 @@ pub(crate) async fn run(args: Args, out: &Out) -> Result<ExitCode, TdeError> {
         ..Default::default()
     };
 
-    println!("== HeliosDB TDE quickstart in {}", dir.display());
+    // Text mode narrates each step; JSON mode prints one document at the end.
+    let mut report = serde_json::Map::new();
+    report.insert("dir".into(), json!(dir.display().to_string()));
+    out.say(format_args!(
+        "== HeliosDB TDE quickstart in {}",
+        dir.display()
+    ));
     let tde = TdeSubsystem::new(config).await?;
     let km = tde.key_manager();
-    println!(
+    report.insert(
+        "security_mode".into(),
+        json!(tde.security_mode().to_string()),
+    );
+    report.insert("mode_source".into(), json!(tde.mode_source().to_string()));
+    report.insert("warnings".into(), json!(tde.warnings()));
+    out.say(format_args!(
         "security mode: {} (from {}){}",
         tde.security_mode(),
         tde.mode_source(),
@@ -109,9 +122,9 @@ pub(crate) async fn run(args: Args, out: &Out) -> Result<ExitCode, TdeError> {
         } else {
             " - development mode: insecure settings are warnings, not errors"
         }
-    );
+    ));
     for w in tde.warnings() {
-        println!("warning: {w}");
+        out.say(format_args!("warning: {w}"));
     }
 
     // 1-2. Provider and MEK (TdeSubsystem::new generated it on the first run).
@@ -120,11 +133,20 @@ pub(crate) async fn run(args: Args, out: &Out) -> Result<ExitCode, TdeError> {
         .active_version()
         .map(|v| v.to_string())
         .unwrap_or_default();
-    println!(
+    out.say(format_args!(
         "MEK {} ({active} active, {} version(s)) in {}",
         info.id,
         info.versions.len(),
         km.mek_provider.description()
+    ));
+    report.insert(
+        "mek".into(),
+        json!({
+            "id": info.id.to_string(),
+            "active_version": info.active_version().map(|v| v.get()),
+            "versions": info.versions.len(),
+            "provider": km.mek_provider.description(),
+        }),
     );
 
     // 3. TEKs for a few tables.
@@ -134,32 +156,49 @@ pub(crate) async fn run(args: Args, out: &Out) -> Result<ExitCode, TdeError> {
         .into_iter()
         .map(|m| m.key_id.to_string())
         .collect();
+    let mut teks = Vec::new();
     for table in TABLES {
         if existing
             .iter()
             .any(|k| k.starts_with(&format!("tek:{table}@")))
         {
             let key = km.get_table_key(table, None).await?;
-            println!("TEK {} exists: reopened and unwrapped", key.id());
+            out.say(format_args!(
+                "TEK {} exists: reopened and unwrapped",
+                key.id()
+            ));
+            teks.push(json!({ "table": table, "key": key.id().to_string(), "action": "reopened" }));
         } else {
             let meta = km.create_table_key(table).await?;
-            println!(
-                "TEK {} created, wrapped under {}",
-                meta.key_id,
-                meta.wrapped_by.map(|m| m.to_string()).unwrap_or_default()
-            );
+            let wrapped_by = meta.wrapped_by.map(|m| m.to_string()).unwrap_or_default();
+            out.say(format_args!(
+                "TEK {} created, wrapped under {wrapped_by}",
+                meta.key_id
+            ));
+            teks.push(json!({
+                "table": table,
+                "key": meta.key_id.to_string(),
+                "action": "created",
+                "wrapped_by": wrapped_by,
+            }));
         }
     }
+    report.insert("teks".into(), json!(teks));
 
     // 4. Encrypt and decrypt sample pages through the cipher engine.
     let mut sealed_orders = None;
+    let mut pages = Vec::new();
     for table in TABLES {
-        let cipher = tde.table_cipher(table).await?;
+        // The facade's sealer is metered: every seal counts against the TEK's nonce budget,
+        // which is reserved in the key store before use.
+        let sealer = tde.page_sealer(table).await?;
+        let version = km.get_table_key(table, None).await?.id().version;
+        let cipher = tde.page_opener(table, version).await?;
         for page_no in 0..4u32 {
             let original = sample_page(table, page_no);
             let mut page = original.clone();
             let aad = format!("{table}/page/{page_no}");
-            let parts = cipher.seal_in_place(aad.as_bytes(), &mut page)?;
+            let parts = sealer.seal_in_place(aad.as_bytes(), &mut page).await?;
             if page == original {
                 return Err(TdeError::corrupt(
                     "page",
@@ -177,65 +216,100 @@ pub(crate) async fn run(args: Args, out: &Out) -> Result<ExitCode, TdeError> {
             }
         }
         // A page moved to another page number must not open.
-        let moved = cipher.seal(b"page/1", b"row")?;
+        let moved = sealer.seal(b"page/1", b"row").await?;
         if cipher.open(b"page/2", &moved).is_ok() {
             return Err(TdeError::corrupt("page", table, "a moved page opened"));
         }
         if table == "public.orders" {
-            sealed_orders = Some(cipher.seal(b"public.orders/page/9", &sample_page(table, 9))?);
+            sealed_orders = Some(
+                sealer
+                    .seal(b"public.orders/page/9", &sample_page(table, 9))
+                    .await?,
+            );
         }
-        println!(
+        out.say(format_args!(
             "{table}: sealed and opened 4 pages of {PAGE_SIZE} bytes with TEK {} (AES-256-GCM); a \
              moved page was refused",
             cipher.tek()
-        );
+        ));
+        pages.push(json!({
+            "table": table,
+            "tek": cipher.tek().to_string(),
+            "pages_sealed_and_opened": 4,
+            "page_size": PAGE_SIZE,
+            "moved_page_refused": true,
+        }));
     }
+    report.insert("pages".into(), json!(pages));
 
     // 5. Rotate one table key; pages sealed before stay readable with the old version.
     let rotated = km.rotate_table(&"public.orders".parse()?).await?;
     let sealed = sealed_orders.unwrap_or_default();
     let old_version = sealed_tek_version(&sealed)?;
-    let old = tde
-        .table_cipher_version("public.orders", old_version)
-        .await?;
+    let old = tde.page_opener("public.orders", old_version).await?;
     old.open(b"public.orders/page/9", &sealed)?;
-    let versions: Vec<String> = km
+    let versions: Vec<(String, &str)> = km
         .list_keys(Some(KeyType::Table))
         .await?
         .into_iter()
         .filter(|m| m.key_id.to_string().starts_with("tek:public.orders@"))
         .map(|m| {
-            format!(
-                "{} {}",
-                m.key_id,
+            (
+                m.key_id.to_string(),
                 if m.state == KeyState::Active {
                     "active"
                 } else {
                     "decrypt-only"
-                }
+                },
             )
         })
         .collect();
-    println!(
+    out.say(format_args!(
         "rotated public.orders: {} now encrypts; a page sealed under {old_version} still opens ({})",
         rotated.key_id,
-        versions.join(", ")
+        versions
+            .iter()
+            .map(|(k, s)| format!("{k} {s}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    report.insert(
+        "rotation".into(),
+        json!({
+            "table": "public.orders",
+            "active": rotated.key_id.to_string(),
+            "old_version_still_opens": old_version.to_string(),
+            "versions": versions
+                .iter()
+                .map(|(k, s)| json!({ "key": k, "state": s }))
+                .collect::<Vec<_>>(),
+        }),
     );
 
     // 6. Status and statistics.
-    println!();
     let checklist = tde::security_checklist(&tde).await;
-    out.status(&tde, &checklist);
-    println!();
-    out.key_stats(&km.key_stats().await?);
+    let stats = km.key_stats().await?;
     let fails = checklist
         .iter()
         .filter(|c| c.status == CheckStatus::Fail)
         .count();
-    println!(
-        "\nDone. Run it again to reopen the same keys. {} checklist item(s) need attention \
-         before production.",
-        fails
-    );
+    if out.is_json() {
+        report.insert("status".into(), Out::status_value(&tde, &checklist));
+        report.insert(
+            "key_stats".into(),
+            serde_json::to_value(&stats).unwrap_or_default(),
+        );
+        report.insert("checklist_items_needing_attention".into(), json!(fails));
+        out.json_value(serde_json::Value::Object(report));
+    } else {
+        out.say(format_args!(""));
+        out.status(&tde, &checklist);
+        out.say(format_args!(""));
+        out.key_stats(&stats);
+        out.say(format_args!(
+            "\nDone. Run it again to reopen the same keys. {fails} checklist item(s) need \
+             attention before production."
+        ));
+    }
     Ok(ExitCode::SUCCESS)
 }

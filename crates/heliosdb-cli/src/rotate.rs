@@ -1,6 +1,6 @@
 //! `heliosdb-cli security mek rotate | rotation-status | rollback | deactivate`.
 
-use crate::output::Out;
+use crate::output::{Out, outln};
 use heliosdb_security::tde::{RotationProgress, TdeError, TdeSubsystem};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::process::ExitCode;
@@ -67,7 +67,8 @@ pub(crate) async fn rotate(
             "tables_needing_reencryption": tables.as_ref().map(|t| t.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
         }));
     } else {
-        println!(
+        outln!(
+            out,
             "MEK Rotation {}:",
             if emergency {
                 "(EMERGENCY) complete"
@@ -75,34 +76,38 @@ pub(crate) async fn rotate(
                 "Complete"
             }
         );
-        println!("  Old MEK: {}", result.old_mek_id);
-        println!("  New MEK: {}", result.new_mek_id);
-        println!("  Keys re-encrypted: {}", result.keys_reencrypted);
-        println!("  Phase: {}", result.phase);
+        outln!(out, "  Old MEK: {}", result.old_mek_id);
+        outln!(out, "  New MEK: {}", result.new_mek_id);
+        outln!(out, "  Keys re-encrypted: {}", result.keys_reencrypted);
+        outln!(out, "  Phase: {}", result.phase);
         if let Some(t) = result.grace_until {
-            println!(
+            outln!(
+                out,
                 "  Both versions stay valid until {t}; then run `heliosdb-cli security mek \
                  deactivate`"
             );
         }
         if !result.failed_keys.is_empty() {
-            eprintln!(
+            out.warn(format_args!(
                 "WARNING: {} keys failed to re-encrypt:",
                 result.failed_total
-            );
+            ));
             for (k, e) in &result.failed_keys {
-                eprintln!("  - {k}: {e}");
+                out.warn(format_args!("  - {k}: {e}"));
             }
-            eprintln!("Run `heliosdb-cli security mek rotate` again to retry them.");
+            out.warn(format_args!(
+                "Run `heliosdb-cli security mek rotate` again to retry them."
+            ));
         }
         if let Some(tables) = &tables {
-            println!(
+            outln!(
+                out,
                 "  {} table(s) got a new TEK version; their data is still encrypted under TEK \
                  versions the compromised MEK wrapped. Re-encrypt these tables:",
                 tables.len()
             );
             for t in tables {
-                println!("    {t}");
+                outln!(out, "    {t}");
             }
         }
     }
@@ -121,27 +126,28 @@ pub(crate) async fn status(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, Td
             if out.is_json() {
                 out.json_value(serde_json::to_value(&st).unwrap_or_default());
             } else {
-                println!("Rotation of {}: phase {}", st.mek_id, st.phase);
-                println!("  Old MEK: {}", st.old);
-                println!(
+                outln!(out, "Rotation of {}: phase {}", st.mek_id, st.phase);
+                outln!(out, "  Old MEK: {}", st.old);
+                outln!(
+                    out,
                     "  New MEK: {}",
                     st.new
                         .as_ref()
                         .map(|m| m.to_string())
                         .unwrap_or_else(|| "(not yet)".into())
                 );
-                println!("  Emergency: {}", st.emergency);
-                println!("  Started: {}", st.started_at);
-                println!("  Keys re-encrypted: {}", st.reencrypted);
-                println!("  Keys failed in the last pass: {}", st.failed_total);
+                outln!(out, "  Emergency: {}", st.emergency);
+                outln!(out, "  Started: {}", st.started_at);
+                outln!(out, "  Keys re-encrypted: {}", st.reencrypted);
+                outln!(out, "  Keys failed in the last pass: {}", st.failed_total);
                 if let Some(c) = &st.cursor {
-                    println!("  Resume point: after {c}");
+                    outln!(out, "  Resume point: after {c}");
                 }
                 if let Some(t) = st.grace_until {
-                    println!("  Grace period ends: {t}");
+                    outln!(out, "  Grace period ends: {t}");
                 }
                 if let Some(t) = st.verified_at {
-                    println!("  Verified: {t}");
+                    outln!(out, "  Verified: {t}");
                 }
             }
         }
@@ -187,18 +193,22 @@ pub(crate) async fn verify(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, Td
             "phase": v.state.phase.to_string(),
         }));
     } else if v.stranded == 0 {
-        println!(
+        outln!(
+            out,
             "verified: no TEK depends on {} alone (phase {})",
-            v.state.old, v.state.phase
+            v.state.old,
+            v.state.phase
         );
     } else {
-        println!(
+        outln!(
+            out,
             "{} TEK(s) can only be unwrapped by {}; run `heliosdb-cli security mek rotate` to \
              re-wrap them:",
-            v.stranded, v.state.old
+            v.stranded,
+            v.state.old
         );
         for t in &v.examples {
-            println!("  {t}");
+            outln!(out, "  {t}");
         }
     }
     Ok(if v.stranded == 0 {

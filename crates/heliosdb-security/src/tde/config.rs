@@ -94,12 +94,10 @@ fn key_path_at(text: &str, offset: usize) -> Option<String> {
         for (key, value) in table {
             prefix.push(key.get_ref().to_string());
             let (k, v) = (key.span(), value.span());
-            if (k.start <= offset && offset < k.end.max(k.start + 1))
-                || (v.start <= offset && offset <= v.end)
-            {
-                if best.as_ref().is_none_or(|b| b.len() < prefix.len()) {
-                    *best = Some(prefix.clone());
-                }
+            let spans_offset = (k.start <= offset && offset < k.end.max(k.start + 1))
+                || (v.start <= offset && offset <= v.end);
+            if spans_offset && best.as_ref().is_none_or(|b| b.len() < prefix.len()) {
+                *best = Some(prefix.clone());
             }
             match value.get_ref() {
                 toml::de::DeValue::Table(t) => walk(t, offset, prefix, best),

@@ -1,0 +1,217 @@
+//! How a failed command is reported: one line on stderr (`error: ...`), or with `--format json`
+//! a JSON document `{"error": {"kind": ..., "message": ...}}` on stdout; and the exit code.
+//!
+//! Panics go through the same path: the panic hook only records the message (a panic that a
+//! library catches, such as the storage engine's on damaged data, must print nothing), and
+//! `main` reports a panic that reaches it as an internal error.
+
+use crate::output::Out;
+use heliosdb_security::tde::TdeError;
+use serde_json::json;
+use std::io::Write;
+use std::sync::Mutex;
+
+/// An operation failed; the message says why and what to do.
+pub(crate) const EXIT_ERROR: u8 = 1;
+/// The command line is invalid (clap's code).
+pub(crate) const EXIT_USAGE: u8 = 2;
+/// A bug: the program panicked (EX_SOFTWARE of sysexits.h, "internal software error").
+pub(crate) const EXIT_INTERNAL: u8 = 70;
+
+/// A failure to report: a stable machine-readable kind, a one-line message, an exit code.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    /// `snake_case`: the [`TdeError`] variant (`invalid_config`, `corrupt`, `in_use`...), or
+    /// `usage`, `internal`.
+    pub(crate) kind: String,
+    /// What happened and what to do, on one line.
+    pub(crate) message: String,
+    /// The process exit code.
+    pub(crate) code: u8,
+}
+
+/// Joins the lines of `text` into one line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `InvalidConfig` -> `invalid_config`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The kind of a [`TdeError`]: the variant's name in `snake_case`.
+fn kind_of(e: &TdeError) -> String {
+    let kind = match e {
+        TdeError::InsecureProvider { .. } => "insecure_provider",
+        TdeError::PassphraseEnvMissing { .. } => "passphrase_env_missing",
+        TdeError::InsecurePermissions { .. } => "insecure_permissions",
+        TdeError::AuthenticationFailed { .. } => "authentication_failed",
+        TdeError::KeyNotFound { .. } => "key_not_found",
+        TdeError::AlreadyExists { .. } => "already_exists",
+        TdeError::InvalidKeyState { .. } => "invalid_key_state",
+        TdeError::RotationPhase { .. } => "rotation_phase",
+        TdeError::ProviderUnavailable { .. } => "provider_unavailable",
+        TdeError::Provider { .. } => "provider",
+        TdeError::Corrupt { .. } => "corrupt",
+        TdeError::InvalidIdentifier { .. } => "invalid_identifier",
+        TdeError::InvalidConfig { .. } => "invalid_config",
+        TdeError::SecurityPolicy(_) => "security_policy",
+        TdeError::NonceBudgetExhausted { .. } => "nonce_budget_exhausted",
+        TdeError::Unsupported { .. } => "unsupported",
+        TdeError::Random(_) => "random",
+        TdeError::Io { .. } => "io",
+        // Variants added later (the enum is non-exhaustive) get their name from the derived
+        // Debug output, which starts with it and never holds key material.
+        other => {
+            let debug = format!("{other:?}");
+            let name: String = debug
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect();
+            return if name.is_empty() {
+                "error".into()
+            } else {
+                snake_case(&name)
+            };
+        }
+    };
+    kind.into()
+}
+
+impl From<&TdeError> for Failure {
+    fn from(e: &TdeError) -> Self {
+        Self {
+            kind: kind_of(e),
+            message: one_line(&e.to_string()),
+            code: EXIT_ERROR,
+        }
+    }
+}
+
+impl Failure {
+    /// An invalid command line; `message` is clap's rendering, of which the first line says
+    /// what is wrong.
+    pub(crate) fn usage(message: &str) -> Self {
+        let first = message
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("invalid command line");
+        Self {
+            kind: "usage".into(),
+            message: format!(
+                "{}; run heliosdb-cli --help for usage",
+                first.trim_start_matches("error: ")
+            ),
+            code: EXIT_USAGE,
+        }
+    }
+
+    /// A panic that reached `main`; `panic` is what the hook recorded.
+    pub(crate) fn internal(panic: Option<String>) -> Self {
+        let what = panic.unwrap_or_else(|| "a panic without a message".into());
+        Self {
+            kind: "internal".into(),
+            message: one_line(&format!(
+                "internal error: {what}. This is a bug in heliosdb-cli; please report it with \
+                 the command you ran"
+            )),
+            code: EXIT_INTERNAL,
+        }
+    }
+
+    /// Prints the failure in `out`'s format (JSON on stdout, text on stderr) and returns the
+    /// exit code. Never panics, whatever state stdout and stderr are in.
+    pub(crate) fn report(&self, out: &Out) -> u8 {
+        if out.is_json() {
+            out.json_value(json!({
+                "error": { "kind": self.kind, "message": self.message }
+            }));
+        } else {
+            let _ = writeln!(std::io::stderr().lock(), "error: {}", self.message);
+        }
+        self.code
+    }
+}
+
+/// The message of the last panic, recorded by the hook of [`install_panic_hook`].
+static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+/// Replaces the default panic hook, which prints the message and a backtrace hint on stderr
+/// even for panics that are caught (the storage engine panics on some damaged pages and the key
+/// store turns that into an error). The hook records the message and location for `main`,
+/// which reports a panic that reaches it as one line; it prints nothing itself.
+pub(crate) fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        let text = match info.location() {
+            Some(l) => format!("{} (at {}:{})", one_line(&message), l.file(), l.line()),
+            None => one_line(&message),
+        };
+        if let Ok(mut slot) = LAST_PANIC.lock() {
+            *slot = Some(text);
+        }
+    }));
+}
+
+/// The message of the last panic, if any.
+pub(crate) fn take_last_panic() -> Option<String> {
+    LAST_PANIC.lock().ok().and_then(|mut p| p.take())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_the_variant_names() {
+        assert_eq!(
+            kind_of(&TdeError::config("cache_limit", "must be at least 1")),
+            "invalid_config"
+        );
+        assert_eq!(kind_of(&TdeError::corrupt("a", "b", "c")), "corrupt");
+        assert_eq!(
+            kind_of(&TdeError::io(
+                "/x",
+                std::io::Error::from(std::io::ErrorKind::NotFound)
+            )),
+            "io"
+        );
+        assert_eq!(snake_case("InUse"), "in_use");
+        assert_eq!(snake_case("MekMissing"), "mek_missing");
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        let f = Failure::from(&TdeError::config("x", "first\n  second\n\nthird"));
+        assert_eq!(f.message, "invalid configuration: x: first second third");
+        let f = Failure::internal(Some("boom\nmore".into()));
+        assert!(!f.message.contains('\n'), "{}", f.message);
+        assert_eq!(f.code, EXIT_INTERNAL);
+        assert_eq!(
+            Failure::usage("error: unexpected argument\n\nUsage: x").message,
+            "unexpected argument; run heliosdb-cli --help for usage"
+        );
+    }
+}

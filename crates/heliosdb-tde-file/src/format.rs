@@ -27,10 +27,35 @@ pub const KDF_ARGON2ID: u8 = 1;
 /// Salt length written by this crate.
 pub const SALT_LEN: usize = 32;
 
-/// Limits applied when parsing, so that a hostile file cannot make us allocate or spin forever.
-const MAX_M_COST_KIB: u32 = 4 * 1024 * 1024;
-const MAX_T_COST: u32 = 64;
-const MAX_P_COST: u32 = 64;
+/// The largest Argon2id memory cost accepted from a file or a configuration: 2 GiB, RFC 9106's
+/// first recommended option. Checked before any work is spent on a file.
+pub const MAX_M_COST_KIB: u32 = 2 * 1024 * 1024;
+/// The largest number of Argon2id passes accepted.
+pub const MAX_T_COST: u32 = 16;
+/// The largest Argon2id parallelism (lanes) accepted.
+pub const MAX_P_COST: u32 = 16;
+/// The largest total work accepted, memory cost times passes, in KiB: 4 GiB (for example
+/// 2 GiB with 2 passes, or 256 MiB with 16).
+pub const MAX_WORK_KIB: u64 = 4 * 1024 * 1024;
+
+/// Whether Argon2id parameters are within the bounds this crate accepts from a file:
+/// `m_cost <= MAX_M_COST_KIB`, `1 <= t_cost <= MAX_T_COST`, `1 <= p_cost <= MAX_P_COST`,
+/// `m_cost >= 8 * p_cost` (Argon2's own rule) and `m_cost * t_cost <= MAX_WORK_KIB`.
+pub fn kdf_within_bounds(kdf: &KdfParams) -> bool {
+    kdf.m_cost_kib <= MAX_M_COST_KIB
+        && (1..=MAX_T_COST).contains(&kdf.t_cost)
+        && (1..=MAX_P_COST).contains(&kdf.p_cost)
+        && u64::from(kdf.m_cost_kib) >= 8 * u64::from(kdf.p_cost)
+        && u64::from(kdf.m_cost_kib) * u64::from(kdf.t_cost) <= MAX_WORK_KIB
+}
+
+/// Describes the bounds of [`kdf_within_bounds`], for error messages.
+pub(crate) fn kdf_bounds_text() -> String {
+    format!(
+        "accepted: memory 8 x lanes ..= {MAX_M_COST_KIB} KiB, passes 1..={MAX_T_COST}, lanes \
+         1..={MAX_P_COST}, memory x passes <= {MAX_WORK_KIB} KiB"
+    )
+}
 
 /// The authenticated header of a MEK file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,14 +187,17 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<MekFile> {
         t_cost: r.u32("Argon2 time cost")?,
         p_cost: r.u32("Argon2 parallelism")?,
     };
-    if kdf.m_cost_kib > MAX_M_COST_KIB
-        || kdf.t_cost == 0
-        || kdf.t_cost > MAX_T_COST
-        || kdf.p_cost == 0
-        || kdf.p_cost > MAX_P_COST
-        || kdf.m_cost_kib < 8 * kdf.p_cost
-    {
-        return Err(r.err(format!("implausible Argon2 parameters {kdf:?}")));
+    // Bounded before anything else is read or derived: a hostile file cannot make us allocate
+    // gigabytes or spin for minutes.
+    if !kdf_within_bounds(&kdf) {
+        return Err(r.err(format!(
+            "implausible Argon2 parameters (memory {} KiB, {} passes, {} lanes; {}); HeliosDB \
+             never writes these",
+            kdf.m_cost_kib,
+            kdf.t_cost,
+            kdf.p_cost,
+            kdf_bounds_text()
+        )));
     }
     let salt_len = usize::from(r.u8("salt length")?);
     if !(16..=64).contains(&salt_len) {
@@ -286,6 +314,47 @@ mod tests {
                 .to_string()
                 .contains("Argon2")
         );
+    }
+
+    /// Parameters the old bounds (4 GiB, 64 passes, 64 lanes) let through, which would have
+    /// made the provider allocate gigabytes and derive for minutes before the AEAD check,
+    /// are refused by the parser, before any work (issue 9, item 9).
+    #[test]
+    fn absurd_parameters_are_refused_before_any_work() {
+        let set = |m: u32, t: u32, p: u32| {
+            let mut b = sample();
+            b[6..10].copy_from_slice(&m.to_be_bytes());
+            b[10..14].copy_from_slice(&t.to_be_bytes());
+            b[14..18].copy_from_slice(&p.to_be_bytes());
+            b
+        };
+        for (m, t, p) in [
+            (4 * 1024 * 1024, 2, 1),
+            (3 * 1024 * 1024, 1, 4),
+            (64 * 1024, 64, 4),
+            (1024 * 1024, 8, 4),
+            (64 * 1024, 3, 64),
+            (64 * 1024, 0, 4),
+            (64 * 1024, 3, 0),
+            (16, 1, 4),
+        ] {
+            let e = parse(&set(m, t, p), Path::new("/keys/m.v4.mek")).unwrap_err();
+            assert!(matches!(e, TdeError::Corrupt { .. }), "{e}");
+            let text = e.to_string();
+            assert!(
+                text.contains("implausible Argon2 parameters") && text.contains("/keys/m.v4.mek"),
+                "{text}"
+            );
+        }
+        // The bounds admit RFC 9106's two recommended options and OWASP's minimum.
+        for (m, t, p) in [
+            (2 * 1024 * 1024, 1, 4),
+            (64 * 1024, 3, 4),
+            (19 * 1024, 2, 1),
+            (256 * 1024, 16, 16),
+        ] {
+            parse(&set(m, t, p), Path::new("x")).unwrap();
+        }
     }
 
     #[test]

@@ -1,13 +1,287 @@
-//! File-system helpers: private directories, permission checks, atomic replacement.
+//! File-system helpers: private directories, ownership, type and permission checks on opened
+//! descriptors, the directory lock, atomic replacement.
 
 use heliosdb_tde_core::{Result, SecurityMode, TdeError};
+use rustix::fs::{Mode, OFlags};
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Prefix of temporary files; they are ignored by the loader and removed at open.
 pub(crate) const TEMP_PREFIX: &str = ".tmp-";
+
+/// The lock file inside the MEK directory. Whoever holds an exclusive `flock` on it owns the
+/// directory; it contains that process's id (for the error the next process gets).
+pub(crate) const LOCK_FILE: &str = ".heliosdb-mek.lock";
+
+/// The largest passphrase file read (a passphrase is a line, not a document).
+const MAX_SMALL_FILE: u64 = 64 * 1024;
+
+/// What an opened path must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expect {
+    /// A directory (the MEK directory).
+    Dir,
+    /// A regular file (an MEK file, the passphrase file).
+    File,
+}
+
+/// The effective user id HeliosDB runs as: key files must belong to it.
+pub(crate) fn running_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+fn type_name(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Checks the metadata of an opened descriptor (`fstat`): its type (always an error when
+/// wrong), its owner (the running user) and its permission bits (no group or other access).
+/// Owner and mode problems are errors in production mode and warnings in development mode.
+pub(crate) fn check_meta(
+    path: &Path,
+    meta: &fs::Metadata,
+    expect: Expect,
+    expected_mode: u32,
+    mode: SecurityMode,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let type_ok = match expect {
+        Expect::Dir => meta.is_dir(),
+        Expect::File => meta.file_type().is_file(),
+    };
+    if !type_ok {
+        let wanted = match expect {
+            Expect::Dir => "a directory",
+            Expect::File => "a regular file",
+        };
+        return Err(TdeError::SecurityPolicy(format!(
+            "{} is {}, not {wanted}; key files and directories must be what they claim to be. \
+             Replace it with {wanted} owned by the user running HeliosDB",
+            path.display(),
+            type_name(meta)
+        )));
+    }
+    let uid = running_uid();
+    if meta.uid() != uid {
+        let msg = format!(
+            "{} is owned by uid {}, but HeliosDB runs as uid {uid}: another user controls this \
+             key {}. Fix: chown {uid} {}",
+            path.display(),
+            meta.uid(),
+            if expect == Expect::Dir {
+                "directory"
+            } else {
+                "file"
+            },
+            path.display()
+        );
+        if mode.is_production() {
+            return Err(TdeError::SecurityPolicy(msg));
+        }
+        warnings.push(format!("{msg} (allowed in development mode only)"));
+    }
+    let bits = meta.permissions().mode() & 0o777;
+    if bits & 0o077 != 0 {
+        let err = TdeError::InsecurePermissions {
+            path: path.to_path_buf(),
+            mode: bits,
+            expected: expected_mode,
+        };
+        if mode.is_production() {
+            return Err(err);
+        }
+        warnings.push(format!("{err} (allowed in development mode only)"));
+    }
+    Ok(())
+}
+
+/// Maps an error of `open(O_NOFOLLOW)`: `ELOOP` means the last component is a symbolic link.
+fn open_error(path: &Path, e: rustix::io::Errno, what: &str) -> TdeError {
+    if e == rustix::io::Errno::LOOP {
+        TdeError::SecurityPolicy(format!(
+            "{} is a symbolic link; {what} must be a regular file in its directory (links are \
+             not followed, so that the file checked is the file used). Replace the link with \
+             the file it points to",
+            path.display()
+        ))
+    } else {
+        TdeError::io(path, e.into())
+    }
+}
+
+/// Opens a key file for reading without following a symbolic link (`O_NOFOLLOW`, and
+/// `O_NONBLOCK` so that a named pipe cannot block us), then checks the opened descriptor
+/// (`fstat`, not the path): a regular file, owned by the running user, mode `0600` or
+/// stricter. `what` names the file in errors ("an MEK file", "the passphrase file").
+pub(crate) fn open_private_file(
+    path: &Path,
+    what: &str,
+    mode: SecurityMode,
+    warnings: &mut Vec<String>,
+) -> Result<File> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| open_error(path, e, what))?;
+    let file = File::from(fd);
+    let meta = file.metadata().map_err(|e| TdeError::io(path, e))?;
+    check_meta(path, &meta, Expect::File, 0o600, mode, warnings)?;
+    Ok(file)
+}
+
+/// Reads a small private file (the passphrase file) through [`open_private_file`]; the
+/// contents are returned in a buffer that is zeroized when dropped.
+pub(crate) fn read_private_small_file(
+    path: &Path,
+    what: &str,
+    mode: SecurityMode,
+    warnings: &mut Vec<String>,
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let file = open_private_file(path, what, mode, warnings)?;
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(256));
+    file.take(MAX_SMALL_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| TdeError::io(path, e))?;
+    if buf.len() as u64 > MAX_SMALL_FILE {
+        return Err(TdeError::SecurityPolicy(format!(
+            "{} is larger than {MAX_SMALL_FILE} bytes; {what} holds one line",
+            path.display()
+        )));
+    }
+    Ok(buf)
+}
+
+/// Resolves the MEK directory: creates it (mode 0700) if it is missing, follows symbolic
+/// links to the real directory, opens that without following a link and checks the opened
+/// descriptor (a directory owned by the running user, mode 0700 or stricter). Returns the
+/// resolved path, which all further file operations use.
+pub(crate) fn resolve_private_dir(
+    dir: &Path,
+    mode: SecurityMode,
+    warnings: &mut Vec<String>,
+) -> Result<PathBuf> {
+    create_private_dir(dir)?;
+    let resolved = fs::canonicalize(dir).map_err(|e| TdeError::io(dir, e))?;
+    let fd = rustix::fs::open(
+        &resolved,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        if e == rustix::io::Errno::NOTDIR {
+            TdeError::config(
+                "secure_file_config.storage_path",
+                format!("{} is not a directory", resolved.display()),
+            )
+        } else {
+            open_error(&resolved, e, "the MEK directory")
+        }
+    })?;
+    let meta = File::from(fd)
+        .metadata()
+        .map_err(|e| TdeError::io(&resolved, e))?;
+    let mut found = Vec::new();
+    check_meta(&resolved, &meta, Expect::Dir, 0o700, mode, &mut found)?;
+    if resolved != dir {
+        for w in &mut found {
+            w.push_str(&format!(
+                " (storage_path {} resolves to {})",
+                dir.display(),
+                resolved.display()
+            ));
+        }
+    }
+    warnings.extend(found);
+    Ok(resolved)
+}
+
+/// Takes the exclusive advisory lock (`flock`) of the MEK directory `dir`, and records this
+/// process's id in the lock file. The lock lasts as long as the returned file is open (and
+/// ends with the process, however it ends). If another process holds it, the error names
+/// that process.
+pub(crate) fn lock_dir(dir: &Path, shown: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let fd = rustix::fs::open(
+        &path,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| open_error(&path, e, "the lock file"))?;
+    let file = File::from(fd);
+    let meta = file.metadata().map_err(|e| TdeError::io(&path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(TdeError::SecurityPolicy(format!(
+            "{} is {}, not a regular file; remove it (HeliosDB recreates it)",
+            path.display(),
+            type_name(&meta)
+        )));
+    }
+    match file.try_lock() {
+        Ok(()) => {
+            let pid = format!("{}\n", std::process::id());
+            file.set_len(0)
+                .and_then(|()| file.write_all_at(pid.as_bytes(), 0))
+                .map_err(|e| TdeError::io(&path, e))?;
+            Ok(file)
+        }
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = (&file).take(32).read_to_string(&mut text);
+            let holder = match text.trim().parse::<u32>() {
+                Ok(pid) => format!("process {pid}"),
+                Err(_) => "another process".to_string(),
+            };
+            Err(TdeError::Provider {
+                provider: crate::DESCRIPTION.into(),
+                message: format!(
+                    "the MEK directory {} is in use by {holder} (it holds the lock {}); only \
+                     one process at a time may use a MEK directory",
+                    shown.display(),
+                    path.display()
+                ),
+                hint: "Stop that process (is the HeliosDB server running?) and run the command \
+                 again; nothing was changed"
+                    .into(),
+            })
+        }
+        Err(fs::TryLockError::Error(e)) => Err(TdeError::io(&path, e)),
+    }
+}
+
+/// Opens an MEK file through [`open_private_file`] and reads it. (The parser bounds the
+/// size; an MEK file is a few hundred bytes.)
+pub(crate) fn read_key_file(
+    path: &Path,
+    mode: SecurityMode,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<u8>> {
+    let file = open_private_file(path, "an MEK file", mode, warnings)?;
+    let mut buf = Vec::with_capacity(256);
+    file.take(MAX_SMALL_FILE)
+        .read_to_end(&mut buf)
+        .map_err(|e| TdeError::io(path, e))?;
+    Ok(buf)
+}
 
 /// Creates `dir` with mode 0700 if it is missing.
 pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
@@ -19,30 +293,6 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| TdeError::io(dir, e))
-}
-
-/// Checks that `path` gives group and other users no access. In production mode a violation is
-/// an error naming the `chmod` that fixes it; in development mode it is returned as a warning.
-pub(crate) fn check_private(
-    path: &Path,
-    expected: u32,
-    mode: SecurityMode,
-) -> Result<Option<String>> {
-    let meta = fs::metadata(path).map_err(|e| TdeError::io(path, e))?;
-    let bits = meta.permissions().mode() & 0o777;
-    if bits & 0o077 == 0 {
-        return Ok(None);
-    }
-    let err = TdeError::InsecurePermissions {
-        path: path.to_path_buf(),
-        mode: bits,
-        expected,
-    };
-    if mode.is_production() {
-        Err(err)
-    } else {
-        Ok(Some(format!("{err} (allowed in development mode only)")))
-    }
 }
 
 /// Writes `bytes` to `dir/name` atomically: a temporary file in the same directory is

@@ -1,31 +1,52 @@
 //! The secure file MEK provider.
 //!
 //! Each MEK version is one file, `<storage_path>/<mek_id>.v<version>.mek`, holding the 256-bit
-//! MEK encrypted with AES-256-GCM under a key derived from a passphrase with Argon2id (OWASP
-//! parameters or stronger, random 32-byte salt per file). The whole file header — KDF
-//! parameters, salt, MEK id and version, lifecycle state — is the associated data, so nothing in
-//! it can be altered without the file failing to open. Format: `docs/formats/mek-file.md`.
+//! MEK encrypted with AES-256-GCM under a key derived from a passphrase with Argon2id (by
+//! default RFC 9106's second recommended option, 64 MiB, 3 passes, 4 lanes: [`DEFAULT_KDF`];
+//! random 32-byte salt per file). The whole file header — KDF parameters, salt, MEK id and
+//! version, lifecycle state — is the associated data, so nothing in it can be altered without
+//! the file failing to open. Format: `docs/formats/mek-file.md`.
 //!
 //! Operational rules:
-//! * the directory is created `0700` and files are written `0600`; on open, group- or
-//!   world-accessible files or directories are refused in production mode with the `chmod`
-//!   that fixes them, and reported as warnings in development mode;
+//! * the directory is created `0700` and files are written `0600`; on open, the directory and
+//!   every file must belong to the user HeliosDB runs as and give group and other users no
+//!   access: a violation is refused in production mode with the `chown` / `chmod` that fixes
+//!   it, and reported as a warning in development mode. MEK files are opened with
+//!   `O_NOFOLLOW` and checked through the opened descriptor (`fstat`), so the file checked is
+//!   the file read; a symbolic link, pipe or device in its place is refused. A symbolic link
+//!   as the directory itself is followed, its target checked, and the resolved path shown
+//!   ([`SecureFileMekProvider::resolved_storage_path`], and in the description);
+//! * one process at a time: the provider holds an exclusive advisory lock (`flock`) on
+//!   `<storage_path>/.heliosdb-mek.lock` for its whole lifetime, and so does a passphrase
+//!   change; the second one gets an error naming the process that holds it;
 //! * every write is atomic (temporary file, fsync, rename, fsync of the directory): a crash or
 //!   `kill -9` leaves the old file or the new one, never a torn one;
-//! * the passphrase comes from `HELIOSDB_MEK_PASSPHRASE` (or the configured variable) or from a
-//!   `0600` passphrase file; production mode refuses passphrases under 25 characters;
+//! * the passphrase comes from `HELIOSDB_MEK_PASSPHRASE` (or the configured variable), which
+//!   is removed from the process environment once read, or from a `0600` passphrase file
+//!   (checked like an MEK file); production mode refuses passphrases under 25 characters;
+//! * KDF parameters read from a file are bounded before any work is spent on them
+//!   ([`format::kdf_within_bounds`]); production mode refuses files written with parameters
+//!   below the configured ones (the default: [`DEFAULT_KDF`]), and `heliosdb-cli security mek
+//!   change-passphrase` rewrites them;
+//! * every wrap of a TEK is unwrapped once and compared before it is returned;
 //! * every file is decrypted at open, so a wrong passphrase is reported before anything is
 //!   written;
 //! * a passphrase change re-encrypts every file, one atomic write at a time; each file records
 //!   its passphrase generation, so after an interrupted change every file is readable with the
 //!   old or the new passphrase and the error says which; running the change again finishes it.
 
+// Unsafe code: exactly one block, `std::env::remove_var` in `passphrase::take_env` (unsafe
+// since edition 2024), which removes the passphrase variable from the process environment once
+// it is read. See its SAFETY comment and ARCHITECTURE.md, "Unsafe code".
+#![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod format;
 mod fsutil;
 mod passphrase;
 
-pub use format::{FORMAT_VERSION, file_name, parse_file_name};
-pub use passphrase::MIN_PASSPHRASE_CHARS;
+pub use format::{FORMAT_VERSION, file_name, kdf_within_bounds, parse_file_name};
+pub use passphrase::{MIN_PASSPHRASE_CHARS, OLD_PASSPHRASE_ENV};
 
 use async_trait::async_trait;
 use heliosdb_tde_cipher::{AeadKey, Backend, wrap};
@@ -37,12 +58,26 @@ use heliosdb_tde_core::{
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 /// How the provider describes itself.
 pub const DESCRIPTION: &str = "Secure File (Argon2id + AES-256-GCM)";
+
+/// The Argon2id parameters new files are written with when the configuration sets none: RFC
+/// 9106's second recommended option (section 4) for a key derived once at start-up, 64 MiB of
+/// memory, 3 passes, 4 lanes. They are also the policy: production mode refuses to open a file
+/// written with less memory or fewer passes than the parameters in force.
+pub const DEFAULT_KDF: KdfParams = KdfParams {
+    m_cost_kib: 64 * 1024,
+    t_cost: 3,
+    p_cost: 4,
+};
+
+/// The lock file in the MEK directory (see [`SecureFileMekProvider::open`]).
+pub const LOCK_FILE_NAME: &str = fsutil::LOCK_FILE;
 
 #[derive(Clone)]
 enum Slot {
@@ -69,6 +104,9 @@ pub struct PassphraseChange {
 /// Master keys in passphrase-protected files.
 pub struct SecureFileMekProvider {
     dir: PathBuf,
+    resolved: PathBuf,
+    /// The directory lock, held while the provider exists.
+    _lock: File,
     mode: SecurityMode,
     kdf: KdfParams,
     backend: Backend,
@@ -81,6 +119,7 @@ impl fmt::Debug for SecureFileMekProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecureFileMekProvider")
             .field("dir", &self.dir)
+            .field("resolved", &self.resolved)
             .field("mode", &self.mode)
             .field("kdf", &self.kdf)
             .finish_non_exhaustive()
@@ -95,8 +134,57 @@ fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
     })
 }
 
-/// Derives the 256-bit file key from a passphrase.
+/// The Argon2id parameters for new files: the configured ones or [`DEFAULT_KDF`], within the
+/// bounds files are read with (a file this crate would refuse to read is never written).
+fn configured_kdf(config: &SecureFileConfig) -> Result<KdfParams> {
+    let kdf = config.kdf.unwrap_or(DEFAULT_KDF);
+    if !format::kdf_within_bounds(&kdf) {
+        return Err(TdeError::config(
+            "secure_file_config.kdf",
+            format!(
+                "memory {} KiB, {} passes, {} lanes is outside the bounds ({}); the default \
+                 is 65536 KiB, 3 passes, 4 lanes",
+                kdf.m_cost_kib,
+                kdf.t_cost,
+                kdf.p_cost,
+                format::kdf_bounds_text()
+            ),
+        ));
+    }
+    Ok(kdf)
+}
+
+/// Whether a file's parameters are below the policy: less memory or fewer passes. (Fewer lanes
+/// cost an attacker nothing: the work is memory times passes.)
+fn below_policy(file: &KdfParams, policy: &KdfParams) -> bool {
+    file.m_cost_kib < policy.m_cost_kib || file.t_cost < policy.t_cost
+}
+
+fn kdf_text(k: &KdfParams) -> String {
+    format!(
+        "memory {} KiB, {} passes, {} lanes",
+        k.m_cost_kib, k.t_cost, k.p_cost
+    )
+}
+
+/// Compares two byte strings without an early exit.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Derives the 256-bit file key from a passphrase. Parameters outside the bounds are refused
+/// before any work.
 fn derive(passphrase: &SecretString, salt: &[u8], kdf: KdfParams) -> Result<KeyBytes> {
+    if !format::kdf_within_bounds(&kdf) {
+        return Err(TdeError::config(
+            "secure_file_config.kdf",
+            format!(
+                "{} is outside the bounds ({})",
+                kdf_text(&kdf),
+                format::kdf_bounds_text()
+            ),
+        ));
+    }
     let params = argon2::Params::new(kdf.m_cost_kib, kdf.t_cost, kdf.p_cost, Some(32))
         .map_err(|e| TdeError::config("secure_file_config.kdf", e.to_string()))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
@@ -166,7 +254,8 @@ struct Scanned {
     tombstones: Vec<MekRef>,
 }
 
-/// Reads and parses every MEK file and tombstone in `dir`, checking permissions.
+/// Reads and parses every MEK file and tombstone in `dir` (the resolved directory), checking
+/// each opened file's type, owner and permissions.
 fn scan(dir: &Path, mode: SecurityMode, warnings: &mut Vec<String>) -> Result<Scanned> {
     let mut files = Vec::new();
     let mut tombstones = Vec::new();
@@ -182,10 +271,7 @@ fn scan(dir: &Path, mode: SecurityMode, warnings: &mut Vec<String>) -> Result<Sc
             tombstones.push(mek);
             continue;
         }
-        if let Some(w) = fsutil::check_private(&path, 0o600, mode)? {
-            warnings.push(w);
-        }
-        let bytes = std::fs::read(&path).map_err(|e| TdeError::io(&path, e))?;
+        let bytes = fsutil::read_key_file(&path, mode, warnings)?;
         let file = format::parse(&bytes, &path)?;
         if file.header.mek != mek {
             return Err(TdeError::corrupt(
@@ -231,6 +317,15 @@ fn wrong_passphrase(path: &Path, file_gen: u32, gens: &BTreeSet<u32>, which: &st
 impl SecureFileMekProvider {
     /// Opens the provider on `config.storage_path`, creating the directory if needed, and
     /// decrypts every MEK file with the configured passphrase.
+    ///
+    /// The passphrase comes from `config.passphrase_file` or from the environment variable
+    /// (`HELIOSDB_MEK_PASSPHRASE` unless configured otherwise), which is removed from the
+    /// process environment once read.
+    ///
+    /// The provider takes an exclusive advisory lock on the directory
+    /// ([`LOCK_FILE_NAME`]) and holds it until it is dropped: a second provider or a
+    /// passphrase change on the same directory, in this process or another one, fails with
+    /// an error naming the process that holds it.
     pub fn open(config: &SecureFileConfig, mode: SecurityMode) -> Result<Self> {
         let resolved = passphrase::resolve(config, mode)?;
         Self::open_with_passphrase(config, mode, resolved.passphrase, resolved.warnings)
@@ -248,7 +343,7 @@ impl SecureFileMekProvider {
         {
             warnings.push(w);
         }
-        let kdf = config.kdf.unwrap_or_default();
+        let kdf = configured_kdf(config)?;
         if !kdf.meets_owasp_minimum() {
             let msg = format!(
                 "secure_file_config.kdf {kdf:?} is below OWASP's Argon2id minimum (19 MiB, 2 \
@@ -260,18 +355,36 @@ impl SecureFileMekProvider {
             warnings.push(format!("{msg} (allowed in development mode only)"));
         }
         let dir = config.storage_path.clone();
-        fsutil::create_private_dir(&dir)?;
-        if let Some(w) = fsutil::check_private(&dir, 0o700, mode)? {
-            warnings.push(w);
-        }
-        fsutil::remove_stale_temps(&dir)?;
+        let resolved = fsutil::resolve_private_dir(&dir, mode, &mut warnings)?;
+        // Taken before anything in the directory is touched: the temporary files removed
+        // next are never another live process's.
+        let lock = fsutil::lock_dir(&resolved, &dir)?;
+        fsutil::remove_stale_temps(&resolved)?;
         let backend = Backend::default();
-        let scanned = scan(&dir, mode, &mut warnings)?;
+        let scanned = scan(&resolved, mode, &mut warnings)?;
         let gens: BTreeSet<u32> = scanned
             .files
             .iter()
             .map(|f| f.1.header.generation)
             .collect();
+        // Checked before any key derivation.
+        for (path, file) in &scanned.files {
+            if below_policy(&file.header.kdf, &kdf) {
+                let msg = format!(
+                    "MEK file {} was written with Argon2id {}, below the parameters in force \
+                     ({}). Run `heliosdb-cli security mek change-passphrase` (with \
+                     {OLD_PASSPHRASE_ENV} set to the current passphrase; the new one may be the \
+                     same) to rewrite every file with the current parameters",
+                    path.display(),
+                    kdf_text(&file.header.kdf),
+                    kdf_text(&kdf)
+                );
+                if mode.is_production() {
+                    return Err(TdeError::SecurityPolicy(msg));
+                }
+                warnings.push(format!("{msg} (allowed in development mode only)"));
+            }
+        }
         let mut slots = BTreeMap::new();
         for (path, file) in &scanned.files {
             match open_file(backend, &passphrase, file)? {
@@ -316,6 +429,8 @@ impl SecureFileMekProvider {
         let generation = gens.into_iter().next().unwrap_or(1);
         Ok(Self {
             dir,
+            resolved,
+            _lock: lock,
             mode,
             kdf,
             backend,
@@ -330,9 +445,30 @@ impl SecureFileMekProvider {
         self.warnings.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
-    /// The directory holding the MEK files.
+    /// The directory holding the MEK files, as configured.
     pub fn storage_path(&self) -> &Path {
         &self.dir
+    }
+
+    /// The directory holding the MEK files with every symbolic link resolved: the directory
+    /// whose owner and mode were checked and that the provider reads and writes. Equal to
+    /// [`SecureFileMekProvider::storage_path`] unless that is (or passes through) a link.
+    pub fn resolved_storage_path(&self) -> &Path {
+        &self.resolved
+    }
+
+    /// Where the MEK files are, for descriptions: the configured path, and the resolved one
+    /// when they differ.
+    fn location(&self) -> String {
+        if self.resolved == self.dir {
+            self.dir.display().to_string()
+        } else {
+            format!(
+                "{} (a symbolic link to {})",
+                self.dir.display(),
+                self.resolved.display()
+            )
+        }
     }
 
     fn passphrase(&self) -> Result<(SecretString, u32)> {
@@ -367,7 +503,30 @@ impl SecureFileMekProvider {
             mek: key.mek().clone(),
         };
         let image = seal_file(self.backend, &pass, self.kdf, &mut header, key.bytes())?;
-        fsutil::atomic_write(&self.dir, &format::file_name(key.mek()), &image)
+        fsutil::atomic_write(&self.resolved, &format::file_name(key.mek()), &image)
+    }
+
+    /// Wraps `tek` under `key` (one attempt, no check). The fail point
+    /// `secure_file::wrap_tek` (feature `failpoints`) damages the result for the self-check
+    /// tests: `ciphertext` flips a bit of the payload, `other_key` wraps a different TEK.
+    fn wrap_once(&self, key: &MasterKey, tek: &TableKey, ctx: &WrapContext) -> Result<WrappedTek> {
+        fail::fail_point!("secure_file::wrap_tek", |how: Option<String>| {
+            match how.as_deref() {
+                Some("other_key") => {
+                    let other = TableKey::generate(tek.id().clone(), tek.algorithm())?;
+                    wrap::wrap_tek(self.backend, key, ProviderKind::SecureFile, &other, ctx)
+                }
+                _ => {
+                    let mut w =
+                        wrap::wrap_tek(self.backend, key, ProviderKind::SecureFile, tek, ctx)?;
+                    if let Some(b) = w.payload.last_mut() {
+                        *b ^= 1;
+                    }
+                    Ok(w)
+                }
+            }
+        });
+        wrap::wrap_tek(self.backend, key, ProviderKind::SecureFile, tek, ctx)
     }
 
     fn not_found(&self, mek: &dyn fmt::Display) -> TdeError {
@@ -376,7 +535,7 @@ impl SecureFileMekProvider {
             hint: format!(
                 "no such MEK file in {}; check secure_file_config.storage_path, or generate it \
                  with `heliosdb-cli security mek generate`",
-                self.dir.display()
+                self.location()
             ),
         }
     }
@@ -400,13 +559,9 @@ impl SecureFileMekProvider {
     pub fn change_passphrase(&self, new: SecretString) -> Result<PassphraseChange> {
         let _guard = lock(&self.slots)?;
         let (old, _) = self.passphrase()?;
-        let config = SecureFileConfig {
-            storage_path: self.dir.clone(),
-            passphrase_env_var: None,
-            passphrase_file: None,
-            kdf: Some(self.kdf),
-        };
-        let report = Self::change_passphrase_in(&config, self.mode, &old, &new)?;
+        passphrase::check_strength(&new, self.mode)?;
+        // This provider holds the directory lock already.
+        let report = change_locked(&self.resolved, self.kdf, self.mode, &old, &new)?;
         let mut p = self
             .passphrase
             .write()
@@ -419,12 +574,18 @@ impl SecureFileMekProvider {
         Ok(report)
     }
 
-    /// Re-encrypts every MEK file in `config.storage_path` from `old` to `new` passphrase.
+    /// Re-encrypts every MEK file in `config.storage_path` from `old` to `new` passphrase,
+    /// writing every file with the configured Argon2id parameters (or [`DEFAULT_KDF`]): this
+    /// is also how files written with older, weaker parameters are upgraded (`new` may equal
+    /// `old`).
     ///
     /// Each file is replaced atomically and records its passphrase generation. If a previous
     /// run was interrupted (files span two generations), this run finishes it. Every file is
     /// decrypted with the passphrase it needs before anything is written, so a wrong old or
     /// new passphrase changes nothing.
+    ///
+    /// Holds the directory's lock while it runs: if a provider (a running server) or another
+    /// change holds it, nothing is touched and the error names that process.
     pub fn change_passphrase_in(
         config: &SecureFileConfig,
         mode: SecurityMode,
@@ -432,75 +593,119 @@ impl SecureFileMekProvider {
         new: &SecretString,
     ) -> Result<PassphraseChange> {
         passphrase::check_strength(new, mode)?;
+        let kdf = configured_kdf(config)?;
         let dir = &config.storage_path;
-        let kdf = config.kdf.unwrap_or_default();
-        let backend = Backend::default();
-        let mut warnings = Vec::new();
-        fsutil::check_private(dir, 0o700, mode)?;
-        fsutil::remove_stale_temps(dir)?;
-        let scanned = scan(dir, mode, &mut warnings)?;
-        let gens: BTreeSet<u32> = scanned
-            .files
-            .iter()
-            .map(|f| f.1.header.generation)
-            .collect();
-        let (lo, hi) = match (gens.iter().min(), gens.iter().max()) {
-            (Some(&lo), Some(&hi)) => (lo, hi),
-            _ => {
-                return Ok(PassphraseChange {
-                    rewritten: 0,
-                    already_converted: 0,
-                    generation: 1,
-                });
-            }
-        };
-        if hi - lo > 1 {
-            return Err(TdeError::corrupt(
-                "MEK directory",
-                dir.display().to_string(),
-                format!("files span passphrase generations {gens:?}; restore from a backup"),
+        if !dir.exists() {
+            return Err(TdeError::config(
+                "secure_file_config.storage_path",
+                format!(
+                    "{} does not exist; there are no MEK files to change",
+                    dir.display()
+                ),
             ));
         }
-        let target = if lo == hi { hi + 1 } else { hi };
-        // Decrypt everything first: nothing is written unless every file opens.
-        let mut pending = Vec::new();
-        let mut already = 0;
-        for (path, file) in &scanned.files {
-            let (pass, which) = if file.header.generation == target {
-                (new, "new passphrase")
-            } else {
-                (old, "old passphrase")
-            };
-            match open_file(backend, pass, file)? {
-                Ok(key) if file.header.generation == target => {
-                    drop(key);
-                    already += 1;
-                }
-                Ok(key) => pending.push((file.header.clone(), key)),
-                Err(()) => {
-                    return Err(TdeError::AuthenticationFailed {
-                        what: format!(
-                            "MEK file {} (passphrase generation {}): wrong {which}; nothing \
+        let mut warnings = Vec::new();
+        let resolved = fsutil::resolve_private_dir(dir, mode, &mut warnings)?;
+        let _lock = fsutil::lock_dir(&resolved, dir)?;
+        change_locked(&resolved, kdf, mode, old, new)
+    }
+
+    /// [`SecureFileMekProvider::change_passphrase_in`] with both passphrases taken from where
+    /// `heliosdb-cli security mek change-passphrase` documents them: the old one from
+    /// [`OLD_PASSPHRASE_ENV`] (`HELIOSDB_MEK_PASSPHRASE_OLD`), the new one from the configured
+    /// source (`passphrase_file`, checked like an MEK file, or the passphrase variable). Every
+    /// variable read is removed from the process environment.
+    pub fn change_passphrase_from_env(
+        config: &SecureFileConfig,
+        mode: SecurityMode,
+    ) -> Result<PassphraseChange> {
+        let old = passphrase::take_env(OLD_PASSPHRASE_ENV).ok_or_else(|| {
+            TdeError::PassphraseEnvMissing {
+                var: OLD_PASSPHRASE_ENV.into(),
+            }
+        })?;
+        let new = passphrase::resolve(config, mode)?;
+        for w in &new.warnings {
+            tracing::warn!(target: "heliosdb::tde::file", "{w}");
+        }
+        Self::change_passphrase_in(config, mode, &old, &new.passphrase)
+    }
+}
+
+/// The body of a passphrase change, run while the caller holds the directory lock on `dir`
+/// (the resolved directory).
+fn change_locked(
+    dir: &Path,
+    kdf: KdfParams,
+    mode: SecurityMode,
+    old: &SecretString,
+    new: &SecretString,
+) -> Result<PassphraseChange> {
+    let backend = Backend::default();
+    let mut warnings = Vec::new();
+    fsutil::remove_stale_temps(dir)?;
+    let scanned = scan(dir, mode, &mut warnings)?;
+    let gens: BTreeSet<u32> = scanned
+        .files
+        .iter()
+        .map(|f| f.1.header.generation)
+        .collect();
+    let (lo, hi) = match (gens.iter().min(), gens.iter().max()) {
+        (Some(&lo), Some(&hi)) => (lo, hi),
+        _ => {
+            return Ok(PassphraseChange {
+                rewritten: 0,
+                already_converted: 0,
+                generation: 1,
+            });
+        }
+    };
+    if hi - lo > 1 {
+        return Err(TdeError::corrupt(
+            "MEK directory",
+            dir.display().to_string(),
+            format!("files span passphrase generations {gens:?}; restore from a backup"),
+        ));
+    }
+    let target = if lo == hi { hi + 1 } else { hi };
+    // Decrypt everything first: nothing is written unless every file opens.
+    let mut pending = Vec::new();
+    let mut already = 0;
+    for (path, file) in &scanned.files {
+        let (pass, which) = if file.header.generation == target {
+            (new, "new passphrase")
+        } else {
+            (old, "old passphrase")
+        };
+        match open_file(backend, pass, file)? {
+            Ok(key) if file.header.generation == target => {
+                drop(key);
+                already += 1;
+            }
+            Ok(key) => pending.push((file.header.clone(), key)),
+            Err(()) => {
+                return Err(TdeError::AuthenticationFailed {
+                    what: format!(
+                        "MEK file {} (passphrase generation {}): wrong {which}; nothing \
                              was changed",
-                            path.display(),
-                            file.header.generation
-                        ),
-                    });
-                }
+                        path.display(),
+                        file.header.generation
+                    ),
+                });
             }
         }
-        let rewritten = pending.len();
-        for (mut header, key) in pending {
-            header.generation = target;
-            let image = seal_file(backend, new, kdf, &mut header, key.bytes())?;
-            fsutil::atomic_write(dir, &format::file_name(&header.mek), &image)?;
-        }
-        Ok(PassphraseChange {
-            rewritten,
-            already_converted: already,
-            generation: target,
-        })
     }
+    let rewritten = pending.len();
+    for (mut header, key) in pending {
+        header.generation = target;
+        let image = seal_file(backend, new, kdf, &mut header, key.bytes())?;
+        fsutil::atomic_write(dir, &format::file_name(&header.mek), &image)?;
+    }
+    Ok(PassphraseChange {
+        rewritten,
+        already_converted: already,
+        generation: target,
+    })
 }
 
 /// Records a freshly written, active MEK version in memory and describes it.
@@ -562,7 +767,7 @@ impl MekProvider for SecureFileMekProvider {
     }
 
     fn description(&self) -> String {
-        format!("{DESCRIPTION} at {}", self.dir.display())
+        format!("{DESCRIPTION} at {}", self.location())
     }
 
     fn is_secure(&self) -> bool {
@@ -596,7 +801,29 @@ impl MekProvider for SecureFileMekProvider {
     ) -> Result<WrappedTek> {
         let (key, state) = self.live(mek)?;
         state.ensure_can_encrypt(&format!("mek:{}", mek), "wrap a TEK")?;
-        wrap::wrap_tek(self.backend, &key, ProviderKind::SecureFile, tek, ctx)
+        let wrapped = self.wrap_once(&key, tek, ctx)?;
+        // Self-check: the new wrap must give back the same TEK before anyone stores it (a
+        // fault here would otherwise leave a TEK that can never be unwrapped). The default
+        // rewrap_tek wraps through this method, so re-wraps are checked too.
+        let same = wrap::unwrap_tek(self.backend, &key, &wrapped, ctx).is_ok_and(|back| {
+            back.id() == tek.id()
+                && back.algorithm() == tek.algorithm()
+                && same_bytes(back.bytes().expose_secret(), tek.bytes().expose_secret())
+        });
+        if !same {
+            return Err(TdeError::Provider {
+                provider: DESCRIPTION.into(),
+                message: format!(
+                    "the new wrap of TEK {} under {mek} did not unwrap to the same key \
+                     (self-check after wrapping)",
+                    ctx.tek_id()
+                ),
+                hint: "The wrap was discarded and nothing was stored. Retry the operation; if \
+                       it fails again, check the host for memory or CPU faults"
+                    .into(),
+            });
+        }
+        Ok(wrapped)
     }
 
     async fn unwrap_tek(&self, wrapped: &WrappedTek, ctx: &WrapContext) -> Result<TableKey> {
@@ -636,7 +863,7 @@ impl MekProvider for SecureFileMekProvider {
         Ok(MekInfo {
             id: mek_id.clone(),
             provider: ProviderKind::SecureFile,
-            location: self.dir.display().to_string(),
+            location: self.location(),
             versions,
         })
     }
@@ -719,8 +946,8 @@ impl MekProvider for SecureFileMekProvider {
         let now = Timestamp::now();
         if next == KeyState::Destroyed {
             // The tombstone keeps the version number from being reused; then the key goes.
-            fsutil::atomic_write(&self.dir, &format::tombstone_name(mek), b"")?;
-            fsutil::durable_remove(&self.dir, &format::file_name(mek))?;
+            fsutil::atomic_write(&self.resolved, &format::tombstone_name(mek), b"")?;
+            fsutil::durable_remove(&self.resolved, &format::file_name(mek))?;
             *slot = Slot::Destroyed;
         } else {
             self.write_version(key, next, *created_at, now)?;
@@ -733,15 +960,15 @@ impl MekProvider for SecureFileMekProvider {
 
     async fn health(&self) -> Result<ProviderHealth> {
         let start = Instant::now();
-        let readable = std::fs::read_dir(&self.dir).is_ok();
+        let readable = std::fs::read_dir(&self.resolved).is_ok();
         let versions = lock(&self.slots)?.len();
         Ok(ProviderHealth {
             healthy: readable,
             latency: start.elapsed(),
             detail: if readable {
-                format!("{versions} MEK versions in {}", self.dir.display())
+                format!("{versions} MEK versions in {}", self.location())
             } else {
-                format!("{} is not readable", self.dir.display())
+                format!("{} is not readable", self.location())
             },
         })
     }

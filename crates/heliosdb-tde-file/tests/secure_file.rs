@@ -1,19 +1,21 @@
-//! Secure-file specifics: passphrase sources, permissions, wrong passphrase, tampering,
-//! passphrase changes (including interrupted ones), destroy, stale temporary files.
+//! Secure-file specifics: passphrase sources, permissions, ownership and file types, the
+//! directory lock (two processes), KDF parameters and their policy, wrong passphrase,
+//! tampering, passphrase changes (including interrupted ones), destroy, stale temporary files.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use common::{PASS_A, PASS_B, open, secret, snapshot};
+use common::{PASS_A, PASS_B, TEST_KDF, config, open, secret, snapshot};
 use heliosdb_tde_core::{
-    EncryptionAlgorithm, KeyState, MekId, MekProvider, SecureFileConfig, SecurityMode, TableKey,
-    TdeError, WrapContext,
+    EncryptionAlgorithm, KdfParams, KeyState, MekId, MekProvider, SecureFileConfig, SecurityMode,
+    TableKey, TdeError, WrapContext,
 };
-use heliosdb_tde_file::SecureFileMekProvider;
+use heliosdb_tde_file::{DEFAULT_KDF, LOCK_FILE_NAME, SecureFileMekProvider, format};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 const PROD: SecurityMode = SecurityMode::Production;
 const DEV: SecurityMode = SecurityMode::Development;
@@ -74,6 +76,7 @@ async fn group_or_world_access_is_refused_in_production_and_warned_in_developmen
         "{:?}",
         p.warnings()
     );
+    drop(p); // it holds the directory lock
     chmod(&file, 0o600);
 
     chmod(&dir, 0o755);
@@ -85,6 +88,7 @@ async fn group_or_world_access_is_refused_in_production_and_warned_in_developmen
     );
     let p = open(&dir, PASS_A, DEV).unwrap();
     assert_eq!(p.warnings().len(), 1, "{:?}", p.warnings());
+    drop(p);
     chmod(&dir, 0o700);
     assert!(open(&dir, PASS_A, PROD).unwrap().warnings().is_empty());
 }
@@ -224,7 +228,7 @@ async fn an_interrupted_passphrase_change_says_which_passphrase_and_can_be_finis
     // Simulate a crash after two of three files were converted: convert all, then put one
     // file's old image back (each file is replaced atomically, so this is a reachable state).
     let old_third = std::fs::read(dir.join("third.v1.mek")).unwrap();
-    let cfg = SecureFileConfig::new(&dir);
+    let cfg = config(&dir);
     SecureFileMekProvider::change_passphrase_in(&cfg, PROD, &secret(PASS_A), &secret(PASS_B))
         .unwrap();
     std::fs::write(dir.join("third.v1.mek"), &old_third).unwrap();
@@ -374,4 +378,589 @@ fn passphrase_sources() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 9, item 9: Argon2id parameters.
+
+fn header_kdf(file: &Path) -> KdfParams {
+    format::parse(&std::fs::read(file).unwrap(), file)
+        .unwrap()
+        .header
+        .kdf
+}
+
+/// New files use RFC 9106's second recommended option when nothing is configured.
+#[tokio::test]
+async fn the_default_kdf_is_rfc_9106_second_recommended_option() {
+    assert_eq!(
+        (
+            DEFAULT_KDF.m_cost_kib,
+            DEFAULT_KDF.t_cost,
+            DEFAULT_KDF.p_cost
+        ),
+        (65536, 3, 4)
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mek");
+    let p = SecureFileMekProvider::open_with_passphrase(
+        &SecureFileConfig::new(&dir),
+        PROD,
+        secret(PASS_A),
+        vec![],
+    )
+    .unwrap();
+    p.generate_mek(
+        &MekId::new("master_key_001").unwrap(),
+        EncryptionAlgorithm::Aes256Gcm,
+    )
+    .await
+    .unwrap();
+    assert_eq!(header_kdf(&dir.join("master_key_001.v1.mek")), DEFAULT_KDF);
+}
+
+/// A file written with the old default (OWASP's minimum) stays readable in development mode,
+/// is refused in production mode with the command that fixes it (before any derivation), and
+/// `change_passphrase_in` rewrites it with the current parameters, after which production
+/// opens it.
+#[tokio::test]
+async fn files_below_the_kdf_policy_are_readable_in_development_refused_in_production_and_rewritten()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mek");
+    let p = with_mek(&dir).await; // written with TEST_KDF = the old default
+    let mek: heliosdb_tde_core::MekRef = "master_key_001@v1".parse().unwrap();
+    let tek =
+        TableKey::generate("users@v1".parse().unwrap(), EncryptionAlgorithm::Aes256Gcm).unwrap();
+    let ctx = WrapContext::table_key(tek.id());
+    let wrapped = p.wrap_tek(&mek, &tek, &ctx).await.unwrap();
+    drop(p);
+    let file = dir.join("master_key_001.v1.mek");
+    assert_eq!(header_kdf(&file), TEST_KDF);
+    let default_cfg = SecureFileConfig::new(&dir);
+
+    let p = SecureFileMekProvider::open_with_passphrase(&default_cfg, DEV, secret(PASS_A), vec![])
+        .unwrap();
+    assert!(
+        p.warnings()
+            .iter()
+            .any(|w| w.contains("below the parameters in force") && w.contains("change-passphrase")),
+        "{:?}",
+        p.warnings()
+    );
+    let back = p.unwrap_tek(&wrapped, &ctx).await.unwrap();
+    assert_eq!(back.bytes().expose_secret(), tek.bytes().expose_secret());
+    drop(p);
+
+    let before = snapshot(&dir);
+    let e = SecureFileMekProvider::open_with_passphrase(&default_cfg, PROD, secret(PASS_A), vec![])
+        .unwrap_err();
+    assert!(matches!(e, TdeError::SecurityPolicy(_)), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("heliosdb-cli security mek change-passphrase")
+            && text.contains("master_key_001.v1.mek")
+            && text.contains("memory 19456 KiB, 2 passes, 1 lanes")
+            && text.contains("memory 65536 KiB, 3 passes, 4 lanes")
+            && !text.contains('\n'),
+        "{text}"
+    );
+    assert_eq!(snapshot(&dir), before, "a refused open changed a file");
+
+    // The same passphrase as old and new: only the parameters change.
+    let r = SecureFileMekProvider::change_passphrase_in(
+        &default_cfg,
+        PROD,
+        &secret(PASS_A),
+        &secret(PASS_A),
+    )
+    .unwrap();
+    assert_eq!(r.rewritten, 1);
+    assert_eq!(header_kdf(&file), DEFAULT_KDF);
+    let p = SecureFileMekProvider::open_with_passphrase(&default_cfg, PROD, secret(PASS_A), vec![])
+        .unwrap();
+    assert!(p.warnings().is_empty(), "{:?}", p.warnings());
+    let back = p.unwrap_tek(&wrapped, &ctx).await.unwrap();
+    assert_eq!(back.bytes().expose_secret(), tek.bytes().expose_secret());
+}
+
+/// Writes a syntactically valid MEK file with the given KDF parameters and a junk ciphertext.
+fn write_file_with_kdf(dir: &Path, kdf: KdfParams) {
+    let h = format::Header {
+        kdf,
+        salt: vec![7; format::SALT_LEN],
+        generation: 1,
+        algorithm: EncryptionAlgorithm::Aes256Gcm,
+        state: KeyState::Active,
+        created_at: heliosdb_tde_core::Timestamp(1),
+        state_changed_at: heliosdb_tde_core::Timestamp(1),
+        mek: "master_key_001@v1".parse().unwrap(),
+    };
+    let mut b = h.encode();
+    b.extend_from_slice(&[0u8; 12 + 32 + 16]);
+    let path = dir.join("master_key_001.v1.mek");
+    std::fs::write(&path, b).unwrap();
+    chmod(&path, 0o600);
+}
+
+/// Parameters that the old parser let through (up to 64 passes and 64 lanes) are refused as
+/// corrupt when the directory is opened, before a key is derived with them (a derivation
+/// would end in an authentication failure, not in `Corrupt`).
+#[tokio::test]
+async fn absurd_kdf_parameters_in_a_file_are_refused_before_deriving() {
+    for kdf in [
+        KdfParams {
+            m_cost_kib: 65536,
+            t_cost: 20,
+            p_cost: 4,
+        },
+        KdfParams {
+            m_cost_kib: 65536,
+            t_cost: 3,
+            p_cost: 32,
+        },
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("mek");
+        drop(open(&dir, PASS_A, PROD).unwrap());
+        write_file_with_kdf(&dir, kdf);
+        let e = open(&dir, PASS_A, DEV).unwrap_err();
+        assert!(matches!(e, TdeError::Corrupt { .. }), "{kdf:?}: {e}");
+        assert!(
+            e.to_string().contains("implausible Argon2 parameters"),
+            "{e}"
+        );
+        let e = SecureFileMekProvider::change_passphrase_in(
+            &config(&dir),
+            DEV,
+            &secret(PASS_A),
+            &secret(PASS_B),
+        )
+        .unwrap_err();
+        assert!(matches!(e, TdeError::Corrupt { .. }), "{kdf:?}: {e}");
+    }
+}
+
+/// A configuration asking for parameters that could not be read back is refused.
+#[test]
+fn configured_kdf_parameters_outside_the_bounds_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = SecureFileConfig::new(tmp.path().join("mek"));
+    cfg.kdf = Some(KdfParams {
+        m_cost_kib: 4 * 1024 * 1024,
+        t_cost: 3,
+        p_cost: 4,
+    });
+    let e =
+        SecureFileMekProvider::open_with_passphrase(&cfg, DEV, secret(PASS_A), vec![]).unwrap_err();
+    assert!(matches!(e, TdeError::InvalidConfig { .. }), "{e}");
+    assert!(e.to_string().contains("secure_file_config.kdf"), "{e}");
+    assert!(
+        !tmp.path().join("mek").exists(),
+        "a refused open created files"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 9, item 10: owner, file type, O_NOFOLLOW, symbolic links, the passphrase file.
+
+/// Gives `path` to uid/gid 65534 (nobody). Only root can; other users skip the owner checks.
+fn chown_to_nobody(path: &Path) -> bool {
+    match std::os::unix::fs::chown(path, Some(65534), Some(65534)) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("skipping the owner check: chown needs root ({e})");
+            false
+        }
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let st = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(st.success());
+}
+
+#[tokio::test]
+async fn mek_files_and_directories_of_another_user_are_refused_in_production() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mek");
+    drop(with_mek(&dir).await);
+    let file = dir.join("master_key_001.v1.mek");
+    if !chown_to_nobody(&file) {
+        return;
+    }
+    let e = open(&dir, PASS_A, PROD).unwrap_err();
+    assert!(matches!(e, TdeError::SecurityPolicy(_)), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("owned by uid 65534")
+            && text.contains(&format!("chown 0 {}", file.display())),
+        "{text}"
+    );
+    let p = open(&dir, PASS_A, DEV).unwrap();
+    assert!(
+        p.warnings()
+            .iter()
+            .any(|w| w.contains("owned by uid 65534")),
+        "{:?}",
+        p.warnings()
+    );
+    drop(p);
+    std::os::unix::fs::chown(&file, Some(0), Some(0)).unwrap();
+
+    assert!(chown_to_nobody(&dir));
+    let e = open(&dir, PASS_A, PROD).unwrap_err();
+    assert!(
+        e.to_string().contains("owned by uid 65534") && e.to_string().contains("directory"),
+        "{e}"
+    );
+    std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
+    assert!(open(&dir, PASS_A, PROD).unwrap().warnings().is_empty());
+}
+
+/// MEK files are opened with O_NOFOLLOW and checked through the descriptor: a symbolic link
+/// in place of a file is refused (even one pointing to a good file), and so is a named pipe
+/// (without blocking on it).
+#[tokio::test]
+async fn a_symbolic_link_or_a_pipe_in_place_of_an_mek_file_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mek");
+    drop(with_mek(&dir).await);
+    let file = dir.join("master_key_001.v1.mek");
+    let elsewhere = tmp.path().join("elsewhere.mek");
+    std::fs::rename(&file, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
+    for mode in [PROD, DEV] {
+        let e = open(&dir, PASS_A, mode).unwrap_err();
+        assert!(matches!(e, TdeError::SecurityPolicy(_)), "{e}");
+        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+    }
+    std::fs::remove_file(&file).unwrap();
+    mkfifo(&file);
+    chmod(&file, 0o600);
+    let e = open(&dir, PASS_A, DEV).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("is a named pipe, not a regular file"),
+        "{e}"
+    );
+    std::fs::remove_file(&file).unwrap();
+    std::fs::rename(&elsewhere, &file).unwrap();
+    open(&dir, PASS_A, PROD).unwrap();
+}
+
+/// A symbolic link as the MEK directory is followed: the target's owner and mode are checked
+/// (errors name the target) and the resolved path is shown.
+#[tokio::test]
+async fn a_symlinked_mek_directory_is_checked_at_its_target_and_shown_resolved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real-mek");
+    drop(with_mek(&real).await);
+    let link = tmp.path().join("mek");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let p = open(&link, PASS_A, PROD).unwrap();
+    let real = std::fs::canonicalize(&real).unwrap();
+    assert_eq!(p.storage_path(), link);
+    assert_eq!(p.resolved_storage_path(), real);
+    let d = p.description();
+    assert!(
+        d.contains(&link.display().to_string())
+            && d.contains(&format!("a symbolic link to {}", real.display())),
+        "{d}"
+    );
+    let h = p.health().await.unwrap();
+    assert!(
+        h.detail.contains(&real.display().to_string()),
+        "{}",
+        h.detail
+    );
+    drop(p);
+
+    chmod(&real, 0o755);
+    let e = open(&link, PASS_A, PROD).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("chmod 700 {}", real.display())),
+        "{e}"
+    );
+    chmod(&real, 0o700);
+    if chown_to_nobody(&real) {
+        let e = open(&link, PASS_A, PROD).unwrap_err();
+        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+    }
+}
+
+/// `passphrase_file` follows the rule of MEK files: a regular file of the running user, mode
+/// 0600, checked through the opened descriptor; a link to it is followed and the target
+/// checked.
+#[test]
+fn the_passphrase_file_must_be_a_private_regular_file_of_the_running_user() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secrets = tmp.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let real = secrets.join("pass.txt");
+    std::fs::write(&real, format!("{PASS_A}\n")).unwrap();
+    chmod(&real, 0o600);
+    let link = tmp.path().join("pass-link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let mut cfg = config(&tmp.path().join("mek"));
+    cfg.passphrase_file = Some(link.clone());
+    drop(SecureFileMekProvider::open(&cfg, PROD).unwrap());
+
+    chmod(&real, 0o644);
+    let e = SecureFileMekProvider::open(&cfg, PROD).unwrap_err();
+    assert!(matches!(e, TdeError::InsecurePermissions { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("chmod 600 {}", real.display())),
+        "{e}"
+    );
+    chmod(&real, 0o600);
+
+    cfg.passphrase_file = Some(secrets.clone());
+    let e = SecureFileMekProvider::open(&cfg, PROD).unwrap_err();
+    assert!(
+        e.to_string().contains("is a directory, not a regular file"),
+        "{e}"
+    );
+
+    if chown_to_nobody(&real) {
+        cfg.passphrase_file = Some(real.clone());
+        let e = SecureFileMekProvider::open(&cfg, PROD).unwrap_err();
+        assert!(matches!(e, TdeError::SecurityPolicy(_)), "{e}");
+        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        let p = SecureFileMekProvider::open(&cfg, DEV).unwrap();
+        assert!(
+            p.warnings()
+                .iter()
+                .any(|w| w.contains("owned by uid 65534")),
+            "{:?}",
+            p.warnings()
+        );
+    }
+
+    // A named pipe is refused without blocking on it.
+    let fifo = tmp.path().join("pass-fifo");
+    mkfifo(&fifo);
+    chmod(&fifo, 0o600);
+    cfg.passphrase_file = Some(fifo);
+    let e = SecureFileMekProvider::open(&cfg, DEV).unwrap_err();
+    assert!(e.to_string().contains("is a named pipe"), "{e}");
+}
+
+const ENV_CASE: &str = "HELIOSDB_FILE_ENV_CASE";
+
+/// The passphrase variables are removed from the process environment once read: by the
+/// provider (the default and a configured variable) and by `change_passphrase_from_env`
+/// (both the old and the new passphrase). Runs in child processes so that this test process
+/// keeps its environment.
+#[test]
+fn passphrase_variables_are_removed_from_the_environment_once_read() {
+    if let Ok(case) = std::env::var(ENV_CASE) {
+        let dir = std::path::PathBuf::from(std::env::var("HELIOSDB_FILE_TEST_DIR").unwrap());
+        let mut cfg = config(&dir.join("mek"));
+        let vars: &[&str] = match case.as_str() {
+            "open" => {
+                SecureFileMekProvider::open(&cfg, PROD).unwrap();
+                &["HELIOSDB_MEK_PASSPHRASE"]
+            }
+            "custom" => {
+                cfg.passphrase_env_var = Some("CUSTOM_PASS_VAR".into());
+                SecureFileMekProvider::open(&cfg, PROD).unwrap();
+                &["CUSTOM_PASS_VAR"]
+            }
+            "change" => {
+                let r = SecureFileMekProvider::change_passphrase_from_env(&cfg, PROD).unwrap();
+                assert_eq!(r.rewritten, 1);
+                &["HELIOSDB_MEK_PASSPHRASE", "HELIOSDB_MEK_PASSPHRASE_OLD"]
+            }
+            other => panic!("unknown case {other}"),
+        };
+        for var in vars {
+            assert!(std::env::var_os(var).is_none(), "{var} is still set");
+            // Nor does a child process inherit it.
+            let out = Command::new("sh")
+                .args(["-c", &format!("echo ${{{var}:-unset}}")])
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "unset",
+                "{var}"
+            );
+        }
+        println!("CASE-OK");
+        return;
+    }
+    for case in ["open", "custom", "change"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "passphrase_variables_are_removed_from_the_environment_once_read",
+            "--nocapture",
+        ])
+        .env(ENV_CASE, case)
+        .env("HELIOSDB_FILE_TEST_DIR", tmp.path())
+        .env_remove("HELIOSDB_MEK_PASSPHRASE")
+        .env_remove("CUSTOM_PASS_VAR");
+        match case {
+            "custom" => {
+                cmd.env("CUSTOM_PASS_VAR", PASS_A);
+            }
+            "change" => {
+                let p = common::open(&tmp.path().join("mek"), PASS_A, PROD).unwrap();
+                futures_lite_block_on_generate(&p);
+                drop(p);
+                cmd.env("HELIOSDB_MEK_PASSPHRASE_OLD", PASS_A)
+                    .env("HELIOSDB_MEK_PASSPHRASE", PASS_B);
+            }
+            _ => {
+                cmd.env("HELIOSDB_MEK_PASSPHRASE", PASS_A);
+            }
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("CASE-OK"),
+            "case {case}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Generates `master_key_001` from a plain (non-async) test.
+fn futures_lite_block_on_generate(p: &SecureFileMekProvider) {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(p.generate_mek(
+            &MekId::new("master_key_001").unwrap(),
+            EncryptionAlgorithm::Aes256Gcm,
+        ))
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 9, item 6: one process at a time per MEK directory.
+
+const LOCK_CHILD_ENV: &str = "HELIOSDB_FILE_LOCK_CHILD";
+
+/// The child of the two-process lock test: opens the provider, says so, and holds it until
+/// its stdin is closed.
+#[test]
+fn lock_holder_child() {
+    let Ok(dir) = std::env::var(LOCK_CHILD_ENV) else {
+        return;
+    };
+    let p = open(Path::new(&dir), PASS_A, PROD).unwrap();
+    println!("LOCKED {}", std::process::id());
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    drop(p);
+}
+
+/// While one process has the provider open, another process can neither open it nor change
+/// the passphrase, and the error names the holder; in particular the holder's in-flight
+/// temporary files are not removed. Once the holder exits, both work.
+#[tokio::test]
+async fn a_second_process_cannot_open_or_change_the_passphrase_while_a_provider_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mek");
+    drop(with_mek(&dir).await);
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "lock_holder_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(LOCK_CHILD_ENV, &dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Wait (no timer) for the child to hold the lock: it prints after opening.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains(&format!("LOCKED {pid}")));
+    assert!(ready, "the child exited without opening the provider");
+    assert_eq!(
+        std::fs::read_to_string(dir.join(LOCK_FILE_NAME))
+            .unwrap()
+            .trim(),
+        pid.to_string()
+    );
+
+    // The running provider's in-flight temporary file.
+    let in_flight = dir.join(format!(".tmp-master_key_001.v2.mek-{pid}-1"));
+    std::fs::write(&in_flight, b"half a file").unwrap();
+    let before = snapshot(&dir);
+
+    let e = open(&dir, PASS_A, PROD).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("in use by process {pid}"))
+            && text.contains(&dir.display().to_string())
+            && text.contains("is the HeliosDB server running?")
+            && !text.contains('\n'),
+        "{text}"
+    );
+    let e = SecureFileMekProvider::change_passphrase_in(
+        &config(&dir),
+        PROD,
+        &secret(PASS_A),
+        &secret(PASS_B),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains(&format!("in use by process {pid}")),
+        "{e}"
+    );
+    assert!(
+        in_flight.exists(),
+        "the holder's temporary file was removed"
+    );
+    assert_eq!(
+        snapshot(&dir),
+        before,
+        "a refused change touched the directory"
+    );
+
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    drop(lines);
+
+    let r = SecureFileMekProvider::change_passphrase_in(
+        &config(&dir),
+        PROD,
+        &secret(PASS_A),
+        &secret(PASS_B),
+    )
+    .unwrap();
+    assert_eq!(r.rewritten, 1);
+    assert!(!in_flight.exists(), "a stale temporary file survived");
+    open(&dir, PASS_B, PROD).unwrap();
+}
+
+/// The lock is per open provider, so two providers in one process conflict too (each would
+/// otherwise write files the other does not know about).
+#[tokio::test]
+async fn a_second_provider_in_the_same_process_is_refused_until_the_first_is_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mek");
+    let p = with_mek(&dir).await;
+    let e = open(&dir, PASS_A, PROD).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("in use by process {}", std::process::id())),
+        "{e}"
+    );
+    drop(p);
+    open(&dir, PASS_A, PROD).unwrap();
 }

@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::{PASS_A, PASS_B, secret};
-use heliosdb_tde_core::{EncryptionAlgorithm, MekId, MekProvider, SecureFileConfig, SecurityMode};
+use common::{PASS_A, PASS_B, config, secret};
+use heliosdb_tde_core::{EncryptionAlgorithm, MekId, MekProvider, SecurityMode};
 use heliosdb_tde_file::SecureFileMekProvider;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -30,7 +30,7 @@ fn churn_child() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let cfg = SecureFileConfig::new(dir);
+        let cfg = config(std::path::Path::new(dir));
         let p =
             SecureFileMekProvider::open_with_passphrase(&cfg, DEV, secret(pass), vec![]).unwrap();
         let ids: Vec<MekId> = ["alpha", "beta", "gamma"]
@@ -61,7 +61,7 @@ fn churn_child() {
 
 /// Brings the directory to one passphrase, whichever direction the interrupted change had.
 fn converge(dir: &std::path::Path) -> &'static str {
-    let cfg = SecureFileConfig::new(dir);
+    let cfg = config(dir);
     for (old, new) in [(PASS_A, PASS_B), (PASS_B, PASS_A)] {
         // Opening with one passphrase works only if every file is whole and uses it.
         if SecureFileMekProvider::open_with_passphrase(&cfg, DEV, secret(old), vec![]).is_ok() {
@@ -134,13 +134,9 @@ async fn kill_9_never_leaves_a_torn_or_unreadable_file() {
         );
         changes += lines - 1;
         pass = converge(&dir);
-        let p = SecureFileMekProvider::open_with_passphrase(
-            &SecureFileConfig::new(&dir),
-            DEV,
-            secret(pass),
-            vec![],
-        )
-        .unwrap();
+        let p =
+            SecureFileMekProvider::open_with_passphrase(&config(&dir), DEV, secret(pass), vec![])
+                .unwrap();
         for id in p.list_meks().await.unwrap() {
             let info = p.mek_info(&id).await.unwrap();
             assert_eq!(

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -138,8 +138,18 @@ pub fn verify_lines(reader: impl BufRead, path: &Path) -> Result<AuditVerificati
 
 impl FileAuditSink {
     /// Opens (or creates, mode 0600) the log at `path`, verifying the existing chain so that
-    /// new lines extend it.
+    /// new lines extend it. A missing directory is created with mode 0700 (and so are its
+    /// missing parents): the log names every key and table.
     pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| TdeError::io(dir, e))?;
+        }
         let (seq, last) = if path.exists() {
             let v = verify_audit_log(path)?;
             (v.lines, v.last_hash)
@@ -233,6 +243,24 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    /// Issue 9, item 10: the log's directory is created 0700, not with the umask's 0755.
+    #[tokio::test]
+    async fn a_missing_log_directory_is_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log").join("tde").join("audit.log");
+        write(&path, 1).await;
+        for d in [dir.path().join("log"), dir.path().join("log").join("tde")] {
+            assert_eq!(
+                std::fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+                0o700,
+                "{}",
+                d.display()
+            );
+        }
+        assert_eq!(verify_audit_log(&path).unwrap().lines, 1);
     }
 
     #[tokio::test]

@@ -7,8 +7,8 @@
     clippy::expect_used
 )]
 
-use heliosdb_tde_core::{SecureFileConfig, SecurityMode};
-use heliosdb_tde_file::SecureFileMekProvider;
+use heliosdb_tde_core::{KdfParams, SecureFileConfig, SecurityMode};
+use heliosdb_tde_file::{LOCK_FILE_NAME, SecureFileMekProvider};
 use secrecy::SecretString;
 use std::path::Path;
 
@@ -19,8 +19,15 @@ pub fn secret(s: &str) -> SecretString {
     SecretString::from(s.to_string())
 }
 
+/// The Argon2id parameters most tests write files with: OWASP's minimum (19 MiB, 2 passes),
+/// which production mode accepts when configured, at a fifth of the default's cost. Tests of
+/// the default parameters (`DEFAULT_KDF`) use `SecureFileConfig::new` directly.
+pub const TEST_KDF: KdfParams = KdfParams::OWASP_MINIMUM;
+
 pub fn config(dir: &Path) -> SecureFileConfig {
-    SecureFileConfig::new(dir)
+    let mut c = SecureFileConfig::new(dir);
+    c.kdf = Some(TEST_KDF);
+    c
 }
 
 pub fn open(
@@ -31,11 +38,13 @@ pub fn open(
     SecureFileMekProvider::open_with_passphrase(&config(dir), mode, secret(pass), Vec::new())
 }
 
-/// Every `.mek` file name and its bytes, sorted.
+/// Every file name and its bytes, sorted, except the lock file (which holds the pid of the
+/// last process that opened the directory).
 pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != LOCK_FILE_NAME)
         .map(|e| {
             (
                 e.file_name().to_string_lossy().into_owned(),

@@ -7,8 +7,21 @@ use heliosdb_tde_core::{
     TdeError, TekId, TekRecord, TekVersion, Timestamp, UsageCounters, WrappedTek,
 };
 
-/// The record format version this crate writes.
-pub const RECORD_VERSION: u8 = 1;
+/// The record format version this crate writes. Version 2 checksums the store key with the
+/// record, so a record found under another key (a damaged index) is detected; version 1
+/// records (checksum over the value only) are still read.
+pub const RECORD_VERSION: u8 = 2;
+
+/// The checksum of a record: over the value only in version 1, over key and value from 2 on.
+fn record_crc(version: u8, key: &[u8], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    if version >= 2 {
+        h.update(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
+        h.update(key);
+    }
+    h.update(body);
+    h.finalize()
+}
 
 /// The store key of a TEK: table bytes, a zero byte, the version as u32 big-endian. Table ids
 /// never contain a zero byte, so keys sort by (table, version).
@@ -142,7 +155,7 @@ pub fn encode(r: &TekRecord) -> Vec<u8> {
         }
         None => out.push(0),
     }
-    let crc = crc32fast::hash(&out);
+    let crc = record_crc(RECORD_VERSION, &tek_key(&r.id), &out);
     out.extend_from_slice(&crc.to_be_bytes());
     out
 }
@@ -159,11 +172,13 @@ pub fn decode(id: &TekId, bytes: &[u8], location: &str) -> Result<TekRecord> {
         ));
     };
     let (body, crc) = bytes.split_at(split);
-    if crc32fast::hash(body).to_be_bytes() != crc {
+    let version = body.first().copied().unwrap_or(0);
+    if record_crc(version, &tek_key(id), body).to_be_bytes() != crc {
         return Err(TdeError::corrupt(
             "key store record",
             location,
-            "checksum mismatch: the record was damaged on disk",
+            "checksum mismatch: the record was damaged on disk, or is stored under another \
+             table key than its own",
         ));
     }
     let bytes = body;
@@ -173,7 +188,7 @@ pub fn decode(id: &TekId, bytes: &[u8], location: &str) -> Result<TekRecord> {
         location,
     };
     let version = r.u8("record version")?;
-    if version != RECORD_VERSION {
+    if !(1..=RECORD_VERSION).contains(&version) {
         return Err(r.err(format!(
             "record version {version} is not supported by this build (it reads \
              {RECORD_VERSION}); upgrade HeliosDB"

@@ -6,9 +6,31 @@ use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
-use heliosdb_tde_core::{Result, TdeError};
+use heliosdb_tde_core::{HSM_PIN_ENV, Result, TdeError};
 use secrecy::SecretString;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, OnceLock};
+
+/// Why an operation inside a session failed: the token returned an error (which may call for
+/// a re-login and a retry), or the provider refused to go on (a planted key, a wrap that does
+/// not check out, a PIN the token refused before). A refusal is returned as it is.
+pub(crate) enum OpError {
+    /// A PKCS#11 return code.
+    Hsm(CkError),
+    /// The provider's own refusal; never retried.
+    Refused(TdeError),
+}
+
+impl From<CkError> for OpError {
+    fn from(e: CkError) -> Self {
+        OpError::Hsm(e)
+    }
+}
+
+impl From<TdeError> for OpError {
+    fn from(e: TdeError) -> Self {
+        OpError::Refused(e)
+    }
+}
 
 pub(crate) struct SessionPool {
     ctx: Pkcs11,
@@ -17,6 +39,10 @@ pub(crate) struct SessionPool {
     size: usize,
     idle: Mutex<(Vec<Session>, usize)>,
     freed: Condvar,
+    /// Set when the token refused the PIN (`CKR_PIN_INCORRECT`, `CKR_PIN_LOCKED`): from then
+    /// on this pool never calls `C_Login` again, because every wrong attempt counts towards
+    /// locking a real token. A new provider (a restart) starts afresh.
+    pin_refused: OnceLock<&'static str>,
 }
 
 impl SessionPool {
@@ -28,31 +54,54 @@ impl SessionPool {
             size,
             idle: Mutex::new((Vec::new(), 0)),
             freed: Condvar::new(),
+            pin_refused: OnceLock::new(),
         }
     }
 
-    fn open(&self) -> std::result::Result<Session, CkError> {
-        let s = self.ctx.open_rw_session(self.slot)?;
-        match s.login(UserType::User, Some(&self.pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(s),
-            Err(e) => Err(e),
+    /// Logs the application in with the PIN, unless the token refused this PIN before.
+    fn login(&self, s: &Session) -> std::result::Result<(), OpError> {
+        if let Some(code) = self.pin_refused.get() {
+            return Err(OpError::Refused(TdeError::Provider {
+                provider: "HSM".into(),
+                message: format!("{code} (the PIN was not tried again)"),
+                hint: format!(
+                    "the token refused this provider's user PIN earlier, and the provider does                      not log in again until it is reopened, so that the token's retry counter                      does not lock it. Fix {HSM_PIN_ENV} or hsm_config.pin_file and restart"
+                ),
+            }));
         }
+        match s.login(UserType::User, Some(&self.pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(e @ CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+                let _ = self.pin_refused.set("CKR_PIN_INCORRECT");
+                Err(e.into())
+            }
+            Err(e @ CkError::Pkcs11(RvError::PinLocked, _)) => {
+                let _ = self.pin_refused.set("CKR_PIN_LOCKED");
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn open(&self) -> std::result::Result<Session, OpError> {
+        let s = self.ctx.open_rw_session(self.slot)?;
+        self.login(&s)?;
+        Ok(s)
     }
 
     /// Makes sure the application is logged in. A token that was reset (or logged out by
     /// another session) answers searches for private objects with nothing instead of an
     /// error, which would read as "key not found"; so the login state is checked before every
     /// operation (one C_GetSessionInfo call).
-    fn ensure_login(&self, s: &Session) -> std::result::Result<(), CkError> {
+    fn ensure_login(&self, s: &Session) -> std::result::Result<(), OpError> {
         let state = s.get_session_info()?.session_state();
         if matches!(state, SessionState::RoUser | SessionState::RwUser) {
             return Ok(());
         }
-        tracing::warn!(target: "heliosdb::tde::hsm", "the token logged this application out; logging in again");
-        match s.login(UserType::User, Some(&self.pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-            Err(e) => Err(e),
+        if self.pin_refused.get().is_none() {
+            tracing::warn!(target: "heliosdb::tde::hsm", "the token logged this application out; logging in again");
         }
+        self.login(s)
     }
 
     /// Opens one session and logs in, so that a wrong PIN is reported at start. (PKCS#11 login
@@ -61,12 +110,12 @@ impl SessionPool {
     pub(crate) fn check_login(&self) -> Result<()> {
         let s = self
             .open()
-            .map_err(|e| hsm_error(&e, "logging in to the token"))?;
+            .map_err(|e| op_error(e, "logging in to the token"))?;
         self.put(s);
         Ok(())
     }
 
-    fn take(&self) -> std::result::Result<Session, CkError> {
+    fn take(&self) -> std::result::Result<Session, OpError> {
         let mut g = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(s) = g.0.pop() {
@@ -114,27 +163,32 @@ impl SessionPool {
     pub(crate) fn run<T>(
         &self,
         what: &str,
-        f: &dyn Fn(&Session) -> std::result::Result<T, CkError>,
+        f: &dyn Fn(&Session) -> std::result::Result<T, OpError>,
     ) -> Result<T> {
         for attempt in 0..2 {
-            let s = self.take().map_err(|e| hsm_error(&e, what))?;
+            let s = self.take().map_err(|e| op_error(e, what))?;
+            crate::hooks::holding_session();
             match self.ensure_login(&s).and_then(|()| f(&s)) {
                 Ok(v) => {
                     self.put(s);
                     return Ok(v);
                 }
-                Err(e) if attempt == 0 && is_reset(&e) => {
+                Err(OpError::Hsm(e)) if attempt == 0 && is_reset(&e) => {
                     tracing::warn!(target: "heliosdb::tde::hsm", "{what}: {e}; logging in again and retrying");
                     self.discard(s);
                     self.reset();
                 }
-                Err(e) => {
+                Err(OpError::Hsm(e)) => {
                     if is_reset(&e) {
                         self.discard(s);
                     } else {
                         self.put(s);
                     }
                     return Err(hsm_error(&e, what));
+                }
+                Err(OpError::Refused(e)) => {
+                    self.put(s);
+                    return Err(e);
                 }
             }
         }
@@ -143,5 +197,13 @@ impl SessionPool {
             reason: format!("{what}: the token kept failing after a re-login"),
             retryable: true,
         })
+    }
+}
+
+/// The typed error of an [`OpError`].
+pub(crate) fn op_error(e: OpError, what: &str) -> TdeError {
+    match e {
+        OpError::Hsm(e) => hsm_error(&e, what),
+        OpError::Refused(e) => e,
     }
 }

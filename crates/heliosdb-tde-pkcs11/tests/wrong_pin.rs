@@ -20,6 +20,11 @@ async fn a_wrong_pin_gives_the_guides_error() {
     let text = e.to_string();
     assert!(text.starts_with("HSM error: CKR_PIN_INCORRECT"), "{text}");
     assert!(text.contains("softhsm2-util --show-slots"), "{text}");
+    // A locked user PIN is unlocked by the security officer; re-initialising destroys keys.
+    assert!(text.contains("security officer can unlock it"), "{text}");
+    assert!(text.contains("C_InitPIN"), "{text}");
+    assert!(!text.contains("must be re-initialised"), "{text}");
+    assert!(text.contains("do not re-initialise the token"), "{text}");
     // And the right PIN still works afterwards.
     Pkcs11MekProvider::open(settings(&env("HELIOSDB_TEST_PKCS11_PIN", "654321")))
         .await

@@ -4,7 +4,8 @@
     unreachable_pub,
     missing_docs,
     clippy::unwrap_used,
-    clippy::expect_used
+    clippy::expect_used,
+    clippy::panic
 )]
 
 use heliosdb_tde_conformance::services;
@@ -51,4 +52,31 @@ pub async fn provider() -> Option<Pkcs11MekProvider> {
     token_present()?;
     let p = Pkcs11MekProvider::open(settings(&pin())).await;
     services::require("SoftHSM2 token", p.map_err(|e| e.to_string()))
+}
+
+/// A session of this process on the test token, independent of any provider's pool, logged
+/// in as the user (the process may be logged in already through a provider). The module is
+/// never finalised: providers of this process still use it.
+pub fn independent_session() -> cryptoki::session::Session {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::error::{Error, RvError};
+    use cryptoki::session::UserType;
+    let s = settings(&pin());
+    let ctx = Pkcs11::new(&s.library_path).unwrap();
+    let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|sl| {
+            ctx.get_token_info(*sl).unwrap().label().trim() == s.token_label.as_deref().unwrap()
+        })
+        .unwrap();
+    let ctx = std::mem::ManuallyDrop::new(ctx);
+    let session = ctx.open_rw_session(slot).unwrap();
+    match session.login(UserType::User, Some(&SecretString::from(pin()))) {
+        Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => panic!("login: {e}"),
+    }
+    session
 }

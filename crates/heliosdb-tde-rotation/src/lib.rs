@@ -163,6 +163,8 @@ struct Step {
     mek_id: MekId,
     operation: &'static str,
     seen: Option<Vec<u8>>,
+    /// Whether this step has written to the store (and so holds its write lock).
+    wrote: bool,
 }
 
 impl Drop for Step {
@@ -259,6 +261,7 @@ impl Rotator {
             mek_id: mek_id.clone(),
             operation,
             seen: None,
+            wrote: false,
         })
     }
 
@@ -278,6 +281,24 @@ impl Rotator {
         self.load(step).await?.ok_or_else(|| no_rotation(&mek_id))
     }
 
+    /// Rewrites the journal unchanged (compare-and-set) before a step changes anything in the
+    /// provider: the first write makes the store take its cross-process write lock, so a step
+    /// that cannot get it stops here, having changed nothing.
+    async fn claim(&self, step: &mut Step) -> Result<()> {
+        if step.wrote {
+            return Ok(());
+        }
+        if let Some(bytes) = step.seen.clone() {
+            let name = journal_name(&step.mek_id);
+            let batch = StoreBatch::new()
+                .check_journal(name.clone(), Some(bytes.clone()))
+                .put_journal(name, bytes);
+            self.commit(step, batch).await?;
+            step.wrote = true;
+        }
+        Ok(())
+    }
+
     /// Commits `batch` with the journal set to `st`, if the journal is still what `step` saw.
     async fn save(&self, step: &mut Step, st: &RotationState, batch: StoreBatch) -> Result<()> {
         let bytes = st.encode();
@@ -287,6 +308,7 @@ impl Rotator {
         let full = full.put_journal(name, bytes.clone());
         self.commit(step, full).await?;
         step.seen = Some(bytes);
+        step.wrote = true;
         Ok(())
     }
 
@@ -300,6 +322,7 @@ impl Rotator {
             .delete_journal(name);
         self.commit(step, batch).await?;
         step.seen = None;
+        step.wrote = true;
         Ok(st)
     }
 
@@ -354,7 +377,7 @@ impl Rotator {
 
     /// Marks the old version of an emergency rotation compromised in the provider, unless it
     /// is already compromised or out of service (deactivated or destroyed: stronger).
-    async fn ensure_old_compromised(&self, st: &RotationState) -> Result<()> {
+    async fn ensure_old_compromised(&self, step: &mut Step, st: &RotationState) -> Result<()> {
         if !st.emergency {
             return Ok(());
         }
@@ -363,6 +386,7 @@ impl Rotator {
             state,
             Some(KeyState::Compromised | KeyState::Deactivated | KeyState::Destroyed)
         ) {
+            self.claim(step).await?;
             self.provider
                 .set_mek_state(&st.old, KeyState::Compromised)
                 .await?;
@@ -408,6 +432,7 @@ impl Rotator {
         };
         fail_here!("rotation::preparing_saved");
         // If the provider already rotated before a crash, adopt that version.
+        self.claim(&mut step).await?;
         let current = self.active_version(mek_id).await?;
         let new = if current.version > st.old.version {
             current
@@ -415,7 +440,7 @@ impl Rotator {
             self.provider.rotate_mek(mek_id).await?.mek
         };
         fail_here!("rotation::after_provider_rotate");
-        self.ensure_old_compromised(&st).await?;
+        self.ensure_old_compromised(&mut step, &st).await?;
         st.new = Some(new);
         st.phase = Phase::NewMekReady;
         self.save(&mut step, &st, StoreBatch::new()).await?;
@@ -436,12 +461,13 @@ impl Rotator {
         match st.phase {
             Phase::Preparing | Phase::OldDeactivated | Phase::RolledBack => {}
             Phase::NewMekReady | Phase::Rewrapping | Phase::DualActive | Phase::Verified => {
-                self.ensure_old_compromised(&st).await?;
+                self.ensure_old_compromised(step, &st).await?;
             }
             Phase::RollingBack => {
                 // The rollback was making the compromised version active again: turn it
                 // around. The new version becomes active first, so one always is.
                 let new = st.new_mek()?;
+                self.claim(step).await?;
                 match self.mek_state(&new).await? {
                     Some(KeyState::Active) => {}
                     Some(KeyState::Deactivated) => {
@@ -452,7 +478,7 @@ impl Rotator {
                     }
                     _ => self.provider.set_mek_state(&new, KeyState::Active).await?,
                 }
-                self.ensure_old_compromised(&st).await?;
+                self.ensure_old_compromised(step, &st).await?;
                 fail_here!("rotation::emergency_reversed_in_provider");
                 st.phase = Phase::Rewrapping;
                 st.cursor = None;
@@ -503,14 +529,14 @@ impl Rotator {
         let new = st.new_mek()?;
         match st.phase {
             Phase::NewMekReady | Phase::DualActive | Phase::Verified => {
-                self.ensure_old_compromised(&st).await?;
+                self.ensure_old_compromised(&mut step, &st).await?;
                 st.phase = Phase::Rewrapping;
                 st.cursor = None;
                 st.failed.clear();
                 st.failed_total = 0;
                 self.save(&mut step, &st, StoreBatch::new()).await?;
             }
-            Phase::Rewrapping => self.ensure_old_compromised(&st).await?,
+            Phase::Rewrapping => self.ensure_old_compromised(&mut step, &st).await?,
             other => return Err(wrong_phase(&st, other, "re-wrap")),
         }
         let total = self.store.count_teks().await?;
@@ -671,6 +697,7 @@ impl Rotator {
         }
         self.trial_unwrap(&st.old, "deactivate the old MEK version")
             .await?;
+        self.claim(&mut step).await?;
         if self.mek_state(&st.old).await? != Some(KeyState::Deactivated) {
             self.provider.deactivate_mek_version(&st.old).await?;
         }
@@ -764,6 +791,7 @@ impl Rotator {
             self.save(&mut step, &st, StoreBatch::new()).await?;
         }
         // Old active first, then new decrypt-only: there is always an active version.
+        self.claim(&mut step).await?;
         let info = self.provider.mek_info(mek_id).await?;
         let state_of = |m: &MekRef| info.versions.iter().find(|v| &v.mek == m).map(|v| v.state);
         if state_of(&st.old) != Some(KeyState::Active) {

@@ -184,6 +184,36 @@ async fn a_second_rotation_step_in_the_same_process_is_refused_while_one_runs() 
     assert_eq!(other.verify(&w.mek_id).await.unwrap().stranded, 0);
 }
 
+/// A step that cannot write to the store (another process holds it; here: a store opened
+/// read-only) must stop before it changes anything in the provider.
+#[tokio::test]
+async fn a_step_that_cannot_write_the_store_changes_nothing_in_the_provider() {
+    let mut w = World::memory(10).await;
+    let rot = w.rotator();
+    rot.prepare(&w.mek_id, false).await.unwrap();
+    let st = rot.rewrap(&w.mek_id, None).await.unwrap();
+    rot.verify(&w.mek_id).await.unwrap();
+    drop(rot);
+    let path = w.dir.path().join(heliosdb_tde_keystore::STORE_FILE_NAME);
+    let placeholder = tempfile::tempdir().unwrap();
+    w.store = Arc::new(heliosdb_tde_keystore::RedbKeyStore::open_dir(placeholder.path()).unwrap());
+    w.store = Arc::new(heliosdb_tde_keystore::RedbKeyStore::open_read_only(&path).unwrap());
+    let rot = w.rotator();
+    // Verified, grace over: the old version would be deactivated first, then the journal saved.
+    rot.deactivate_old(&w.mek_id, later()).await.unwrap_err();
+    assert_eq!(w.mek_state(&w.v1).await, KeyState::DecryptOnly);
+    // An emergency request writes its flag before touching the provider.
+    rot.prepare(&w.mek_id, true).await.unwrap_err();
+    assert_eq!(w.mek_state(&w.v1).await, KeyState::DecryptOnly);
+    // A rollback would make the old version active again.
+    rot.rollback(&w.mek_id, None).await.unwrap_err();
+    assert_eq!(w.mek_state(&w.v1).await, KeyState::DecryptOnly);
+    assert_eq!(
+        w.mek_state(st.new.as_ref().unwrap()).await,
+        KeyState::Active
+    );
+}
+
 #[tokio::test]
 async fn a_journal_changed_behind_a_step_is_not_overwritten() {
     let (w, p) = hooked(200).await;

@@ -42,9 +42,11 @@
 //!
 //! * **within one process**, a second step while one is running fails at once with
 //!   [`TdeError::RotationPhase`] saying "a rotation step is already running";
-//! * **across processes**, the key store is opened by one process at a time (the redb store
+//! * **across processes**, the key store is written by one process at a time (a redb writer
 //!   holds an exclusive lock on its file), so a second `heliosdb-cli security mek ...` command
-//!   fails to open the store while a server or another command has it;
+//!   fails at its first write while a server or another command has the store; every step
+//!   writes the journal before its first change in the provider, so it stops before touching
+//!   an MEK version;
 //! * **every journal write is a compare-and-set** ([`StoreOp::CheckJournal`]) against the
 //!   journal as this step last read or wrote it: if anything else changed the rotation
 //!   meanwhile, the write (and the TEK changes committed with it) is refused and nothing is

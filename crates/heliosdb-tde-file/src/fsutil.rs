@@ -251,17 +251,15 @@ pub(crate) fn lock_dir(dir: &Path, shown: &Path) -> Result<File> {
                 Ok(pid) => format!("process {pid}"),
                 Err(_) => "another process".to_string(),
             };
-            Err(TdeError::Provider {
-                provider: crate::DESCRIPTION.into(),
-                message: format!(
-                    "the MEK directory {} is in use by {holder} (it holds the lock {}); only \
-                     one process at a time may use a MEK directory",
-                    shown.display(),
+            Err(TdeError::InUse {
+                what: "MEK directory".into(),
+                location: shown.display().to_string(),
+                hint: format!(
+                    "{holder} holds its lock {}: is the HeliosDB server running? Only one \
+                     process at a time may use a MEK directory; stop that process and run the \
+                     command again. Nothing was changed",
                     path.display()
                 ),
-                hint: "Stop that process (is the HeliosDB server running?) and run the command \
-                 again; nothing was changed"
-                    .into(),
             })
         }
         Err(fs::TryLockError::Error(e)) => Err(TdeError::io(&path, e)),

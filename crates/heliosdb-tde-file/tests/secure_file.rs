@@ -903,9 +903,11 @@ async fn a_second_process_cannot_open_or_change_the_passphrase_while_a_provider_
     let before = snapshot(&dir);
 
     let e = open(&dir, PASS_A, PROD).unwrap_err();
+    assert!(matches!(e, TdeError::InUse { .. }), "{e:?}");
     let text = e.to_string();
     assert!(
-        text.contains(&format!("in use by process {pid}"))
+        text.contains("is in use by another process")
+            && text.contains(&format!("process {pid} holds its lock"))
             && text.contains(&dir.display().to_string())
             && text.contains("is the HeliosDB server running?")
             && !text.contains('\n'),
@@ -918,8 +920,10 @@ async fn a_second_process_cannot_open_or_change_the_passphrase_while_a_provider_
         &secret(PASS_B),
     )
     .unwrap_err();
+    assert!(matches!(e, TdeError::InUse { .. }), "{e:?}");
     assert!(
-        e.to_string().contains(&format!("in use by process {pid}")),
+        e.to_string()
+            .contains(&format!("process {pid} holds its lock")),
         "{e}"
     );
     assert!(
@@ -956,9 +960,10 @@ async fn a_second_provider_in_the_same_process_is_refused_until_the_first_is_dro
     let dir = tmp.path().join("mek");
     let p = with_mek(&dir).await;
     let e = open(&dir, PASS_A, PROD).unwrap_err();
+    assert!(matches!(e, TdeError::InUse { .. }), "{e:?}");
     assert!(
         e.to_string()
-            .contains(&format!("in use by process {}", std::process::id())),
+            .contains(&format!("process {} holds its lock", std::process::id())),
         "{e}"
     );
     drop(p);

@@ -40,7 +40,10 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const GENERATION: &str = "generation";
 
 /// The store's own format version (tables and record layout).
-pub const STORE_FORMAT_VERSION: u64 = 1;
+pub const STORE_FORMAT_VERSION: u64 = 2;
+/// The oldest store format this build reads (format 1: journal entries without a checksum). A
+/// format 1 store is upgraded at its first write.
+pub const OLDEST_STORE_FORMAT: u64 = 1;
 /// The file name of the store inside `key_storage_path`.
 pub const STORE_FILE_NAME: &str = "tek-store.redb";
 /// The journal entry holding the store's random identity (16 bytes), written at creation.
@@ -84,6 +87,8 @@ pub struct RedbKeyStore {
     db: RwLock<Option<Db>>,
     /// Whether the first write may reopen the file for writing.
     writable: bool,
+    /// The store's format version (1 or 2); from 2 on, journal entries carry a checksum.
+    format: std::sync::atomic::AtomicU64,
     path: PathBuf,
     /// Set when the storage engine panicked on damaged data; the store then refuses all work.
     damaged: AtomicBool,
@@ -216,6 +221,7 @@ impl RedbKeyStore {
         let store = Self {
             db: RwLock::new(Some(db)),
             writable: mode != OpenMode::ReadOnly,
+            format: std::sync::atomic::AtomicU64::new(STORE_FORMAT_VERSION),
             path,
             damaged: AtomicBool::new(false),
         };
@@ -285,6 +291,12 @@ impl RedbKeyStore {
         if is_ro {
             self.upgrade()?;
         }
+        if self.format.load(Ordering::SeqCst) < STORE_FORMAT_VERSION {
+            self.with_db("upgrading the store format", |db| match db {
+                Db::ReadWrite(db) => self.upgrade_format(db),
+                Db::ReadOnly(_) => Err(self.read_only_error()),
+            })?;
+        }
         self.with_db(what, |db| match db {
             Db::ReadWrite(db) => f(db),
             Db::ReadOnly(_) => Err(self.read_only_error()),
@@ -341,6 +353,54 @@ impl RedbKeyStore {
         Ok(())
     }
 
+    /// Upgrades a format 1 store to format 2 in one transaction: every journal entry gets its
+    /// checksum.
+    fn upgrade_format(&self, db: &Database) -> Result<()> {
+        let txn = db.begin_write().map_err(|e| self.err("begin", e))?;
+        self.bump_generation(&txn)?;
+        {
+            let mut journal = txn
+                .open_table(JOURNAL)
+                .map_err(|e| self.err("open journal", e))?;
+            let mut entries = Vec::new();
+            for item in journal.iter().map_err(|e| self.err("journal scan", e))? {
+                let (k, v) = item.map_err(|e| self.err("journal read", e))?;
+                entries.push((k.value().to_string(), v.value().to_vec()));
+            }
+            for (name, value) in entries {
+                journal
+                    .insert(name.as_str(), frame_journal(&name, &value).as_slice())
+                    .map_err(|e| self.err("journal write", e))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| self.err("open meta", e))?;
+            meta.insert("format_version", STORE_FORMAT_VERSION)
+                .map_err(|e| self.err("write format version", e))?;
+        }
+        txn.commit().map_err(|e| self.err("commit", e))?;
+        self.format.store(STORE_FORMAT_VERSION, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// A stored journal value without its checksum, checked (format 2 on).
+    fn unframe_journal(&self, name: &str, raw: &[u8]) -> Result<Vec<u8>> {
+        if self.format.load(Ordering::SeqCst) < 2 {
+            return Ok(raw.to_vec());
+        }
+        let bad = || {
+            TdeError::corrupt(
+                "key store journal entry",
+                format!("{} ({name})", self.loc()),
+                "checksum mismatch: the entry was damaged on disk",
+            )
+        };
+        let split = raw.len().checked_sub(4).ok_or_else(bad)?;
+        let (body, crc) = raw.split_at(split);
+        if journal_crc(name, body).to_be_bytes() != crc {
+            return Err(bad());
+        }
+        Ok(body.to_vec())
+    }
+
     /// The store's commit generation (0 before the first counted commit).
     fn generation(&self, db: &Db) -> Result<u64> {
         let txn = db.begin_read().map_err(|e| self.err("begin read", e))?;
@@ -382,12 +442,21 @@ impl RedbKeyStore {
                 .map(|v| v.value());
             match current {
                 None => Err(self.not_a_store("it has no format version")),
-                Some(v) if v == STORE_FORMAT_VERSION => {
-                    for t in [txn.open_table(TEKS).err(), txn.open_table(JOURNAL).err()]
-                        .into_iter()
-                        .flatten()
-                    {
-                        return Err(self.not_a_store(&t.to_string()));
+                Some(v) if (OLDEST_STORE_FORMAT..=STORE_FORMAT_VERSION).contains(&v) => {
+                    self.format.store(v, Ordering::SeqCst);
+                    if let Err(e) = txn.open_table(TEKS) {
+                        return Err(self.not_a_store(&e.to_string()));
+                    }
+                    let journal = match txn.open_table(JOURNAL) {
+                        Ok(j) => j,
+                        Err(e) => return Err(self.not_a_store(&e.to_string())),
+                    };
+                    // The journal is small (rotation state, key check values, the store id):
+                    // check every entry now, so that an entry whose name was damaged is found
+                    // even though nobody asks for it by its new name.
+                    for item in journal.iter().map_err(|e| self.err("journal scan", e))? {
+                        let (k, v) = item.map_err(|e| self.err("journal read", e))?;
+                        self.unframe_journal(k.value(), v.value())?;
                     }
                     Ok(())
                 }
@@ -433,7 +502,7 @@ impl RedbKeyStore {
                     .open_table(JOURNAL)
                     .map_err(|e| self.err("open journal", e))?;
                 journal
-                    .insert(STORE_ID_ENTRY, id.as_slice())
+                    .insert(STORE_ID_ENTRY, frame_journal(STORE_ID_ENTRY, &id).as_slice())
                     .map_err(|e| self.err("write store id", e))?;
             }
             txn.commit().map_err(|e| self.err("commit", e))
@@ -537,7 +606,7 @@ impl RedbKeyStore {
                     }
                     StoreOp::PutJournal { name, value } => {
                         journal
-                            .insert(name.as_str(), value.as_slice())
+                            .insert(name.as_str(), frame_journal(&name, &value).as_slice())
                             .map_err(|e| self.err("journal write", e))?;
                     }
                     StoreOp::DeleteJournal { name } => {
@@ -589,10 +658,13 @@ impl RedbKeyStore {
                     }
                     StoreOp::CheckJournal { name, expect } => {
                         // Compare-and-set: the batch is dropped uncommitted on a mismatch.
-                        let current = journal
+                        let current = match journal
                             .get(name.as_str())
                             .map_err(|e| self.err("journal read", e))?
-                            .map(|v| v.value().to_vec());
+                        {
+                            Some(v) => Some(self.unframe_journal(&name, v.value())?),
+                            None => None,
+                        };
                         if current != expect {
                             return Err(heliosdb_tde_core::store::journal_conflict(&name));
                         }
@@ -629,6 +701,23 @@ impl RedbKeyStore {
             .map_err(|e| self.err("write", e))?;
         Ok(())
     }
+}
+
+/// The checksum of a journal entry: CRC-32 over the name's length (u32), the name and the value.
+fn journal_crc(name: &str, body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&u32::try_from(name.len()).unwrap_or(u32::MAX).to_be_bytes());
+    h.update(name.as_bytes());
+    h.update(body);
+    h.finalize()
+}
+
+/// A journal value as stored from format 2 on: the value, then its checksum.
+fn frame_journal(name: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(body);
+    out.extend_from_slice(&journal_crc(name, body).to_be_bytes());
+    out
 }
 
 fn open_error(path: &Path, existed: bool, e: &DatabaseError) -> TdeError {
@@ -782,7 +871,28 @@ impl KeyStore for RedbKeyStore {
         self.with_db("counting keys", |db| {
             let txn = db.begin_read().map_err(|e| self.err("begin read", e))?;
             let t = txn.open_table(TEKS).map_err(|e| self.err("open teks", e))?;
-            t.len().map_err(|e| self.err("count", e))
+            let recorded = t.len().map_err(|e| self.err("count", e))?;
+            // The engine's stored length is metadata like any other: check it against the
+            // entries actually there (cheap next to the work a caller does per key).
+            let mut counted = 0u64;
+            for item in t.iter().map_err(|e| self.err("count", e))? {
+                item.map_err(|e| self.err("count", e))?;
+                counted += 1;
+                if counted > recorded {
+                    break;
+                }
+            }
+            if counted != recorded {
+                return Err(TdeError::corrupt(
+                    "key store",
+                    self.loc(),
+                    format!(
+                        "the table of keys says it holds {recorded} entries but {counted} are \
+                         there; its index is damaged"
+                    ),
+                ));
+            }
+            Ok(recorded)
         })
     }
 
@@ -792,9 +902,10 @@ impl KeyStore for RedbKeyStore {
             let t = txn
                 .open_table(JOURNAL)
                 .map_err(|e| self.err("open journal", e))?;
-            Ok(t.get(name)
-                .map_err(|e| self.err("journal read", e))?
-                .map(|v| v.value().to_vec()))
+            match t.get(name).map_err(|e| self.err("journal read", e))? {
+                Some(v) => Ok(Some(self.unframe_journal(name, v.value())?)),
+                None => Ok(None),
+            }
         })
     }
 

@@ -118,20 +118,9 @@ impl KeyManager {
         let id = MekId::new(current_mek_id)?;
         let rot = self.rotator();
         if let Some(st) = rot.status(&id).await? {
-            if emergency && !st.emergency && st.phase != Phase::Preparing {
-                return Err(TdeError::InvalidKeyState {
-                    key: format!("mek:{id}"),
-                    state: heliosdb_tde_core::KeyState::Active,
-                    operation: "start an emergency rotation".into(),
-                    hint: format!(
-                        "a rotation {} -> {} is in phase {}; roll it back or finish it first",
-                        st.old,
-                        st.new.map(|m| m.to_string()).unwrap_or_default(),
-                        st.phase
-                    ),
-                });
-            }
-            if matches!(st.phase, Phase::RollingBack) {
+            // An emergency request takes over a rollback in progress (the rotator turns it
+            // around); a plain request must let the rollback finish first.
+            if matches!(st.phase, Phase::RollingBack) && !emergency && !st.emergency {
                 return Err(TdeError::InvalidKeyState {
                     key: format!("mek:{id}"),
                     state: heliosdb_tde_core::KeyState::Active,
@@ -151,7 +140,19 @@ impl KeyManager {
         };
         let started = st.phase == Phase::NewMekReady;
         let st = rot.rewrap(&id, progress).await?;
+        // The emergency flag is sticky in the journal: a plain request that resumed an
+        // emergency rotation is an emergency too.
+        let emergency = emergency || st.emergency;
         let result = MekRotationResult::from_state(&st)?;
+        // The new version gets its key check value now, so that the next start need not write.
+        if self
+            .store
+            .get_journal(&crate::key_check_entry(&result.new_mek_id))
+            .await?
+            .is_none()
+        {
+            self.write_key_check(&result.new_mek_id).await?;
+        }
         self.audit(AuditEvent::success(
             AuditAction::MekRotated,
             Some(KeyId::Master(result.new_mek_id.clone())),
@@ -192,18 +193,26 @@ impl KeyManager {
         for t in &tables {
             // A table whose newest TEK was created under the new MEK needs nothing.
             let latest = self.store.latest_tek(t).await?;
-            let fresh = latest
-                .as_ref()
-                .is_some_and(|r| r.wrapped.mek == rotation.new_mek_id && r.previous_wrap.is_none());
+            let fresh = latest.as_ref().is_some_and(|r| {
+                r.wrapped.mek == rotation.new_mek_id
+                    && r.previous_wrap.is_none()
+                    && r.metadata.state == heliosdb_tde_core::KeyState::Active
+            });
             if !fresh {
                 self.rotate_table(t).await?;
                 rotated.push(t.clone());
             }
         }
         self.drop_encryptors()?;
+        // Every TEK version the compromised MEK protected is compromised too (decrypt only);
+        // the tables holding such versions, including those rotated by an interrupted earlier
+        // run of this emergency, must have their pages re-encrypted.
+        let rot = self.rotator();
+        rot.mark_compromised_teks(&rotation.old_mek_id).await?;
+        let needing = rot.tables_needing_reencryption().await?;
         Ok(EmergencyRotation {
             rotation,
-            tables_needing_reencryption: rotated.clone(),
+            tables_needing_reencryption: needing,
             tables_rotated: rotated,
         })
     }

@@ -160,7 +160,7 @@ async fn emergency_rotation_gives_every_table_a_new_tek() {
         assert_eq!(
             versions,
             [
-                (format!("tek:{t}@v1"), KeyState::DecryptOnly),
+                (format!("tek:{t}@v1"), KeyState::Compromised),
                 (format!("tek:{t}@v2"), KeyState::Active)
             ]
         );
@@ -260,4 +260,35 @@ async fn a_restart_never_lowers_the_nonce_budget_count() {
         rec.metadata.usage.encryptions, 96,
         "the next block is reserved ahead of use"
     );
+}
+
+/// Issue 9 item 3 through the manager: an emergency request on a rotation that is already past
+/// its first phase (here: dual-active) ends with the old version compromised, and rollback is
+/// refused from then on.
+#[tokio::test]
+async fn an_emergency_request_on_a_finished_normal_rotation_compromises_the_old_version() {
+    let p = parts();
+    let km = manager(&p, |_| {});
+    km.ensure_default_mek().await.unwrap();
+    km.create_table_keys(&["a", "b"]).await.unwrap();
+    let r = km
+        .rotate_mek_with_dual_encryption("master_key_001")
+        .await
+        .unwrap();
+    assert_eq!(r.phase, Phase::DualActive);
+    let e = km
+        .emergency_rotate_mek("master_key_001", None)
+        .await
+        .unwrap();
+    assert_eq!(e.rotation.old_mek_id.to_string(), "master_key_001@v1");
+    let info = km.mek_info().await.unwrap();
+    assert_eq!(info.versions[0].state, KeyState::Compromised);
+    assert!(
+        km.rollback_mek_rotation("master_key_001", None)
+            .await
+            .is_err(),
+        "rollback to a compromised MEK version must be refused"
+    );
+    let st = km.mek_rotation_status("master_key_001").await.unwrap();
+    assert!(st.is_some_and(|s| s.emergency));
 }

@@ -88,3 +88,41 @@ pub fn unwrap_tek(
     .map_err(|_| TdeError::AuthenticationFailed { what: what() })?;
     Ok(TableKey::new(ctx.tek_id(), wrapped.algorithm, bytes))
 }
+
+/// Whether `wrapped` unwraps under `master` (with `ctx`) to exactly `tek`: the self-check every
+/// local provider runs on a new wrap before anyone stores it, so that a fault while wrapping
+/// never leaves a TEK that can no longer be unwrapped. Compares without an early exit.
+pub fn wrap_gives_back(
+    backend: Backend,
+    master: &MasterKey,
+    wrapped: &WrappedTek,
+    tek: &TableKey,
+    ctx: &WrapContext,
+) -> bool {
+    unwrap_tek(backend, master, wrapped, ctx).is_ok_and(|back| {
+        let (a, b) = (back.bytes().expose_secret(), tek.bytes().expose_secret());
+        back.id() == tek.id()
+            && back.algorithm() == tek.algorithm()
+            && a.len() == b.len()
+            && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    })
+}
+
+/// The error a provider returns when [`wrap_gives_back`] fails: nothing was stored.
+pub fn wrap_check_failed(
+    provider: &str,
+    mek: &heliosdb_tde_core::MekRef,
+    ctx: &WrapContext,
+) -> TdeError {
+    TdeError::Provider {
+        provider: provider.into(),
+        message: format!(
+            "the new wrap of TEK {} under {mek} did not unwrap to the same key (self-check \
+             after wrapping)",
+            ctx.tek_id()
+        ),
+        hint: "The wrap was discarded and nothing was stored. Retry the operation; if it fails \
+               again, check the host for memory or CPU faults"
+            .into(),
+    }
+}

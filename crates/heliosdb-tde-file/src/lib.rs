@@ -167,11 +167,6 @@ fn kdf_text(k: &KdfParams) -> String {
     )
 }
 
-/// Compares two byte strings without an early exit.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Derives the 256-bit file key from a passphrase. Parameters outside the bounds are refused
 /// before any work.
 fn derive(passphrase: &SecretString, salt: &[u8], kdf: KdfParams) -> Result<KeyBytes> {
@@ -805,23 +800,8 @@ impl MekProvider for SecureFileMekProvider {
         // Self-check: the new wrap must give back the same TEK before anyone stores it (a
         // fault here would otherwise leave a TEK that can never be unwrapped). The default
         // rewrap_tek wraps through this method, so re-wraps are checked too.
-        let same = wrap::unwrap_tek(self.backend, &key, &wrapped, ctx).is_ok_and(|back| {
-            back.id() == tek.id()
-                && back.algorithm() == tek.algorithm()
-                && same_bytes(back.bytes().expose_secret(), tek.bytes().expose_secret())
-        });
-        if !same {
-            return Err(TdeError::Provider {
-                provider: DESCRIPTION.into(),
-                message: format!(
-                    "the new wrap of TEK {} under {mek} did not unwrap to the same key \
-                     (self-check after wrapping)",
-                    ctx.tek_id()
-                ),
-                hint: "The wrap was discarded and nothing was stored. Retry the operation; if \
-                       it fails again, check the host for memory or CPU faults"
-                    .into(),
-            });
+        if !wrap::wrap_gives_back(self.backend, &key, &wrapped, tek, ctx) {
+            return Err(wrap::wrap_check_failed(DESCRIPTION, mek, ctx));
         }
         Ok(wrapped)
     }

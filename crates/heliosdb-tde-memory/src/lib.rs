@@ -146,7 +146,20 @@ impl MekProvider for InMemoryMekProvider {
     ) -> Result<WrappedTek> {
         let (key, state) = self.version(mek)?;
         state.ensure_can_encrypt(&format!("mek:{}", mek), "wrap a TEK")?;
-        wrap::wrap_tek(self.backend, &key, ProviderKind::InMemory, tek, ctx)
+        #[allow(unused_mut)]
+        let mut wrapped = wrap::wrap_tek(self.backend, &key, ProviderKind::InMemory, tek, ctx)?;
+        // Test hook (feature `failpoints`): damage the wrap, as a faulty host would.
+        #[cfg(feature = "failpoints")]
+        if fail::eval("memory::damage_wrap", |_| ()).is_some()
+            && let Some(b) = wrapped.payload.get_mut(20)
+        {
+            *b ^= 1;
+        }
+        // Self-check before anyone stores the wrap (the default rewrap_tek comes through here).
+        if !wrap::wrap_gives_back(self.backend, &key, &wrapped, tek, ctx) {
+            return Err(wrap::wrap_check_failed(DESCRIPTION, mek, ctx));
+        }
+        Ok(wrapped)
     }
 
     async fn unwrap_tek(&self, wrapped: &WrappedTek, ctx: &WrapContext) -> Result<TableKey> {

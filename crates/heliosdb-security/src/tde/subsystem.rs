@@ -83,7 +83,7 @@ async fn build_provider(
             if source == PinSource::ConfigFile {
                 facts.warnings.push(
                     "the HSM PIN is written in the configuration file; use HELIOSDB_HSM_PIN or \
-                     hsm_config.pin_file (the security checklist fails this in production mode)"
+                     hsm_config.pin_file (production mode refuses a PIN in the configuration file)"
                         .into(),
                 );
             }
@@ -231,9 +231,7 @@ impl TdeSubsystem {
             c
         })?;
         if let Some(path) = config.audit_log_path.as_ref().filter(|_| !read_only) {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| TdeError::io(parent, e))?;
-            }
+            // FileAuditSink creates a missing directory owner-only (0700).
             km = km.with_audit(Arc::new(heliosdb_tde_manager::FileAuditSink::open(path)?));
         }
         if let Some(w) = km.validate_security()? {

@@ -156,7 +156,8 @@ static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
 /// Replaces the default panic hook, which prints the message and a backtrace hint on stderr
 /// even for panics that are caught (the storage engine panics on some damaged pages and the key
 /// store turns that into an error). The hook records the message and location for `main`,
-/// which reports a panic that reaches it as one line; it prints nothing itself.
+/// which reports a panic that reaches it as one line, and logs it at debug level
+/// (`HELIOSDB_LOG=debug`, for bug reports); it prints nothing else.
 pub(crate) fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let payload = info.payload();
@@ -169,6 +170,7 @@ pub(crate) fn install_panic_hook() {
             Some(l) => format!("{} (at {}:{})", one_line(&message), l.file(), l.line()),
             None => one_line(&message),
         };
+        tracing::debug!("panic: {text}");
         if let Ok(mut slot) = LAST_PANIC.lock() {
             *slot = Some(text);
         }

@@ -290,10 +290,9 @@ fn wants_json(args: &[OsString]) -> bool {
 
 /// Parses the command line. Help and version print and exit 0; an invalid command line exits
 /// 2, reported as JSON when `--format json` is on it.
-fn parse_args() -> Result<Cli, ExitCode> {
-    let args: Vec<OsString> = std::env::args_os().collect();
+fn parse_args(args: &[OsString]) -> Result<Cli, ExitCode> {
     let parsed = Cli::command()
-        .try_get_matches_from(&args)
+        .try_get_matches_from(args)
         .and_then(|mut m| Cli::from_arg_matches_mut(&mut m));
     match parsed {
         Ok(cli) => Ok(cli),
@@ -305,7 +304,7 @@ fn parse_args() -> Result<Cli, ExitCode> {
                     | ErrorKind::DisplayVersion
                     | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             );
-            if wants_json(&args) && !informational {
+            if wants_json(args) && !informational {
                 let code = Failure::usage(&e.to_string()).report(&Out::new(output::Format::Json));
                 return Err(ExitCode::from(code));
             }
@@ -321,7 +320,20 @@ fn parse_args() -> Result<Cli, ExitCode> {
 
 fn main() -> ExitCode {
     failure::install_panic_hook();
-    let cli = match parse_args() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let format = if wants_json(&args) {
+        output::Format::Json
+    } else {
+        output::Format::Table
+    };
+    // A panic outside the command itself (parsing, start-up) is reported the same way.
+    std::panic::catch_unwind(AssertUnwindSafe(|| real_main(&args))).unwrap_or_else(|_| {
+        ExitCode::from(Failure::internal(failure::take_last_panic()).report(&Out::new(format)))
+    })
+}
+
+fn real_main(args: &[OsString]) -> ExitCode {
+    let cli = match parse_args(args) {
         Ok(cli) => cli,
         Err(code) => return code,
     };

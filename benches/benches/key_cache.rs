@@ -267,7 +267,12 @@ fn softhsm(
             ],
         )
         .unwrap();
-    let aad = ctx.aad(&mek);
+    let aad = ctx.aad_for(&heliosdb_tde_core::WrappedTek::new(
+        heliosdb_tde_core::EncryptionAlgorithm::Aes256Gcm,
+        heliosdb_tde_core::ProviderKind::Pkcs11,
+        mek.clone(),
+        Vec::new(),
+    ));
     g.bench_function("raw_cryptoki_softhsm", |b| {
         b.iter(|| {
             let mut iv = [5u8; 12];

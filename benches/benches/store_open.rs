@@ -37,12 +37,12 @@ fn big_store() -> PathBuf {
                     EncryptionAlgorithm::Aes256Gcm,
                     Some(mek.clone()),
                 );
-                let wrapped = WrappedTek {
-                    algorithm: EncryptionAlgorithm::Aes256Gcm,
-                    provider: ProviderKind::SecureFile,
-                    mek: mek.clone(),
-                    payload: vec![0xAB; 60],
-                };
+                let wrapped = WrappedTek::new(
+                    EncryptionAlgorithm::Aes256Gcm,
+                    ProviderKind::SecureFile,
+                    mek.clone(),
+                    vec![0xAB; 60],
+                );
                 batch = batch.insert(TekRecord::new(id, meta, wrapped).unwrap());
             }
             store.apply(batch).await.unwrap();

@@ -26,6 +26,7 @@ pub fn wrap_tek(
     ctx: &WrapContext,
 ) -> Result<WrappedTek> {
     ctx.ensure_names(tek)?;
+    let mut wrapped = WrappedTek::new(tek.algorithm(), provider, master.mek().clone(), Vec::new());
     let key = AeadKey::new(backend, master.bytes().expose_secret())?;
     let nonce = random_nonce()?;
     let mut payload = vec![0u8; PAYLOAD_LEN];
@@ -33,16 +34,12 @@ pub fn wrap_tek(
     payload[NONCE_LEN..NONCE_LEN + KEY_LEN].copy_from_slice(tek.bytes().expose_secret());
     let tag = key.seal_detached(
         &nonce,
-        &ctx.aad(master.mek()),
+        &ctx.aad_for(&wrapped),
         &mut payload[NONCE_LEN..NONCE_LEN + KEY_LEN],
     )?;
     payload[NONCE_LEN + KEY_LEN..].copy_from_slice(&tag);
-    Ok(WrappedTek {
-        algorithm: tek.algorithm(),
-        provider,
-        mek: master.mek().clone(),
-        payload,
-    })
+    wrapped.payload = payload;
+    Ok(wrapped)
 }
 
 /// Unwraps a TEK wrapped by [`wrap_tek`]. `master` must be the MEK version named in the
@@ -80,7 +77,7 @@ pub fn unwrap_tek(
     nonce.copy_from_slice(&wrapped.payload[..NONCE_LEN]);
     let mut tag = [0u8; TAG_LEN];
     tag.copy_from_slice(&wrapped.payload[NONCE_LEN + KEY_LEN..]);
-    let aad = ctx.aad(&wrapped.mek);
+    let aad = ctx.aad_for(wrapped);
     let bytes = KeyBytes::try_fill_with(|buf| {
         buf.copy_from_slice(&wrapped.payload[NONCE_LEN..NONCE_LEN + KEY_LEN]);
         key.open_detached(&nonce, &aad, buf, &tag)

@@ -161,3 +161,49 @@ fn errors_never_contain_key_material() {
         assert!(!text.contains(&hex), "{text}");
     }
 }
+
+/// Issue 9 item 12: new wraps are envelope format 2, whose associated data binds the
+/// algorithm, the format and the provider kind; a format-1 wrap of an earlier release (sealed
+/// with the identity-only layout) still unwraps, and a downgrade of a format-2 wrap does not.
+#[test]
+fn format_1_wraps_still_unwrap_and_format_2_binds_the_header() {
+    use heliosdb_tde_cipher::{AeadKey, Backend};
+    use heliosdb_tde_core::WrappedTek;
+    let mek = master("master_key_001@v1");
+    let key = tek("users@v1");
+    let c = ctx("users@v1");
+
+    let new = wrap_tek(Backend::default(), &mek, ProviderKind::SecureFile, &key, &c).unwrap();
+    assert_eq!(new.format, heliosdb_tde_core::envelope::FORMAT_VERSION);
+    let mut downgraded = new.clone();
+    downgraded.format = 1;
+    assert!(matches!(
+        unwrap_tek(Backend::default(), &mek, &downgraded, &c),
+        Err(TdeError::AuthenticationFailed { .. })
+    ));
+    let mut relabelled = new.clone();
+    relabelled.provider = ProviderKind::InMemory;
+    assert!(unwrap_tek(Backend::default(), &mek, &relabelled, &c).is_err());
+
+    // A format-1 wrap as release 0.1 wrote it.
+    let mut old = WrappedTek::new(
+        EncryptionAlgorithm::Aes256Gcm,
+        ProviderKind::SecureFile,
+        mek.mek().clone(),
+        Vec::new(),
+    );
+    old.format = 1;
+    let aead = AeadKey::new(Backend::default(), mek.bytes().expose_secret()).unwrap();
+    let nonce = [7u8; 12];
+    let mut body = key.bytes().expose_secret().to_vec();
+    let tag = aead.seal_detached(&nonce, &c.aad_for(&old), &mut body).unwrap();
+    old.payload = [nonce.as_slice(), &body, &tag].concat();
+    let decoded = WrappedTek::decode(&old.encode()).unwrap();
+    assert_eq!(decoded.format, 1);
+    let back = unwrap_tek(Backend::default(), &mek, &decoded, &c).unwrap();
+    assert_eq!(back.bytes().expose_secret(), key.bytes().expose_secret());
+    // Its header is not bound: that is why a rotation re-wraps it in format 2.
+    let mut old_relabelled = decoded.clone();
+    old_relabelled.provider = ProviderKind::InMemory;
+    assert!(unwrap_tek(Backend::default(), &mek, &old_relabelled, &c).is_ok());
+}

@@ -99,6 +99,25 @@ pub async fn aad_binding(p: &dyn MekProvider) {
     let mut backup = ctx("users@v1");
     backup.purpose = WrapPurpose::Backup;
     assert_rejected(p.unwrap_tek(&w, &backup).await, "another purpose");
+    // The envelope's header fields are bound too (format 2): a downgraded format or another
+    // provider kind in the header never unwraps.
+    assert_eq!(w.format, heliosdb_tde_core::envelope::FORMAT_VERSION);
+    let mut downgraded = w.clone();
+    downgraded.format = heliosdb_tde_core::envelope::OLDEST_FORMAT_VERSION;
+    assert_rejected(
+        p.unwrap_tek(&downgraded, &ctx("users@v1")).await,
+        "a downgraded envelope format",
+    );
+    let mut other_kind = w.clone();
+    other_kind.provider = heliosdb_tde_core::ProviderKind::ALL
+        .iter()
+        .copied()
+        .find(|k| *k != w.provider)
+        .unwrap_or(w.provider);
+    assert_rejected(
+        p.unwrap_tek(&other_kind, &ctx("users@v1")).await,
+        "another provider kind in the header",
+    );
     // Relabel the envelope as wrapped by the next version of the same MEK.
     let v2 = p.rotate_mek(&mek.id).await.unwrap().mek;
     let mut relabelled = w.clone();

@@ -5,19 +5,26 @@
 //! copied onto another table, another TEK version or another MEK reference therefore fails to
 //! unwrap instead of silently yielding a key that decrypts the wrong data.
 //!
-//! The encoding is canonical and length-prefixed, so no two distinct contexts share bytes:
+//! The encoding is canonical and length-prefixed, so no two distinct contexts share bytes.
+//! Layout 2, for envelopes of format 2 (every new wrap), also binds the envelope's header
+//! fields, which are otherwise not authenticated:
 //!
 //! ```text
-//! "HDB-TEK-AAD" | 0x01 (layout version) | purpose u8
+//! "HDB-TEK-AAD" | layout u8 | purpose u8
 //! | table len u8 | table bytes | TEK version u32 BE
 //! | MEK id len u8 | MEK id bytes | MEK version u32 BE
+//! [layout 2: | algorithm u8 | envelope format u8 | provider kind u8]
 //! ```
+//!
+//! Layout 1 (without the last three bytes) is used only to unwrap format-1 envelopes written by
+//! earlier releases; a rotation re-wraps them in format 2.
 
+use crate::envelope::WrappedTek;
 use crate::ids::{MekRef, TableId, TekId, TekVersion};
 use std::collections::BTreeMap;
 
 const AAD_LABEL: &[u8] = b"HDB-TEK-AAD";
-const AAD_LAYOUT: u8 = 1;
+const AAD_LAYOUT: u8 = 2;
 
 /// Why a key is being wrapped. Different purposes never share associated data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -92,13 +99,19 @@ impl WrapContext {
         TekId::new(self.table.clone(), self.tek_version)
     }
 
-    /// The associated-data bytes for a wrap under `mek`.
-    pub fn aad(&self, mek: &MekRef) -> Vec<u8> {
+    /// The associated data of envelope `header` (its payload is ignored): layout 1 for a
+    /// format-1 envelope, layout 2, which also binds the algorithm, the format and the
+    /// provider kind, for every later format. Providers seal a new wrap with the associated
+    /// data of the envelope they are about to return (built with [`WrappedTek::new`]), and open
+    /// a stored wrap with that of the stored envelope.
+    pub fn aad_for(&self, header: &WrappedTek) -> Vec<u8> {
         let table = self.table.as_str().as_bytes();
+        let mek = &header.mek;
         let mek_id = mek.id.as_str().as_bytes();
-        let mut out = Vec::with_capacity(AAD_LABEL.len() + 12 + table.len() + mek_id.len());
+        let layout = if header.format <= 1 { 1 } else { AAD_LAYOUT };
+        let mut out = Vec::with_capacity(AAD_LABEL.len() + 15 + table.len() + mek_id.len());
         out.extend_from_slice(AAD_LABEL);
-        out.push(AAD_LAYOUT);
+        out.push(layout);
         out.push(self.purpose.code());
         // Identifier lengths are bounded well below 256 by their validation rules.
         out.push(u8::try_from(table.len()).unwrap_or(u8::MAX));
@@ -107,6 +120,11 @@ impl WrapContext {
         out.push(u8::try_from(mek_id.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(mek_id);
         out.extend_from_slice(&mek.version.get().to_be_bytes());
+        if layout >= 2 {
+            out.push(header.algorithm.code());
+            out.push(header.format);
+            out.push(header.provider.code());
+        }
         out
     }
 
@@ -139,6 +157,51 @@ mod tests {
 
     fn ctx(table: &str, v: u32) -> WrapContext {
         WrapContext::table_key(&format!("{table}@v{v}").parse().unwrap())
+    }
+
+    /// The associated data of a current-format envelope under `mek`.
+    trait Aad {
+        fn aad(&self, mek: &MekRef) -> Vec<u8>;
+    }
+    impl Aad for WrapContext {
+        fn aad(&self, mek: &MekRef) -> Vec<u8> {
+            self.aad_for(&header(mek.clone()))
+        }
+    }
+
+    fn header(mek: MekRef) -> WrappedTek {
+        WrappedTek::new(
+            crate::EncryptionAlgorithm::Aes256Gcm,
+            crate::ProviderKind::SecureFile,
+            mek,
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn layout_2_binds_the_envelope_header_and_layout_1_does_not() {
+        let mek: MekRef = "master_key_001@v1".parse().unwrap();
+        let c = ctx("users", 1);
+        let base = header(mek.clone());
+        let mut other_provider = base.clone();
+        other_provider.provider = crate::ProviderKind::Pkcs11;
+        assert_ne!(c.aad_for(&base), c.aad_for(&other_provider));
+        let mut v1 = base.clone();
+        v1.format = 1;
+        assert_ne!(
+            c.aad_for(&base),
+            c.aad_for(&v1),
+            "a downgrade changes the AAD"
+        );
+        let mut v1_other = other_provider.clone();
+        v1_other.format = 1;
+        assert_eq!(
+            c.aad_for(&v1),
+            c.aad_for(&v1_other),
+            "layout 1 is the old binding"
+        );
+        assert_eq!(c.aad_for(&v1)[11], 1);
+        assert_eq!(c.aad_for(&base)[11], 2);
     }
 
     #[test]

@@ -17,8 +17,14 @@ use crate::provider::ProviderKind;
 
 /// The four bytes every envelope starts with.
 pub const MAGIC: [u8; 4] = *b"HTEK";
-/// The envelope format version this crate writes.
-pub const FORMAT_VERSION: u8 = 1;
+/// The envelope format version this crate writes. From format 2 on, the wrap's associated
+/// data also binds the algorithm, the format version and the provider kind of the envelope
+/// (see [`crate::WrapContext::aad_for`]), so none of these unauthenticated header fields can be
+/// changed without the unwrap failing.
+pub const FORMAT_VERSION: u8 = 2;
+/// The oldest envelope format this crate reads (format 1: the associated data binds the
+/// identity only). A rotation re-wraps such envelopes into the current format.
+pub const OLDEST_FORMAT_VERSION: u8 = 1;
 /// The largest provider payload accepted (a KMS ciphertext blob is a few hundred bytes).
 pub const MAX_PAYLOAD_LEN: usize = 16 * 1024;
 
@@ -28,6 +34,9 @@ pub const MAX_PAYLOAD_LEN: usize = 16 * 1024;
 /// It is not secret on its own, but it is only meaningful together with the MEK.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WrappedTek {
+    /// The envelope format version ([`FORMAT_VERSION`] for every new wrap); it selects the
+    /// associated-data layout the payload was sealed with.
+    pub format: u8,
     /// The algorithm of the wrapped TEK.
     pub algorithm: EncryptionAlgorithm,
     /// Which kind of provider produced the payload.
@@ -76,12 +85,28 @@ impl<'a> Reader<'a> {
 }
 
 impl WrappedTek {
+    /// A new envelope in the current format.
+    pub fn new(
+        algorithm: EncryptionAlgorithm,
+        provider: ProviderKind,
+        mek: MekRef,
+        payload: Vec<u8>,
+    ) -> Self {
+        Self {
+            format: FORMAT_VERSION,
+            algorithm,
+            provider,
+            mek,
+            payload,
+        }
+    }
+
     /// Encodes the envelope.
     pub fn encode(&self) -> Vec<u8> {
         let id = self.mek.id.as_str().as_bytes();
         let mut out = Vec::with_capacity(16 + id.len() + self.payload.len());
         out.extend_from_slice(&MAGIC);
-        out.push(FORMAT_VERSION);
+        out.push(self.format);
         out.push(self.algorithm.code());
         out.push(self.provider.code());
         // MEK ids are at most 64 bytes and payloads at most MAX_PAYLOAD_LEN (checked by
@@ -105,10 +130,10 @@ impl WrappedTek {
             return Err(corrupt("bad magic: this is not a HeliosDB wrapped TEK"));
         }
         let version = r.u8("format version")?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(corrupt(format!(
-                "format version {version} is not supported by this build (it reads version \
-                 {FORMAT_VERSION}); upgrade HeliosDB"
+                "format version {version} is not supported by this build (it reads versions \
+                 {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}); upgrade HeliosDB"
             )));
         }
         let alg = r.u8("algorithm")?;
@@ -139,6 +164,7 @@ impl WrappedTek {
             )));
         }
         Ok(Self {
+            format: version,
             algorithm,
             provider,
             mek: MekRef::new(id, mek_version),
@@ -153,19 +179,19 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample() -> WrappedTek {
-        WrappedTek {
-            algorithm: EncryptionAlgorithm::Aes256Gcm,
-            provider: ProviderKind::SecureFile,
-            mek: "master_key_001@v2".parse().unwrap(),
-            payload: vec![0xAA; 60],
-        }
+        WrappedTek::new(
+            EncryptionAlgorithm::Aes256Gcm,
+            ProviderKind::SecureFile,
+            "master_key_001@v2".parse().unwrap(),
+            vec![0xAA; 60],
+        )
     }
 
     #[test]
     fn layout_matches_the_documented_diagram() {
         let bytes = sample().encode();
         assert_eq!(&bytes[0..4], b"HTEK");
-        assert_eq!(bytes[4], 1, "format version");
+        assert_eq!(bytes[4], 2, "format version");
         assert_eq!(bytes[5], 1, "AES-256-GCM");
         assert_eq!(bytes[6], ProviderKind::SecureFile.code());
         assert_eq!(bytes[7], 14, "MEK id length");
@@ -225,6 +251,11 @@ mod tests {
             prop::collection::vec(any::<u8>(), 0..512),
         )
             .prop_map(|(id, v, provider, payload)| WrappedTek {
+                format: if v % 2 == 0 {
+                    FORMAT_VERSION
+                } else {
+                    OLDEST_FORMAT_VERSION
+                },
                 algorithm: EncryptionAlgorithm::Aes256Gcm,
                 provider,
                 mek: MekRef::new(MekId::new(id).unwrap(), MekVersion::new(v).unwrap()),

@@ -77,18 +77,19 @@ impl MekProvider for RecordingProvider {
                 hint: String::new(),
             });
         }
-        let mut payload = ctx.aad(mek);
+        let header = WrappedTek::new(tek.algorithm(), self.kind(), mek.clone(), Vec::new());
+        let mut payload = ctx.aad_for(&header);
         payload.extend_from_slice(tek.bytes().expose_secret());
-        Ok(WrappedTek {
-            algorithm: tek.algorithm(),
-            provider: self.kind(),
-            mek: mek.clone(),
+        Ok(WrappedTek::new(
+            tek.algorithm(),
+            self.kind(),
+            mek.clone(),
             payload,
-        })
+        ))
     }
     async fn unwrap_tek(&self, wrapped: &WrappedTek, ctx: &WrapContext) -> Result<TableKey> {
         self.unwraps.fetch_add(1, Ordering::SeqCst);
-        let aad = ctx.aad(&wrapped.mek);
+        let aad = ctx.aad_for(wrapped);
         if !wrapped.payload.starts_with(&aad) || wrapped.payload.len() != aad.len() + 32 {
             return Err(TdeError::AuthenticationFailed {
                 what: ctx.tek_id().to_string(),

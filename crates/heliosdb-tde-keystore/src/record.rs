@@ -257,12 +257,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn env(mek: &str, n: usize) -> WrappedTek {
-        WrappedTek {
-            algorithm: EncryptionAlgorithm::Aes256Gcm,
-            provider: ProviderKind::SecureFile,
-            mek: mek.parse().unwrap(),
-            payload: vec![0x5A; n],
-        }
+        WrappedTek::new(
+            EncryptionAlgorithm::Aes256Gcm,
+            ProviderKind::SecureFile,
+            mek.parse().unwrap(),
+            vec![0x5A; n],
+        )
     }
 
     fn arb_record() -> impl Strategy<Value = TekRecord> {

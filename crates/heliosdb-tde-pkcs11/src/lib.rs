@@ -1091,7 +1091,13 @@ impl MekProvider for Pkcs11MekProvider {
         ctx.ensure_names(tek)?;
         let (_, state) = self.version(mek).await?;
         state.ensure_can_encrypt(&format!("mek:{}", mek), "wrap a TEK")?;
-        let aad = ctx.aad(mek);
+        let header = WrappedTek::new(
+            tek.algorithm(),
+            ProviderKind::Pkcs11,
+            mek.clone(),
+            Vec::new(),
+        );
+        let aad = ctx.aad_for(&header);
         let plain = Zeroizing::new(tek.bytes().expose_secret().to_vec());
         let what = format!("TEK {} under {mek}", ctx.tek_id());
         let target = mek.clone();
@@ -1153,12 +1159,7 @@ impl MekProvider for Pkcs11MekProvider {
         let mut payload = Vec::with_capacity(PAYLOAD_LEN);
         payload.extend_from_slice(&iv);
         payload.extend_from_slice(&ct);
-        Ok(WrappedTek {
-            algorithm: tek.algorithm(),
-            provider: ProviderKind::Pkcs11,
-            mek: mek.clone(),
-            payload,
-        })
+        Ok(WrappedTek { payload, ..header })
     }
 
     async fn unwrap_tek(&self, wrapped: &WrappedTek, ctx: &WrapContext) -> Result<TableKey> {
@@ -1178,7 +1179,7 @@ impl MekProvider for Pkcs11MekProvider {
         let mut iv = [0u8; IV_LEN];
         iv.copy_from_slice(&wrapped.payload[..IV_LEN]);
         let ct = wrapped.payload[IV_LEN..].to_vec();
-        let aad = ctx.aad(&wrapped.mek);
+        let aad = ctx.aad_for(wrapped);
         let target = wrapped.mek.clone();
         let checked = self.checked.clone();
         let plain = self

@@ -241,12 +241,12 @@ async fn a_planted_extractable_key_is_refused_on_first_use() {
     assert!(text.contains("Sensitive(false)"), "{text}");
     // A fresh provider (as in a new process) checks again on its first use.
     let fresh = Pkcs11MekProvider::open(settings(&pin())).await.unwrap();
-    let w = WrappedTek {
-        algorithm: EncryptionAlgorithm::Aes256Gcm,
-        provider: ProviderKind::Pkcs11,
-        mek: mek.clone(),
-        payload: vec![0; heliosdb_tde_pkcs11::PAYLOAD_LEN],
-    };
+    let w = WrappedTek::new(
+        EncryptionAlgorithm::Aes256Gcm,
+        ProviderKind::Pkcs11,
+        mek.clone(),
+        vec![0; heliosdb_tde_pkcs11::PAYLOAD_LEN],
+    );
     let e = fresh.unwrap_tek(&w, &ctx).await.unwrap_err();
     assert!(matches!(e, TdeError::SecurityPolicy(_)), "{e}");
     // Generating that MEK id is refused rather than adding a second key next to it.

@@ -161,8 +161,11 @@ impl TdeConfig {
     }
 
     /// Reads a TOML file. Errors are as for [`TdeConfig::from_toml_str`], located as
-    /// `FILE:LINE:COLUMN`, for example `invalid configuration: /etc/heliosdb/tde.toml:3:15:
-    /// cache_limit: invalid value: integer `-1`, expected usize`.
+    /// `FILE:LINE:COLUMN`, for example:
+    ///
+    /// ```text
+    /// invalid configuration: /etc/heliosdb/tde.toml:3:15: cache_limit: invalid value: integer `-1`, expected usize
+    /// ```
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| TdeError::io(path, e))?;
         toml::from_str(&text).map_err(|e| toml_error(&text, Some(path), &e))

@@ -8,6 +8,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = record::parse_tek_key(data, "fuzz");
     let id = "fuzz.table@v1".parse().expect("valid id");
     if let Ok(rec) = record::decode(&id, data, "fuzz") {
-        assert_eq!(record::encode(&rec), data, "ambiguous record encoding");
+        // Records of the current unauthenticated version re-encode identically; older
+        // versions (and authenticated ones, decoded here without their key) are rewritten in
+        // the current version.
+        if data.first() == Some(&record::RECORD_VERSION) {
+            assert_eq!(record::encode(&rec), data, "ambiguous record encoding");
+        }
     }
 });

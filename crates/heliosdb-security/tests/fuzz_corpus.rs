@@ -75,7 +75,9 @@ fn keystore_record() {
     let mut decoded = 0;
     for (p, data) in inputs("keystore_record") {
         let _ = heliosdb_tde_keystore::record::parse_tek_key(&data, "fuzz");
-        if let Ok(rec) = heliosdb_tde_keystore::record::decode(&id, &data, "fuzz") {
+        if let Ok(rec) = heliosdb_tde_keystore::record::decode(&id, &data, "fuzz")
+            && data.first() == Some(&heliosdb_tde_keystore::record::RECORD_VERSION)
+        {
             assert_eq!(
                 heliosdb_tde_keystore::record::encode(&rec),
                 data,

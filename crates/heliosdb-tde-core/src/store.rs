@@ -226,6 +226,23 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
         limit: u64,
     ) -> Result<std::ops::Range<u64>>;
 
+    /// Gives the store its integrity key: the key that authenticates every record's state,
+    /// counters, reservations and wrapped forms, so that only a holder of the MEK (which wraps
+    /// the integrity key, as the key check value) can produce a record the store accepts. From
+    /// then on every record read is verified, and a record that fails is
+    /// [`TdeError::Corrupt`] and never used.
+    ///
+    /// With `key_check` (journal entry name and value: the integrity key wrapped under an MEK
+    /// version), the store writes that entry and, if its records are not yet authenticated
+    /// (written before this existed), authenticates them all, in one transaction. Without it,
+    /// the key came from an existing key check value, so the store must already be
+    /// authenticated: if it is not, the flag was cleared behind its back, which is corruption.
+    async fn set_integrity_key(
+        &self,
+        key: crate::KeyBytes,
+        key_check: Option<(String, Vec<u8>)>,
+    ) -> Result<()>;
+
     /// Where the store lives, for messages (a path, a URL). Never a secret.
     fn location(&self) -> String;
 }

@@ -20,7 +20,7 @@ pub mod record;
 
 use async_trait::async_trait;
 use heliosdb_tde_core::{
-    KeyStore, Result, StoreBatch, TableId, TdeError, TekId, TekRecord, store::StoreOp,
+    KeyBytes, KeyStore, Result, StoreBatch, TableId, TdeError, TekId, TekRecord, store::StoreOp,
 };
 use redb::{
     Database, DatabaseError, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -38,6 +38,8 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// The `meta` entry counting commits, so that a handle reopened for writing can tell whether
 /// another process wrote in between.
 const GENERATION: &str = "generation";
+/// The `meta` entry set (to 1) once every record is authenticated under the integrity key.
+const AUTHENTICATED: &str = "authenticated";
 
 /// The store's own format version (tables and record layout).
 pub const STORE_FORMAT_VERSION: u64 = 2;
@@ -89,6 +91,11 @@ pub struct RedbKeyStore {
     writable: bool,
     /// The store's format version (1 or 2); from 2 on, journal entries carry a checksum.
     format: std::sync::atomic::AtomicU64,
+    /// The store integrity key, once the key manager has unwrapped it (see
+    /// [`KeyStore::set_integrity_key`]).
+    integrity_key: RwLock<Option<KeyBytes>>,
+    /// Whether every record of the store is authenticated (`meta` entry `authenticated`).
+    authenticated: AtomicBool,
     path: PathBuf,
     /// Set when the storage engine panicked on damaged data; the store then refuses all work.
     damaged: AtomicBool,
@@ -222,6 +229,8 @@ impl RedbKeyStore {
             db: RwLock::new(Some(db)),
             writable: mode != OpenMode::ReadOnly,
             format: std::sync::atomic::AtomicU64::new(STORE_FORMAT_VERSION),
+            integrity_key: RwLock::new(None),
+            authenticated: AtomicBool::new(false),
             path,
             damaged: AtomicBool::new(false),
         };
@@ -444,6 +453,21 @@ impl RedbKeyStore {
                 None => Err(self.not_a_store("it has no format version")),
                 Some(v) if (OLDEST_STORE_FORMAT..=STORE_FORMAT_VERSION).contains(&v) => {
                     self.format.store(v, Ordering::SeqCst);
+                    let authenticated = meta
+                        .get(AUTHENTICATED)
+                        .map_err(|e| self.err("read meta", e))?
+                        .map(|v| v.value());
+                    match authenticated {
+                        None | Some(0) => {}
+                        Some(1) => self.authenticated.store(true, Ordering::SeqCst),
+                        Some(x) => {
+                            return Err(TdeError::corrupt(
+                                "key store",
+                                self.loc(),
+                                format!("the `authenticated` flag holds {x}, neither 0 nor 1"),
+                            ));
+                        }
+                    }
                     if let Err(e) = txn.open_table(TEKS) {
                         return Err(self.not_a_store(&e.to_string()));
                     }
@@ -518,7 +542,39 @@ impl RedbKeyStore {
 
     fn decode(&self, key: &[u8], value: &[u8]) -> Result<TekRecord> {
         let id = record::parse_tek_key(key, &self.loc())?;
-        record::decode(&id, value, &format!("{} ({id})", self.loc()))
+        let guard = self.integrity_key.read().map_err(|_| self.poisoned())?;
+        record::decode_with(
+            &id,
+            value,
+            &format!("{} ({id})", self.loc()),
+            guard.as_ref(),
+            self.authenticated.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Encodes a record for writing: authenticated when the integrity key is loaded. A store
+    /// whose records are authenticated refuses to write without it.
+    fn encode(&self, rec: &TekRecord) -> Result<Vec<u8>> {
+        let guard = self.integrity_key.read().map_err(|_| self.poisoned())?;
+        if guard.is_none() && self.authenticated.load(Ordering::SeqCst) {
+            return Err(TdeError::InvalidKeyState {
+                key: format!("key store {}", self.loc()),
+                state: heliosdb_tde_core::KeyState::Active,
+                operation: "write a table key record".into(),
+                hint: "its records are authenticated and the integrity key has not been loaded \
+                       (the key manager loads it when it checks the default MEK at start)"
+                    .into(),
+            });
+        }
+        Ok(record::encode_with(rec, guard.as_ref()))
+    }
+
+    fn poisoned(&self) -> TdeError {
+        TdeError::ProviderUnavailable {
+            provider: format!("key store {}", self.loc()),
+            reason: "internal lock poisoned by a panic in another thread".into(),
+            retryable: false,
+        }
     }
 
     fn read_range(&self, lo: &[u8], hi: Option<&[u8]>, limit: usize) -> Result<Vec<TekRecord>> {
@@ -596,12 +652,12 @@ impl RedbKeyStore {
                                 key: format!("tek:{}", rec.id),
                             });
                         }
-                        teks.insert(key.as_slice(), record::encode(&rec).as_slice())
+                        teks.insert(key.as_slice(), self.encode(&rec)?.as_slice())
                             .map_err(|e| self.err("insert", e))?;
                     }
                     StoreOp::Upsert(rec) => {
                         let key = record::tek_key(&rec.id);
-                        teks.insert(key.as_slice(), record::encode(&rec).as_slice())
+                        teks.insert(key.as_slice(), self.encode(&rec)?.as_slice())
                             .map_err(|e| self.err("upsert", e))?;
                     }
                     StoreOp::PutJournal { name, value } => {
@@ -697,7 +753,7 @@ impl RedbKeyStore {
 
     fn write_in(&self, teks: &mut redb::Table<'_, &[u8], &[u8]>, rec: &TekRecord) -> Result<()> {
         let key = record::tek_key(&rec.id);
-        teks.insert(key.as_slice(), record::encode(rec).as_slice())
+        teks.insert(key.as_slice(), self.encode(rec)?.as_slice())
             .map_err(|e| self.err("write", e))?;
         Ok(())
     }
@@ -936,6 +992,57 @@ impl KeyStore for RedbKeyStore {
             };
             txn.commit().map_err(|e| self.err("commit", e))?;
             Ok(range)
+        })
+    }
+
+    async fn set_integrity_key(
+        &self,
+        key: KeyBytes,
+        key_check: Option<(String, Vec<u8>)>,
+    ) -> Result<()> {
+        *self.integrity_key.write().map_err(|_| self.poisoned())? = Some(key);
+        let Some((name, value)) = key_check else {
+            if !self.authenticated.load(Ordering::SeqCst) {
+                return Err(TdeError::corrupt(
+                    "key store",
+                    self.loc(),
+                    "it has a key check value, so its records are authenticated, but the flag \
+                     that says so was cleared: records written by something that does not hold \
+                     the MEK could otherwise be accepted",
+                ));
+            }
+            return Ok(());
+        };
+        // The key check value and the authentication of every record land together, so that
+        // a store never has one without the other.
+        self.with_write_db("authenticating records", |db| {
+            let txn = db.begin_write().map_err(|e| self.err("begin", e))?;
+            self.bump_generation(&txn)?;
+            {
+                let mut journal = txn
+                    .open_table(JOURNAL)
+                    .map_err(|e| self.err("open journal", e))?;
+                journal
+                    .insert(name.as_str(), frame_journal(&name, &value).as_slice())
+                    .map_err(|e| self.err("journal write", e))?;
+                if !self.authenticated.load(Ordering::SeqCst) {
+                    let mut teks = txn.open_table(TEKS).map_err(|e| self.err("open teks", e))?;
+                    let mut all = Vec::new();
+                    for item in teks.iter().map_err(|e| self.err("scan", e))? {
+                        let (k, v) = item.map_err(|e| self.err("read", e))?;
+                        all.push(self.decode(k.value(), v.value())?);
+                    }
+                    for rec in &all {
+                        self.write_in(&mut teks, rec)?;
+                    }
+                    let mut meta = txn.open_table(META).map_err(|e| self.err("open meta", e))?;
+                    meta.insert(AUTHENTICATED, 1)
+                        .map_err(|e| self.err("write meta", e))?;
+                }
+            }
+            txn.commit().map_err(|e| self.err("commit", e))?;
+            self.authenticated.store(true, Ordering::SeqCst);
+            Ok(())
         })
     }
 

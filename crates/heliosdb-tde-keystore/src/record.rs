@@ -3,14 +3,34 @@
 //! Decoding is total: any byte string gives a record or a [`TdeError::Corrupt`].
 
 use heliosdb_tde_core::{
-    EncryptionAlgorithm, KeyId, KeyMetadata, KeyState, MekId, MekRef, MekVersion, Result, TableId,
+    EncryptionAlgorithm, KeyBytes, KeyId, KeyMetadata, KeyState, MekId, MekRef, MekVersion, Result, TableId,
     TdeError, TekId, TekRecord, TekVersion, Timestamp, UsageCounters, WrappedTek,
 };
 
-/// The record format version this crate writes. Version 2 checksums the store key with the
-/// record, so a record found under another key (a damaged index) is detected; version 1
-/// records (checksum over the value only) are still read.
+/// The record format version this crate writes without an integrity key. Version 2 checksums
+/// the store key with the record, so a record found under another key (a damaged index) is
+/// detected; version 1 records (checksum over the value only) are still read.
 pub const RECORD_VERSION: u8 = 2;
+/// The record format version written with a store integrity key: version 2 plus an HMAC-SHA256
+/// of the store key and the record under that key, so that only a holder of the MEK (which
+/// wraps the integrity key) can produce a record that is accepted.
+pub const AUTHENTICATED_RECORD_VERSION: u8 = 3;
+/// The length of the record MAC.
+pub const MAC_LEN: usize = 32;
+
+/// The MAC of an authenticated record: HMAC-SHA256 under the store integrity key over a label,
+/// the store key (length-prefixed) and the record body before the MAC.
+fn record_mac(key: &KeyBytes, store_key: &[u8], body: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::{KeyInit, Mac};
+    // A 32-byte key is always accepted by HMAC.
+    let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key.expose_secret())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    m.update(b"HDB-TEK-RECORD-MAC");
+    m.update(&u32::try_from(store_key.len()).unwrap_or(u32::MAX).to_be_bytes());
+    m.update(store_key);
+    m.update(body);
+    m
+}
 
 /// The checksum of a record: over the value only in version 1, over key and value from 2 on.
 fn record_crc(version: u8, key: &[u8], body: &[u8]) -> u32 {
@@ -119,11 +139,21 @@ fn put_envelope(out: &mut Vec<u8>, w: &WrappedTek) {
     out.extend_from_slice(&bytes);
 }
 
-/// Encodes a record (the TEK id is the store key, not part of the value).
+/// Encodes a record without authentication (version 2); see [`encode_with`].
 pub fn encode(r: &TekRecord) -> Vec<u8> {
+    encode_with(r, None)
+}
+
+/// Encodes a record (the TEK id is the store key, not part of the value): version 3,
+/// authenticated under `integrity_key`, when one is given, else version 2.
+pub fn encode_with(r: &TekRecord, integrity_key: Option<&KeyBytes>) -> Vec<u8> {
     let m = &r.metadata;
-    let mut out = Vec::with_capacity(160 + r.wrapped.payload.len() * 2);
-    out.push(RECORD_VERSION);
+    let mut out = Vec::with_capacity(200 + r.wrapped.payload.len() * 2);
+    out.push(if integrity_key.is_some() {
+        AUTHENTICATED_RECORD_VERSION
+    } else {
+        RECORD_VERSION
+    });
     out.push(m.state.code());
     out.push(m.algorithm.code());
     match &m.wrapped_by {
@@ -155,13 +185,33 @@ pub fn encode(r: &TekRecord) -> Vec<u8> {
         }
         None => out.push(0),
     }
-    let crc = record_crc(RECORD_VERSION, &tek_key(&r.id), &out);
+    let key = tek_key(&r.id);
+    if let Some(k) = integrity_key {
+        use hmac::Mac;
+        let tag = record_mac(k, &key, &out).finalize().into_bytes();
+        out.extend_from_slice(&tag);
+    }
+    let crc = record_crc(out[0], &key, &out);
     out.extend_from_slice(&crc.to_be_bytes());
     out
 }
 
-/// Decodes the record stored under `id`. `location` names it in errors (store path and key).
+/// Decodes the record stored under `id` without checking authentication; see [`decode_with`].
 pub fn decode(id: &TekId, bytes: &[u8], location: &str) -> Result<TekRecord> {
+    decode_with(id, bytes, location, None, false)
+}
+
+/// Decodes the record stored under `id`. `location` names it in errors (store path and key).
+/// With `integrity_key`, an authenticated (version 3) record's MAC is verified; with
+/// `require_auth`, a record that is not authenticated is refused (a store whose records are
+/// all authenticated must never accept one that anybody could have written).
+pub fn decode_with(
+    id: &TekId,
+    bytes: &[u8],
+    location: &str,
+    integrity_key: Option<&KeyBytes>,
+    require_auth: bool,
+) -> Result<TekRecord> {
     // The last four bytes are a CRC-32 of the rest: the storage engine does not checksum every
     // page, so flipped bits in metadata (a state code, a counter) would otherwise go unnoticed.
     let Some(split) = bytes.len().checked_sub(4) else {
@@ -181,17 +231,52 @@ pub fn decode(id: &TekId, bytes: &[u8], location: &str) -> Result<TekRecord> {
              table key than its own",
         ));
     }
-    let bytes = body;
+    let bytes = if version == AUTHENTICATED_RECORD_VERSION {
+        let Some(split) = body.len().checked_sub(MAC_LEN) else {
+            return Err(TdeError::corrupt(
+                "key store record",
+                location,
+                "too short for an authenticated record",
+            ));
+        };
+        let (fields, tag) = body.split_at(split);
+        if let Some(k) = integrity_key {
+            use hmac::Mac;
+            if record_mac(k, &tek_key(id), fields).verify_slice(tag).is_err() {
+                return Err(TdeError::corrupt(
+                    "key store record",
+                    location,
+                    "its authentication code does not match: the record was changed by \
+                     something that does not hold the MEK (its state, counters or wrapped key \
+                     may have been tampered with), and it is not used",
+                ));
+            }
+        }
+        fields
+    } else {
+        if require_auth {
+            return Err(TdeError::corrupt(
+                "key store record",
+                location,
+                format!(
+                    "record version {version} carries no authentication code, but every record \
+                     of this store is authenticated: it was written by something that does not \
+                     hold the MEK, and it is not used"
+                ),
+            ));
+        }
+        body
+    };
     let mut r = Reader {
         buf: bytes,
         pos: 0,
         location,
     };
     let version = r.u8("record version")?;
-    if !(1..=RECORD_VERSION).contains(&version) {
+    if !(1..=AUTHENTICATED_RECORD_VERSION).contains(&version) {
         return Err(r.err(format!(
-            "record version {version} is not supported by this build (it reads \
-             {RECORD_VERSION}); upgrade HeliosDB"
+            "record version {version} is not supported by this build (it reads 1 to \
+             {AUTHENTICATED_RECORD_VERSION}); upgrade HeliosDB"
         )));
     }
     let s = r.u8("state")?;

@@ -102,6 +102,8 @@ pub struct KeyManager {
     encryptors: RwLock<HashMap<TableId, Arc<rotation::Encryptor>>>,
     /// Serialises sealer creation, so that two sealers never share a reservation.
     encryptor_lock: tokio::sync::Mutex<()>,
+    /// The store integrity key (held as the key check canary), once loaded.
+    integrity: RwLock<Option<Arc<TableKey>>>,
 }
 
 impl fmt::Debug for KeyManager {
@@ -152,6 +154,7 @@ impl KeyManager {
             mutations: tokio::sync::Mutex::new(()),
             encryptors: RwLock::new(HashMap::new()),
             encryptor_lock: tokio::sync::Mutex::new(()),
+            integrity: RwLock::new(None),
         })
     }
 
@@ -307,21 +310,90 @@ impl KeyManager {
         Ok(deps)
     }
 
-    /// Wraps a fresh random canary under `mek` and stores it as the key check value.
+    /// Stores the key check value of `mek`: the store integrity key (a random 256-bit key,
+    /// created once per store) wrapped under `mek`. Unwrapping it at start proves that the
+    /// provider holds the MEK this store was written with, and gives the key that
+    /// authenticates the store's records.
     async fn write_key_check(&self, mek: &MekRef) -> Result<()> {
-        let (canary_id, ctx) = key_check_context();
-        let canary = TableKey::generate(canary_id, self.config.algorithm)?;
+        let canary = match self.integrity_key()? {
+            Some(k) => k,
+            None => match self.older_integrity_key(mek).await? {
+                Some(k) => Arc::new(k),
+                None => {
+                    let (canary_id, _) = key_check_context();
+                    Arc::new(TableKey::generate(canary_id, self.config.algorithm)?)
+                }
+            },
+        };
+        let (_, ctx) = key_check_context();
         let wrapped = self
             .call(self.mek_provider.wrap_tek(mek, &canary, &ctx))
             .await?;
+        let bytes = heliosdb_tde_core::KeyBytes::from_slice(canary.bytes().expose_secret())?;
         self.store
-            .apply(StoreBatch::new().put_journal(key_check_entry(mek), wrapped.encode()))
-            .await
+            .set_integrity_key(bytes, Some((key_check_entry(mek), wrapped.encode())))
+            .await?;
+        *self.integrity.write().map_err(|_| poisoned())? = Some(canary);
+        Ok(())
     }
 
-    /// Unwraps the key check value of `mek`. Without one (a store written before key checks
-    /// existed, or a version created by a rotation), one TEK wrapped under `mek` is unwrapped
-    /// instead, and a key check value is written when `may_write`.
+    /// The integrity key from the newest older version of `mek`'s MEK that has a key check
+    /// value which unwraps, if any.
+    async fn older_integrity_key(&self, mek: &MekRef) -> Result<Option<TableKey>> {
+        let mut v = mek.version.get();
+        while v > 1 {
+            v -= 1;
+            let older = MekRef::new(mek.id.clone(), heliosdb_tde_core::MekVersion::new(v)?);
+            if let Some(Ok(canary)) = self.read_key_check(&older).await? {
+                return Ok(Some(canary));
+            }
+        }
+        Ok(None)
+    }
+
+    fn integrity_key(&self) -> Result<Option<Arc<TableKey>>> {
+        Ok(self.integrity.read().map_err(|_| poisoned())?.clone())
+    }
+
+    /// Keeps the store integrity key and hands it to the store, which from then on
+    /// authenticates every record it reads and writes.
+    async fn load_integrity_key(&self, canary: Arc<TableKey>) -> Result<()> {
+        let bytes = heliosdb_tde_core::KeyBytes::from_slice(canary.bytes().expose_secret())?;
+        self.store.set_integrity_key(bytes, None).await?;
+        *self.integrity.write().map_err(|_| poisoned())? = Some(canary);
+        Ok(())
+    }
+
+    /// Unwraps the key check value stored for `mek`, if there is one.
+    async fn read_key_check(&self, mek: &MekRef) -> Result<Option<Result<TableKey>>> {
+        let Some(bytes) = self.store.get_journal(&key_check_entry(mek)).await? else {
+            return Ok(None);
+        };
+        let wrapped = heliosdb_tde_core::WrappedTek::decode(&bytes).map_err(|e| {
+            TdeError::corrupt(
+                "key check value",
+                format!("{} ({})", self.store.location(), key_check_entry(mek)),
+                e.to_string(),
+            )
+        })?;
+        if wrapped.mek != *mek {
+            return Ok(Some(Err(TdeError::KeyNotFound {
+                key: format!("mek:{mek}"),
+                hint: "the key check value names another MEK version".into(),
+            })));
+        }
+        let (_, ctx) = key_check_context();
+        Ok(Some(
+            self.call(self.mek_provider.unwrap_tek(&wrapped, &ctx))
+                .await,
+        ))
+    }
+
+    /// Unwraps the key check value of `mek` and loads the store integrity key from it.
+    /// Without one (a store written before key checks existed, or an MEK version created
+    /// outside a rotation), one TEK wrapped under `mek` is unwrapped instead; then, when
+    /// `may_write`, the integrity key (from another version's key check value, or new) is
+    /// wrapped under `mek` and the store's records are authenticated.
     async fn verify_key_check(&self, mek: &MekRef, may_write: bool) -> Result<()> {
         let mismatch = || TdeError::MekMismatch {
             mek: mek.to_string(),
@@ -329,29 +401,16 @@ impl KeyManager {
             store: self.store.location(),
         };
         let judge = |r: Result<TableKey>| match r {
-            Ok(_) => Ok(()),
+            Ok(k) => Ok(k),
             Err(e @ (TdeError::ProviderUnavailable { .. } | TdeError::Io { .. })) => Err(e),
             Err(TdeError::KeyNotFound { .. } | TdeError::AuthenticationFailed { .. }) => {
                 Err(mismatch())
             }
             Err(e) => Err(e),
         };
-        if let Some(bytes) = self.store.get_journal(&key_check_entry(mek)).await? {
-            let wrapped = heliosdb_tde_core::WrappedTek::decode(&bytes).map_err(|e| {
-                TdeError::corrupt(
-                    "key check value",
-                    format!("{} ({})", self.store.location(), key_check_entry(mek)),
-                    e.to_string(),
-                )
-            })?;
-            if wrapped.mek != *mek {
-                return Err(mismatch());
-            }
-            let (_, ctx) = key_check_context();
-            return judge(
-                self.call(self.mek_provider.unwrap_tek(&wrapped, &ctx))
-                    .await,
-            );
+        if let Some(r) = self.read_key_check(mek).await? {
+            let canary = judge(r)?;
+            return self.load_integrity_key(Arc::new(canary)).await;
         }
         // No key check value yet: prove the MEK on one of the TEKs it wraps, if any.
         let mut sample: Option<TekRecord> = None;
@@ -370,6 +429,14 @@ impl KeyManager {
                 )
                 .await,
             )?;
+        }
+        // A read-only start can still verify records with the integrity key wrapped under an
+        // older version of this MEK.
+        if !may_write
+            && self.integrity_key()?.is_none()
+            && let Some(canary) = self.older_integrity_key(mek).await?
+        {
+            self.load_integrity_key(Arc::new(canary)).await?;
         }
         if may_write {
             self.write_key_check(mek).await?;

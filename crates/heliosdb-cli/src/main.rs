@@ -16,7 +16,6 @@ use heliosdb_security::tde::{
     self, CheckStatus, KeyType, SecureFileMekProvider, TdeConfig, TdeError, TdeSubsystem,
 };
 use output::{Format, Out};
-use secrecy::SecretString;
 use std::ffi::OsString;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -167,7 +166,20 @@ async fn run(cli: Cli, out: &Out) -> Result<ExitCode, TdeError> {
             if let Security::AuditVerify { path } = &cmd {
                 return audit_verify(path.as_ref().or(config.audit_log_path.as_ref()), out);
             }
-            let tde = TdeSubsystem::new(config).await?;
+            // Commands that only read open the key store read-only and write nothing.
+            let read_only = matches!(
+                cmd,
+                Security::Status
+                    | Security::MekInfo
+                    | Security::KeyStats
+                    | Security::Tek(Tek::List { .. })
+                    | Security::Mek(Mek::RotationStatus)
+            );
+            let tde = if read_only {
+                TdeSubsystem::open_read_only(config).await?
+            } else {
+                TdeSubsystem::new(config).await?
+            };
             security(cmd, &tde, out).await
         }
     }
@@ -178,8 +190,9 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
     match cmd {
         Security::Status => {
             let checklist = tde::security_checklist(tde).await;
-            out.status(tde, &checklist);
-            if checklist.iter().any(|c| c.status == CheckStatus::Fail) {
+            let keys = km.key_availability().await?;
+            out.status(tde, &checklist, Some(&keys));
+            if !keys.all_readable() || checklist.iter().any(|c| c.status == CheckStatus::Fail) {
                 return Ok(ExitCode::from(EXIT_CHECKLIST_FAILED));
             }
         }
@@ -249,28 +262,9 @@ fn change_passphrase(config: &TdeConfig, out: &Out) -> Result<ExitCode, TdeError
         )
     })?;
     let (mode, _) = tde::SecurityMode::resolve(config.security_mode.as_deref())?;
-    let old = std::env::var("HELIOSDB_MEK_PASSPHRASE_OLD").map_err(|_| {
-        TdeError::PassphraseEnvMissing {
-            var: "HELIOSDB_MEK_PASSPHRASE_OLD".into(),
-        }
-    })?;
-    let new = match &file.passphrase_file {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| TdeError::io(p, e))?;
-            text.trim_end_matches(['\n', '\r']).to_string()
-        }
-        None => {
-            std::env::var(file.passphrase_var()).map_err(|_| TdeError::PassphraseEnvMissing {
-                var: file.passphrase_var().into(),
-            })?
-        }
-    };
-    let report = SecureFileMekProvider::change_passphrase_in(
-        file,
-        mode,
-        &SecretString::from(old),
-        &SecretString::from(new),
-    )?;
+    // Both passphrases are read (and their variables removed from the environment) by the
+    // provider, which checks a passphrase file like an MEK file.
+    let report = SecureFileMekProvider::change_passphrase_from_env(file, mode)?;
     out.message(&format!(
         "passphrase changed: {} files re-encrypted, {} already converted by an earlier run; \
          passphrase generation {}",

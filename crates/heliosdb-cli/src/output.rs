@@ -2,7 +2,7 @@
 
 use clap::ValueEnum;
 use heliosdb_security::tde::{
-    CheckItem, KeyMetadata, KeyStats, MekInfo, ProviderKind, TdeSubsystem,
+    CheckItem, KeyAvailability, KeyMetadata, KeyStats, MekInfo, ProviderKind, TdeSubsystem,
 };
 use serde_json::json;
 use std::fmt;
@@ -156,9 +156,24 @@ impl Out {
     }
 
     /// The JSON form of `security status`.
-    pub(crate) fn status_value(tde: &TdeSubsystem, checklist: &[CheckItem]) -> serde_json::Value {
+    pub(crate) fn status_value(
+        tde: &TdeSubsystem,
+        checklist: &[CheckItem],
+        keys: Option<&KeyAvailability>,
+    ) -> serde_json::Value {
         let p = &tde.key_manager().mek_provider;
         json!({
+            "key_availability": keys.map(|k| json!({
+                "all_readable": k.all_readable(),
+                "unreadable_tables": k.unreadable_tables.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+                "mek_versions": k.meks.iter().map(|m| json!({
+                    "mek": m.mek.to_string(),
+                    "teks": m.teks,
+                    "in_provider": m.present,
+                    "unwraps": m.unwraps,
+                    "error": m.error,
+                })).collect::<Vec<_>>(),
+            })),
             "security_mode": tde.security_mode().to_string(),
             "mode_source": tde.mode_source().to_string(),
             "provider": p.description(),
@@ -170,9 +185,14 @@ impl Out {
         })
     }
 
-    pub(crate) fn status(&self, tde: &TdeSubsystem, checklist: &[CheckItem]) {
+    pub(crate) fn status(
+        &self,
+        tde: &TdeSubsystem,
+        checklist: &[CheckItem],
+        keys: Option<&KeyAvailability>,
+    ) {
         if self.is_json() {
-            self.json(Self::status_value(tde, checklist));
+            self.json(Self::status_value(tde, checklist, keys));
             return;
         }
         let p = &tde.key_manager().mek_provider;
@@ -192,6 +212,35 @@ impl Out {
         );
         for w in tde.warnings() {
             outln!(self, "Warning:         {w}");
+        }
+        if let Some(k) = keys {
+            if k.all_readable() {
+                outln!(
+                    self,
+                    "Key availability: every table key unwraps ({} MEK version(s) checked)",
+                    k.meks.len()
+                );
+            } else {
+                outln!(
+                    self,
+                    "Key availability: {} table(s) CANNOT BE READ: an MEK version their keys \
+                     depend on is missing or does not unwrap. Restore it from its backup before \
+                     anything else; do not create or rotate keys meanwhile",
+                    k.unreadable_tables.len()
+                );
+                for m in k.meks.iter().filter(|m| !m.unwraps) {
+                    outln!(
+                        self,
+                        "  {}: {} table key wrap(s); {}",
+                        m.mek,
+                        m.teks,
+                        m.error.as_deref().unwrap_or("does not unwrap")
+                    );
+                }
+                for t in &k.unreadable_tables {
+                    outln!(self, "  unreadable table: {t}");
+                }
+            }
         }
         outln!(self, "\nSecurity checklist:");
         let rows: Vec<Vec<String>> = checklist

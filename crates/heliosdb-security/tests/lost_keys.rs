@@ -93,8 +93,26 @@ async fn a_missing_mek_is_never_replaced() {
     assert!(text.contains("master_key_001"), "{text}");
     assert!(text.contains("mek-b"), "the provider's location: {text}");
     assert!(text.contains("backup"), "{text}");
-    let e = TdeSubsystem::open_read_only(wrong).await.unwrap_err();
-    assert!(matches!(e, TdeError::MekMissing { .. }), "{e:?}");
+    // A read-only start (security status) reports it and lists the unreadable tables.
+    let ro = TdeSubsystem::open_read_only(wrong).await.unwrap();
+    assert!(
+        ro.warnings()
+            .iter()
+            .any(|w| w.contains("missing from the MEK provider")),
+        "{:?}",
+        ro.warnings()
+    );
+    let avail = ro.key_manager().key_availability().await.unwrap();
+    assert!(!avail.all_readable());
+    let mut unreadable: Vec<String> = avail
+        .unreadable_tables
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    unreadable.sort();
+    assert_eq!(unreadable, ["public.orders", "public.users"]);
+    assert!(avail.meks.iter().all(|m| !m.present && !m.unwraps));
+    drop(ro);
     assert_eq!(
         before,
         snapshot(dir.path()),

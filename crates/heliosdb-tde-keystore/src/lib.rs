@@ -243,6 +243,39 @@ impl RedbKeyStore {
         Ok(store)
     }
 
+    /// An empty, read-only store that exists only in memory, standing for the store that
+    /// `path` would be once created: what read-only commands see before the first start.
+    pub fn empty_read_only(path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
+        let db = catch_unwind(|| {
+            Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())
+        });
+        let db = match db {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(storage_error(&path, "create in memory", e)),
+            Err(_) => return Err(storage_error(&path, "create in memory", "engine failure")),
+        };
+        let tables = (|| -> std::result::Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            txn.open_table(META)?
+                .insert("format_version", STORE_FORMAT_VERSION)?;
+            txn.open_table(TEKS)?;
+            txn.open_table(JOURNAL)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        tables.map_err(|e| storage_error(&path, "create in memory", e))?;
+        Ok(Self {
+            db: RwLock::new(Some(Db::ReadWrite(db))),
+            writable: false,
+            format: std::sync::atomic::AtomicU64::new(STORE_FORMAT_VERSION),
+            integrity_key: RwLock::new(None),
+            authenticated: AtomicBool::new(false),
+            path,
+            damaged: AtomicBool::new(false),
+        })
+    }
+
     /// Whether the store was opened read-only (it refuses every write).
     pub fn is_read_only(&self) -> bool {
         !self.writable
@@ -526,7 +559,10 @@ impl RedbKeyStore {
                     .open_table(JOURNAL)
                     .map_err(|e| self.err("open journal", e))?;
                 journal
-                    .insert(STORE_ID_ENTRY, frame_journal(STORE_ID_ENTRY, &id).as_slice())
+                    .insert(
+                        STORE_ID_ENTRY,
+                        frame_journal(STORE_ID_ENTRY, &id).as_slice(),
+                    )
                     .map_err(|e| self.err("write store id", e))?;
             }
             txn.commit().map_err(|e| self.err("commit", e))

@@ -3,8 +3,8 @@
 //! Decoding is total: any byte string gives a record or a [`TdeError::Corrupt`].
 
 use heliosdb_tde_core::{
-    EncryptionAlgorithm, KeyBytes, KeyId, KeyMetadata, KeyState, MekId, MekRef, MekVersion, Result, TableId,
-    TdeError, TekId, TekRecord, TekVersion, Timestamp, UsageCounters, WrappedTek,
+    EncryptionAlgorithm, KeyBytes, KeyId, KeyMetadata, KeyState, MekId, MekRef, MekVersion, Result,
+    TableId, TdeError, TekId, TekRecord, TekVersion, Timestamp, UsageCounters, WrappedTek,
 };
 
 /// The record format version this crate writes without an integrity key. Version 2 checksums
@@ -26,7 +26,11 @@ fn record_mac(key: &KeyBytes, store_key: &[u8], body: &[u8]) -> hmac::Hmac<sha2:
     let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key.expose_secret())
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     m.update(b"HDB-TEK-RECORD-MAC");
-    m.update(&u32::try_from(store_key.len()).unwrap_or(u32::MAX).to_be_bytes());
+    m.update(
+        &u32::try_from(store_key.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     m.update(store_key);
     m.update(body);
     m
@@ -242,7 +246,10 @@ pub fn decode_with(
         let (fields, tag) = body.split_at(split);
         if let Some(k) = integrity_key {
             use hmac::Mac;
-            if record_mac(k, &tek_key(id), fields).verify_slice(tag).is_err() {
+            if record_mac(k, &tek_key(id), fields)
+                .verify_slice(tag)
+                .is_err()
+            {
                 return Err(TdeError::corrupt(
                     "key store record",
                     location,

@@ -27,9 +27,10 @@ pub use heliosdb_tde_core::{
     TekVersion, VaultTransitConfig,
 };
 pub use heliosdb_tde_manager::{
-    AuditVerification, EmergencyRotation, FileAuditSink, KeyManager, KeyManagerConfig, KeyStats,
-    MekRotationResult, Phase as RotationPhase, Progress as RotationProgress, RotationConfig,
-    RotationState, UsagePolicy, Verification, verify_audit_log,
+    AuditVerification, EmergencyRotation, FileAuditSink, KeyAvailability, KeyManager,
+    KeyManagerConfig, KeyStats, MekAvailability, MekRotationResult, Phase as RotationPhase,
+    Progress as RotationProgress, RotationConfig, RotationState, UsagePolicy, Verification,
+    verify_audit_log,
 };
 pub use heliosdb_tde_memory::InMemoryMekProvider;
 

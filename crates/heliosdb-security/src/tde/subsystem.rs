@@ -149,12 +149,8 @@ async fn open_store(
                 provider.description()
             ),
         }),
-        Err(TdeError::KeyNotFound { .. }) if read_only => Err(TdeError::KeyNotFound {
-            key: format!("key store {}", path.display()),
-            hint: "HeliosDB has not been started with this configuration yet; start it once \
-                   (or run `heliosdb-cli security tek create`) to create the key store"
-                .into(),
-        }),
+        // Not started yet: a read-only command sees an empty store and creates nothing.
+        Err(TdeError::KeyNotFound { .. }) if read_only => RedbKeyStore::empty_read_only(&path),
         Err(TdeError::KeyNotFound { .. }) => {
             create_private_dir(&config.key_storage_path)?;
             RedbKeyStore::create_new(&path)
@@ -197,7 +193,10 @@ impl TdeSubsystem {
 
     /// Starts TDE for a read-only command: as [`TdeSubsystem::new`], but the key store is
     /// opened read-only and nothing is created or written (no directory, no store, no MEK, no
-    /// audit record). Every file is left byte-identical.
+    /// audit record). Every file is left byte-identical. A missing or mismatched default MEK
+    /// ([`TdeError::MekMissing`], [`TdeError::MekMismatch`]) does not stop it: it is reported in
+    /// [`TdeSubsystem::warnings`], so that `security status` can show which tables it makes
+    /// unreadable ([`KeyManager::key_availability`]).
     pub async fn open_read_only(config: TdeConfig) -> Result<Self> {
         Self::start(config, true).await
     }
@@ -238,7 +237,19 @@ impl TdeSubsystem {
             warnings.push(w);
         }
         if read_only {
-            km.check_default_mek().await?;
+            // A read-only start is also how an operator diagnoses a lost or wrong MEK: report
+            // it (and let `security status` list the tables it makes unreadable) instead of
+            // refusing to start. Nothing is created either way.
+            match km.check_default_mek().await {
+                Ok(_) => {}
+                Err(e @ (TdeError::MekMissing { .. } | TdeError::MekMismatch { .. })) => {
+                    tracing::error!(target: "heliosdb::tde", "{e}");
+                    warnings.push(e.to_string());
+                }
+                // A first start has not happened yet: there is nothing to read.
+                Err(e @ TdeError::KeyNotFound { .. }) => warnings.push(e.to_string()),
+                Err(e) => return Err(e),
+            }
         } else {
             km.ensure_default_mek().await?;
         }

@@ -1,0 +1,174 @@
+//! Issue 9 items 1 and 18 with the real binary: the MEK directory moved (a wrong mount, a
+//! typo) is never answered with a new MEK; `security status` lists the tables that cannot be
+//! read and exits 3; read-only and failed commands leave every file byte-identical.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_heliosdb-cli");
+
+fn cli(dir: &Path, cfg: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("HELIOSDB_SECURITY_MODE")
+        .env_remove("HELIOSDB_CONFIG")
+        .env_remove("HELIOSDB_MEK_PASSPHRASE")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A production configuration whose MEK directory is `dir/<mek>`.
+fn config(dir: &Path, mek: &str) -> PathBuf {
+    let pass = dir.join("secrets/pass.txt");
+    std::fs::create_dir_all(pass.parent().unwrap()).unwrap();
+    std::fs::write(&pass, "a cli test passphrase, long enough for production\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = dir.join(format!("tde-{mek}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "key_storage_path = \"{d}/keys\"\nsecurity_mode = \"production\"\n\
+             audit_log_path = \"{d}/audit/audit.log\"\n\n\
+             [secure_file_config]\nstorage_path = \"{d}/{mek}\"\npassphrase_file = \"{p}\"\n",
+            d = dir.display(),
+            p = pass.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Every file under `dir/keys`, `dir/mek-*` and `dir/audit`, with its bytes. The MEK
+/// directory's lock file records the pid of its last holder and is left out.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if !p.to_string_lossy().ends_with(".lock") {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn same(a: &BTreeMap<PathBuf, Vec<u8>>, b: &BTreeMap<PathBuf, Vec<u8>>) -> Result<(), String> {
+    if a.keys().ne(b.keys()) {
+        return Err(format!(
+            "files differ: {:?} vs {:?}",
+            a.keys().collect::<Vec<_>>(),
+            b.keys().collect::<Vec<_>>()
+        ));
+    }
+    for (p, bytes) in a {
+        if b[p] != *bytes {
+            return Err(format!("{} changed", p.display()));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_moved_mek_directory_is_reported_never_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = config(dir.path(), "mek-a");
+    for table in ["public.users", "public.orders"] {
+        let o = cli(dir.path(), &a, &["security", "tek", "create", table]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let b = config(dir.path(), "mek-b");
+    std::fs::create_dir_all(dir.path().join("mek-b")).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("mek-b"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    let before = snapshot(dir.path());
+
+    // status: exit 3, the unreadable tables named, in table and JSON output.
+    let o = cli(dir.path(), &b, &["security", "status"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{t}");
+    assert!(t.contains("CANNOT BE READ"), "{t}");
+    assert!(t.contains("unreadable table: public.users"), "{t}");
+    assert!(t.contains("unreadable table: public.orders"), "{t}");
+    assert!(t.contains("master_key_001"), "{t}");
+    let o = cli(dir.path(), &b, &["--format", "json", "security", "status"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let keys = &v["key_availability"];
+    assert_eq!(keys["all_readable"], false, "{v}");
+    let mut tables: Vec<&str> = keys["unreadable_tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    tables.sort();
+    assert_eq!(tables, ["public.orders", "public.users"]);
+
+    // tek create: refused, naming the MEK, the provider's location and the dependent keys.
+    let o = cli(
+        dir.path(),
+        &b,
+        &["security", "tek", "create", "public.items"],
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("master_key_001"), "{t}");
+    assert!(t.contains("mek-b"), "{t}");
+    assert!(t.contains("2 table key version(s) of 2 table(s)"), "{t}");
+    same(&before, &snapshot(dir.path())).unwrap();
+
+    // With the right directory everything is readable, and status says so.
+    let o = cli(dir.path(), &a, &["security", "status"]);
+    assert!(text(&o).contains("every table key unwraps"), "{}", text(&o));
+}
+
+#[test]
+fn read_only_and_failed_commands_change_no_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = config(dir.path(), "mek-a");
+    let o = cli(
+        dir.path(),
+        &a,
+        &["security", "tek", "create", "public.users"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let before = snapshot(dir.path());
+    for args in [
+        &["security", "status"][..],
+        &["security", "tek", "list"],
+        &["security", "mek-info"],
+        &["security", "key-stats"],
+        &["security", "mek", "rotation-status"],
+        &["--format", "json", "security", "tek", "list"],
+        // Failed commands.
+        &["security", "tek", "rotate", "public.nosuch"],
+        &["security", "tek", "create", "public.users"],
+    ] {
+        let o = cli(dir.path(), &a, args);
+        if let Err(e) = same(&before, &snapshot(dir.path())) {
+            panic!("`{}` changed files: {e}\n{}", args.join(" "), text(&o));
+        }
+    }
+}

@@ -104,7 +104,9 @@ pub struct SecureFileConfig {
     /// A file holding the passphrase (mode 0600), used instead of the environment variable.
     #[serde(default)]
     pub passphrase_file: Option<PathBuf>,
-    /// Argon2id parameters for newly written files; `None` means [`KdfParams::default`].
+    /// Argon2id parameters for newly written files; `None` means the secure-file provider's
+    /// default (`heliosdb_tde_file::DEFAULT_KDF`: RFC 9106's second recommended option, 64 MiB,
+    /// t = 3, p = 4).
     #[serde(default)]
     pub kdf: Option<KdfParams>,
 }

@@ -7,7 +7,7 @@
 //! nonce (12 bytes, random) | encrypted TEK (32 bytes) | tag (16 bytes)
 //! ```
 //!
-//! and the associated data is [`WrapContext::aad`] for the MEK version named in the envelope.
+//! and the associated data is [`WrapContext::aad_for`] the envelope.
 
 use crate::aead::{AeadKey, Backend, NONCE_LEN, TAG_LEN, random_nonce};
 use heliosdb_tde_core::{

@@ -196,7 +196,9 @@ fn format_1_wraps_still_unwrap_and_format_2_binds_the_header() {
     let aead = AeadKey::new(Backend::default(), mek.bytes().expose_secret()).unwrap();
     let nonce = [7u8; 12];
     let mut body = key.bytes().expose_secret().to_vec();
-    let tag = aead.seal_detached(&nonce, &c.aad_for(&old), &mut body).unwrap();
+    let tag = aead
+        .seal_detached(&nonce, &c.aad_for(&old), &mut body)
+        .unwrap();
     old.payload = [nonce.as_slice(), &body, &tag].concat();
     let decoded = WrappedTek::decode(&old.encode()).unwrap();
     assert_eq!(decoded.format, 1);

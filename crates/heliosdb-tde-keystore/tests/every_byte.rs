@@ -11,9 +11,12 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// Everything the read commands read: every record by scan and by key, the count, a journal
-/// entry. `Err` if any of it failed.
-fn read_everything(path: &Path) -> Result<(Vec<TekRecord>, u64, Option<Vec<u8>>), String> {
+/// Everything the read commands read: every record, the count, a journal entry.
+type Everything = (Vec<TekRecord>, u64, Option<Vec<u8>>);
+
+/// Reads every record by scan and by key, the count and a journal entry. `Err` if any of it
+/// failed.
+fn read_everything(path: &Path) -> Result<Everything, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -74,8 +77,9 @@ fn every_flipped_byte_is_an_error_or_harmless() {
             let outcome = std::panic::catch_unwind(|| read_everything(&trial));
             let verdict = match outcome {
                 Err(_) => Err(format!("a read panicked with byte {i} flipped")),
-                Ok(Err(text)) => Ok(text.contains(&trial.display().to_string())
-                    || text.contains("trial.redb")),
+                Ok(Err(text)) => {
+                    Ok(text.contains(&trial.display().to_string()) || text.contains("trial.redb"))
+                }
                 Ok(Ok(got)) if got == expected => Ok(true),
                 Ok(Ok(got)) => Err(format!(
                     "byte {i} flipped: the read succeeded with other data ({} records, count {})",

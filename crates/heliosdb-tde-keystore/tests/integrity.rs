@@ -94,10 +94,12 @@ async fn a_reset_counter_or_a_revived_version_is_refused() {
         assert!(matches!(e, TdeError::Corrupt { .. }), "{e:?}");
         // Nothing is written over a record that fails.
         let write = s
-            .apply(StoreBatch::new().push(heliosdb_tde_core::StoreOp::ReserveEncryptions {
-                id: v1.id.clone(),
-                at_least: 10,
-            }))
+            .apply(
+                StoreBatch::new().push(heliosdb_tde_core::StoreOp::ReserveEncryptions {
+                    id: v1.id.clone(),
+                    at_least: 10,
+                }),
+            )
             .await;
         assert!(write.is_err());
     }

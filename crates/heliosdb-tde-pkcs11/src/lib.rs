@@ -3,7 +3,8 @@
 //! MEKs are AES-256 secret-key objects generated inside the token and never exported. TEKs are
 //! wrapped with `CKM_AES_GCM` inside the token: the provider payload of the envelope is
 //! `IV (12) || ciphertext (32) || tag (16)`, and the GCM associated data is the core binding
-//! ([`WrapContext::aad`]) of table, TEK version, MEK id and version, and purpose.
+//! ([`WrapContext::aad_for`]) of table, TEK version, MEK id and version, purpose and the
+//! envelope header.
 //!
 //! Objects on the token, all `CKA_TOKEN` and `CKA_PRIVATE` (invisible before login):
 //!

@@ -184,9 +184,14 @@ async fn sigkill_during_a_rotation_of_10000_teks() {
         .rollback_mek_rotation("master_key_001", None)
         .await
         .unwrap();
+    // Kill moments are drawn from a window that adapts to what each kill found: a kill that
+    // came before the rotation started raises its lower end, one that came after it finished
+    // lowers its upper end. The window so closes in on the rotation whatever the machine's
+    // speed, instead of relying on one measurement of it.
+    let (mut lo, mut hi) = (full / 10, full.max(20));
     let mut mid_rotation = 0;
     let mut rounds = 0;
-    while mid_rotation < 6 && rounds < 30 {
+    while mid_rotation < 6 && rounds < 40 {
         rounds += 1;
         let round = rounds;
         let mut child = Command::new(BIN)
@@ -198,7 +203,8 @@ async fn sigkill_during_a_rotation_of_10000_teks() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(random_ms(full / 10, full.max(20)))).await;
+        let delay = random_ms(lo, hi.max(lo + 2));
+        tokio::time::sleep(Duration::from_millis(delay)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         // After each kill: 100% of TEKs unwrap.
@@ -211,13 +217,16 @@ async fn sigkill_during_a_rotation_of_10000_teks() {
         );
         match st.map(|s| s.phase) {
             Some(RotationPhase::DualActive) => {
-                // It finished before the kill: roll it back so the next round rotates anew.
+                // It finished before the kill: roll it back so the next round rotates anew,
+                // and kill earlier from now on.
                 km.rollback_mek_rotation("master_key_001", None)
                     .await
                     .unwrap();
+                hi = delay.max(lo + 2);
             }
             Some(_) => mid_rotation += 1,
-            None => {}
+            // Killed before the rotation began: kill later from now on.
+            None => lo = delay.min(hi.saturating_sub(2)),
         }
     }
     // The rotation finishes when run to completion.

@@ -112,9 +112,10 @@ async fn kill_9_never_leaves_a_torn_or_unreadable_file() {
             }
             n
         });
-        // Wait until the child has opened the provider (slow under a loaded machine), then
-        // kill it at a random moment of its rotate / change-passphrase loop.
-        let ready = rx.recv_timeout(Duration::from_secs(120));
+        // Wait until the child has opened the provider (however slow the machine: the wait
+        // ends with the child's READY line, or when its output closes), then kill it at a
+        // random moment of its rotate / change-passphrase loop.
+        let ready = rx.recv();
         assert_eq!(
             ready.as_deref(),
             Ok("READY"),

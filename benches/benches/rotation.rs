@@ -54,6 +54,20 @@ fn rotation(c: &mut Criterion) {
         })
     });
 
+    // The same with the self-check every local provider now runs on a new wrap (one more
+    // unwrap and a compare): its cost, against the baseline above in the same run.
+    g.bench_function("wrap_self_check_unwrap_wrap_check_in_memory", |b| {
+        b.iter(|| {
+            for (ctx, w) in &wrapped {
+                let k = wrap::unwrap_tek(Backend::default(), &old, w, ctx).unwrap();
+                let n = wrap::wrap_tek(Backend::default(), &new, ProviderKind::InMemory, &k, ctx)
+                    .unwrap();
+                assert!(wrap::wrap_gives_back(Backend::default(), &new, &n, &k, ctx));
+                std::hint::black_box(n);
+            }
+        })
+    });
+
     // Ours: a full rotation pass (prepare + re-wrap, durable commits). Between samples the old
     // version is deactivated (grace period zero), which is not timed.
     let rt = tokio::runtime::Builder::new_multi_thread()

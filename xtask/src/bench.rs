@@ -198,6 +198,14 @@ pub fn render(r: &BTreeMap<String, f64>) -> String {
             })
             .unwrap_or_else(|| "not run".into()),
     });
+    rows.push(Row {
+        what: "wrap self-check: unwrap + wrap + check of 100,000 keys in memory".into(),
+        ours: get("mek_rotation_100k/wrap_self_check_unwrap_wrap_check_in_memory"),
+        base: get("mek_rotation_100k/baseline_unwrap_wrap_in_memory"),
+        base_name: "unwrap + wrap of 100,000 keys in memory".into(),
+        target: "report".into(),
+        verdict: "report".into(),
+    });
     let ours = get("store_open/ours_1m_teks");
     rows.push(Row {
         what: "key store open with 1,000,000 TEKs (no eager unwrap)".into(),

@@ -28,6 +28,7 @@ fn hsm_config() -> HsmConfig {
 
 #[tokio::test]
 async fn pin_from_a_file_or_the_configuration() {
+    let _serial = common::serial().await;
     if common::token_present().is_none() {
         return;
     }
@@ -209,6 +210,7 @@ impl std::io::Write for Sink {
 
 #[tokio::test]
 async fn enable_logging_logs_each_operation_without_secrets() {
+    let _serial = common::serial().await;
     if common::token_present().is_none() {
         return;
     }

@@ -30,36 +30,42 @@ async fn hsm() -> Option<Arc<dyn MekProvider>> {
 
 #[tokio::test]
 async fn conformance_round_trip() {
+    let _serial = common::serial().await;
     let Some(p) = hsm().await else { return };
     provider::round_trip(p.as_ref()).await;
 }
 
 #[tokio::test]
 async fn conformance_aad_binding() {
+    let _serial = common::serial().await;
     let Some(p) = hsm().await else { return };
     provider::aad_binding(p.as_ref()).await;
 }
 
 #[tokio::test]
 async fn conformance_versions() {
+    let _serial = common::serial().await;
     let Some(p) = hsm().await else { return };
     provider::versions(p.as_ref()).await;
 }
 
 #[tokio::test]
 async fn conformance_errors() {
+    let _serial = common::serial().await;
     let Some(p) = hsm().await else { return };
     provider::errors(p.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_concurrency_through_the_pool() {
+    let _serial = common::serial().await;
     let Some(p) = hsm().await else { return };
     provider::concurrency(p).await;
 }
 
 #[tokio::test]
 async fn conformance_secrecy() {
+    let _serial = common::serial().await;
     let Some(p) = hsm().await else { return };
     provider::secrecy(p.as_ref()).await;
     let text = format!("{p:?}");
@@ -68,12 +74,14 @@ async fn conformance_secrecy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mek_rotation_through_the_key_manager_with_dual_encryption() {
+    let _serial = common::serial().await;
     let Some(p) = hsm().await else { return };
     provider::rotation_with_manager(p).await;
 }
 
 #[tokio::test]
 async fn the_mek_never_leaves_the_token() {
+    let _serial = common::serial().await;
     let Some(p) = hsm().await else { return };
     let id = provider::fresh_mek_id("hsm_attr");
     p.generate_mek(&id, EncryptionAlgorithm::Aes256Gcm)
@@ -172,6 +180,7 @@ fn plant(
 
 #[tokio::test]
 async fn a_planted_key_next_to_the_mek_is_refused_naming_both_handles() {
+    let _serial = common::serial().await;
     let Some(p) = hsm().await else { return };
     let id = provider::fresh_mek_id("hsm_plant");
     let mek = p
@@ -224,6 +233,7 @@ async fn a_planted_key_next_to_the_mek_is_refused_naming_both_handles() {
 
 #[tokio::test]
 async fn a_planted_extractable_key_is_refused_on_first_use() {
+    let _serial = common::serial().await;
     let Some(p) = hsm().await else { return };
     let id = provider::fresh_mek_id("hsm_plant_only");
     let label = format!("heliosdb-mek:{id}:v1").into_bytes();
@@ -260,6 +270,7 @@ async fn a_planted_extractable_key_is_refused_on_first_use() {
 
 #[tokio::test]
 async fn a_key_from_release_0_1_keeps_working() {
+    let _serial = common::serial().await;
     let Some(p) = hsm().await else { return };
     // Release 0.1 generated MEKs with this template: the token chose CKA_WRAP, CKA_UNWRAP,
     // CKA_DERIVE, CKA_MODIFIABLE and CKA_COPYABLE.
@@ -312,6 +323,7 @@ async fn a_key_from_release_0_1_keeps_working() {
 
 #[tokio::test]
 async fn the_iv_the_token_wrote_is_the_iv_stored() {
+    let _serial = common::serial().await;
     let Some(p) = hsm().await else { return };
     let id = provider::fresh_mek_id("hsm_iv");
     let mek = p
@@ -337,6 +349,7 @@ async fn the_iv_the_token_wrote_is_the_iv_stored() {
 
 #[tokio::test]
 async fn a_wrap_that_does_not_unwrap_is_refused_and_nothing_is_returned() {
+    let _serial = common::serial().await;
     let Some(p) = hsm().await else { return };
     let id = provider::fresh_mek_id("hsm_check");
     let v1 = p
@@ -375,6 +388,7 @@ async fn a_wrap_that_does_not_unwrap_is_refused_and_nothing_is_returned() {
 
 #[tokio::test]
 async fn an_unknown_label_is_named() {
+    let _serial = common::serial().await;
     if hsm().await.is_none() {
         return;
     }
@@ -387,6 +401,7 @@ async fn an_unknown_label_is_named() {
 
 #[tokio::test]
 async fn a_missing_or_bogus_library_is_a_clear_error() {
+    let _serial = common::serial().await;
     if hsm().await.is_none() {
         return;
     }
@@ -401,6 +416,7 @@ async fn a_missing_or_bogus_library_is_a_clear_error() {
 
 #[tokio::test]
 async fn a_tampered_wrap_is_an_authentication_error() {
+    let _serial = common::serial().await;
     let Some(p) = hsm().await else { return };
     let id = provider::fresh_mek_id("hsm_tag");
     let mek = p

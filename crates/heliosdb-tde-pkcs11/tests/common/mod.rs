@@ -80,3 +80,12 @@ pub fn independent_session() -> cryptoki::session::Session {
     }
     session
 }
+
+/// Serialises the tests of one test binary that use the token. SoftHSM2's file object store
+/// guards its files with process-wide locks, so token objects created from several threads of
+/// one process at once can fail with CKR_GENERAL_ERROR; the provider never does that (MEK
+/// changes are rare and serialised by the rotation lock), but parallel tests would.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}

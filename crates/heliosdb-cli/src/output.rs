@@ -163,6 +163,7 @@ impl Out {
     ) -> serde_json::Value {
         let p = &tde.key_manager().mek_provider;
         json!({
+            "key_store": keys.map(|k| k.store.clone()),
             "key_availability": keys.map(|k| json!({
                 "all_readable": k.all_readable(),
                 "unreadable_tables": k.unreadable_tables.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
@@ -214,6 +215,7 @@ impl Out {
             outln!(self, "Warning:         {w}");
         }
         if let Some(k) = keys {
+            outln!(self, "Key store:       {}", k.store);
             if k.all_readable() {
                 outln!(
                     self,

@@ -444,6 +444,16 @@ impl KeyManager {
         Ok(())
     }
 
+    /// The key store's identity (hex), written when the store was created; `None` for a store
+    /// created before stores had one.
+    pub async fn store_id(&self) -> Result<Option<String>> {
+        Ok(self
+            .store
+            .get_journal("store/id")
+            .await?
+            .map(|b| b.iter().map(|x| format!("{x:02x}")).collect()))
+    }
+
     /// Checks that every MEK version some stored TEK depends on is in the provider and unwraps
     /// one of its TEKs, and lists the tables that cannot be read. Read-only.
     pub async fn key_availability(&self) -> Result<KeyAvailability> {
@@ -521,7 +531,12 @@ impl KeyManager {
                 unreadable_tables.push(table.clone());
             }
         }
+        let store = match self.store_id().await? {
+            Some(id) => format!("{} (id {id})", self.store.location()),
+            None => self.store.location(),
+        };
         Ok(KeyAvailability {
+            store,
             meks,
             unreadable_tables,
         })
@@ -904,6 +919,8 @@ pub struct MekAvailability {
 /// What [`KeyManager::key_availability`] found.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct KeyAvailability {
+    /// The key store's location and identity (see [`KeyManager::store_id`]).
+    pub store: String,
     /// Every MEK version some stored TEK depends on.
     pub meks: Vec<MekAvailability>,
     /// Tables with at least one TEK version that no available MEK version can unwrap.

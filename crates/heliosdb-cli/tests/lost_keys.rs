@@ -112,7 +112,10 @@ fn a_moved_mek_directory_is_reported_never_replaced() {
     assert!(t.contains("unreadable table: public.users"), "{t}");
     assert!(t.contains("unreadable table: public.orders"), "{t}");
     assert!(t.contains("master_key_001"), "{t}");
-    assert!(t.contains("tek-store.redb (id "), "the store's identity: {t}");
+    assert!(
+        t.contains("tek-store.redb (id "),
+        "the store's identity: {t}"
+    );
     let o = cli(dir.path(), &b, &["--format", "json", "security", "status"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

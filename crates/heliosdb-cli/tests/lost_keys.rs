@@ -53,8 +53,8 @@ fn config(dir: &Path, mek: &str) -> PathBuf {
     cfg
 }
 
-/// Every file under `dir/keys`, `dir/mek-*` and `dir/audit`, with its bytes. The MEK
-/// directory's lock file records the pid of its last holder and is left out.
+/// Every file under `dir` (key store, MEK directories with their lock files, audit log), with
+/// its bytes.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -63,7 +63,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else if !p.to_string_lossy().ends_with(".lock") {
+            } else {
                 out.insert(p.clone(), std::fs::read(&p).unwrap());
             }
         }

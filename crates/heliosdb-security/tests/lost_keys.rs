@@ -27,8 +27,8 @@ fn file_config(root: &Path, mek_dir: &str) -> TdeConfig {
     }
 }
 
-/// Every file under `root` with a digest of its bytes (and its length). The provider's lock
-/// file, which records the pid of its holder, is not key state and is left out.
+/// Every file under `root` (the MEK directory's lock file included) with a digest of its bytes
+/// and its length.
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u64, u64)> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -37,7 +37,7 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u64, u64)> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else if !p.to_string_lossy().ends_with(".lock") {
+            } else {
                 let bytes = std::fs::read(&p).unwrap();
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 std::hash::Hash::hash(&bytes, &mut h);

@@ -5,15 +5,11 @@ use heliosdb_tde_core::{Result, SecurityMode, TdeError};
 use rustix::fs::{Mode, OFlags};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Prefix of temporary files; they are ignored by the loader and removed at open.
 pub(crate) const TEMP_PREFIX: &str = ".tmp-";
-
-/// The lock file inside the MEK directory. Whoever holds an exclusive `flock` on it owns the
-/// directory; it contains that process's id (for the error the next process gets).
-pub(crate) const LOCK_FILE: &str = ".heliosdb-mek.lock";
 
 /// The largest passphrase file read (a passphrase is a line, not a document).
 const MAX_SMALL_FILE: u64 = 64 * 1024;
@@ -215,55 +211,63 @@ pub(crate) fn resolve_private_dir(
     Ok(resolved)
 }
 
-/// Takes the exclusive advisory lock (`flock`) of the MEK directory `dir`, and records this
-/// process's id in the lock file. The lock lasts as long as the returned file is open (and
-/// ends with the process, however it ends). If another process holds it, the error names
-/// that process.
+/// Takes the exclusive advisory lock (`flock`) on the MEK directory `dir` itself. The lock lasts as
+/// long as the returned file is open (and ends with the process, however it ends). If another
+/// process holds it, the error names that process, found in the kernel's lock table
+/// (`/proc/locks`): the lock file itself is never written, so a command that only reads leaves
+/// every file of the directory byte-identical.
 pub(crate) fn lock_dir(dir: &Path, shown: &Path) -> Result<File> {
-    let path = dir.join(LOCK_FILE);
+    // The directory itself is locked: no lock file is ever created or written.
     let fd = rustix::fs::open(
-        &path,
-        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
     )
-    .map_err(|e| open_error(&path, e, "the lock file"))?;
+    .map_err(|e| open_error(dir, e, "the MEK directory"))?;
     let file = File::from(fd);
-    let meta = file.metadata().map_err(|e| TdeError::io(&path, e))?;
-    if !meta.file_type().is_file() {
-        return Err(TdeError::SecurityPolicy(format!(
-            "{} is {}, not a regular file; remove it (HeliosDB recreates it)",
-            path.display(),
-            type_name(&meta)
-        )));
-    }
+    let meta = file.metadata().map_err(|e| TdeError::io(dir, e))?;
+    let path = dir;
     match file.try_lock() {
-        Ok(()) => {
-            let pid = format!("{}\n", std::process::id());
-            file.set_len(0)
-                .and_then(|()| file.write_all_at(pid.as_bytes(), 0))
-                .map_err(|e| TdeError::io(&path, e))?;
-            Ok(file)
-        }
+        Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            let _ = (&file).take(32).read_to_string(&mut text);
-            let holder = match text.trim().parse::<u32>() {
-                Ok(pid) => format!("process {pid}"),
-                Err(_) => "another process".to_string(),
+            let holder = match lock_holder(&meta) {
+                Some(pid) => format!("process {pid}"),
+                None => "another process".to_string(),
             };
             Err(TdeError::InUse {
                 what: "MEK directory".into(),
                 location: shown.display().to_string(),
                 hint: format!(
-                    "{holder} holds its lock {}: is the HeliosDB server running? Only one \
+                    "{holder} holds its lock on {}: is the HeliosDB server running? Only one \
                      process at a time may use a MEK directory; stop that process and run the \
                      command again. Nothing was changed",
                     path.display()
                 ),
             })
         }
-        Err(fs::TryLockError::Error(e)) => Err(TdeError::io(&path, e)),
+        Err(fs::TryLockError::Error(e)) => Err(TdeError::io(path, e)),
     }
+}
+
+/// The process holding an `flock` on the file described by `meta`, from `/proc/locks` (lines
+/// such as `1: FLOCK  ADVISORY  WRITE 4242 fd:01:131 0 EOF`, device numbers in hex).
+fn lock_holder(meta: &fs::Metadata) -> Option<u32> {
+    let dev = meta.dev();
+    let want = format!(
+        "{:02x}:{:02x}:{}",
+        rustix::fs::major(dev),
+        rustix::fs::minor(dev),
+        meta.ino()
+    );
+    let table = fs::read_to_string("/proc/locks").ok()?;
+    table.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // id, class, mode, access, pid, dev:dev:inode, start, end (a "->" marks waiters).
+        if f.get(1) != Some(&"FLOCK") || f.contains(&"->") {
+            return None;
+        }
+        (f.get(5) == Some(&want.as_str())).then(|| f.get(4)?.parse().ok())?
+    })
 }
 
 /// Opens an MEK file through [`open_private_file`] and reads it. (The parser bounds the

@@ -16,9 +16,9 @@
 //!   the file read; a symbolic link, pipe or device in its place is refused. A symbolic link
 //!   as the directory itself is followed, its target checked, and the resolved path shown
 //!   ([`SecureFileMekProvider::resolved_storage_path`], and in the description);
-//! * one process at a time: the provider holds an exclusive advisory lock (`flock`) on
-//!   `<storage_path>/.heliosdb-mek.lock` for its whole lifetime, and so does a passphrase
-//!   change; the second one gets an error naming the process that holds it;
+//! * one process at a time: the provider holds an exclusive advisory lock (`flock`) on the
+//!   `<storage_path>` directory itself (no lock file) for its whole lifetime, and so does a
+//!   passphrase change; the second one gets an error naming the process that holds it;
 //! * every write is atomic (temporary file, fsync, rename, fsync of the directory): a crash or
 //!   `kill -9` leaves the old file or the new one, never a torn one;
 //! * the passphrase comes from `HELIOSDB_MEK_PASSPHRASE` (or the configured variable), which
@@ -75,9 +75,6 @@ pub const DEFAULT_KDF: KdfParams = KdfParams {
     t_cost: 3,
     p_cost: 4,
 };
-
-/// The lock file in the MEK directory (see [`SecureFileMekProvider::open`]).
-pub const LOCK_FILE_NAME: &str = fsutil::LOCK_FILE;
 
 #[derive(Clone)]
 enum Slot {
@@ -317,8 +314,8 @@ impl SecureFileMekProvider {
     /// (`HELIOSDB_MEK_PASSPHRASE` unless configured otherwise), which is removed from the
     /// process environment once read.
     ///
-    /// The provider takes an exclusive advisory lock on the directory
-    /// ([`LOCK_FILE_NAME`]) and holds it until it is dropped: a second provider or a
+    /// The provider takes an exclusive advisory lock (`flock`) on the directory itself, which
+    /// writes nothing, and holds it until it is dropped: a second provider or a
     /// passphrase change on the same directory, in this process or another one, fails with
     /// an error naming the process that holds it.
     pub fn open(config: &SecureFileConfig, mode: SecurityMode) -> Result<Self> {

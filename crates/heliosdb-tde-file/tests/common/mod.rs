@@ -8,7 +8,7 @@
 )]
 
 use heliosdb_tde_core::{KdfParams, SecureFileConfig, SecurityMode};
-use heliosdb_tde_file::{LOCK_FILE_NAME, SecureFileMekProvider};
+use heliosdb_tde_file::SecureFileMekProvider;
 use secrecy::SecretString;
 use std::path::Path;
 
@@ -38,13 +38,11 @@ pub fn open(
     SecureFileMekProvider::open_with_passphrase(&config(dir), mode, secret(pass), Vec::new())
 }
 
-/// Every file name and its bytes, sorted, except the lock file (which holds the pid of the
-/// last process that opened the directory).
+/// Every file name and its bytes, sorted.
 pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap())
-        .filter(|e| e.file_name() != LOCK_FILE_NAME)
         .map(|e| {
             (
                 e.file_name().to_string_lossy().into_owned(),

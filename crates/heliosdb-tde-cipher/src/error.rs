@@ -76,7 +76,50 @@ impl From<CipherError> for TdeError {
                 what: format!("cipher backend {b}"),
                 hint: format!("enable the heliosdb-tde-cipher feature {b}"),
             },
-            other => TdeError::corrupt("sealed data", "cipher", other.to_string()),
+            CipherError::KeyVersionMismatch { expected, found } => {
+                TdeError::WrongKeyVersion { expected, found }
+            }
+            CipherError::InvalidArgument(s) => TdeError::InvalidArgument(s),
+            CipherError::Backend(b) => TdeError::ProviderUnavailable {
+                provider: format!("the {b} AES-GCM backend"),
+                reason: "it failed internally".into(),
+                retryable: false,
+            },
+            m @ CipherError::Malformed(_) => {
+                TdeError::corrupt("sealed data", "cipher", m.to_string())
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each cipher error becomes the matching typed error; only malformed data is `Corrupt`.
+    #[test]
+    fn every_cipher_error_maps_to_its_own_kind() {
+        let v = |n| TekVersion::new(n).unwrap();
+        let e: TdeError = CipherError::KeyVersionMismatch {
+            expected: v(2),
+            found: v(1),
+        }
+        .into();
+        assert!(matches!(e, TdeError::WrongKeyVersion { .. }), "{e:?}");
+        assert!(!e.to_string().contains("backup"), "{e}");
+        let e: TdeError = CipherError::InvalidArgument("page too short".into()).into();
+        assert!(matches!(e, TdeError::InvalidArgument(_)), "{e:?}");
+        let e: TdeError = CipherError::Backend("ring").into();
+        assert!(matches!(e, TdeError::ProviderUnavailable { .. }), "{e:?}");
+        let e: TdeError = CipherError::Malformed("short header".into()).into();
+        assert!(matches!(e, TdeError::Corrupt { .. }), "{e:?}");
+        let e: TdeError = CipherError::AuthenticationFailed.into();
+        assert!(matches!(e, TdeError::AuthenticationFailed { .. }), "{e:?}");
+        let e: TdeError = CipherError::NonceBudgetExhausted { invocations: 7 }.into();
+        assert!(matches!(e, TdeError::NonceBudgetExhausted { .. }), "{e:?}");
+        let e: TdeError = CipherError::BackendUnavailable("ring").into();
+        assert!(matches!(e, TdeError::Unsupported { .. }), "{e:?}");
+        let e: TdeError = CipherError::Random("no entropy".into()).into();
+        assert!(matches!(e, TdeError::Random(_)), "{e:?}");
     }
 }

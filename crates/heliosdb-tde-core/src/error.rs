@@ -194,6 +194,22 @@ pub enum TdeError {
     #[error("the OS random number generator failed: {0}. No key was created")]
     Random(String),
 
+    /// Sealed data names another TEK version than the key it was opened with.
+    #[error(
+        "the data was sealed with TEK version {found}, but version {expected} was used to open          it; fetch the key version named in the page header (the data is not damaged)"
+    )]
+    WrongKeyVersion {
+        /// The version used.
+        expected: crate::TekVersion,
+        /// The version the data names.
+        found: crate::TekVersion,
+    },
+
+    /// A caller passed an argument outside what the operation accepts (a programming error,
+    /// not bad data).
+    #[error("invalid argument: {0}. Fix the call; nothing was changed")]
+    InvalidArgument(String),
+
     /// A file or store is held by another process.
     #[error("the {what} {location} is in use by another process ({hint})")]
     InUse {

@@ -216,11 +216,10 @@ impl RedbKeyStore {
         });
         let db = match opened {
             Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(open_error(&path, existed, &e)),
+            Ok(Err(e)) => return Err(open_error(&path, existed, e)),
             Err(_) => {
                 return Err(open_error_text(
                     &path,
-                    existed,
                     "the storage engine failed on damaged data",
                 ));
             }
@@ -253,7 +252,13 @@ impl RedbKeyStore {
         let db = match db {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => return Err(storage_error(&path, "create in memory", e)),
-            Err(_) => return Err(storage_error(&path, "create in memory", "engine failure")),
+            Err(_) => {
+                return Err(TdeError::ProviderUnavailable {
+                    provider: format!("key store {}", path.display()),
+                    reason: "the storage engine failed to create an empty store in memory".into(),
+                    retryable: false,
+                });
+            }
         };
         let tables = (|| -> std::result::Result<(), redb::Error> {
             let txn = db.begin_write()?;
@@ -290,7 +295,7 @@ impl RedbKeyStore {
         self.path.display().to_string()
     }
 
-    fn err(&self, what: &str, e: impl fmt::Display) -> TdeError {
+    fn err(&self, what: &str, e: impl Into<redb::Error>) -> TdeError {
         storage_error(&self.path, what, e)
     }
 
@@ -374,7 +379,7 @@ impl RedbKeyStore {
                 if let Ok(Ok(ro)) = catch_unwind(|| ReadOnlyDatabase::open(&self.path)) {
                     *guard = Some(Db::ReadOnly(ro));
                 }
-                return Err(open_error(&self.path, true, &e));
+                return Err(open_error(&self.path, true, e));
             }
             Err(_) => {
                 self.damaged.store(true, Ordering::SeqCst);
@@ -812,48 +817,29 @@ fn frame_journal(name: &str, body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn open_error(path: &Path, existed: bool, e: &DatabaseError) -> TdeError {
-    if matches!(e, DatabaseError::RepairAborted) {
-        return TdeError::InUse {
+fn open_error(path: &Path, existed: bool, e: DatabaseError) -> TdeError {
+    match e {
+        DatabaseError::DatabaseAlreadyOpen => in_use(path),
+        DatabaseError::RepairAborted => TdeError::InUse {
             what: "key store".into(),
             location: path.display().to_string(),
-            hint:
-                "or it was not closed cleanly (a crash?) and needs a recovery, which a read-only \
-                   command does not do: start HeliosDB or run a command that changes keys once, \
-                   then retry"
-                    .into(),
-        };
-    }
-    if matches!(e, DatabaseError::DatabaseAlreadyOpen) {
-        return TdeError::InUse {
-            what: "key store".into(),
-            location: path.display().to_string(),
-            hint: "is HeliosDB running? Stop it or wait for the other command to finish, then \
-                   retry"
+            hint: "or it was not closed cleanly (a crash?) and needs a recovery, which a \
+                   read-only command does not do: start HeliosDB or run a command that changes \
+                   keys once, then retry"
                 .into(),
-        };
+        },
+        // Content the engine cannot read (not a redb file, cut short) is the file's fault;
+        // every other operating-system error (permissions, I/O, space) is reported as such.
+        DatabaseError::Storage(redb::StorageError::Io(io)) if !is_content_error(&io) => {
+            TdeError::io(path, io)
+        }
+        other if !existed => storage_error(path, "create", other),
+        other => open_error_text(path, &other.to_string()),
     }
-    if let DatabaseError::Storage(redb::StorageError::Io(io)) = e
-        && io.kind() == std::io::ErrorKind::PermissionDenied
-    {
-        return TdeError::io(
-            path,
-            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
-        );
-    }
-    open_error_text(path, existed, &e.to_string())
 }
 
-fn open_error_text(path: &Path, existed: bool, detail: &str) -> TdeError {
-    if detail.contains("Permission denied") {
-        return TdeError::io(
-            path,
-            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
-        );
-    }
-    if !existed {
-        return storage_error(path, "create", detail);
-    }
+/// An existing file that the engine cannot open (damaged, foreign, or the engine failed on it).
+fn open_error_text(path: &Path, detail: &str) -> TdeError {
     TdeError::corrupt(
         "key store",
         path.display().to_string(),
@@ -864,15 +850,41 @@ fn open_error_text(path: &Path, existed: bool, detail: &str) -> TdeError {
     )
 }
 
-fn storage_error(path: &Path, what: &str, e: impl fmt::Display) -> TdeError {
-    let text = e.to_string();
-    if text.contains("corrupt") || text.contains("Corrupt") {
-        return TdeError::corrupt("key store", path.display().to_string(), text);
+/// Maps a storage-engine error by its type: damage is `Corrupt`, an operating-system error is
+/// `Io` (with its kind: permission denied, disk full...), a file held by another process is
+/// `InUse`; anything else is the engine failing.
+fn storage_error(path: &Path, what: &str, e: impl Into<redb::Error>) -> TdeError {
+    match e.into() {
+        redb::Error::Corrupted(detail) => {
+            TdeError::corrupt("key store", path.display().to_string(), detail)
+        }
+        redb::Error::Io(io) if is_content_error(&io) => {
+            TdeError::corrupt("key store", path.display().to_string(), io.to_string())
+        }
+        redb::Error::Io(io) => TdeError::io(path, io),
+        redb::Error::DatabaseAlreadyOpen => in_use(path),
+        other => TdeError::ProviderUnavailable {
+            provider: format!("key store {}", path.display()),
+            reason: format!("{what} failed: {other}"),
+            retryable: false,
+        },
     }
-    TdeError::ProviderUnavailable {
-        provider: format!("key store {}", path.display()),
-        reason: format!("{what} failed: {text}"),
-        retryable: false,
+}
+
+/// Whether an I/O error from the engine is about the file's content rather than the system.
+fn is_content_error(io: &std::io::Error) -> bool {
+    matches!(
+        io.kind(),
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+    )
+}
+
+fn in_use(path: &Path) -> TdeError {
+    TdeError::InUse {
+        what: "key store".into(),
+        location: path.display().to_string(),
+        hint: "is HeliosDB running? Stop it or wait for the other command to finish, then retry"
+            .into(),
     }
 }
 
@@ -1084,5 +1096,62 @@ impl KeyStore for RedbKeyStore {
 
     fn location(&self) -> String {
         self.loc()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each storage-engine error is mapped by its type, never by its text.
+    #[test]
+    fn engine_errors_map_by_type() {
+        let p = Path::new("/var/lib/heliosdb/keys/tek-store.redb");
+        let e = storage_error(p, "read", redb::Error::Corrupted("bad page".into()));
+        assert!(matches!(e, TdeError::Corrupt { .. }), "{e:?}");
+        // A message that merely mentions corruption is not damage.
+        let e = storage_error(p, "read", redb::Error::ValueTooLarge(1 << 40));
+        assert!(matches!(e, TdeError::ProviderUnavailable { .. }), "{e:?}");
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        match storage_error(p, "read", redb::Error::Io(denied)) {
+            TdeError::Io { source, .. } => {
+                assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied)
+            }
+            other => panic!("{other:?}"),
+        }
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        match storage_error(p, "commit", redb::Error::Io(full)) {
+            TdeError::Io { source, .. } => {
+                assert_eq!(source.kind(), std::io::ErrorKind::StorageFull)
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = storage_error(p, "open", redb::Error::DatabaseAlreadyOpen);
+        assert!(matches!(e, TdeError::InUse { .. }), "{e:?}");
+
+        let e = open_error(p, true, DatabaseError::DatabaseAlreadyOpen);
+        assert!(matches!(e, TdeError::InUse { .. }), "{e:?}");
+        let foreign = std::io::Error::new(std::io::ErrorKind::InvalidData, "magic mismatch");
+        let e = open_error(
+            p,
+            true,
+            DatabaseError::Storage(redb::StorageError::Io(foreign)),
+        );
+        assert!(matches!(e, TdeError::Corrupt { .. }), "{e:?}");
+        let e = open_error(p, true, DatabaseError::RepairAborted);
+        assert!(e.to_string().contains("recovery"), "{e}");
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = open_error(
+            p,
+            true,
+            DatabaseError::Storage(redb::StorageError::Io(denied)),
+        );
+        assert!(matches!(e, TdeError::Io { .. }), "{e:?}");
+        let e = open_error(
+            p,
+            true,
+            DatabaseError::Storage(redb::StorageError::Corrupted("x".into())),
+        );
+        assert!(matches!(e, TdeError::Corrupt { .. }), "{e:?}");
     }
 }

@@ -121,11 +121,13 @@ impl KeyManager {
             // An emergency request takes over a rollback in progress (the rotator turns it
             // around); a plain request must let the rollback finish first.
             if matches!(st.phase, Phase::RollingBack) && !emergency && !st.emergency {
-                return Err(TdeError::InvalidKeyState {
-                    key: format!("mek:{id}"),
-                    state: heliosdb_tde_core::KeyState::Active,
+                return Err(TdeError::RotationPhase {
+                    mek: st.old.to_string(),
+                    phase: st.phase.to_string(),
                     operation: "rotate".into(),
-                    hint: "a rollback is in progress; finish it with `mek rollback`".into(),
+                    hint: "a rollback is in progress; finish it with `heliosdb-cli security mek \
+                           rollback` (or request an emergency rotation, which takes it over)"
+                        .into(),
                 });
             }
         }

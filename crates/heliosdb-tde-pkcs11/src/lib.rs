@@ -1188,21 +1188,21 @@ impl MekProvider for Pkcs11MekProvider {
                 let mut iv = iv;
                 let handle = find_key(s, &target, &checked)?;
                 let params = GcmParams::new(&mut iv, &aad, 128.into())?;
-                Ok(s.decrypt(&Mechanism::AesGcm(params), handle, &ct)
-                    .map(Zeroizing::new)?)
-            })
-            .await
-            .map_err(|e| match e {
-                // SoftHSM reports a GCM tag mismatch as CKR_GENERAL_ERROR; real HSMs use
-                // CKR_ENCRYPTED_DATA_INVALID. Either way the data or its binding is wrong.
-                TdeError::Provider { message, .. }
-                    if message.contains("GeneralError")
-                        || message.contains("EncryptedDataInvalid") =>
-                {
-                    TdeError::AuthenticationFailed { what: what.clone() }
+                match s.decrypt(&Mechanism::AesGcm(params), handle, &ct) {
+                    Ok(p) => Ok(Zeroizing::new(p)),
+                    // SoftHSM reports a GCM tag mismatch as CKR_GENERAL_ERROR; real HSMs use
+                    // CKR_ENCRYPTED_DATA_INVALID. Either way the data or its binding is wrong,
+                    // and retrying cannot help.
+                    Err(CkError::Pkcs11(
+                        RvError::GeneralError | RvError::EncryptedDataInvalid,
+                        _,
+                    )) => Err(OpError::Refused(TdeError::AuthenticationFailed {
+                        what: what.clone(),
+                    })),
+                    Err(e) => Err(e.into()),
                 }
-                other => other,
-            })?;
+            })
+            .await?;
         let bytes = KeyBytes::from_slice(&plain)?;
         Ok(TableKey::new(ctx.tek_id(), wrapped.algorithm, bytes))
     }

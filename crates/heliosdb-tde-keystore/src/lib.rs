@@ -147,6 +147,13 @@ impl RedbKeyStore {
         Self::open_with(path, OpenMode::Existing)
     }
 
+    /// Creates the directory `dir` (mode 0700) if needed and a new, empty store in it (an
+    /// explicit first start). Fails if the store file exists.
+    pub fn create_new_in_dir(dir: &Path) -> Result<Self> {
+        create_private_dir(dir)?;
+        Self::create_new(&dir.join(STORE_FILE_NAME))
+    }
+
     /// Creates a new, empty store at `path` (an explicit first start). Fails if a file exists.
     pub fn create_new(path: &Path) -> Result<Self> {
         Self::open_with(path, OpenMode::CreateNew)

@@ -152,26 +152,10 @@ async fn open_store(
         // Not started yet: a read-only command sees an empty store and creates nothing.
         Err(TdeError::KeyNotFound { .. }) if read_only => RedbKeyStore::empty_read_only(&path),
         Err(TdeError::KeyNotFound { .. }) => {
-            create_private_dir(&config.key_storage_path)?;
-            RedbKeyStore::create_new(&path)
+            RedbKeyStore::create_new_in_dir(&config.key_storage_path)
         }
         Err(e) => Err(e),
     }
-}
-
-/// Creates `dir` (and parents) with mode 0700 if it does not exist.
-fn create_private_dir(dir: &std::path::Path) -> Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
-    b.create(dir).map_err(|e| TdeError::io(dir, e))
 }
 
 impl TdeSubsystem {

@@ -3,6 +3,9 @@
 //! tampering, passphrase changes (including interrupted ones), destroy, stale temporary files.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Tests hold the `common::shared`/`exclusive` guard across awaits on purpose: each tokio test
+// has its own runtime and thread, so blocking on it only waits for other tests.
+#![allow(clippy::await_holding_lock)]
 
 mod common;
 
@@ -41,6 +44,7 @@ async fn with_mek(dir: &Path) -> SecureFileMekProvider {
 
 #[tokio::test]
 async fn files_and_directory_are_private_and_named_by_version() {
+    let _forks = common::shared();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("mek");
     let p = with_mek(&dir).await;
@@ -57,6 +61,7 @@ async fn files_and_directory_are_private_and_named_by_version() {
 
 #[tokio::test]
 async fn group_or_world_access_is_refused_in_production_and_warned_in_development() {
+    let _forks = common::shared();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("mek");
     drop(with_mek(&dir).await);
@@ -95,6 +100,7 @@ async fn group_or_world_access_is_refused_in_production_and_warned_in_developmen
 
 #[tokio::test]
 async fn wrong_passphrase_is_clear_and_changes_nothing() {
+    let _forks = common::shared();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("mek");
     drop(with_mek(&dir).await);
@@ -109,6 +115,7 @@ async fn wrong_passphrase_is_clear_and_changes_nothing() {
 
 #[tokio::test]
 async fn short_passphrases_are_refused_in_production_only() {
+    let _forks = common::shared();
     let tmp = tempfile::tempdir().unwrap();
     let e = open(tmp.path(), "only-twenty-chars-xx", PROD).unwrap_err();
     assert!(matches!(e, TdeError::SecurityPolicy(_)), "{e}");
@@ -123,6 +130,7 @@ async fn short_passphrases_are_refused_in_production_only() {
 
 #[tokio::test]
 async fn weak_kdf_parameters_are_refused_in_production() {
+    let _forks = common::shared();
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = SecureFileConfig::new(tmp.path());
     cfg.kdf = Some(heliosdb_tde_core::KdfParams {
@@ -137,6 +145,7 @@ async fn weak_kdf_parameters_are_refused_in_production() {
 
 #[tokio::test]
 async fn tampered_or_renamed_files_do_not_open() {
+    let _forks = common::shared();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("mek");
     drop(with_mek(&dir).await);
@@ -166,6 +175,7 @@ async fn tampered_or_renamed_files_do_not_open() {
 
 #[tokio::test]
 async fn keys_survive_reopen_and_wrapped_teks_unwrap() {
+    let _forks = common::shared();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("mek");
     let p = with_mek(&dir).await;
@@ -188,6 +198,7 @@ async fn keys_survive_reopen_and_wrapped_teks_unwrap() {
 
 #[tokio::test]
 async fn passphrase_change_re_encrypts_every_file() {
+    let _forks = common::shared();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("mek");
     let p = with_mek(&dir).await;
@@ -216,6 +227,7 @@ async fn passphrase_change_re_encrypts_every_file() {
 
 #[tokio::test]
 async fn an_interrupted_passphrase_change_says_which_passphrase_and_can_be_finished() {
+    let _forks = common::shared();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("mek");
     let p = with_mek(&dir).await;
@@ -267,6 +279,7 @@ async fn an_interrupted_passphrase_change_says_which_passphrase_and_can_be_finis
 
 #[tokio::test]
 async fn destroy_leaves_a_tombstone_and_the_version_is_never_reused() {
+    let _forks = common::shared();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("mek");
     let p = with_mek(&dir).await;
@@ -296,6 +309,7 @@ async fn destroy_leaves_a_tombstone_and_the_version_is_never_reused() {
 
 #[tokio::test]
 async fn stale_temporary_files_are_removed_and_two_active_versions_resolve_to_the_newest() {
+    let _forks = common::shared();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("mek");
     let p = with_mek(&dir).await;
@@ -317,6 +331,7 @@ async fn stale_temporary_files_are_removed_and_two_active_versions_resolve_to_th
 /// test never mutates its own environment.
 #[test]
 fn passphrase_sources() {
+    let _forks = common::exclusive();
     if let Ok(case) = std::env::var("HELIOSDB_FILE_TEST_CASE") {
         let dir = std::path::PathBuf::from(std::env::var("HELIOSDB_FILE_TEST_DIR").unwrap());
         let mut cfg = SecureFileConfig::new(dir.join("mek"));
@@ -393,6 +408,7 @@ fn header_kdf(file: &Path) -> KdfParams {
 /// New files use RFC 9106's second recommended option when nothing is configured.
 #[tokio::test]
 async fn the_default_kdf_is_rfc_9106_second_recommended_option() {
+    let _forks = common::shared();
     assert_eq!(
         (
             DEFAULT_KDF.m_cost_kib,
@@ -508,6 +524,7 @@ fn write_file_with_kdf(dir: &Path, kdf: KdfParams) {
 /// would end in an authentication failure, not in `Corrupt`).
 #[tokio::test]
 async fn absurd_kdf_parameters_in_a_file_are_refused_before_deriving() {
+    let _forks = common::shared();
     for kdf in [
         KdfParams {
             m_cost_kib: 65536,
@@ -544,6 +561,7 @@ async fn absurd_kdf_parameters_in_a_file_are_refused_before_deriving() {
 /// A configuration asking for parameters that could not be read back is refused.
 #[test]
 fn configured_kdf_parameters_outside_the_bounds_are_refused() {
+    let _forks = common::exclusive();
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = SecureFileConfig::new(tmp.path().join("mek"));
     cfg.kdf = Some(KdfParams {
@@ -582,6 +600,7 @@ fn mkfifo(path: &Path) {
 
 #[tokio::test]
 async fn mek_files_and_directories_of_another_user_are_refused_in_production() {
+    let _forks = common::shared();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("mek");
     drop(with_mek(&dir).await);
@@ -623,6 +642,7 @@ async fn mek_files_and_directories_of_another_user_are_refused_in_production() {
 /// (without blocking on it).
 #[tokio::test]
 async fn a_symbolic_link_or_a_pipe_in_place_of_an_mek_file_is_refused() {
+    let _forks = common::exclusive();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("mek");
     drop(with_mek(&dir).await);
@@ -653,6 +673,7 @@ async fn a_symbolic_link_or_a_pipe_in_place_of_an_mek_file_is_refused() {
 /// (errors name the target) and the resolved path is shown.
 #[tokio::test]
 async fn a_symlinked_mek_directory_is_checked_at_its_target_and_shown_resolved() {
+    let _forks = common::shared();
     let tmp = tempfile::tempdir().unwrap();
     let real = tmp.path().join("real-mek");
     drop(with_mek(&real).await);
@@ -695,6 +716,7 @@ async fn a_symlinked_mek_directory_is_checked_at_its_target_and_shown_resolved()
 /// checked.
 #[test]
 fn the_passphrase_file_must_be_a_private_regular_file_of_the_running_user() {
+    let _forks = common::exclusive();
     let tmp = tempfile::tempdir().unwrap();
     let secrets = tmp.path().join("secrets");
     std::fs::create_dir(&secrets).unwrap();
@@ -756,6 +778,7 @@ const ENV_CASE: &str = "HELIOSDB_FILE_ENV_CASE";
 /// keeps its environment.
 #[test]
 fn passphrase_variables_are_removed_from_the_environment_once_read() {
+    let _forks = common::exclusive();
     if let Ok(case) = std::env::var(ENV_CASE) {
         let dir = std::path::PathBuf::from(std::env::var("HELIOSDB_FILE_TEST_DIR").unwrap());
         let mut cfg = config(&dir.join("mek"));
@@ -865,6 +888,7 @@ fn lock_holder_child() {
 /// temporary files are not removed. Once the holder exits, both work.
 #[tokio::test]
 async fn a_second_process_cannot_open_or_change_the_passphrase_while_a_provider_runs() {
+    let _forks = common::exclusive();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("mek");
     drop(with_mek(&dir).await);
@@ -960,6 +984,7 @@ async fn a_second_process_cannot_open_or_change_the_passphrase_while_a_provider_
 /// otherwise write files the other does not know about).
 #[tokio::test]
 async fn a_second_provider_in_the_same_process_is_refused_until_the_first_is_dropped() {
+    let _forks = common::shared();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("mek");
     let p = with_mek(&dir).await;

@@ -53,3 +53,20 @@ pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     v.sort();
     v
 }
+
+/// A child process holds a copy of every open descriptor of this process from its fork until
+/// its exec, and with it the `flock` of any provider open at that moment: for that instant the
+/// MEK directory stays locked after the provider is dropped. Tests that reopen a directory
+/// right after dropping a provider must therefore not overlap a test that spawns a process:
+/// spawning tests hold [`exclusive`], every other test [`shared`].
+static FORKS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held for its whole run by a test that opens providers and spawns no process.
+pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    FORKS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held for its whole run by a test that spawns processes.
+pub fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    FORKS.write().unwrap_or_else(|e| e.into_inner())
+}

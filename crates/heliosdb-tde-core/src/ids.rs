@@ -11,6 +11,7 @@
 
 use crate::error::{Result, TdeError};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -151,6 +152,46 @@ macro_rules! string_id_impls {
 }
 string_id_impls!(MekId);
 string_id_impls!(TableId);
+
+macro_rules! id_arg {
+    ($(#[$doc:meta])* $trait:ident, $method:ident, $t:ty) => {
+        $(#[$doc])*
+        pub trait $trait {
+            /// The validated id: borrowed when it already is one, parsed (once) from a string.
+            fn $method(&self) -> Result<Cow<'_, $t>>;
+        }
+        impl $trait for $t {
+            fn $method(&self) -> Result<Cow<'_, $t>> {
+                Ok(Cow::Borrowed(self))
+            }
+        }
+        impl $trait for str {
+            fn $method(&self) -> Result<Cow<'_, $t>> {
+                <$t>::new(self).map(Cow::Owned)
+            }
+        }
+        impl $trait for String {
+            fn $method(&self) -> Result<Cow<'_, $t>> {
+                self.as_str().$method()
+            }
+        }
+    };
+}
+id_arg!(
+    /// An MEK id argument. APIs that take `&(impl AsMekId + ?Sized)` accept a validated [`MekId`]
+    /// (used as is, never re-parsed) or a string such as `"master_key_001"` (validated at that
+    /// edge, with the usual error for an invalid id).
+    AsMekId,
+    as_mek_id,
+    MekId
+);
+id_arg!(
+    /// A table id argument: a validated [`TableId`] (used as is) or a string (validated at that
+    /// edge). See [`AsMekId`].
+    AsTableId,
+    as_table_id,
+    TableId
+);
 
 macro_rules! version_type {
     ($(#[$doc:meta])* $t:ident, $kind:literal) => {
@@ -304,6 +345,7 @@ impl FromStr for TekId {
 /// Any key in the hierarchy, as listed by `list_keys`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", content = "id", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum KeyId {
     /// A master key version.
     Master(MekRef),

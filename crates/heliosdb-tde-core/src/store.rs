@@ -275,20 +275,73 @@ pub fn next_scan_cursor(
     Ok(page.last().map(|r| r.id.clone()))
 }
 
-/// Walks every stored TEK in id order, `page_size` at a time, calling `f` on each page. Stops
-/// with [`TdeError::Corrupt`] instead of looping when the store's scan does not move forward.
-pub async fn for_each_tek_page<S, F>(store: &S, page_size: usize, mut f: F) -> Result<()>
-where
-    S: KeyStore + ?Sized,
-    F: FnMut(Vec<TekRecord>) -> Result<()>,
-{
-    let mut cursor: Option<TekId> = None;
-    loop {
-        let page = store.scan_teks(cursor.as_ref(), page_size.max(1)).await?;
-        match next_scan_cursor(&store.location(), cursor.as_ref(), &page)? {
-            Some(next) => cursor = Some(next),
-            None => return Ok(()),
+/// Paging over [`KeyStore::scan_teks`] for every store, `dyn KeyStore` included: the cursor is
+/// handled once, here.
+pub trait KeyStoreExt: KeyStore {
+    /// The stored TEKs in id order, `page_size` (at least 1) at a time, starting after `after`
+    /// (or from the first). The cursor after each page is [`TekPages::cursor`], for callers that
+    /// persist it (a rotation journal) to resume from there. A scan that does not move forward
+    /// (a damaged index) is [`TdeError::Corrupt`] instead of an endless loop.
+    ///
+    /// `store.tek_pages(None, n).for_each(|page| ...)` visits every page.
+    fn tek_pages(&self, after: Option<TekId>, page_size: usize) -> TekPages<'_, Self> {
+        TekPages {
+            store: self,
+            cursor: after,
+            page_size: page_size.max(1),
+            finished: false,
         }
-        f(page)?;
+    }
+}
+
+impl<S: KeyStore + ?Sized> KeyStoreExt for S {}
+
+/// A walk over a store's TEKs in pages (see [`KeyStoreExt::tek_pages`]).
+#[derive(Debug)]
+pub struct TekPages<'a, S: ?Sized> {
+    store: &'a S,
+    cursor: Option<TekId>,
+    page_size: usize,
+    finished: bool,
+}
+
+impl<S: KeyStore + ?Sized> TekPages<'_, S> {
+    /// The next page, or `None` once every TEK was returned. A page that does not move past
+    /// the cursor is [`TdeError::Corrupt`] (see [`next_scan_cursor`]).
+    pub async fn next_page(&mut self) -> Result<Option<Vec<TekRecord>>> {
+        if self.finished {
+            return Ok(None);
+        }
+        let page = self
+            .store
+            .scan_teks(self.cursor.as_ref(), self.page_size)
+            .await?;
+        match next_scan_cursor(&self.store.location(), self.cursor.as_ref(), &page)? {
+            Some(next) => {
+                self.cursor = Some(next);
+                Ok(Some(page))
+            }
+            None => {
+                self.finished = true;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The id of the last TEK returned so far (the starting cursor before the first page):
+    /// where a walk resumed later continues.
+    pub fn cursor(&self) -> Option<&TekId> {
+        self.cursor.as_ref()
+    }
+
+    /// Calls `f` on every remaining page.
+    pub async fn for_each<F>(mut self, mut f: F) -> Result<()>
+    where
+        F: FnMut(Vec<TekRecord>) -> Result<()>,
+    {
+        while let Some(page) = self.next_page().await? {
+            f(page)?;
+        }
+        Ok(())
     }
 }

@@ -5,6 +5,7 @@
 
 mod common;
 
+use heliosdb_tde_core::store::KeyStoreExt;
 use heliosdb_tde_core::{KeyStore, StoreBatch, TekRecord};
 use heliosdb_tde_keystore::{RedbKeyStore, STORE_FILE_NAME};
 use std::path::Path;
@@ -23,12 +24,13 @@ fn read_everything(path: &Path) -> Result<Everything, String> {
     rt.block_on(async {
         let s = RedbKeyStore::open_read_only(path).map_err(|e| e.to_string())?;
         let mut all = Vec::new();
-        heliosdb_tde_core::store::for_each_tek_page(&s, 2, |page| {
-            all.extend(page);
-            Ok(())
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        s.tek_pages(None, 2)
+            .for_each(|page| {
+                all.extend(page);
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
         for r in &all {
             let again = s.get_tek(&r.id).await.map_err(|e| e.to_string())?;
             if again.as_ref() != Some(r) {

@@ -21,7 +21,7 @@ pub use heliosdb_tde_rotation::{Phase, Progress, RotationConfig, RotationState, 
 pub use rotation::{EmergencyRotation, MekRotationResult, UsagePolicy};
 pub use stats::{CacheStats, KeyStats, ProviderStats, UsageTotals};
 
-use heliosdb_tde_core::store::for_each_tek_page;
+use heliosdb_tde_core::store::KeyStoreExt;
 use heliosdb_tde_core::{
     AuditAction, AuditEvent, AuditSink, EncryptionAlgorithm, KeyId, KeyMetadata, KeyState,
     KeyStore, KeyType, MekId, MekInfo, MekProvider, MekRef, Result, SecurityMode, StoreBatch,
@@ -287,7 +287,7 @@ impl KeyManager {
     async fn mek_dependents(&self, id: &MekId) -> Result<MekDependents> {
         let mut deps = MekDependents::default();
         let mut last_table: Option<TableId> = None;
-        for_each_tek_page(self.store.as_ref(), 4096, |page| {
+        self.store.tek_pages(None, 4096).for_each(|page| {
             for r in page {
                 let under = r.wrapped.mek.id == *id
                     || r.previous_wrap.as_ref().is_some_and(|p| p.mek.id == *id);
@@ -414,7 +414,7 @@ impl KeyManager {
         }
         // No key check value yet: prove the MEK on one of the TEKs it wraps, if any.
         let mut sample: Option<TekRecord> = None;
-        for_each_tek_page(self.store.as_ref(), 4096, |page| {
+        self.store.tek_pages(None, 4096).for_each(|page| {
             if sample.is_none() {
                 sample = page.into_iter().find(|r| r.wrapped.mek == *mek);
             }
@@ -460,7 +460,7 @@ impl KeyManager {
         // For each MEK version: how many TEKs it wraps and one of them to try.
         let mut by_mek: BTreeMap<MekRef, (u64, Option<TekRecord>)> = BTreeMap::new();
         let mut teks: Vec<(TableId, MekRef, Option<MekRef>)> = Vec::new();
-        for_each_tek_page(self.store.as_ref(), 4096, |page| {
+        self.store.tek_pages(None, 4096).for_each(|page| {
             for r in page {
                 for (i, w) in std::iter::once(&r.wrapped)
                     .chain(r.previous_wrap.as_ref())
@@ -786,7 +786,7 @@ impl KeyManager {
             }
         }
         if key_type != Some(KeyType::Master) {
-            for_each_tek_page(self.store.as_ref(), 1024, |page| {
+            self.store.tek_pages(None, 1024).for_each(|page| {
                 out.extend(page.into_iter().map(|r| r.metadata));
                 Ok(())
             })
@@ -857,7 +857,7 @@ impl KeyManager {
         let mut tables = 0u64;
         let mut usage = UsageTotals::default();
         let mut last_table: Option<TableId> = None;
-        for_each_tek_page(self.store.as_ref(), 4096, |page| {
+        self.store.tek_pages(None, 4096).for_each(|page| {
             for r in page {
                 *by_state
                     .entry(stats::state_name(r.metadata.state))

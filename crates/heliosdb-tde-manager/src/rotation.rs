@@ -4,6 +4,7 @@ use crate::{KeyManager, poisoned};
 use heliosdb_tde_cipher::{
     Backend, CipherError, HARD_LIMIT, SealedParts, TableCipher, UsageLimits,
 };
+use heliosdb_tde_core::store::KeyStoreExt;
 use heliosdb_tde_core::{
     AuditAction, AuditEvent, KeyId, MekId, MekRef, Result, TableId, TdeError, Timestamp,
 };
@@ -182,7 +183,7 @@ impl KeyManager {
     ) -> Result<EmergencyRotation> {
         let rotation = self.rotate_inner(current_mek_id, true, progress).await?;
         let mut tables: Vec<TableId> = Vec::new();
-        heliosdb_tde_core::store::for_each_tek_page(self.store.as_ref(), 4096, |page| {
+        self.store.tek_pages(None, 4096).for_each(|page| {
             for r in page {
                 if tables.last() != Some(&r.id.table) {
                     tables.push(r.id.table);

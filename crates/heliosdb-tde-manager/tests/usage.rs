@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use async_trait::async_trait;
+use heliosdb_tde_core::store::KeyStoreExt;
 use heliosdb_tde_core::{
     EncryptionAlgorithm, KeyState, KeyStore, KeyType, MekId, MekInfo, MekProvider, MekRef,
     MekVersionInfo, ProviderHealth, ProviderKind, Result, SecurityMode, StoreBatch, TableKey,
@@ -79,15 +80,17 @@ fn config(soft_limit: u64, block: u64) -> KeyManagerConfig {
 
 async fn recorded_encryptions(store: &dyn KeyStore) -> u64 {
     let mut total = 0;
-    heliosdb_tde_core::store::for_each_tek_page(store, 100, |page: Vec<TekRecord>| {
-        total += page
-            .iter()
-            .map(|r| r.metadata.usage.encryptions)
-            .sum::<u64>();
-        Ok(())
-    })
-    .await
-    .unwrap();
+    store
+        .tek_pages(None, 100)
+        .for_each(|page: Vec<TekRecord>| {
+            total += page
+                .iter()
+                .map(|r| r.metadata.usage.encryptions)
+                .sum::<u64>();
+            Ok(())
+        })
+        .await
+        .unwrap();
     total
 }
 

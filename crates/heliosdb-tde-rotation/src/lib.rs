@@ -65,7 +65,7 @@ mod state;
 pub use state::{JOURNAL_FORMAT, MAX_FAILED_KEPT, Phase, RotationState};
 
 use futures_util::stream::{self, StreamExt};
-use heliosdb_tde_core::store::JOURNAL_CHANGED;
+use heliosdb_tde_core::store::{JOURNAL_CHANGED, KeyStoreExt};
 use heliosdb_tde_core::{
     KeyState, KeyStore, MekId, MekProvider, MekRef, Result, StoreBatch, StoreOp, TableId, TdeError,
     TekId, TekRecord, Timestamp, WrapContext, WrappedTek,
@@ -543,14 +543,10 @@ impl Rotator {
         }
         let total = self.store.count_teks().await?;
         let mut done = 0u64;
-        loop {
-            let page = self
-                .store
-                .scan_teks(st.cursor.as_ref(), self.config.batch_size)
-                .await?;
-            let Some(last) = page.last().map(|r| r.id.clone()) else {
-                break;
-            };
+        let mut pages = self
+            .store
+            .tek_pages(st.cursor.clone(), self.config.batch_size);
+        while let Some(page) = pages.next_page().await? {
             done += page.len() as u64;
             let todo: Vec<&TekRecord> = page
                 .iter()
@@ -576,7 +572,7 @@ impl Rotator {
                     Err(e) => st.record_failure(&id, &e),
                 }
             }
-            st.cursor = Some(last);
+            st.cursor = pages.cursor().cloned();
             fail_here!("rotation::before_page_commit");
             self.save(&mut step, &st, batch).await?;
             fail_here!("rotation::after_page_commit");
@@ -605,24 +601,22 @@ impl Rotator {
     }
 
     async fn stranded(&self, old: &MekRef) -> Result<(u64, Vec<TekId>)> {
-        let mut cursor = None;
         let mut count = 0u64;
         let mut examples = Vec::new();
-        loop {
-            let page = self.store.scan_teks(cursor.as_ref(), 4096).await?;
-            let Some(last) = page.last().map(|r| r.id.clone()) else {
-                break;
-            };
-            for r in &page {
-                if &r.wrapped.mek == old && r.metadata.state != KeyState::Destroyed {
-                    count += 1;
-                    if examples.len() < 100 {
-                        examples.push(r.id.clone());
+        self.store
+            .tek_pages(None, 4096)
+            .for_each(|page| {
+                for r in page {
+                    if &r.wrapped.mek == old && r.metadata.state != KeyState::Destroyed {
+                        count += 1;
+                        if examples.len() < 100 {
+                            examples.push(r.id);
+                        }
                     }
                 }
-            }
-            cursor = Some(last);
-        }
+                Ok(())
+            })
+            .await?;
         Ok((count, examples))
     }
 
@@ -723,25 +717,17 @@ impl Rotator {
             // forms, which show it, are dropped.
             self.mark_compromised_teks(&st.old).await?;
         }
-        let mut cursor = None;
-        loop {
-            let page = self
-                .store
-                .scan_teks(cursor.as_ref(), self.config.batch_size)
-                .await?;
-            let Some(last) = page.last().map(|r| r.id.clone()) else {
-                break;
-            };
+        let mut pages = self.store.tek_pages(None, self.config.batch_size);
+        while let Some(page) = pages.next_page().await? {
             let mut batch = StoreBatch::new();
-            for r in &page {
+            for r in page {
                 if r.previous_wrap.as_ref().is_some_and(|p| p.mek == st.old) {
-                    batch = batch.push(StoreOp::ClearPreviousWrap { id: r.id.clone() });
+                    batch = batch.push(StoreOp::ClearPreviousWrap { id: r.id });
                 }
             }
             if !batch.is_empty() {
                 self.store.apply(batch).await?;
             }
-            cursor = Some(last);
         }
         let st = self.archive(step, st).await?;
         tracing::info!(target: "heliosdb::tde::rotation", old = %st.old, "old MEK version deactivated");
@@ -809,14 +795,10 @@ impl Rotator {
         fail_here!("rotation::rollback_provider_done");
         let total = self.store.count_teks().await?;
         let mut done = 0;
-        loop {
-            let page = self
-                .store
-                .scan_teks(st.cursor.as_ref(), self.config.batch_size)
-                .await?;
-            let Some(last) = page.last().map(|r| r.id.clone()) else {
-                break;
-            };
+        let mut pages = self
+            .store
+            .tek_pages(st.cursor.clone(), self.config.batch_size);
+        while let Some(page) = pages.next_page().await? {
             done += page.len() as u64;
             let mut batch = StoreBatch::new();
             for r in page.iter().filter(|r| r.wrapped.mek == new) {
@@ -834,7 +816,7 @@ impl Rotator {
                     keep_previous: false,
                 });
             }
-            st.cursor = Some(last);
+            st.cursor = pages.cursor().cloned();
             self.save(&mut step, &st, batch).await?;
             fail_here!("rotation::rollback_page_committed");
             if let Some(p) = progress {
@@ -869,20 +851,18 @@ impl Rotator {
     async fn trial_unwrap(&self, leaving: &MekRef, step: &str) -> Result<u64> {
         // Pass 1: how many TEKs each MEK version wraps.
         let mut counts: HashMap<MekRef, (u64, u64)> = HashMap::new();
-        let mut cursor: Option<TekId> = None;
-        loop {
-            let page = self.store.scan_teks(cursor.as_ref(), 4096).await?;
-            let Some(last) = page.last().map(|r| r.id.clone()) else {
-                break;
-            };
-            for r in page
-                .iter()
-                .filter(|r| r.metadata.state != KeyState::Destroyed)
-            {
-                counts.entry(r.wrapped.mek.clone()).or_default().0 += 1;
-            }
-            cursor = Some(last);
-        }
+        self.store
+            .tek_pages(None, 4096)
+            .for_each(|page| {
+                for r in page
+                    .into_iter()
+                    .filter(|r| r.metadata.state != KeyState::Destroyed)
+                {
+                    counts.entry(r.wrapped.mek).or_default().0 += 1;
+                }
+                Ok(())
+            })
+            .await?;
         for (n, k) in counts.values_mut() {
             *k = trial_sample_size(*n);
         }
@@ -892,15 +872,8 @@ impl Rotator {
             .is_some_and(KeyState::can_decrypt);
         // Pass 2: a uniform sample per version (selection sampling, Knuth's algorithm S).
         let mut checked = 0u64;
-        let mut cursor: Option<TekId> = None;
-        loop {
-            let page = self
-                .store
-                .scan_teks(cursor.as_ref(), self.config.batch_size.max(1))
-                .await?;
-            let Some(last) = page.last().map(|r| r.id.clone()) else {
-                break;
-            };
+        let mut pages = self.store.tek_pages(None, self.config.batch_size);
+        while let Some(page) = pages.next_page().await? {
             let mut sample = Vec::new();
             for r in page
                 .iter()
@@ -928,7 +901,6 @@ impl Rotator {
                 r?;
                 checked += 1;
             }
-            cursor = Some(last);
         }
         tracing::debug!(target: "heliosdb::tde::rotation", checked, step, "trial unwrap passed");
         Ok(checked)
@@ -989,15 +961,8 @@ impl Rotator {
     /// versions (an emergency rotation does). Returns how many versions were marked.
     pub async fn mark_compromised_teks(&self, compromised: &MekRef) -> Result<u64> {
         let mut marked = 0u64;
-        let mut cursor: Option<TekId> = None;
-        loop {
-            let page = self
-                .store
-                .scan_teks(cursor.as_ref(), self.config.batch_size.max(1))
-                .await?;
-            let Some(last) = page.last().map(|r| r.id.clone()) else {
-                break;
-            };
+        let mut pages = self.store.tek_pages(None, self.config.batch_size);
+        while let Some(page) = pages.next_page().await? {
             let mut batch = StoreBatch::new();
             for r in &page {
                 let exposed = &r.wrapped.mek == compromised
@@ -1016,7 +981,6 @@ impl Rotator {
             if !batch.is_empty() {
                 self.store.apply(batch).await?;
             }
-            cursor = Some(last);
         }
         if marked > 0 {
             tracing::warn!(target: "heliosdb::tde::rotation", mek = %compromised, marked, "TEK versions marked compromised");
@@ -1031,19 +995,19 @@ impl Rotator {
     /// versions are deactivated or destroyed after the re-encryption.
     pub async fn tables_needing_reencryption(&self) -> Result<Vec<TableId>> {
         let mut tables: Vec<TableId> = Vec::new();
-        let mut cursor: Option<TekId> = None;
-        loop {
-            let page = self.store.scan_teks(cursor.as_ref(), 4096).await?;
-            let Some(last) = page.last().map(|r| r.id.clone()) else {
-                break;
-            };
-            for r in &page {
-                if r.metadata.state == KeyState::Compromised && tables.last() != Some(&r.id.table) {
-                    tables.push(r.id.table.clone());
+        self.store
+            .tek_pages(None, 4096)
+            .for_each(|page| {
+                for r in page {
+                    if r.metadata.state == KeyState::Compromised
+                        && tables.last() != Some(&r.id.table)
+                    {
+                        tables.push(r.id.table);
+                    }
                 }
-            }
-            cursor = Some(last);
-        }
+                Ok(())
+            })
+            .await?;
         Ok(tables)
     }
 }

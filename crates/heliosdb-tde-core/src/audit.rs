@@ -60,6 +60,7 @@ impl fmt::Display for AuditAction {
 
 /// Whether the action succeeded.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AuditOutcome {
     /// It succeeded.
     Success,

@@ -10,6 +10,7 @@ use std::str::FromStr;
 /// The tier of a key in the hierarchy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum KeyType {
     /// A master encryption key (MEK), held by a provider.
     Master,
@@ -97,6 +98,7 @@ impl FromStr for EncryptionAlgorithm {
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum KeyState {
     /// In use: encrypts new data (or, for an MEK, wraps new TEKs) and decrypts.
     Active,

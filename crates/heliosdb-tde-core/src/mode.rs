@@ -27,6 +27,7 @@ pub enum SecurityMode {
 
 /// Where the resolved security mode came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ModeSource {
     /// The `HELIOSDB_SECURITY_MODE` environment variable.
     Environment,

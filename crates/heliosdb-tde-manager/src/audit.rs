@@ -188,6 +188,8 @@ impl AuditSink for FileAuditSink {
         let (outcome, error) = match &event.outcome {
             AuditOutcome::Success => ("success".to_string(), None),
             AuditOutcome::Failure(e) => ("failure".to_string(), Some(e.clone())),
+            // An outcome added to core later is not a success this sink knows of.
+            _ => ("failure".to_string(), Some("unrecognised outcome".to_string())),
         };
         let mut line = Line {
             seq: tail.seq + 1,

@@ -9,6 +9,7 @@ use std::path::Path;
 /// The outcome of one checklist item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum CheckStatus {
     /// The item holds.
     Pass,

@@ -12,6 +12,7 @@
 //!
 //! * validated identifiers ([`MekId`], [`MekRef`], [`TableId`], [`TekId`], [`KeyId`]);
 //! * key metadata and lifecycle states ([`KeyMetadata`], [`KeyState`], [`KeyType`]);
+//! * the MEK lifecycle policy every provider applies ([`MekLifecycle`]);
 //! * zeroizing key material ([`KeyBytes`], [`TableKey`], [`MasterKey`]);
 //! * the traits that join the layers ([`MekProvider`], [`KeyStore`], [`AuditSink`]);
 //! * the wire formats ([`WrappedTek`] and the [`WrapContext`] associated-data binding);
@@ -23,6 +24,7 @@ pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod ids;
+pub mod lifecycle;
 pub mod material;
 pub mod metadata;
 pub mod mode;
@@ -39,6 +41,7 @@ pub use config::{
 pub use envelope::WrappedTek;
 pub use error::{Result, TdeError};
 pub use ids::{KeyId, MekId, MekRef, MekVersion, TableId, TekId, TekVersion};
+pub use lifecycle::MekLifecycle;
 pub use material::{KEY_LEN, KeyBytes, MasterKey, TableKey};
 pub use metadata::{EncryptionAlgorithm, KeyMetadata, KeyState, KeyType, UsageCounters};
 pub use mode::{ModeSource, SECURITY_MODE_ENV, SecurityMode};

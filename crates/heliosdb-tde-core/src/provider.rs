@@ -96,6 +96,18 @@ pub struct MekVersionInfo {
     pub created_at: Timestamp,
 }
 
+impl MekVersionInfo {
+    /// A version in the [`KeyState::Active`] state: how every new version starts.
+    pub fn active(mek: MekRef, algorithm: EncryptionAlgorithm, created_at: Timestamp) -> Self {
+        Self {
+            mek,
+            state: KeyState::Active,
+            algorithm,
+            created_at,
+        }
+    }
+}
+
 /// An MEK and all its versions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MekInfo {

@@ -47,6 +47,15 @@ impl fmt::Display for ModeSource {
     }
 }
 
+/// `HELIOSDB_SECURITY_MODE`, if set (a value that is not UTF-8 is kept as an invalid mode).
+fn env_mode() -> Option<String> {
+    match std::env::var(SECURITY_MODE_ENV) {
+        Ok(v) => Some(v),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => Some("<not valid UTF-8>".into()),
+    }
+}
+
 impl SecurityMode {
     /// The mode a build type implies: release builds are production, debug builds development.
     pub fn for_build(debug_assertions: bool) -> Self {
@@ -59,13 +68,13 @@ impl SecurityMode {
 
     /// Resolves the mode from the process environment, the configured value and this build.
     pub fn resolve(configured: Option<&str>) -> Result<(Self, ModeSource)> {
-        let env = std::env::var(SECURITY_MODE_ENV);
-        let env = match &env {
-            Ok(v) => Some(v.as_str()),
-            Err(std::env::VarError::NotPresent) => None,
-            Err(std::env::VarError::NotUnicode(_)) => Some("<not valid UTF-8>"),
-        };
-        Self::resolve_from(env, configured, cfg!(debug_assertions))
+        Self::resolve_from(env_mode().as_deref(), configured, cfg!(debug_assertions))
+    }
+
+    /// As [`SecurityMode::resolve`], for a configured mode that was already parsed (once, where
+    /// the configuration was validated).
+    pub fn resolve_configured(configured: Option<SecurityMode>) -> Result<(Self, ModeSource)> {
+        Self::resolve_parsed(env_mode().as_deref(), configured, cfg!(debug_assertions))
     }
 
     /// The resolution rule itself, without touching the environment (for tests and tools).
@@ -74,12 +83,25 @@ impl SecurityMode {
         configured: Option<&str>,
         debug_assertions: bool,
     ) -> Result<(Self, ModeSource)> {
+        if env.is_some() {
+            return Self::resolve_parsed(env, None, debug_assertions);
+        }
+        let configured = configured
+            .map(|v| Self::parse_named(v, "security_mode"))
+            .transpose()?;
+        Self::resolve_parsed(None, configured, debug_assertions)
+    }
+
+    fn resolve_parsed(
+        env: Option<&str>,
+        configured: Option<SecurityMode>,
+        debug_assertions: bool,
+    ) -> Result<(Self, ModeSource)> {
         if let Some(v) = env {
             let mode = Self::parse_named(v, SECURITY_MODE_ENV)?;
             return Ok((mode, ModeSource::Environment));
         }
-        if let Some(v) = configured {
-            let mode = Self::parse_named(v, "security_mode")?;
+        if let Some(mode) = configured {
             return Ok((mode, ModeSource::Config));
         }
         Ok((Self::for_build(debug_assertions), ModeSource::BuildType))

@@ -269,13 +269,19 @@ impl TdeConfig {
 
     /// Checks every field; errors name the field and say what is accepted.
     pub fn validate(&self) -> Result<()> {
+        self.checked().map(drop)
+    }
+
+    /// Checks every field and returns the typed values the subsystem runs on, so that nothing
+    /// below this edge parses a string again.
+    pub(crate) fn checked(&self) -> Result<CheckedConfig> {
         if self.cache_limit == 0 {
             return Err(TdeError::config(
                 "cache_limit",
                 "must be at least 1 (the number of table keys kept unwrapped in memory)",
             ));
         }
-        MekId::new(self.default_mek_id.clone())
+        let default_mek_id = MekId::new(self.default_mek_id.clone())
             .map_err(|e| TdeError::config("default_mek_id", e.to_string()))?;
         if self.key_storage_path.as_os_str().is_empty() {
             return Err(TdeError::config(
@@ -290,9 +296,11 @@ impl TdeConfig {
                  nonces",
             ));
         }
-        if let Some(mode) = &self.security_mode {
-            mode.parse::<SecurityMode>()?;
-        }
+        let security_mode = self
+            .security_mode
+            .as_deref()
+            .map(str::parse::<SecurityMode>)
+            .transpose()?;
         let configured = [
             self.kms_config.is_some(),
             self.secure_file_config.is_some(),
@@ -337,8 +345,42 @@ impl TdeConfig {
                 ));
             }
         }
-        Ok(())
+        let provider = match (&self.kms_config, &self.secure_file_config, &self.hsm_config) {
+            (Some(k), _, _) => ConfiguredProvider::Kms(k.clone()),
+            (_, Some(f), _) => ConfiguredProvider::SecureFile(f.clone()),
+            (_, _, Some(h)) => ConfiguredProvider::Hsm(h.clone()),
+            (None, None, None) => ConfiguredProvider::InMemory,
+        };
+        Ok(CheckedConfig {
+            default_mek_id,
+            security_mode,
+            provider,
+        })
     }
+}
+
+/// The MEK provider a configuration selects (at most one is allowed).
+#[derive(Clone, Debug)]
+pub(crate) enum ConfiguredProvider {
+    /// None configured: the insecure in-memory provider.
+    InMemory,
+    /// `secure_file_config`.
+    SecureFile(SecureFileConfig),
+    /// `kms_config`.
+    Kms(KmsConfig),
+    /// `hsm_config`.
+    Hsm(HsmConfig),
+}
+
+/// A [`TdeConfig`] after validation, in the typed values the subsystem uses.
+#[derive(Clone, Debug)]
+pub(crate) struct CheckedConfig {
+    /// `default_mek_id`.
+    pub(crate) default_mek_id: MekId,
+    /// `security_mode`, parsed (the environment and the build type are applied later).
+    pub(crate) security_mode: Option<SecurityMode>,
+    /// The one configured provider.
+    pub(crate) provider: ConfiguredProvider,
 }
 
 #[cfg(test)]

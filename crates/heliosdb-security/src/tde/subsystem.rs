@@ -1,5 +1,6 @@
 //! `TdeSubsystem`: builds the provider, store and key manager from a [`TdeConfig`].
 
+use super::config::{CheckedConfig, ConfiguredProvider};
 use super::{Result, TdeConfig};
 use heliosdb_tde_cipher::{Backend, SealedParts, TableCipher, UsageLimits};
 use heliosdb_tde_core::{MekId, MekProvider, ModeSource, SecurityMode, TdeError};
@@ -12,6 +13,7 @@ use std::sync::Arc;
 /// The running TDE subsystem.
 pub struct TdeSubsystem {
     config: TdeConfig,
+    default_mek_id: MekId,
     mode: SecurityMode,
     mode_source: ModeSource,
     key_manager: KeyManager,
@@ -60,61 +62,71 @@ struct ProviderFacts {
 
 /// Builds the MEK provider the configuration names.
 async fn build_provider(
-    config: &TdeConfig,
+    selected: &ConfiguredProvider,
     mode: SecurityMode,
 ) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
-    if let Some(kms) = &config.kms_config {
-        return Err(missing_feature(kms.name(), kms.feature()));
+    match selected {
+        ConfiguredProvider::InMemory => Ok((
+            Arc::new(InMemoryMekProvider::new()),
+            ProviderFacts::default(),
+        )),
+        ConfiguredProvider::Kms(kms) => Err(missing_feature(kms.name(), kms.feature())),
+        ConfiguredProvider::Hsm(hsm) => build_hsm(hsm, mode).await,
+        ConfiguredProvider::SecureFile(file) => build_secure_file(file, mode),
     }
-    if let Some(hsm) = &config.hsm_config {
-        #[cfg(feature = "pkcs11-hsm")]
-        {
-            use heliosdb_tde_pkcs11::{PinSource, Pkcs11MekProvider, Pkcs11Settings, resolve_pin};
-            let (pin, source) = resolve_pin(hsm, mode)?;
-            let p = Pkcs11MekProvider::open(Pkcs11Settings::from_config(hsm, pin)).await?;
-            let mut facts = ProviderFacts {
-                warnings: Vec::new(),
-                pin_source: Some(match source {
-                    PinSource::Environment => "environment",
-                    PinSource::File => "file",
-                    PinSource::ConfigFile => "configuration file",
-                }),
-            };
-            if source == PinSource::ConfigFile {
-                facts.warnings.push(
-                    "the HSM PIN is written in the configuration file; use HELIOSDB_HSM_PIN or \
+}
+
+async fn build_hsm(
+    hsm: &heliosdb_tde_core::HsmConfig,
+    mode: SecurityMode,
+) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
+    #[cfg(feature = "pkcs11-hsm")]
+    {
+        use heliosdb_tde_pkcs11::{PinSource, Pkcs11MekProvider, Pkcs11Settings, resolve_pin};
+        let (pin, source) = resolve_pin(hsm, mode)?;
+        let p = Pkcs11MekProvider::open(Pkcs11Settings::from_config(hsm, pin)).await?;
+        let mut facts = ProviderFacts {
+            warnings: Vec::new(),
+            pin_source: Some(match source {
+                PinSource::Environment => "environment",
+                PinSource::File => "file",
+                PinSource::ConfigFile => "configuration file",
+            }),
+        };
+        if source == PinSource::ConfigFile {
+            facts.warnings.push(
+                "the HSM PIN is written in the configuration file; use HELIOSDB_HSM_PIN or \
                      hsm_config.pin_file (production mode refuses a PIN in the configuration file)"
-                        .into(),
-                );
-            }
-            return Ok((Arc::new(p), facts));
+                    .into(),
+            );
         }
-        #[cfg(not(feature = "pkcs11-hsm"))]
-        {
-            let _ = hsm;
-            return Err(missing_feature("PKCS#11 HSM", "pkcs11-hsm"));
-        }
+        Ok((Arc::new(p), facts))
     }
-    if let Some(file) = &config.secure_file_config {
-        #[cfg(feature = "secure-file")]
-        {
-            let p = heliosdb_tde_file::SecureFileMekProvider::open(file, mode)?;
-            let facts = ProviderFacts {
-                warnings: p.warnings(),
-                pin_source: None,
-            };
-            return Ok((Arc::new(p), facts));
-        }
-        #[cfg(not(feature = "secure-file"))]
-        {
-            let _ = (file, mode);
-            return Err(missing_feature("secure file", "secure-file"));
-        }
+    #[cfg(not(feature = "pkcs11-hsm"))]
+    {
+        let _ = (hsm, mode);
+        Err(missing_feature("PKCS#11 HSM", "pkcs11-hsm"))
     }
-    Ok((
-        Arc::new(InMemoryMekProvider::new()),
-        ProviderFacts::default(),
-    ))
+}
+
+fn build_secure_file(
+    file: &heliosdb_tde_core::SecureFileConfig,
+    mode: SecurityMode,
+) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
+    #[cfg(feature = "secure-file")]
+    {
+        let p = heliosdb_tde_file::SecureFileMekProvider::open(file, mode)?;
+        let facts = ProviderFacts {
+            warnings: p.warnings(),
+            pin_source: None,
+        };
+        Ok((Arc::new(p), facts))
+    }
+    #[cfg(not(feature = "secure-file"))]
+    {
+        let _ = (file, mode);
+        Err(missing_feature("secure file", "secure-file"))
+    }
 }
 
 /// Opens the key store under `key_storage_path`. Only a first start (no store file, and no
@@ -186,15 +198,15 @@ impl TdeSubsystem {
     }
 
     async fn start(config: TdeConfig, read_only: bool) -> Result<Self> {
-        config.validate()?;
+        let checked: CheckedConfig = config.checked()?;
         if !config.enabled {
             return Err(TdeError::config(
                 "enabled",
                 "TDE is disabled in this configuration (enabled = false); there is nothing to start",
             ));
         }
-        let (mode, mode_source) = SecurityMode::resolve(config.security_mode.as_deref())?;
-        let (provider, facts) = build_provider(&config, mode).await?;
+        let (mode, mode_source) = SecurityMode::resolve_configured(checked.security_mode)?;
+        let (provider, facts) = build_provider(&checked.provider, mode).await?;
         let mut warnings = facts.warnings;
         let pin_source = facts.pin_source;
         if mode.is_production() && !provider.is_secure() {
@@ -202,10 +214,10 @@ impl TdeSubsystem {
                 provider: provider.description(),
             });
         }
-        let default_mek_id = MekId::new(config.default_mek_id.clone())?;
+        let default_mek_id = checked.default_mek_id;
         let store = open_store(&config, provider.as_ref(), &default_mek_id, read_only).await?;
         let mut km = KeyManager::new(provider, Arc::new(store), {
-            let mut c = KeyManagerConfig::new(default_mek_id, mode);
+            let mut c = KeyManagerConfig::new(default_mek_id.clone(), mode);
             c.cache_limit = config.cache_limit;
             c.algorithm = config.algorithm;
             c.rotation.grace_period =
@@ -238,7 +250,7 @@ impl TdeSubsystem {
             km.ensure_default_mek().await?;
         }
         // An interrupted rotation is resumed by running it again; say so at every start.
-        if let Some(st) = km.mek_rotation_status(&config.default_mek_id).await? {
+        if let Some(st) = km.mek_rotation_status(default_mek_id.as_str()).await? {
             use heliosdb_tde_manager::Phase;
             let msg = match st.phase {
                 Phase::Preparing | Phase::NewMekReady | Phase::Rewrapping => Some(format!(
@@ -265,6 +277,7 @@ impl TdeSubsystem {
         }
         Ok(Self {
             config,
+            default_mek_id,
             mode,
             mode_source,
             key_manager: km,
@@ -281,6 +294,11 @@ impl TdeSubsystem {
     /// The configuration the subsystem was started with.
     pub fn config(&self) -> &TdeConfig {
         &self.config
+    }
+
+    /// The MEK that wraps table keys (`default_mek_id`, validated).
+    pub fn default_mek_id(&self) -> &MekId {
+        &self.default_mek_id
     }
 
     /// The security mode in force.

@@ -12,6 +12,7 @@ pub const MAX_FAILED_KEPT: usize = 1000;
 /// Where a rotation is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Phase {
     /// Recorded; the provider may or may not have created the new version yet.
     Preparing,

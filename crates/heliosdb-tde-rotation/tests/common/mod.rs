@@ -31,14 +31,12 @@ pub struct World {
 }
 
 pub fn config() -> RotationConfig {
-    RotationConfig {
-        concurrency: 4,
-        batch_size: 64,
-        max_attempts: 3,
-        backoff_base: Duration::from_millis(1),
-        backoff_max: Duration::from_millis(5),
-        grace_period: Duration::from_secs(30 * 86_400),
-    }
+    RotationConfig::default()
+        .with_concurrency(4)
+        .with_batch_size(64)
+        .with_max_attempts(3)
+        .with_backoff(Duration::from_millis(1), Duration::from_millis(5))
+        .with_grace_period(Duration::from_secs(30 * 86_400))
 }
 
 impl World {

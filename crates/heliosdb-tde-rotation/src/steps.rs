@@ -1,0 +1,178 @@
+//! The forward steps: [`Rotator::prepare`] (new MEK version) and [`Rotator::rewrap`] (re-wrap
+//! every TEK, page by page, with the cursor in the journal).
+
+use crate::{Phase, Progress, ProgressFn, RotationState};
+use crate::{Rotator, wrong_phase};
+use futures_util::stream::{self, StreamExt};
+use heliosdb_tde_core::store::KeyStoreExt;
+use heliosdb_tde_core::{
+    KeyState, MekId, MekRef, Result, StoreBatch, StoreOp, TekId, TekRecord, Timestamp, WrapContext,
+    WrappedTek,
+};
+use std::time::Duration;
+
+pub(crate) fn jitter(cap: Duration) -> Duration {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    let half = cap / 2;
+    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
+    half + Duration::from_nanos(u64::from_le_bytes(b) % nanos)
+}
+
+impl Rotator {
+    /// Starts a rotation of `mek_id`, or resumes the one in progress, up to `NewMekReady` (the
+    /// new version exists and wraps new TEKs). Returns the state reached.
+    ///
+    /// An `emergency` request is sticky: it is recorded in the journal of a rotation in any
+    /// phase, and the old version is then marked compromised (see the crate documentation). A
+    /// rollback in progress is turned around so that the rotation goes forward again. Fails
+    /// with "a rotation step is already running" while another step of this MEK runs in this
+    /// process.
+    pub async fn prepare(&self, mek_id: &MekId, emergency: bool) -> Result<RotationState> {
+        let mut step = self.begin(mek_id, "rotate")?;
+        let mut st = match self.load(&mut step).await? {
+            Some(mut st) => {
+                if emergency && !st.emergency {
+                    st.emergency = true;
+                    self.save(&mut step, &st, StoreBatch::new()).await?;
+                    tracing::warn!(
+                        target: "heliosdb::tde::rotation",
+                        mek = %st.old, phase = %st.phase,
+                        "MEK rotation escalated to an emergency rotation"
+                    );
+                    fail_here!("rotation::emergency_saved");
+                }
+                if st.phase != Phase::Preparing {
+                    return self.resume_emergency(&mut step, st).await;
+                }
+                st
+            }
+            None => {
+                let old = self.active_version(mek_id).await?;
+                let st = RotationState::new(mek_id.clone(), old, emergency);
+                self.save(&mut step, &st, StoreBatch::new()).await?;
+                tracing::info!(target: "heliosdb::tde::rotation", mek = %st.old, emergency, "MEK rotation started");
+                st
+            }
+        };
+        fail_here!("rotation::preparing_saved");
+        // If the provider already rotated before a crash, adopt that version.
+        self.claim(&mut step).await?;
+        let current = self.active_version(mek_id).await?;
+        let new = if current.version > st.old.version {
+            current
+        } else {
+            self.provider.rotate_mek(mek_id).await?.mek
+        };
+        fail_here!("rotation::after_provider_rotate");
+        self.ensure_old_compromised(&mut step, &st).await?;
+        st.new = Some(new);
+        st.phase = Phase::NewMekReady;
+        self.save(&mut step, &st, StoreBatch::new()).await?;
+        fail_here!("rotation::new_mek_ready_saved");
+        Ok(st)
+    }
+
+    pub(crate) async fn rewrap_one(&self, rec: &TekRecord, new: &MekRef) -> Result<WrappedTek> {
+        let ctx = WrapContext::table_key(&rec.id);
+        let mut attempt = 1;
+        loop {
+            match self.provider.rewrap_tek(&rec.wrapped, &ctx, new).await {
+                Ok(w) => return Ok(w),
+                Err(e) if e.is_retryable() && attempt < self.config.max_attempts => {
+                    let exp = self
+                        .config
+                        .backoff_base
+                        .saturating_mul(1u32 << attempt.min(16))
+                        .min(self.config.backoff_max);
+                    tracing::debug!(target: "heliosdb::tde::rotation", tek = %rec.id, attempt, "retrying: {e}");
+                    tokio::time::sleep(jitter(exp)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Re-wraps every TEK still under the old version (from the saved cursor after a crash),
+    /// then enters `DualActive`. Run again in `DualActive`, it re-wraps whatever is still
+    /// under the old version, such as keys that failed before.
+    pub async fn rewrap(
+        &self,
+        mek_id: &MekId,
+        progress: Option<ProgressFn<'_>>,
+    ) -> Result<RotationState> {
+        let mut step = self.begin(mek_id, "re-wrap")?;
+        let mut st = self.load_existing(&mut step).await?;
+        let new = st.new_mek()?;
+        match st.phase {
+            Phase::NewMekReady | Phase::DualActive | Phase::Verified => {
+                self.ensure_old_compromised(&mut step, &st).await?;
+                st.phase = Phase::Rewrapping;
+                st.cursor = None;
+                st.failed.clear();
+                st.failed_total = 0;
+                self.save(&mut step, &st, StoreBatch::new()).await?;
+            }
+            Phase::Rewrapping => self.ensure_old_compromised(&mut step, &st).await?,
+            other => return Err(wrong_phase(&st, other, "re-wrap")),
+        }
+        let total = self.store.count_teks().await?;
+        let mut done = 0u64;
+        let mut pages = self
+            .store
+            .tek_pages(st.cursor.clone(), self.config.batch_size);
+        while let Some(page) = pages.next_page().await? {
+            done += page.len() as u64;
+            let todo: Vec<&TekRecord> = page
+                .iter()
+                .filter(|r| r.wrapped.mek == st.old && r.metadata.state != KeyState::Destroyed)
+                .collect();
+            let results: Vec<(TekId, Result<WrappedTek>)> = stream::iter(todo)
+                .map(|rec| async { (rec.id.clone(), self.rewrap_one(rec, &new).await) })
+                .buffer_unordered(self.config.concurrency.max(1))
+                .collect()
+                .await;
+            let mut batch = StoreBatch::new();
+            for (id, r) in results {
+                match r {
+                    Ok(wrapped) => {
+                        batch = batch.push(StoreOp::Rewrap {
+                            id,
+                            expect: st.old.clone(),
+                            wrapped,
+                            keep_previous: true,
+                        });
+                        st.reencrypted += 1;
+                    }
+                    Err(e) => st.record_failure(&id, &e),
+                }
+            }
+            st.cursor = pages.cursor().cloned();
+            fail_here!("rotation::before_page_commit");
+            self.save(&mut step, &st, batch).await?;
+            fail_here!("rotation::after_page_commit");
+            if let Some(p) = progress {
+                p(&Progress {
+                    phase: Phase::Rewrapping,
+                    done: done.min(total.max(done)),
+                    total: total.max(done),
+                    failed: st.failed_total,
+                });
+            }
+        }
+        st.phase = Phase::DualActive;
+        st.cursor = None;
+        if st.grace_until.is_none() {
+            st.grace_until = Some(Timestamp::now().saturating_add(self.config.grace_period));
+        }
+        self.save(&mut step, &st, StoreBatch::new()).await?;
+        fail_here!("rotation::dual_active_saved");
+        tracing::info!(
+            target: "heliosdb::tde::rotation",
+            old = %st.old, new = %new, reencrypted = st.reencrypted, failed = st.failed_total,
+            "MEK rotation: dual-encryption period"
+        );
+        Ok(st)
+    }
+}

@@ -10,6 +10,8 @@
 //!   2^32 encryptions that NIST SP 800-38D section 8.3 sets for random 96-bit nonces;
 //! * [`wrap`]: local TEK wrapping under an in-process master key, for the providers that hold
 //!   their MEK in process (in-memory, secure file);
+//! * [`LocalKeyring`]: the MEK versions such a provider holds, with checked wrapping under
+//!   them;
 //! * [`aead`]: the raw AES-256-GCM primitive over the selected backend.
 //!
 //! # Backends
@@ -39,12 +41,14 @@ compile_error!(
 
 pub mod aead;
 mod error;
+mod keyring;
 mod page;
 mod usage;
 pub mod wrap;
 
 pub use aead::{AeadKey, Backend, NONCE_LEN, TAG_LEN};
 pub use error::CipherError;
+pub use keyring::LocalKeyring;
 pub use page::{
     FORMAT_VERSION, HEADER_LEN, PageHeader, SealedParts, TableCipher, sealed_tek_version,
 };

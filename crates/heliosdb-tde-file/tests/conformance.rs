@@ -77,9 +77,3 @@ async fn versions_survive_reopen() {
         assert_eq!((&b.mek, b.state), (&a.mek, a.state));
     }
 }
-
-#[tokio::test]
-async fn rotation_with_manager() {
-    let (_d, p) = fresh();
-    provider::rotation_with_manager(p).await;
-}

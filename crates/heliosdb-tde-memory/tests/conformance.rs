@@ -48,8 +48,3 @@ fn insecure_and_says_so() {
     assert_eq!(p.description(), "In-Memory (INSECURE - testing only)");
     assert_eq!(p.kind(), heliosdb_tde_core::ProviderKind::InMemory);
 }
-
-#[tokio::test]
-async fn rotation_with_manager() {
-    provider::rotation_with_manager(p()).await;
-}

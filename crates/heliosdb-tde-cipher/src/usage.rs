@@ -58,6 +58,7 @@ impl Default for UsageLimits {
 
 /// A point-in-time view of a key's usage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct UsageSnapshot {
     /// Encryptions performed (including any counted before this process, see
     /// [`crate::TableCipher::with_invocations`]).

@@ -72,6 +72,7 @@ impl std::fmt::Debug for FileAuditSink {
 
 /// What [`verify_audit_log`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AuditVerification {
     /// Lines checked.
     pub lines: u64,

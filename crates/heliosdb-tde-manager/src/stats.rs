@@ -63,6 +63,7 @@ impl Counters {
 
 /// Cache statistics.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct CacheStats {
     /// Lookups answered from the cache.
     pub hits: u64,
@@ -79,6 +80,7 @@ pub struct CacheStats {
 
 /// MEK provider call statistics (wrap, unwrap, rewrap, info, generate, rotate).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ProviderStats {
     /// The provider's description.
     pub provider: String,
@@ -94,6 +96,7 @@ pub struct ProviderStats {
 
 /// Usage summed over all stored TEKs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct UsageTotals {
     /// Encryptions (GCM invocations) recorded against TEKs.
     pub encryptions: u64,
@@ -105,6 +108,7 @@ pub struct UsageTotals {
 
 /// What `KeyManager::key_stats` reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct KeyStats {
     /// The TEK cache.
     pub cache: CacheStats,

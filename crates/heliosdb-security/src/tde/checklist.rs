@@ -31,6 +31,7 @@ impl std::fmt::Display for CheckStatus {
 
 /// One checklist item with its verdict and the reason for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct CheckItem {
     /// The item, as the guide words it.
     pub item: &'static str,

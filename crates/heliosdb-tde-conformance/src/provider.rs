@@ -259,72 +259,6 @@ pub async fn secrecy(p: &dyn MekProvider) {
     }
 }
 
-/// MEK rotation with dual encryption through the key manager: TEKs created under the first
-/// version, a rotation re-wraps them all with the provider, both versions unwrap during the dual
-/// period, and after verification the old version can be deactivated.
-pub async fn rotation_with_manager(p: Arc<dyn MekProvider>) {
-    use heliosdb_tde_core::{KeyStore, SecurityMode};
-    use heliosdb_tde_manager::{KeyManager, KeyManagerConfig};
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn KeyStore> =
-        Arc::new(heliosdb_tde_keystore::RedbKeyStore::open_dir(dir.path()).unwrap());
-    let mek = fresh_mek_id("conf_rot");
-    let mut c = KeyManagerConfig::new(mek.clone(), SecurityMode::Development);
-    c.rotation.grace_period = std::time::Duration::ZERO;
-    let km = KeyManager::new(p.clone(), store, c).unwrap();
-    km.ensure_default_mek().await.unwrap();
-    let tables: Vec<String> = (0..40).map(|i| format!("rot_t{i}")).collect();
-    let refs: Vec<&str> = tables.iter().map(String::as_str).collect();
-    km.create_table_keys(&refs).await.unwrap();
-    let before: Vec<[u8; 32]> = {
-        let mut v = Vec::new();
-        for t in &tables {
-            v.push(
-                *km.get_table_key(t, None)
-                    .await
-                    .unwrap()
-                    .bytes()
-                    .expose_secret(),
-            );
-        }
-        v
-    };
-    let r = km
-        .rotate_mek_with_dual_encryption(mek.as_str())
-        .await
-        .unwrap();
-    assert_eq!(r.keys_reencrypted, 40);
-    assert!(r.failed_keys.is_empty(), "{:?}", r.failed_keys);
-    assert_eq!(r.new_mek_id.version.get(), 2);
-    // A cold manager over the same parts unwraps every TEK under the new version.
-    let cold = KeyManager::new(
-        p.clone(),
-        km.store().clone(),
-        KeyManagerConfig::new(mek.clone(), SecurityMode::Development),
-    )
-    .unwrap();
-    for (t, b) in tables.iter().zip(&before) {
-        let k = cold.get_table_key(t, None).await.unwrap();
-        assert_eq!(k.bytes().expose_secret(), b, "{t}");
-    }
-    assert_eq!(
-        km.verify_mek_rotation(mek.as_str()).await.unwrap().stranded,
-        0
-    );
-    km.deactivate_old_mek(mek.as_str()).await.unwrap();
-    let info = p.mek_info(&mek).await.unwrap();
-    assert_eq!(info.versions[0].state, KeyState::Deactivated);
-    let cold = KeyManager::new(
-        p,
-        km.store().clone(),
-        KeyManagerConfig::new(mek, SecurityMode::Development),
-    )
-    .unwrap();
-    for t in &tables {
-        cold.get_table_key(t, None).await.unwrap();
-    }
-}
-
 /// Every check, in order.
 pub async fn run_all(p: Arc<dyn MekProvider>) {
     round_trip(p.as_ref()).await;
@@ -333,5 +267,4 @@ pub async fn run_all(p: Arc<dyn MekProvider>) {
     errors(p.as_ref()).await;
     concurrency(p.clone()).await;
     secrecy(p.as_ref()).await;
-    rotation_with_manager(p).await;
 }

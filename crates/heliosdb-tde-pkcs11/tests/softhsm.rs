@@ -72,13 +72,6 @@ async fn conformance_secrecy() {
     assert!(!text.contains(&pin()), "the PIN leaked into Debug: {text}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mek_rotation_through_the_key_manager_with_dual_encryption() {
-    let _serial = common::serial().await;
-    let Some(p) = hsm().await else { return };
-    provider::rotation_with_manager(p).await;
-}
-
 #[tokio::test]
 async fn the_mek_never_leaves_the_token() {
     let _serial = common::serial().await;

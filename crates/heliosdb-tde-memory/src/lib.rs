@@ -1,9 +1,4 @@
-//! `InMemoryMekProvider`: master keys in process memory. **INSECURE — testing only.**
-//!
-//! It implements the whole [`MekProvider`] contract (versions, rotation, lifecycle states,
-//! AAD-bound wrapping through `heliosdb-tde-cipher`), so tests and development setups exercise
-//! the same code paths as the real providers. It reports `is_secure() == false`, and the key
-//! manager refuses it in production mode.
+#![doc = include_str!("../README.md")]
 
 use async_trait::async_trait;
 use heliosdb_tde_cipher::{Backend, LocalKeyring};

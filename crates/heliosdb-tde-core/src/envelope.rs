@@ -10,10 +10,11 @@
 //! Parsing is total: every byte string gives either an envelope or a [`TdeError::Corrupt`],
 //! never a panic, and it allocates only after the lengths have been checked against the input.
 
+use crate::bytes::ByteReader;
 use crate::error::{Result, TdeError};
 use crate::ids::{MekId, MekRef, MekVersion};
 use crate::metadata::EncryptionAlgorithm;
-use crate::provider::ProviderKind;
+use std::fmt;
 
 /// The four bytes every envelope starts with.
 pub const MAGIC: [u8; 4] = *b"HTEK";
@@ -27,6 +28,71 @@ pub const FORMAT_VERSION: u8 = 2;
 pub const OLDEST_FORMAT_VERSION: u8 = 1;
 /// The largest provider payload accepted (a KMS ciphertext blob is a few hundred bytes).
 pub const MAX_PAYLOAD_LEN: usize = 16 * 1024;
+
+/// Which family of provider holds the MEK. Recorded in every wrapped-TEK envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProviderKind {
+    /// Process memory. Insecure; tests only.
+    InMemory,
+    /// A passphrase-protected file on local disk.
+    SecureFile,
+    /// A PKCS#11 hardware security module.
+    Pkcs11,
+    /// HashiCorp Vault (or OpenBao) Transit.
+    Vault,
+    /// AWS Key Management Service.
+    AwsKms,
+    /// Azure Key Vault.
+    AzureKeyVault,
+}
+
+impl ProviderKind {
+    /// Every provider kind, in code order.
+    pub const ALL: [ProviderKind; 6] = [
+        ProviderKind::InMemory,
+        ProviderKind::SecureFile,
+        ProviderKind::Pkcs11,
+        ProviderKind::Vault,
+        ProviderKind::AwsKms,
+        ProviderKind::AzureKeyVault,
+    ];
+
+    /// The kind's code in the envelope.
+    pub fn code(self) -> u8 {
+        match self {
+            ProviderKind::InMemory => 1,
+            ProviderKind::SecureFile => 2,
+            ProviderKind::Pkcs11 => 3,
+            ProviderKind::Vault => 4,
+            ProviderKind::AwsKms => 5,
+            ProviderKind::AzureKeyVault => 6,
+        }
+    }
+
+    /// The kind with this code, if any.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.code() == code)
+    }
+
+    /// A short machine-friendly name, for example `secure-file`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::InMemory => "in-memory",
+            ProviderKind::SecureFile => "secure-file",
+            ProviderKind::Pkcs11 => "pkcs11-hsm",
+            ProviderKind::Vault => "vault",
+            ProviderKind::AwsKms => "aws-kms",
+            ProviderKind::AzureKeyVault => "azure-kv",
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// A TEK wrapped under one MEK version by one provider.
 ///
@@ -47,41 +113,12 @@ pub struct WrappedTek {
     pub payload: Vec<u8>,
 }
 
+/// What [`WrappedTek::decode`] names in its errors, and where it says the bytes come from.
+const WHAT: &str = "wrapped TEK envelope";
+const LOCATION: &str = "key store record";
+
 fn corrupt(detail: impl Into<String>) -> TdeError {
-    TdeError::corrupt("wrapped TEK envelope", "key store record", detail)
-}
-
-/// A cursor that refuses to read past the end.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        match end {
-            Some(end) => {
-                let s = &self.buf[self.pos..end];
-                self.pos = end;
-                Ok(s)
-            }
-            None => Err(corrupt(format!(
-                "truncated at byte {} while reading the {field} ({n} bytes needed, {} left)",
-                self.pos,
-                self.buf.len().saturating_sub(self.pos)
-            ))),
-        }
-    }
-
-    fn u8(&mut self, field: &str) -> Result<u8> {
-        Ok(self.take(1, field)?[0])
-    }
-
-    fn u32(&mut self, field: &str) -> Result<u32> {
-        let b = self.take(4, field)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
+    TdeError::corrupt(WHAT, LOCATION, detail)
 }
 
 impl WrappedTek {
@@ -125,7 +162,7 @@ impl WrappedTek {
 
     /// Decodes an envelope. Any input gives `Ok` or [`TdeError::Corrupt`].
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let mut r = Reader { buf: bytes, pos: 0 };
+        let mut r = ByteReader::new(bytes, WHAT, LOCATION);
         if r.take(4, "magic")? != MAGIC {
             return Err(corrupt("bad magic: this is not a HeliosDB wrapped TEK"));
         }
@@ -157,10 +194,10 @@ impl WrappedTek {
             )));
         }
         let payload = r.take(payload_len, "payload")?.to_vec();
-        if r.pos != bytes.len() {
+        if r.remaining() != 0 {
             return Err(corrupt(format!(
                 "{} unexpected bytes after the payload",
-                bytes.len() - r.pos
+                r.remaining()
             )));
         }
         Ok(Self {

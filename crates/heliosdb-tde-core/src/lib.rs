@@ -20,6 +20,7 @@
 
 pub mod aad;
 pub mod audit;
+pub mod bytes;
 pub mod config;
 pub mod envelope;
 pub mod error;
@@ -34,17 +35,18 @@ pub mod time;
 
 pub use aad::{WrapContext, WrapPurpose};
 pub use audit::{AuditAction, AuditEvent, AuditOutcome, AuditSink};
+pub use bytes::ByteReader;
 pub use config::{
     AwsKmsConfig, AzureKeyVaultConfig, ConfigSecret, HSM_PIN_ENV, HsmConfig, KdfParams, KmsConfig,
     SecureFileConfig, VaultTransitConfig,
 };
-pub use envelope::WrappedTek;
+pub use envelope::{ProviderKind, WrappedTek};
 pub use error::{Result, TdeError};
 pub use ids::{KeyId, MekId, MekRef, MekVersion, TableId, TekId, TekVersion};
 pub use lifecycle::MekLifecycle;
 pub use material::{KEY_LEN, KeyBytes, MasterKey, TableKey};
 pub use metadata::{EncryptionAlgorithm, KeyMetadata, KeyState, KeyType, UsageCounters};
 pub use mode::{ModeSource, SECURITY_MODE_ENV, SecurityMode};
-pub use provider::{MekInfo, MekProvider, MekVersionInfo, ProviderHealth, ProviderKind};
+pub use provider::{MekInfo, MekProvider, MekVersionInfo, ProviderHealth};
 pub use store::{KeyStore, StoreBatch, StoreOp, TekRecord};
 pub use time::Timestamp;

@@ -42,10 +42,11 @@
 //! assert!(lc.plan_transition(&v1, KeyState::Active).unwrap().is_err());
 //! ```
 
+use crate::envelope::ProviderKind;
 use crate::error::{Result, TdeError};
 use crate::ids::{MekId, MekRef, MekVersion};
 use crate::metadata::{EncryptionAlgorithm, KeyState};
-use crate::provider::{MekInfo, MekVersionInfo, ProviderKind};
+use crate::provider::{MekInfo, MekVersionInfo};
 use crate::time::Timestamp;
 use std::collections::BTreeMap;
 use std::fmt;

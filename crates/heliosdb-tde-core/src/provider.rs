@@ -8,6 +8,8 @@
 //! reference; see [`crate::aad`].
 
 use crate::aad::WrapContext;
+/// Which family of provider holds the MEK; it lives next to the envelope that records it.
+pub use crate::envelope::ProviderKind;
 use crate::envelope::WrappedTek;
 use crate::error::Result;
 use crate::ids::{MekId, MekRef, MekVersion};
@@ -17,71 +19,6 @@ use crate::time::Timestamp;
 use async_trait::async_trait;
 use std::fmt;
 use std::time::Duration;
-
-/// Which family of provider holds the MEK. Recorded in every wrapped-TEK envelope.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ProviderKind {
-    /// Process memory. Insecure; tests only.
-    InMemory,
-    /// A passphrase-protected file on local disk.
-    SecureFile,
-    /// A PKCS#11 hardware security module.
-    Pkcs11,
-    /// HashiCorp Vault (or OpenBao) Transit.
-    Vault,
-    /// AWS Key Management Service.
-    AwsKms,
-    /// Azure Key Vault.
-    AzureKeyVault,
-}
-
-impl ProviderKind {
-    /// Every provider kind, in code order.
-    pub const ALL: [ProviderKind; 6] = [
-        ProviderKind::InMemory,
-        ProviderKind::SecureFile,
-        ProviderKind::Pkcs11,
-        ProviderKind::Vault,
-        ProviderKind::AwsKms,
-        ProviderKind::AzureKeyVault,
-    ];
-
-    /// The kind's code in the envelope.
-    pub fn code(self) -> u8 {
-        match self {
-            ProviderKind::InMemory => 1,
-            ProviderKind::SecureFile => 2,
-            ProviderKind::Pkcs11 => 3,
-            ProviderKind::Vault => 4,
-            ProviderKind::AwsKms => 5,
-            ProviderKind::AzureKeyVault => 6,
-        }
-    }
-
-    /// The kind with this code, if any.
-    pub fn from_code(code: u8) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.code() == code)
-    }
-
-    /// A short machine-friendly name, for example `secure-file`.
-    pub fn name(self) -> &'static str {
-        match self {
-            ProviderKind::InMemory => "in-memory",
-            ProviderKind::SecureFile => "secure-file",
-            ProviderKind::Pkcs11 => "pkcs11-hsm",
-            ProviderKind::Vault => "vault",
-            ProviderKind::AwsKms => "aws-kms",
-            ProviderKind::AzureKeyVault => "azure-kv",
-        }
-    }
-}
-
-impl fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// One version of an MEK as the provider reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]

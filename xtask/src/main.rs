@@ -1,10 +1,11 @@
-//! `cargo xtask`: the workspace's automation. Run `cargo xtask help`.
+//! `cargo xtask`: the workspace's automation. Run `cargo xtask --help`.
 
+use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match xtask::run(&args) {
+    let cli = xtask::cli::Cli::parse();
+    match xtask::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xtask: error: {e}");

@@ -4,6 +4,9 @@
 //! The rules are the layering invariants of ARCHITECTURE.md plus the release hygiene every
 //! crate needs to be packaged on its own. Each rule is a function over a small model of the
 //! workspace, so that the unit tests below can feed it broken workspaces and see it fail.
+//! The rules about public types (`#[non_exhaustive]`) parse the sources, in [`api`].
+
+pub mod api;
 
 use crate::Result;
 use cargo_metadata::{DependencyKind, MetadataCommand};
@@ -438,12 +441,28 @@ pub fn dependency_names(root: &Path, package: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// `cargo xtask tidy`: checks the workspace and reports every problem.
+pub fn run(root: &Path) -> Result {
+    let problems = check_workspace(root)?;
+    if problems.is_empty() {
+        println!("tidy: ok");
+        Ok(())
+    } else {
+        Err(format!("tidy found problems:\n  {}", problems.join("\n  ")))
+    }
+}
+
 /// Loads the workspace at `root` and checks it.
 pub fn check_workspace(root: &Path) -> Result<Vec<String>> {
     let crates = load(root)?;
     let arch = std::fs::read_to_string(root.join("ARCHITECTURE.md"))
         .map_err(|e| format!("cannot read ARCHITECTURE.md: {e}"))?;
     let mut problems = check(&crates, &arch);
+    let mut public_types = Vec::new();
+    for c in crates.iter().filter(|c| c.publishable) {
+        public_types.extend(api::scan_crate(&c.name, &root.join(&c.dir))?);
+    }
+    problems.extend(api::check(&public_types));
     for c in &crates {
         if LEAN_BY_DEFAULT.contains(&c.name.as_str()) || role_of(&c.name) == Some(Role::Backend) {
             problems.extend(check_tree(&c.name, &dependency_names(root, &c.name)?));

@@ -203,19 +203,17 @@ fn softhsm(
     }
     let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
     let pin = env("HELIOSDB_TEST_PKCS11_PIN", "654321");
-    let settings = heliosdb_tde_pkcs11::Pkcs11Settings {
-        library_path: env(
+    let settings = heliosdb_tde_pkcs11::Pkcs11Settings::new(
+        env(
             "HELIOSDB_TEST_PKCS11_MODULE",
             "/usr/lib/softhsm/libsofthsm2.so",
-        )
-        .into(),
-        token_label: Some(env("HELIOSDB_TEST_PKCS11_TOKEN", "heliosdb-test")),
-        slot_id: 0,
-        pin: secrecy::SecretString::from(pin.clone()),
-        timeout: Duration::from_secs(30),
-        enable_logging: false,
-        pool_size: 2,
-    };
+        ),
+        secrecy::SecretString::from(pin.clone()),
+    )
+    .with_token_label(env("HELIOSDB_TEST_PKCS11_TOKEN", "heliosdb-test"))
+    .with_timeout(Duration::from_secs(30))
+    .with_logging(false)
+    .with_pool_size(2);
     let p = rt
         .block_on(heliosdb_tde_pkcs11::Pkcs11MekProvider::open(
             settings.clone(),

@@ -3,15 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use heliosdb_tde_conformance::services;
+use heliosdb_tde_conformance::softhsm;
 use std::path::Path;
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_heliosdb-cli");
-
-fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
 
 /// SoftHSM's file object store is read by every process at start; a CLI process starting while
 /// another one writes token objects can miss the token. The tests here run one at a time.
@@ -22,17 +18,13 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn token() -> Option<()> {
-    let probe = match std::env::var("SOFTHSM2_CONF") {
-        Ok(conf) if Path::new(&conf).exists() => Ok(()),
-        _ => Err("SOFTHSM2_CONF is not set (run `cargo xtask test`)"),
-    };
-    services::require("SoftHSM2 token", probe)
+    softhsm::token_present()
 }
 
 fn config(dir: &Path, mode: &str, pin_in_file: bool) -> std::path::PathBuf {
     let cfg = dir.join(format!("hsm-{mode}-{pin_in_file}.toml"));
     let pin = if pin_in_file {
-        format!("pin = \"{}\"\n", env("HELIOSDB_TEST_PKCS11_PIN", "654321"))
+        format!("pin = \"{}\"\n", softhsm::pin())
     } else {
         String::new()
     };
@@ -41,15 +33,10 @@ fn config(dir: &Path, mode: &str, pin_in_file: bool) -> std::path::PathBuf {
         format!(
             "key_storage_path = \"{d}/keys-{mode}\"\ndefault_mek_id = \"hsm_cli_{pid}_{mode}\"\n\
              security_mode = \"{mode}\"\naudit_log_path = \"{d}/audit-{mode}.log\"\n\n\
-             [hsm_config]\npkcs11_library_path = \"{lib}\"\ntoken_label = \"{label}\"\n\
-             timeout_secs = 30\nenable_logging = true\n{pin}",
+             {hsm}{pin}",
             d = dir.display(),
             pid = std::process::id(),
-            lib = env(
-                "HELIOSDB_TEST_PKCS11_MODULE",
-                "/usr/lib/softhsm/libsofthsm2.so"
-            ),
-            label = env("HELIOSDB_TEST_PKCS11_TOKEN", "heliosdb-test"),
+            hsm = softhsm::hsm_config_toml(),
         ),
     )
     .unwrap();
@@ -63,10 +50,7 @@ fn cli(cfg: &Path, with_env_pin: bool, args: &[&str]) -> Output {
         .args(args)
         .env_remove("HELIOSDB_SECURITY_MODE");
     if with_env_pin {
-        c.env(
-            "HELIOSDB_HSM_PIN",
-            env("HELIOSDB_TEST_PKCS11_PIN", "654321"),
-        );
+        c.env("HELIOSDB_HSM_PIN", softhsm::pin());
     } else {
         c.env_remove("HELIOSDB_HSM_PIN");
     }

@@ -1,7 +1,7 @@
 //! A pool of logged-in sessions. A cryptoki `Session` is `Send` but not `Sync`, so each
 //! operation takes a session out of the pool, uses it on one thread, and puts it back.
 
-use crate::{hsm_error, is_reset};
+use crate::error::OpError;
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, SessionState, UserType};
@@ -10,28 +10,7 @@ use heliosdb_tde_core::{HSM_PIN_ENV, Result, TdeError};
 use secrecy::SecretString;
 use std::sync::{Condvar, Mutex, OnceLock};
 
-/// Why an operation inside a session failed: the token returned an error (which may call for
-/// a re-login and a retry), or the provider refused to go on (a planted key, a wrap that does
-/// not check out, a PIN the token refused before). A refusal is returned as it is.
-pub(crate) enum OpError {
-    /// A PKCS#11 return code.
-    Hsm(CkError),
-    /// The provider's own refusal; never retried.
-    Refused(TdeError),
-}
-
-impl From<CkError> for OpError {
-    fn from(e: CkError) -> Self {
-        OpError::Hsm(e)
-    }
-}
-
-impl From<TdeError> for OpError {
-    fn from(e: TdeError) -> Self {
-        OpError::Refused(e)
-    }
-}
-
+/// Logged-in sessions on one token, at most `size` open at once.
 pub(crate) struct SessionPool {
     ctx: Pkcs11,
     slot: Slot,
@@ -110,7 +89,7 @@ impl SessionPool {
     pub(crate) fn check_login(&self) -> Result<()> {
         let s = self
             .open()
-            .map_err(|e| op_error(e, "logging in to the token"))?;
+            .map_err(|e| e.into_tde("logging in to the token"))?;
         self.put(s);
         Ok(())
     }
@@ -166,29 +145,25 @@ impl SessionPool {
         f: &dyn Fn(&Session) -> std::result::Result<T, OpError>,
     ) -> Result<T> {
         for attempt in 0..2 {
-            let s = self.take().map_err(|e| op_error(e, what))?;
+            let s = self.take().map_err(|e| e.into_tde(what))?;
             crate::hooks::holding_session();
             match self.ensure_login(&s).and_then(|()| f(&s)) {
                 Ok(v) => {
                     self.put(s);
                     return Ok(v);
                 }
-                Err(OpError::Hsm(e)) if attempt == 0 && is_reset(&e) => {
+                Err(e) if attempt == 0 && e.is_reset() => {
                     tracing::warn!(target: "heliosdb::tde::hsm", "{what}: {e}; logging in again and retrying");
                     self.discard(s);
                     self.reset();
                 }
-                Err(OpError::Hsm(e)) => {
-                    if is_reset(&e) {
+                Err(e) => {
+                    if e.is_reset() {
                         self.discard(s);
                     } else {
                         self.put(s);
                     }
-                    return Err(hsm_error(&e, what));
-                }
-                Err(OpError::Refused(e)) => {
-                    self.put(s);
-                    return Err(e);
+                    return Err(e.into_tde(what));
                 }
             }
         }
@@ -197,13 +172,5 @@ impl SessionPool {
             reason: format!("{what}: the token kept failing after a re-login"),
             retryable: true,
         })
-    }
-}
-
-/// The typed error of an [`OpError`].
-pub(crate) fn op_error(e: OpError, what: &str) -> TdeError {
-    match e {
-        OpError::Hsm(e) => hsm_error(&e, what),
-        OpError::Refused(e) => e,
     }
 }

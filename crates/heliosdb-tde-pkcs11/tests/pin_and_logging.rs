@@ -5,26 +5,11 @@
 
 mod common;
 
-use heliosdb_tde_core::{ConfigSecret, HsmConfig, SecurityMode, TdeError};
+use heliosdb_tde_conformance::softhsm::hsm_config;
+use heliosdb_tde_core::{SecurityMode, TdeError};
 use heliosdb_tde_pkcs11::{PinSource, Pkcs11MekProvider, Pkcs11Settings, resolve_pin};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
-
-fn hsm_config() -> HsmConfig {
-    HsmConfig {
-        pkcs11_library_path: common::env(
-            "HELIOSDB_TEST_PKCS11_MODULE",
-            "/usr/lib/softhsm/libsofthsm2.so",
-        ),
-        slot_id: 0,
-        token_label: Some(common::env("HELIOSDB_TEST_PKCS11_TOKEN", "heliosdb-test")),
-        timeout_secs: 30,
-        enable_logging: true,
-        pin: None,
-        pin_file: None,
-        session_pool_size: None,
-    }
-}
 
 #[tokio::test]
 async fn pin_from_a_file_or_the_configuration() {
@@ -58,7 +43,7 @@ async fn pin_from_a_file_or_the_configuration() {
     );
 
     let mut c = hsm_config();
-    c.pin = Some(ConfigSecret::new(common::pin()));
+    c.pin = common::pin();
     let (pin, source) = resolve_pin(&c, SecurityMode::Development).unwrap();
     assert_eq!(source, PinSource::ConfigFile, "accepted in development");
     Pkcs11MekProvider::open(Pkcs11Settings::from_config(&c, pin))
@@ -72,7 +57,7 @@ async fn pin_from_a_file_or_the_configuration() {
 #[test]
 fn production_refuses_a_pin_in_the_configuration_file() {
     let mut c = hsm_config();
-    c.pin = Some(ConfigSecret::new(common::pin()));
+    c.pin = common::pin();
     let e = resolve_pin(&c, SecurityMode::Production).unwrap_err();
     assert!(matches!(e, TdeError::SecurityPolicy(_)), "{e}");
     let text = e.to_string();

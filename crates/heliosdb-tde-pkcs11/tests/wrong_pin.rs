@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{env, settings};
+use common::{pin, settings};
 use heliosdb_tde_pkcs11::Pkcs11MekProvider;
 
 #[tokio::test]
@@ -26,7 +26,5 @@ async fn a_wrong_pin_gives_the_guides_error() {
     assert!(!text.contains("must be re-initialised"), "{text}");
     assert!(text.contains("do not re-initialise the token"), "{text}");
     // And the right PIN still works afterwards.
-    Pkcs11MekProvider::open(settings(&env("HELIOSDB_TEST_PKCS11_PIN", "654321")))
-        .await
-        .unwrap();
+    Pkcs11MekProvider::open(settings(&pin())).await.unwrap();
 }

@@ -8,50 +8,22 @@
     clippy::panic
 )]
 
-use heliosdb_tde_conformance::services;
+use heliosdb_tde_conformance::{services, softhsm};
 use heliosdb_tde_pkcs11::{Pkcs11MekProvider, Pkcs11Settings};
 use secrecy::SecretString;
-use std::time::Duration;
 
-pub fn env(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
+pub use softhsm::{pin, token_present};
 
-pub fn pin() -> String {
-    env("HELIOSDB_TEST_PKCS11_PIN", "654321")
-}
-
+/// The provider settings of the test token (`softhsm::hsm_config`), logging in with `pin`.
 pub fn settings(pin: &str) -> Pkcs11Settings {
-    Pkcs11Settings {
-        library_path: env(
-            "HELIOSDB_TEST_PKCS11_MODULE",
-            "/usr/lib/softhsm/libsofthsm2.so",
-        )
-        .into(),
-        token_label: Some(env("HELIOSDB_TEST_PKCS11_TOKEN", "heliosdb-test")),
-        slot_id: 0,
-        pin: SecretString::from(pin.to_string()),
-        timeout: Duration::from_secs(30),
-        enable_logging: true,
-        pool_size: 4,
-    }
-}
-
-/// Whether the token is provisioned: `Some` to run, `None` after a loud skip, or a panic when
-/// services are required (`HELIOSDB_REQUIRE_SERVICES=1`, as in CI).
-pub fn token_present() -> Option<()> {
-    let probe = match std::env::var("SOFTHSM2_CONF") {
-        Ok(c) if std::path::Path::new(&c).exists() => Ok(()),
-        _ => Err("SOFTHSM2_CONF is not set (run `cargo xtask test`)"),
-    };
-    services::require("SoftHSM2 token", probe)
+    Pkcs11Settings::from_config(&softhsm::hsm_config(), SecretString::from(pin.to_string()))
 }
 
 /// A provider on the test token, under the same policy.
 pub async fn provider() -> Option<Pkcs11MekProvider> {
     token_present()?;
     let p = Pkcs11MekProvider::open(settings(&pin())).await;
-    services::require("SoftHSM2 token", p.map_err(|e| e.to_string()))
+    services::require(softhsm::SERVICE, p.map_err(|e| e.to_string()))
 }
 
 /// A session of this process on the test token, independent of any provider's pool, logged

@@ -1,0 +1,459 @@
+//! [`Pkcs11MekProvider`]: the [`MekProvider`] over a token, built from the pieces of this
+//! crate (the session pool, the key objects, the inventory and the lifecycle records).
+
+use crate::context::{connect, token_write};
+use crate::error::{OpError, is_gcm_tag_mismatch};
+use crate::hooks;
+use crate::inventory::{self, Entry, create_record, key_label, state_label};
+use crate::keys::{Checked, check_key, find_key, lookup_key, mek_template};
+use crate::pool::SessionPool;
+use crate::record::Record;
+use crate::settings::Pkcs11Settings;
+use crate::{IV_LEN, PAYLOAD_LEN, TAG_LEN};
+use async_trait::async_trait;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::Session;
+use heliosdb_tde_core::{
+    EncryptionAlgorithm, KEY_LEN, KeyBytes, KeyState, MekId, MekInfo, MekProvider, MekRef,
+    MekVersion, MekVersionInfo, ProviderHealth, ProviderKind, Result, TableKey, TdeError,
+    Timestamp, WrapContext, WrappedTek,
+};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+use zeroize::Zeroizing;
+
+/// Master keys inside a PKCS#11 token.
+pub struct Pkcs11MekProvider {
+    pool: Arc<SessionPool>,
+    settings: Pkcs11Settings,
+    token: String,
+    /// Key objects that passed [`check_key`] in this provider.
+    checked: Checked,
+}
+
+impl fmt::Debug for Pkcs11MekProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pkcs11MekProvider")
+            .field("token", &self.token)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pkcs11MekProvider {
+    /// Loads the module, finds the token, and logs in (checking the PIN now, not at first use).
+    pub async fn open(settings: Pkcs11Settings) -> Result<Self> {
+        let s = settings.clone();
+        let (pool, token) = tokio::task::spawn_blocking(move || connect(&s))
+            .await
+            .map_err(|e| TdeError::ProviderUnavailable {
+                provider: "HSM".into(),
+                reason: format!("the HSM worker failed: {e}"),
+                retryable: false,
+            })??;
+        Ok(Self {
+            pool: Arc::new(pool),
+            settings,
+            token,
+            checked: Arc::default(),
+        })
+    }
+
+    /// Runs `f` with a pooled, logged-in session on a blocking thread, within the timeout;
+    /// after a token or library reset, logs in again and retries once.
+    async fn with_session<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl Fn(&Session) -> std::result::Result<T, OpError> + Send + Sync + 'static,
+    ) -> Result<T> {
+        let start = Instant::now();
+        let pool = self.pool.clone();
+        let job = tokio::task::spawn_blocking(move || pool.run(what, &f));
+        let r = match tokio::time::timeout(self.settings.timeout, job).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(TdeError::ProviderUnavailable {
+                provider: "HSM".into(),
+                reason: format!("{what}: the HSM worker failed: {e}"),
+                retryable: false,
+            }),
+            Err(_) => Err(TdeError::ProviderUnavailable {
+                provider: "HSM".into(),
+                reason: format!(
+                    "{what} took longer than {:?} (hsm_config.timeout_secs): the token did not \
+                     answer, or every pooled session was busy",
+                    self.settings.timeout
+                ),
+                retryable: true,
+            }),
+        };
+        if self.settings.enable_logging {
+            match &r {
+                Ok(_) => {
+                    tracing::info!(target: "heliosdb::tde::hsm", op = what, token = %self.token, micros = start.elapsed().as_micros() as u64, "HSM operation")
+                }
+                Err(e) => {
+                    tracing::warn!(target: "heliosdb::tde::hsm", op = what, token = %self.token, "HSM operation failed: {e}")
+                }
+            }
+        }
+        r
+    }
+
+    /// Every MEK version and its newest lifecycle record on the token
+    /// ([`inventory::scan`]).
+    async fn inventory(&self) -> Result<BTreeMap<MekRef, Entry>> {
+        self.with_session("listing MEKs", inventory::scan).await
+    }
+
+    /// One MEK version, looked up by its labels ([`inventory::lookup`]).
+    async fn entry(&self, mek: &MekRef) -> Result<Option<Entry>> {
+        let mek = mek.clone();
+        self.with_session("looking up an MEK", move |s| inventory::lookup(s, &mek))
+            .await
+    }
+
+    /// The key object and state of a version that still has its key.
+    async fn version(&self, mek: &MekRef) -> Result<(ObjectHandle, KeyState)> {
+        match self.entry(mek).await? {
+            Some(e @ Entry { key: Some(h), .. }) => Ok((h, e.state())),
+            Some(e) => Err(TdeError::InvalidKeyState {
+                key: format!("mek:{mek}"),
+                state: e.state(),
+                operation: "use it".into(),
+                hint: "its key object was destroyed in the HSM".into(),
+            }),
+            None => Err(self.not_found(mek)),
+        }
+    }
+
+    fn not_found(&self, mek: &dyn fmt::Display) -> TdeError {
+        TdeError::KeyNotFound {
+            key: format!("mek:{mek}"),
+            hint: format!(
+                "no such key on HSM token {:?}; generate it with `heliosdb-cli security mek \
+                 generate`",
+                self.token
+            ),
+        }
+    }
+
+    /// Generates one MEK version in the token with [`mek_template`], reads the attributes back
+    /// (a key that came out otherwise is destroyed and refused), and records its state.
+    async fn create_version(&self, mek: &MekRef, state: KeyState) -> Result<Timestamp> {
+        let label = key_label(mek).into_bytes();
+        let record_label = state_label(mek).into_bytes();
+        let created = Timestamp::now();
+        let record = Record {
+            state,
+            created_at: created,
+            seq: 1,
+        }
+        .encode();
+        let mek = mek.clone();
+        let checked = self.checked.clone();
+        self.with_session("generating an MEK", move |s| {
+            // A key object that already claims this label or id was not made by us.
+            if let Some(h) = lookup_key(s, &mek)? {
+                return Err(OpError::Refused(TdeError::SecurityPolicy(format!(
+                    "a secret key labelled as MEK {mek} is already on the HSM token (handle \
+                     {h}) although HeliosDB never generated that version: someone planted \
+                     it. Nothing was generated; remove it (e.g. `pkcs11-tool --delete-object`)"
+                ))));
+            }
+            let h = token_write(|| s.generate_key(&Mechanism::AesKeyGen, &mek_template(&label)))?;
+            // Read back what the token actually made; refuse a key that could leave it.
+            if let Err(e) = check_key(s, h, &mek, true) {
+                let _ = token_write(|| s.destroy_object(h));
+                return Err(e);
+            }
+            checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(mek.clone(), h);
+            token_write(|| create_record(s, &record_label, &record))?;
+            Ok(())
+        })
+        .await?;
+        Ok(created)
+    }
+
+    /// Records a new state: writes a record with the next sequence number, then removes the
+    /// older ones.
+    async fn write_state(&self, mek: &MekRef, entry: &Entry, state: KeyState) -> Result<()> {
+        let rec = Record {
+            state,
+            created_at: entry.created_at(),
+            seq: entry.seq() + 1,
+        };
+        let value = rec.encode();
+        let mut old: Vec<ObjectHandle> = entry.stale.clone();
+        if let Some((h, _)) = entry.record {
+            old.push(h);
+        }
+        let mek = mek.clone();
+        self.with_session("updating an MEK state", move |s| {
+            inventory::replace_record(s, &mek, &value, &old)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl MekProvider for Pkcs11MekProvider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Pkcs11
+    }
+
+    fn description(&self) -> String {
+        format!(
+            "PKCS#11 HSM (token {:?} via {})",
+            self.token,
+            self.settings.library_path.display()
+        )
+    }
+
+    fn is_secure(&self) -> bool {
+        true
+    }
+
+    async fn generate_mek(
+        &self,
+        mek_id: &MekId,
+        algorithm: EncryptionAlgorithm,
+    ) -> Result<MekVersionInfo> {
+        if self.inventory().await?.keys().any(|m| &m.id == mek_id) {
+            return Err(TdeError::AlreadyExists {
+                key: format!("mek:{mek_id}"),
+            });
+        }
+        let mek = MekRef::new(mek_id.clone(), MekVersion::FIRST);
+        let created_at = self.create_version(&mek, KeyState::Active).await?;
+        Ok(MekVersionInfo {
+            mek,
+            state: KeyState::Active,
+            algorithm,
+            created_at,
+        })
+    }
+
+    async fn wrap_tek(
+        &self,
+        mek: &MekRef,
+        tek: &TableKey,
+        ctx: &WrapContext,
+    ) -> Result<WrappedTek> {
+        ctx.ensure_names(tek)?;
+        let (_, state) = self.version(mek).await?;
+        state.ensure_can_encrypt(&format!("mek:{}", mek), "wrap a TEK")?;
+        let header = WrappedTek::new(
+            tek.algorithm(),
+            ProviderKind::Pkcs11,
+            mek.clone(),
+            Vec::new(),
+        );
+        let aad = ctx.aad_for(&header);
+        let plain = Zeroizing::new(tek.bytes().expose_secret().to_vec());
+        let what = format!("TEK {} under {mek}", ctx.tek_id());
+        let target = mek.clone();
+        let checked = self.checked.clone();
+        let (iv, ct) = self
+            .with_session("wrapping a TEK", move |s| {
+                let handle = find_key(s, &target, &checked)?;
+                // A fresh IV on every attempt (a retry after a reset draws a new one).
+                let mut iv = [0u8; IV_LEN];
+                getrandom::fill(&mut iv).map_err(|e| TdeError::Random(e.to_string()))?;
+                hooks::token_writes_iv(&target, &mut iv);
+                let mut ct = {
+                    let params = GcmParams::new(&mut iv, &aad, 128.into())?;
+                    s.encrypt(&Mechanism::AesGcm(params), handle, &plain)?
+                };
+                // `iv` is now the buffer the token saw: a token that generates its own IV
+                // writes it there, and that is the IV the wrap needs.
+                hooks::corrupt_wrap(&target, &mut ct);
+                if ct.len() != KEY_LEN + TAG_LEN {
+                    return Err(OpError::Refused(TdeError::Provider {
+                        provider: "HSM".into(),
+                        message: format!(
+                            "CKM_AES_GCM returned {} bytes, expected {}",
+                            ct.len(),
+                            KEY_LEN + TAG_LEN
+                        ),
+                        hint: "the token's AES-GCM does not behave as PKCS#11 specifies; \
+                               nothing was stored"
+                            .into(),
+                    }));
+                }
+                // Unwrap the new wrap once, in the HSM, before anyone stores it.
+                let mut check_iv = iv;
+                let back = {
+                    let params = GcmParams::new(&mut check_iv, &aad, 128.into())?;
+                    match s.decrypt(&Mechanism::AesGcm(params), handle, &ct) {
+                        Ok(p) => Some(Zeroizing::new(p)),
+                        Err(e) if is_gcm_tag_mismatch(&e) => None,
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                if !back.is_some_and(|b| same_bytes(&b, &plain)) {
+                    return Err(OpError::Refused(TdeError::Provider {
+                        provider: "HSM".into(),
+                        message: format!("the new wrap of {what} does not unwrap to the same key"),
+                        hint: "the token's CKM_AES_GCM returned a wrap that fails its check \
+                               (for example it used another IV than it reported); nothing \
+                               was stored. Check the HSM's firmware and its AES-GCM IV \
+                               settings"
+                            .into(),
+                    }));
+                }
+                Ok((iv, ct))
+            })
+            .await?;
+        let mut payload = Vec::with_capacity(PAYLOAD_LEN);
+        payload.extend_from_slice(&iv);
+        payload.extend_from_slice(&ct);
+        Ok(WrappedTek { payload, ..header })
+    }
+
+    async fn unwrap_tek(&self, wrapped: &WrappedTek, ctx: &WrapContext) -> Result<TableKey> {
+        let what = format!("TEK {} wrapped by {}", ctx.tek_id(), wrapped.mek);
+        if wrapped.payload.len() != PAYLOAD_LEN {
+            return Err(TdeError::corrupt(
+                "HSM-wrapped TEK",
+                what,
+                format!(
+                    "expected {PAYLOAD_LEN} bytes, found {}",
+                    wrapped.payload.len()
+                ),
+            ));
+        }
+        let (_, state) = self.version(&wrapped.mek).await?;
+        state.ensure_can_decrypt(&format!("mek:{}", &wrapped.mek), "unwrap a TEK")?;
+        let mut iv = [0u8; IV_LEN];
+        iv.copy_from_slice(&wrapped.payload[..IV_LEN]);
+        let ct = wrapped.payload[IV_LEN..].to_vec();
+        let aad = ctx.aad_for(wrapped);
+        let target = wrapped.mek.clone();
+        let checked = self.checked.clone();
+        let plain = self
+            .with_session("unwrapping a TEK", move |s| {
+                let mut iv = iv;
+                let handle = find_key(s, &target, &checked)?;
+                let params = GcmParams::new(&mut iv, &aad, 128.into())?;
+                match s.decrypt(&Mechanism::AesGcm(params), handle, &ct) {
+                    Ok(p) => Ok(Zeroizing::new(p)),
+                    // The data or its binding is wrong, and retrying cannot help.
+                    Err(e) if is_gcm_tag_mismatch(&e) => {
+                        Err(OpError::Refused(TdeError::AuthenticationFailed {
+                            what: what.clone(),
+                        }))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await?;
+        let bytes = KeyBytes::from_slice(&plain)?;
+        Ok(TableKey::new(ctx.tek_id(), wrapped.algorithm, bytes))
+    }
+
+    async fn mek_info(&self, mek_id: &MekId) -> Result<MekInfo> {
+        let inv = self.inventory().await?;
+        let versions: Vec<MekVersionInfo> = inv
+            .iter()
+            .filter(|(m, _)| &m.id == mek_id)
+            .map(|(m, e)| MekVersionInfo {
+                mek: m.clone(),
+                state: e.state(),
+                algorithm: EncryptionAlgorithm::Aes256Gcm,
+                created_at: e.created_at(),
+            })
+            .collect();
+        if versions.is_empty() {
+            return Err(self.not_found(mek_id));
+        }
+        Ok(MekInfo {
+            id: mek_id.clone(),
+            provider: ProviderKind::Pkcs11,
+            location: format!("HSM token {:?}", self.token),
+            versions,
+        })
+    }
+
+    async fn list_meks(&self) -> Result<Vec<MekId>> {
+        let mut ids: Vec<MekId> = self
+            .inventory()
+            .await?
+            .keys()
+            .map(|m| m.id.clone())
+            .collect();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    async fn rotate_mek(&self, mek_id: &MekId) -> Result<MekVersionInfo> {
+        let inv = self.inventory().await?;
+        let latest = inv
+            .keys()
+            .filter(|m| &m.id == mek_id)
+            .map(|m| m.version)
+            .max()
+            .ok_or_else(|| self.not_found(mek_id))?;
+        let mek = MekRef::new(mek_id.clone(), latest.next()?);
+        let created_at = self.create_version(&mek, KeyState::Active).await?;
+        for (m, e) in &inv {
+            if &m.id == mek_id && e.key.is_some() && e.state() == KeyState::Active {
+                self.write_state(m, e, KeyState::DecryptOnly).await?;
+            }
+        }
+        Ok(MekVersionInfo {
+            mek,
+            state: KeyState::Active,
+            algorithm: EncryptionAlgorithm::Aes256Gcm,
+            created_at,
+        })
+    }
+
+    async fn set_mek_state(&self, mek: &MekRef, next: KeyState) -> Result<()> {
+        let inv = self.inventory().await?;
+        let entry = inv.get(mek).ok_or_else(|| self.not_found(mek))?;
+        let current = entry.state();
+        current.check_transition(next, &format!("mek:{mek}"))?;
+        if current == next {
+            return Ok(());
+        }
+        self.write_state(mek, entry, next).await?;
+        if next == KeyState::Destroyed && entry.key.is_some() {
+            let target = mek.clone();
+            self.with_session("destroying an MEK", move |s| {
+                if let Some(h) = lookup_key(s, &target)? {
+                    token_write(|| s.destroy_object(h))?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<ProviderHealth> {
+        let start = Instant::now();
+        let r = self
+            .with_session("health check", |s| Ok(s.get_session_info().map(|_| ())?))
+            .await;
+        Ok(ProviderHealth {
+            healthy: r.is_ok(),
+            latency: start.elapsed(),
+            detail: match r {
+                Ok(()) => format!("token {:?} answers", self.token),
+                Err(e) => e.to_string(),
+            },
+        })
+    }
+}
+
+/// Compares two byte strings in time independent of where they differ.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

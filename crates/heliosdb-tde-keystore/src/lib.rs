@@ -1,20 +1,4 @@
-//! The durable TEK store of heliosdb-security, on redb.
-//!
-//! [`RedbKeyStore`] implements [`heliosdb_tde_core::KeyStore`] in one redb file
-//! (`tek-store.redb` under the configured `key_storage_path`). redb is an embedded ACID key-value
-//! store in pure Rust: a write transaction is durable once `commit` returns (it fsyncs with
-//! checksummed pages), and a crash leaves the last committed state.
-//!
-//! Tables:
-//!
-//! | table | key | value |
-//! | --- | --- | --- |
-//! | `teks` | table id, 0x00, TEK version (u32 BE) | a [`record`] (metadata and wrapped TEK) |
-//! | `journal` | name | opaque bytes (rotation state, counter reservations) |
-//! | `meta` | name | u64 (`format_version`) |
-//!
-//! Every call runs synchronously on the calling thread: operations are local and short (a
-//! commit is one fsync). Callers that cannot block use `spawn_blocking` around a batch.
+#![doc = include_str!("../README.md")]
 
 pub mod record;
 

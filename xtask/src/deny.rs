@@ -41,6 +41,10 @@ pub fn run(root: &Path) -> Result {
         let date = snapshot_date(&snapshot)?;
         let db_root = build_db(root, &snapshot, &date)?;
         let config = offline_config(root, &db_root)?;
+        let snapshot = std::fs::canonicalize(&snapshot).unwrap_or(snapshot);
+        // `--offline` also keeps cargo metadata from downloading crates: fetch them first
+        // (package registries are reachable where GitHub is not).
+        run_cmd(cargo().arg("fetch"))?;
         eprintln!(
             "\nxtask: the RustSec advisory database could not be fetched; checking advisories \
              against the offline snapshot of {date} ({}). Advisories published after {date} \

@@ -4,16 +4,13 @@
 
 mod common;
 
-use async_trait::async_trait;
 use common::World;
-use heliosdb_tde_core::{
-    EncryptionAlgorithm, KeyState, MekId, MekInfo, MekProvider, MekRef, MekVersionInfo,
-    ProviderHealth, ProviderKind, Result, TableKey, TdeError, Timestamp, WrapContext, WrappedTek,
-};
+use heliosdb_tde_conformance::instrumented::{Instrumented, Method};
+use heliosdb_tde_core::{KeyState, TdeError, Timestamp, WrapContext};
 use heliosdb_tde_memory::InMemoryMekProvider;
 use heliosdb_tde_rotation::{Phase, Progress};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -149,77 +146,31 @@ async fn emergency_rotation_marks_the_old_version_compromised_and_cannot_roll_ba
     assert!(e.to_string().contains("compromised"), "{e}");
 }
 
-/// A real provider that fails some re-wraps: permanently for a chosen set of tables, and
-/// with a retryable error on the first attempt for every other key.
-#[derive(Debug)]
-struct Flaky {
-    inner: InMemoryMekProvider,
-    broken: Mutex<HashSet<String>>,
-    transient_seen: Mutex<HashSet<String>>,
-    rewraps: AtomicUsize,
-    healthy: AtomicBool,
-}
-
-#[async_trait]
-impl MekProvider for Flaky {
-    fn kind(&self) -> ProviderKind {
-        self.inner.kind()
-    }
-    fn description(&self) -> String {
-        "flaky test provider over the in-memory provider".into()
-    }
-    fn is_secure(&self) -> bool {
-        false
-    }
-    async fn generate_mek(&self, id: &MekId, a: EncryptionAlgorithm) -> Result<MekVersionInfo> {
-        self.inner.generate_mek(id, a).await
-    }
-    async fn wrap_tek(&self, m: &MekRef, t: &TableKey, c: &WrapContext) -> Result<WrappedTek> {
-        self.inner.wrap_tek(m, t, c).await
-    }
-    async fn unwrap_tek(&self, w: &WrappedTek, c: &WrapContext) -> Result<TableKey> {
-        self.inner.unwrap_tek(w, c).await
-    }
-    async fn rewrap_tek(
-        &self,
-        w: &WrappedTek,
-        c: &WrapContext,
-        new: &MekRef,
-    ) -> Result<WrappedTek> {
-        self.rewraps.fetch_add(1, Ordering::SeqCst);
-        let table = c.table.to_string();
-        if !self.healthy.load(Ordering::SeqCst) && self.broken.lock().unwrap().contains(&table) {
-            return Err(TdeError::Provider {
+/// A real provider that fails some re-wraps: permanently for a chosen set of tables while
+/// `healthy` is unset, and with a retryable error on the first attempt for every other key.
+fn flaky(broken: HashSet<String>, healthy: Arc<AtomicBool>) -> Arc<Instrumented> {
+    let p = Arc::new(Instrumented::new(Arc::new(InMemoryMekProvider::new())));
+    let transient_seen = Mutex::new(HashSet::new());
+    p.fail_when(Method::RewrapTek, move |call| {
+        let table = call.table();
+        if !healthy.load(Ordering::SeqCst) && broken.contains(&table) {
+            return Some(TdeError::Provider {
                 provider: "flaky".into(),
                 message: format!("refusing {table}"),
                 hint: String::new(),
             });
         }
-        if self.transient_seen.lock().unwrap().insert(table) {
-            return Err(TdeError::ProviderUnavailable {
+        transient_seen
+            .lock()
+            .unwrap()
+            .insert(table)
+            .then(|| TdeError::ProviderUnavailable {
                 provider: "flaky".into(),
                 reason: "throttled".into(),
                 retryable: true,
-            });
-        }
-        let k = self.inner.unwrap_tek(w, c).await?;
-        self.inner.wrap_tek(new, &k, c).await
-    }
-    async fn mek_info(&self, id: &MekId) -> Result<MekInfo> {
-        self.inner.mek_info(id).await
-    }
-    async fn list_meks(&self) -> Result<Vec<MekId>> {
-        self.inner.list_meks().await
-    }
-    async fn rotate_mek(&self, id: &MekId) -> Result<MekVersionInfo> {
-        self.inner.rotate_mek(id).await
-    }
-    async fn set_mek_state(&self, m: &MekRef, s: KeyState) -> Result<()> {
-        self.inner.set_mek_state(m, s).await
-    }
-    async fn health(&self) -> Result<ProviderHealth> {
-        self.inner.health().await
-    }
+            })
+    });
+    p
 }
 
 #[tokio::test]
@@ -228,13 +179,8 @@ async fn failing_keys_are_reported_exactly_and_a_rerun_completes_them() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let flaky = Arc::new(Flaky {
-        inner: InMemoryMekProvider::new(),
-        broken: Mutex::new(broken.clone()),
-        transient_seen: Mutex::new(HashSet::new()),
-        rewraps: AtomicUsize::new(0),
-        healthy: AtomicBool::new(false),
-    });
+    let healthy = Arc::new(AtomicBool::new(false));
+    let flaky = flaky(broken.clone(), healthy.clone());
     let w = World::new(flaky.clone(), 200).await;
     let rot = w.rotator();
     rot.prepare(&w.mek_id, false).await.unwrap();
@@ -253,11 +199,11 @@ async fn failing_keys_are_reported_exactly_and_a_rerun_completes_them() {
         .collect();
     assert_eq!(failed, broken, "failed_keys names exactly the failing keys");
     // Transient errors were retried: every healthy key took two attempts.
-    assert!(flaky.rewraps.load(Ordering::SeqCst) >= 2 * 197);
+    assert!(flaky.calls(Method::RewrapTek) >= 2 * 197);
     let v = rot.verify(&w.mek_id).await.unwrap();
     assert_eq!(v.stranded, 3);
 
-    flaky.healthy.store(true, Ordering::SeqCst);
+    healthy.store(true, Ordering::SeqCst);
     let st = rot.rewrap(&w.mek_id, None).await.unwrap();
     assert!(st.failed.is_empty(), "{:?}", st.failed);
     assert_eq!(st.reencrypted, 200);

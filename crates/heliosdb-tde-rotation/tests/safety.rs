@@ -6,14 +6,14 @@
 
 mod common;
 
-use common::{Gate, Hooked, Interloper, World};
+use common::{Gate, Interloper, World};
+use heliosdb_tde_conformance::instrumented::{Instrumented, Method};
 use heliosdb_tde_core::{
     EncryptionAlgorithm, KeyState, StoreBatch, StoreOp, TableKey, TdeError, TekId, Timestamp,
     WrapContext,
 };
 use heliosdb_tde_rotation::{Phase, journal_name, trial_sample_size};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -22,8 +22,8 @@ fn later() -> Timestamp {
     Timestamp::now().saturating_add(31 * DAY)
 }
 
-async fn hooked(teks: usize) -> (World, Arc<Hooked>) {
-    let p = Arc::new(Hooked::default());
+async fn hooked(teks: usize) -> (World, Arc<Instrumented>) {
+    let p = common::hooked();
     (World::new(p.clone(), teks).await, p)
 }
 
@@ -46,11 +46,11 @@ async fn deactivation_trial_unwraps_a_sample_of_each_mek_version() {
     let rot = w.rotator();
     rot.prepare(&w.mek_id, false).await.unwrap();
     rot.rewrap(&w.mek_id, None).await.unwrap();
-    p.unwraps.store(0, Ordering::SeqCst);
+    p.reset_counts();
     rot.deactivate_old(&w.mek_id, later()).await.unwrap();
     // Before deactivating: 100 current wraps, each compared with its kept wrap (200 unwraps);
     // before clearing the kept wraps (the old version no longer unwraps): 100 more.
-    assert_eq!(p.unwraps.load(Ordering::SeqCst), 300);
+    assert_eq!(p.calls(Method::UnwrapTek), 300);
 }
 
 #[tokio::test]
@@ -154,7 +154,7 @@ async fn a_second_rotation_step_in_the_same_process_is_refused_while_one_runs() 
     let rot = w.rotator();
     rot.prepare(&w.mek_id, false).await.unwrap();
     let gate = Gate::new();
-    *p.gate.lock().unwrap() = Some(gate.clone());
+    common::hold_rewraps(&p, gate.clone());
     let other = w.rotator(); // another rotator (as the key manager makes per call)
     let check = async {
         gate.entered.notified().await; // the re-wrap is inside the provider now
@@ -175,7 +175,7 @@ async fn a_second_rotation_step_in_the_same_process_is_refused_while_one_runs() 
             other.status(&w.mek_id).await.unwrap().unwrap().phase,
             Phase::Rewrapping
         );
-        *p.gate.lock().unwrap() = None;
+        p.clear(Method::RewrapTek);
         gate.release();
     };
     let (st, ()) = tokio::join!(rot.rewrap(&w.mek_id, None), check);
@@ -220,12 +220,15 @@ async fn a_journal_changed_behind_a_step_is_not_overwritten() {
     let rot = w.rotator();
     rot.prepare(&w.mek_id, false).await.unwrap();
     // During the second page (64 TEKs a page) another writer moves the rotation on.
-    *p.interloper.lock().unwrap() = Some(Interloper {
-        at: 70,
-        store: w.store.clone(),
-        journal: journal_name(&w.mek_id),
-        phase: "rolling_back",
-    });
+    common::interfere(
+        &p,
+        Interloper {
+            at: 70,
+            store: w.store.clone(),
+            journal: journal_name(&w.mek_id),
+            phase: "rolling_back",
+        },
+    );
     let e = rot.rewrap(&w.mek_id, None).await.unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, TdeError::RotationPhase { .. }), "{msg}");

@@ -9,6 +9,7 @@
     clippy::panic
 )]
 
+use heliosdb_tde_conformance::instrumented::{Instrumented, Method};
 use heliosdb_tde_core::{
     EncryptionAlgorithm, KeyId, KeyMetadata, KeyStore, MekId, MekProvider, MekRef, StoreBatch,
     TableKey, TekId, TekRecord, WrapContext,
@@ -150,112 +151,48 @@ pub struct Interloper {
     pub phase: &'static str,
 }
 
-/// The in-memory provider with hooks: counts unwraps and re-wraps, can hold re-wraps at a
-/// [`Gate`] and can let an [`Interloper`] write the journal.
-#[derive(Debug, Default)]
-pub struct Hooked {
-    pub inner: InMemoryMekProvider,
-    pub unwraps: std::sync::atomic::AtomicUsize,
-    pub rewraps: std::sync::atomic::AtomicUsize,
-    pub gate: std::sync::Mutex<Option<Arc<Gate>>>,
-    pub interloper: std::sync::Mutex<Option<Interloper>>,
+/// The in-memory provider behind the test decorator: counts unwraps and re-wraps, and can hold
+/// re-wraps at a [`Gate`] ([`hold_rewraps`]) or let an [`Interloper`] write the journal
+/// ([`interfere`]).
+pub fn hooked() -> Arc<Instrumented> {
+    Arc::new(Instrumented::new(Arc::new(InMemoryMekProvider::new())))
 }
 
-#[async_trait::async_trait]
-impl MekProvider for Hooked {
-    fn kind(&self) -> heliosdb_tde_core::ProviderKind {
-        self.inner.kind()
-    }
-    fn description(&self) -> String {
-        "hooked test provider over the in-memory provider".into()
-    }
-    fn is_secure(&self) -> bool {
-        false
-    }
-    async fn generate_mek(
-        &self,
-        id: &MekId,
-        a: EncryptionAlgorithm,
-    ) -> heliosdb_tde_core::Result<heliosdb_tde_core::MekVersionInfo> {
-        self.inner.generate_mek(id, a).await
-    }
-    async fn wrap_tek(
-        &self,
-        m: &MekRef,
-        t: &TableKey,
-        c: &WrapContext,
-    ) -> heliosdb_tde_core::Result<heliosdb_tde_core::WrappedTek> {
-        self.inner.wrap_tek(m, t, c).await
-    }
-    async fn unwrap_tek(
-        &self,
-        w: &heliosdb_tde_core::WrappedTek,
-        c: &WrapContext,
-    ) -> heliosdb_tde_core::Result<TableKey> {
-        self.unwraps
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.unwrap_tek(w, c).await
-    }
-    async fn rewrap_tek(
-        &self,
-        w: &heliosdb_tde_core::WrappedTek,
-        c: &WrapContext,
-        new: &MekRef,
-    ) -> heliosdb_tde_core::Result<heliosdb_tde_core::WrappedTek> {
-        let n = self
-            .rewraps
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            + 1;
-        let gate = self.gate.lock().unwrap().clone();
-        if let Some(g) = gate {
+/// Each `rewrap_tek` call announces itself on the gate's `entered` and waits for a permit of
+/// its `open`; [`Instrumented::clear`] of [`Method::RewrapTek`] ends that.
+pub fn hold_rewraps(p: &Instrumented, gate: Arc<Gate>) {
+    p.before(Method::RewrapTek, move |_| {
+        let g = gate.clone();
+        Box::pin(async move {
             g.entered.notify_one();
             let _permit = g.open.acquire().await.unwrap();
-        }
-        let interfere = {
-            let mut slot = self.interloper.lock().unwrap();
-            if slot.as_ref().is_some_and(|i| i.at == n) {
-                slot.take()
-            } else {
-                None
+            Ok(())
+        })
+    });
+}
+
+/// Lets `i` write the journal during the `i.at`-th re-wrap (counted since the provider was
+/// made), before that re-wrap runs.
+pub fn interfere(p: &Instrumented, i: Interloper) {
+    let i = Arc::new(i);
+    p.before(Method::RewrapTek, move |call| {
+        let i = i.clone();
+        Box::pin(async move {
+            if call.n == i.at as u64 {
+                let raw = i.store.get_journal(&i.journal).await.unwrap().unwrap();
+                let mut v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+                v["phase"] = i.phase.into();
+                i.store
+                    .apply(
+                        StoreBatch::new()
+                            .put_journal(i.journal.clone(), serde_json::to_vec(&v).unwrap()),
+                    )
+                    .await
+                    .unwrap();
             }
-        };
-        if let Some(i) = interfere {
-            let raw = i.store.get_journal(&i.journal).await.unwrap().unwrap();
-            let mut v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-            v["phase"] = i.phase.into();
-            i.store
-                .apply(
-                    StoreBatch::new()
-                        .put_journal(i.journal.clone(), serde_json::to_vec(&v).unwrap()),
-                )
-                .await
-                .unwrap();
-        }
-        let k = self.inner.unwrap_tek(w, c).await?;
-        self.inner.wrap_tek(new, &k, c).await
-    }
-    async fn mek_info(&self, id: &MekId) -> heliosdb_tde_core::Result<heliosdb_tde_core::MekInfo> {
-        self.inner.mek_info(id).await
-    }
-    async fn list_meks(&self) -> heliosdb_tde_core::Result<Vec<MekId>> {
-        self.inner.list_meks().await
-    }
-    async fn rotate_mek(
-        &self,
-        id: &MekId,
-    ) -> heliosdb_tde_core::Result<heliosdb_tde_core::MekVersionInfo> {
-        self.inner.rotate_mek(id).await
-    }
-    async fn set_mek_state(
-        &self,
-        m: &MekRef,
-        s: heliosdb_tde_core::KeyState,
-    ) -> heliosdb_tde_core::Result<()> {
-        self.inner.set_mek_state(m, s).await
-    }
-    async fn health(&self) -> heliosdb_tde_core::Result<heliosdb_tde_core::ProviderHealth> {
-        self.inner.health().await
-    }
+            Ok(())
+        })
+    });
 }
 
 impl World {

@@ -178,7 +178,7 @@ async fn backends_missing_from_the_build_name_their_feature() {
             token_label: Some("heliosdb".into()),
             timeout_secs: 30,
             enable_logging: true,
-            pin: Some(heliosdb_security::tde::ConfigSecret::new("1234")),
+            pin: "1234".into(),
             pin_file: None,
             session_pool_size: None,
         }),
@@ -301,4 +301,56 @@ async fn an_interrupted_rotation_is_reported_at_start() {
         "{:?}",
         tde.warnings()
     );
+}
+
+/// `km.mek_provider` is the manager's handle: a direct `generate_mek` is counted in the
+/// statistics and recorded in the audit log, and generating an existing MEK creates nothing.
+#[tokio::test]
+async fn direct_provider_calls_are_counted_and_audited() {
+    no_mode_override();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit").join("tde-audit.log");
+    let mut config = file_config(dir.path(), "production");
+    config.audit_log_path = Some(log.clone());
+    let tde = TdeSubsystem::new(config).await.unwrap();
+    let km = tde.key_manager();
+    let calls = |s: &heliosdb_security::tde::KeyStats| s.provider.calls;
+    let before = calls(&km.key_stats().await.unwrap());
+    let records = |needle: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("mek.generated") && l.contains(needle))
+            .count()
+    };
+
+    let v = km
+        .mek_provider
+        .generate_mek("archive_mek", heliosdb_security::tde::EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap();
+    assert_eq!(v.mek.to_string(), "archive_mek@v1");
+    assert_eq!(records("archive_mek"), 1, "the generation is audited");
+    let after = calls(&km.key_stats().await.unwrap());
+    assert!(after > before, "the call is counted ({before} -> {after})");
+
+    // The same id again: the existing version comes back, nothing is generated or audited.
+    let files = |d: &Path| std::fs::read_dir(d).unwrap().count();
+    let mek_files = files(&dir.path().join("mek"));
+    let again = km
+        .mek_provider
+        .generate_mek("archive_mek", heliosdb_security::tde::EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap();
+    assert_eq!(again.mek, v.mek);
+    assert_eq!(records("archive_mek"), 1);
+    assert_eq!(files(&dir.path().join("mek")), mek_files);
+
+    // An invalid id is refused at this edge with the id error.
+    let e = km
+        .mek_provider
+        .generate_mek("not valid!", heliosdb_security::tde::EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("MEK id"), "{e}");
 }

@@ -207,8 +207,11 @@ pub struct VaultTransitConfig {
     pub token_env_var: Option<String>,
 }
 
-/// PKCS#11 HSM settings (the guide's `HsmConfig`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// PKCS#11 HSM settings (`HsmConfig`: `pkcs11_library_path`, `slot_id`, `pin`, `token_label`,
+/// `timeout_secs`, `enable_logging`, plus `pin_file` and `session_pool_size`).
+///
+/// `Debug` and serialization never show the PIN: they write `[REDACTED]` in its place.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HsmConfig {
     /// Path of the vendor's PKCS#11 module, for example `/usr/lib/softhsm/libsofthsm2.so`.
@@ -225,10 +228,16 @@ pub struct HsmConfig {
     /// Log each HSM operation (never key material or the PIN).
     #[serde(default)]
     pub enable_logging: bool,
-    /// The user PIN written in the configuration. Allowed in development mode only; prefer
-    /// `HELIOSDB_HSM_PIN` or `pin_file`.
-    #[serde(default)]
-    pub pin: Option<ConfigSecret>,
+    /// The user PIN written in the configuration; empty for none. Allowed in development mode
+    /// only (production mode refuses it); prefer `HELIOSDB_HSM_PIN` or `pin_file`. The
+    /// subsystem copies it into a zeroizing secret at start-up and wipes its own copy of the
+    /// configuration.
+    #[serde(
+        default,
+        serialize_with = "serialize_redacted",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub pin: String,
     /// A file (mode 0600) holding the user PIN.
     #[serde(default)]
     pub pin_file: Option<PathBuf>,
@@ -242,6 +251,49 @@ pub const HSM_PIN_ENV: &str = "HELIOSDB_HSM_PIN";
 
 fn default_hsm_timeout() -> u64 {
     30
+}
+
+fn serialize_redacted<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("[REDACTED]")
+}
+
+impl Default for HsmConfig {
+    /// No module and no PIN (both must be configured), slot 0, a 30-second timeout, no
+    /// operation logging, the default session pool.
+    fn default() -> Self {
+        Self {
+            pkcs11_library_path: String::new(),
+            slot_id: 0,
+            token_label: None,
+            timeout_secs: default_hsm_timeout(),
+            enable_logging: false,
+            pin: String::new(),
+            pin_file: None,
+            session_pool_size: None,
+        }
+    }
+}
+
+impl fmt::Debug for HsmConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HsmConfig")
+            .field("pkcs11_library_path", &self.pkcs11_library_path)
+            .field("slot_id", &self.slot_id)
+            .field("token_label", &self.token_label)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("enable_logging", &self.enable_logging)
+            .field(
+                "pin",
+                &if self.pin.is_empty() {
+                    "<none>"
+                } else {
+                    "[REDACTED]"
+                },
+            )
+            .field("pin_file", &self.pin_file)
+            .field("session_pool_size", &self.session_pool_size)
+            .finish()
+    }
 }
 
 #[cfg(test)]
@@ -283,9 +335,16 @@ mod tests {
         assert_eq!(format!("{s:?}"), "ConfigSecret([REDACTED])");
         let h: HsmConfig =
             serde_json::from_str(r#"{"pkcs11_library_path":"/x.so","pin":"654321"}"#).unwrap();
-        assert_eq!(h.pin, Some(ConfigSecret::new("654321")));
+        assert_eq!(h.pin, "654321");
         let text = format!("{h:?} {}", serde_json::to_string(&h).unwrap());
         assert!(!text.contains("654321"), "{text}");
+        assert!(text.contains("[REDACTED]"), "{text}");
+        let none = HsmConfig::default();
+        let text = format!("{none:?} {}", serde_json::to_string(&none).unwrap());
+        assert!(
+            text.contains("<none>") && !text.contains("\"pin\""),
+            "{text}"
+        );
         assert_eq!(h.timeout_secs, 30);
     }
 

@@ -372,6 +372,16 @@ pub(crate) enum ConfiguredProvider {
     Hsm(HsmConfig),
 }
 
+impl ConfiguredProvider {
+    /// The HSM settings, when an HSM is configured.
+    pub(crate) fn hsm_mut(&mut self) -> Option<&mut HsmConfig> {
+        match self {
+            ConfiguredProvider::Hsm(h) => Some(h),
+            _ => None,
+        }
+    }
+}
+
 /// A [`TdeConfig`] after validation, in the typed values the subsystem uses.
 #[derive(Clone, Debug)]
 pub(crate) struct CheckedConfig {
@@ -489,7 +499,7 @@ mod tests {
                 token_label: None,
                 timeout_secs: 30,
                 enable_logging: false,
-                pin: None,
+                pin: String::new(),
                 pin_file: None,
                 session_pool_size: None,
             }),

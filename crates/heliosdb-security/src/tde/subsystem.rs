@@ -8,6 +8,7 @@ use heliosdb_tde_keystore::{RedbKeyStore, STORE_FILE_NAME};
 use heliosdb_tde_manager::{KeyManager, KeyManagerConfig};
 use heliosdb_tde_memory::InMemoryMekProvider;
 use std::fmt;
+use zeroize::Zeroize;
 use std::sync::Arc;
 
 /// The running TDE subsystem.
@@ -91,6 +92,7 @@ async fn build_hsm(
                 PinSource::Environment => "environment",
                 PinSource::File => "file",
                 PinSource::ConfigFile => "configuration file",
+                _ => "another source",
             }),
         };
         if source == PinSource::ConfigFile {
@@ -197,8 +199,8 @@ impl TdeSubsystem {
         Self::start(config, true).await
     }
 
-    async fn start(config: TdeConfig, read_only: bool) -> Result<Self> {
-        let checked: CheckedConfig = config.checked()?;
+    async fn start(mut config: TdeConfig, read_only: bool) -> Result<Self> {
+        let mut checked: CheckedConfig = config.checked()?;
         if !config.enabled {
             return Err(TdeError::config(
                 "enabled",
@@ -206,7 +208,16 @@ impl TdeSubsystem {
             ));
         }
         let (mode, mode_source) = SecurityMode::resolve_configured(checked.security_mode)?;
-        let (provider, facts) = build_provider(&checked.provider, mode).await?;
+        let built = build_provider(&checked.provider, mode).await;
+        // The provider holds the PIN as a zeroizing secret now; wipe the plain copies of the
+        // configuration (the caller's own value is theirs to protect).
+        for hsm in [config.hsm_config.as_mut(), checked.provider.hsm_mut()]
+            .into_iter()
+            .flatten()
+        {
+            hsm.pin.zeroize();
+        }
+        let (provider, facts) = built?;
         let mut warnings = facts.warnings;
         let pin_source = facts.pin_source;
         if mode.is_production() && !provider.is_secure() {

@@ -15,10 +15,11 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
+use heliosdb_tde_core::lifecycle::{MekLifecycle, Transition, mek_not_found};
 use heliosdb_tde_core::{
     EncryptionAlgorithm, KEY_LEN, KeyBytes, KeyState, MekId, MekInfo, MekProvider, MekRef,
-    MekVersion, MekVersionInfo, ProviderHealth, ProviderKind, Result, TableKey, TdeError,
-    Timestamp, WrapContext, WrappedTek,
+    MekVersionInfo, ProviderHealth, ProviderKind, Result, TableKey, TdeError, Timestamp,
+    WrapContext, WrappedTek,
 };
 use std::collections::BTreeMap;
 use std::fmt;
@@ -131,14 +132,14 @@ impl Pkcs11MekProvider {
     }
 
     fn not_found(&self, mek: &dyn fmt::Display) -> TdeError {
-        TdeError::KeyNotFound {
-            key: format!("mek:{mek}"),
-            hint: format!(
+        mek_not_found(
+            mek,
+            format!(
                 "no such key on HSM token {:?}; generate it with `heliosdb-cli security mek \
                  generate`",
                 self.token
             ),
-        }
+        )
     }
 
     /// Generates one MEK version in the token with [`mek_template`], reads the attributes back
@@ -225,19 +226,9 @@ impl MekProvider for Pkcs11MekProvider {
         mek_id: &MekId,
         algorithm: EncryptionAlgorithm,
     ) -> Result<MekVersionInfo> {
-        if self.inventory().await?.keys().any(|m| &m.id == mek_id) {
-            return Err(TdeError::AlreadyExists {
-                key: format!("mek:{mek_id}"),
-            });
-        }
-        let mek = MekRef::new(mek_id.clone(), MekVersion::FIRST);
+        let mek = lifecycle(&self.inventory().await?).plan_generate(mek_id)?;
         let created_at = self.create_version(&mek, KeyState::Active).await?;
-        Ok(MekVersionInfo {
-            mek,
-            state: KeyState::Active,
-            algorithm,
-            created_at,
-        })
+        Ok(MekVersionInfo::active(mek, algorithm, created_at))
     }
 
     async fn wrap_tek(
@@ -359,72 +350,49 @@ impl MekProvider for Pkcs11MekProvider {
     }
 
     async fn mek_info(&self, mek_id: &MekId) -> Result<MekInfo> {
-        let inv = self.inventory().await?;
-        let versions: Vec<MekVersionInfo> = inv
-            .iter()
-            .filter(|(m, _)| &m.id == mek_id)
-            .map(|(m, e)| MekVersionInfo {
-                mek: m.clone(),
-                state: e.state(),
-                algorithm: EncryptionAlgorithm::Aes256Gcm,
-                created_at: e.created_at(),
-            })
-            .collect();
-        if versions.is_empty() {
-            return Err(self.not_found(mek_id));
-        }
-        Ok(MekInfo {
-            id: mek_id.clone(),
-            provider: ProviderKind::Pkcs11,
-            location: format!("HSM token {:?}", self.token),
-            versions,
-        })
+        lifecycle(&self.inventory().await?)
+            .mek_info(
+                mek_id,
+                ProviderKind::Pkcs11,
+                format!("HSM token {:?}", self.token),
+            )
+            .ok_or_else(|| self.not_found(mek_id))
     }
 
     async fn list_meks(&self) -> Result<Vec<MekId>> {
-        let mut ids: Vec<MekId> = self
-            .inventory()
-            .await?
-            .keys()
-            .map(|m| m.id.clone())
-            .collect();
-        ids.dedup();
-        Ok(ids)
+        Ok(lifecycle(&self.inventory().await?).ids())
     }
 
     async fn rotate_mek(&self, mek_id: &MekId) -> Result<MekVersionInfo> {
         let inv = self.inventory().await?;
-        let latest = inv
-            .keys()
-            .filter(|m| &m.id == mek_id)
-            .map(|m| m.version)
-            .max()
-            .ok_or_else(|| self.not_found(mek_id))?;
-        let mek = MekRef::new(mek_id.clone(), latest.next()?);
-        let created_at = self.create_version(&mek, KeyState::Active).await?;
-        for (m, e) in &inv {
-            if &m.id == mek_id && e.key.is_some() && e.state() == KeyState::Active {
+        let mut lc = lifecycle(&inv);
+        let rotation = lc
+            .plan_rotation(mek_id)
+            .ok_or_else(|| self.not_found(mek_id))??;
+        // The new version first, then the demotions (the order `Rotation::demote` documents).
+        let created_at = self
+            .create_version(&rotation.next, KeyState::Active)
+            .await?;
+        for m in &rotation.demote {
+            if let Some(e) = inv.get(m) {
                 self.write_state(m, e, KeyState::DecryptOnly).await?;
             }
         }
-        Ok(MekVersionInfo {
-            mek,
-            state: KeyState::Active,
-            algorithm: EncryptionAlgorithm::Aes256Gcm,
-            created_at,
-        })
+        Ok(lc.apply_rotation(&rotation, created_at))
     }
 
     async fn set_mek_state(&self, mek: &MekRef, next: KeyState) -> Result<()> {
         let inv = self.inventory().await?;
-        let entry = inv.get(mek).ok_or_else(|| self.not_found(mek))?;
-        let current = entry.state();
-        current.check_transition(next, &format!("mek:{mek}"))?;
-        if current == next {
+        let (Some(entry), Some(plan)) = (inv.get(mek), lifecycle(&inv).plan_transition(mek, next))
+        else {
+            return Err(self.not_found(mek));
+        };
+        let transition = plan?;
+        if transition == Transition::Unchanged {
             return Ok(());
         }
         self.write_state(mek, entry, next).await?;
-        if next == KeyState::Destroyed && entry.key.is_some() {
+        if transition.destroys_material() && entry.key.is_some() {
             let target = mek.clone();
             self.with_session("destroying an MEK", move |s| {
                 if let Some(h) = lookup_key(s, &target)? {
@@ -451,6 +419,17 @@ impl MekProvider for Pkcs11MekProvider {
             },
         })
     }
+}
+
+/// The lifecycle view of the versions found on the token: every version, with its state and
+/// creation time from its record, reported as AES-256-GCM (the only MEK the token holds).
+fn lifecycle(inv: &BTreeMap<MekRef, Entry>) -> MekLifecycle {
+    MekLifecycle::from_versions(inv.iter().map(|(m, e)| MekVersionInfo {
+        mek: m.clone(),
+        state: e.state(),
+        algorithm: EncryptionAlgorithm::Aes256Gcm,
+        created_at: e.created_at(),
+    }))
 }
 
 /// Compares two byte strings in time independent of where they differ.

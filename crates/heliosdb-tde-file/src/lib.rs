@@ -1,39 +1,4 @@
-//! The secure file MEK provider.
-//!
-//! Each MEK version is one file, `<storage_path>/<mek_id>.v<version>.mek`, holding the 256-bit
-//! MEK encrypted with AES-256-GCM under a key derived from a passphrase with Argon2id (by
-//! default RFC 9106's second recommended option, 64 MiB, 3 passes, 4 lanes: [`DEFAULT_KDF`];
-//! random 32-byte salt per file). The whole file header — KDF parameters, salt, MEK id and
-//! version, lifecycle state — is the associated data, so nothing in it can be altered without
-//! the file failing to open. Format: `docs/formats/mek-file.md`.
-//!
-//! Operational rules:
-//! * the directory is created `0700` and files are written `0600`; on open, the directory and
-//!   every file must belong to the user HeliosDB runs as and give group and other users no
-//!   access: a violation is refused in production mode with the `chown` / `chmod` that fixes
-//!   it, and reported as a warning in development mode. MEK files are opened with
-//!   `O_NOFOLLOW` and checked through the opened descriptor (`fstat`), so the file checked is
-//!   the file read; a symbolic link, pipe or device in its place is refused. A symbolic link
-//!   as the directory itself is followed, its target checked, and the resolved path shown
-//!   ([`SecureFileMekProvider::resolved_storage_path`], and in the description);
-//! * one process at a time: the provider holds an exclusive advisory lock (`flock`) on the
-//!   `<storage_path>` directory itself (no lock file) for its whole lifetime, and so does a
-//!   passphrase change; the second one gets an error naming the process that holds it;
-//! * every write is atomic (temporary file, fsync, rename, fsync of the directory): a crash or
-//!   `kill -9` leaves the old file or the new one, never a torn one;
-//! * the passphrase comes from `HELIOSDB_MEK_PASSPHRASE` (or the configured variable), which
-//!   is removed from the process environment once read, or from a `0600` passphrase file
-//!   (checked like an MEK file); production mode refuses passphrases under 25 characters;
-//! * KDF parameters read from a file are bounded before any work is spent on them
-//!   ([`format::kdf_within_bounds`]); production mode refuses files written with parameters
-//!   below the configured ones (the default: [`DEFAULT_KDF`]), and `heliosdb-cli security mek
-//!   change-passphrase` rewrites them;
-//! * every wrap of a TEK is unwrapped once and compared before it is returned;
-//! * every file is decrypted at open, so a wrong passphrase is reported before anything is
-//!   written;
-//! * a passphrase change re-encrypts every file, one atomic write at a time; each file records
-//!   its passphrase generation, so after an interrupted change every file is readable with the
-//!   old or the new passphrase and the error says which; running the change again finishes it.
+#![doc = include_str!("../README.md")]
 
 // Unsafe code: exactly one block, `std::env::remove_var` in `passphrase::take_env` (unsafe
 // since edition 2024), which removes the passphrase variable from the process environment once

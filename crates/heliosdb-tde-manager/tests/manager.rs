@@ -3,15 +3,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use async_trait::async_trait;
+use heliosdb_tde_conformance::instrumented::{Instrumented, Method};
 use heliosdb_tde_core::{
-    AuditAction, AuditEvent, AuditSink, EncryptionAlgorithm, KeyId, KeyState, KeyStore, KeyType,
-    MekId, MekInfo, MekProvider, MekRef, MekVersionInfo, ProviderHealth, ProviderKind, Result,
-    SecureFileConfig, SecurityMode, TableKey, TdeError, TekId, WrapContext, WrappedTek,
+    AuditAction, AuditEvent, AuditSink, KeyId, KeyState, KeyStore, KeyType, MekId, MekProvider,
+    Result, SecureFileConfig, SecurityMode, TdeError, TekId,
 };
 use heliosdb_tde_keystore::RedbKeyStore;
 use heliosdb_tde_manager::{KeyManager, KeyManagerConfig};
 use heliosdb_tde_memory::InMemoryMekProvider;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,53 +22,6 @@ fn config(mode: SecurityMode, cache_limit: usize) -> KeyManagerConfig {
 
 fn store(dir: &std::path::Path) -> Arc<dyn KeyStore> {
     Arc::new(RedbKeyStore::open_dir(&dir.join("keys")).unwrap())
-}
-
-/// Wraps a real provider, counting unwraps and slowing them down so that concurrent misses
-/// overlap.
-#[derive(Debug)]
-struct CountingProvider {
-    inner: InMemoryMekProvider,
-    unwraps: AtomicUsize,
-}
-
-#[async_trait]
-impl MekProvider for CountingProvider {
-    fn kind(&self) -> ProviderKind {
-        self.inner.kind()
-    }
-    fn description(&self) -> String {
-        self.inner.description()
-    }
-    fn is_secure(&self) -> bool {
-        self.inner.is_secure()
-    }
-    async fn generate_mek(&self, id: &MekId, a: EncryptionAlgorithm) -> Result<MekVersionInfo> {
-        self.inner.generate_mek(id, a).await
-    }
-    async fn wrap_tek(&self, m: &MekRef, t: &TableKey, c: &WrapContext) -> Result<WrappedTek> {
-        self.inner.wrap_tek(m, t, c).await
-    }
-    async fn unwrap_tek(&self, w: &WrappedTek, c: &WrapContext) -> Result<TableKey> {
-        self.unwraps.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        self.inner.unwrap_tek(w, c).await
-    }
-    async fn mek_info(&self, id: &MekId) -> Result<MekInfo> {
-        self.inner.mek_info(id).await
-    }
-    async fn list_meks(&self) -> Result<Vec<MekId>> {
-        self.inner.list_meks().await
-    }
-    async fn rotate_mek(&self, id: &MekId) -> Result<MekVersionInfo> {
-        self.inner.rotate_mek(id).await
-    }
-    async fn set_mek_state(&self, m: &MekRef, s: KeyState) -> Result<()> {
-        self.inner.set_mek_state(m, s).await
-    }
-    async fn health(&self) -> Result<ProviderHealth> {
-        self.inner.health().await
-    }
 }
 
 #[derive(Debug, Default)]
@@ -233,10 +185,9 @@ async fn create_get_rotate_list() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_misses_cause_one_unwrap() {
     let dir = tempfile::tempdir().unwrap();
-    let provider = Arc::new(CountingProvider {
-        inner: InMemoryMekProvider::new(),
-        unwraps: AtomicUsize::new(0),
-    });
+    // Unwraps are counted and slowed down so that concurrent misses overlap.
+    let provider = Arc::new(Instrumented::new(Arc::new(InMemoryMekProvider::new())));
+    provider.delay(Method::UnwrapTek, Duration::from_millis(50));
     let st = store(dir.path());
     let writer = KeyManager::new(
         provider.clone(),
@@ -263,7 +214,7 @@ async fn a_thousand_concurrent_misses_cause_one_unwrap() {
     }
     assert_eq!(results.len(), 1000);
     assert!(results.windows(2).all(|w| w[0] == w[1]));
-    assert_eq!(provider.unwraps.load(Ordering::SeqCst), 1, "single flight");
+    assert_eq!(provider.calls(Method::UnwrapTek), 1, "single flight");
 }
 
 #[tokio::test]

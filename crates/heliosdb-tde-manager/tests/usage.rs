@@ -3,12 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use async_trait::async_trait;
+use heliosdb_tde_conformance::instrumented::{Instrumented, Method};
 use heliosdb_tde_core::store::KeyStoreExt;
 use heliosdb_tde_core::{
-    EncryptionAlgorithm, KeyState, KeyStore, KeyType, MekId, MekInfo, MekProvider, MekRef,
-    MekVersionInfo, ProviderHealth, ProviderKind, Result, SecurityMode, StoreBatch, TableKey,
-    TdeError, TekRecord, WrapContext, WrappedTek,
+    EncryptionAlgorithm, KeyStore, KeyType, MekId, MekProvider, SecurityMode, StoreBatch, TableKey,
+    TdeError, TekRecord, WrapContext,
 };
 use heliosdb_tde_keystore::RedbKeyStore;
 use heliosdb_tde_manager::{KeyManager, KeyManagerConfig};
@@ -18,54 +17,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The in-memory provider, with wraps that fail while `fail_wraps` is set (a provider outage
 /// at the moment a usage rotation needs a new TEK wrapped).
-#[derive(Debug, Default)]
-struct FlakyWraps {
-    inner: InMemoryMekProvider,
-    fail_wraps: AtomicBool,
-}
-
-#[async_trait]
-impl MekProvider for FlakyWraps {
-    fn kind(&self) -> ProviderKind {
-        self.inner.kind()
-    }
-    fn description(&self) -> String {
-        self.inner.description()
-    }
-    fn is_secure(&self) -> bool {
-        self.inner.is_secure()
-    }
-    async fn generate_mek(&self, id: &MekId, a: EncryptionAlgorithm) -> Result<MekVersionInfo> {
-        self.inner.generate_mek(id, a).await
-    }
-    async fn wrap_tek(&self, m: &MekRef, t: &TableKey, c: &WrapContext) -> Result<WrappedTek> {
-        if self.fail_wraps.load(Ordering::SeqCst) {
-            return Err(TdeError::ProviderUnavailable {
+fn flaky_wraps() -> (Arc<Instrumented>, Arc<AtomicBool>) {
+    let provider = Arc::new(Instrumented::new(Arc::new(InMemoryMekProvider::new())));
+    let fail_wraps = Arc::new(AtomicBool::new(false));
+    let flag = fail_wraps.clone();
+    provider.fail_when(Method::WrapTek, move |_| {
+        flag.load(Ordering::SeqCst)
+            .then(|| TdeError::ProviderUnavailable {
                 provider: "test".into(),
                 reason: "outage".into(),
                 retryable: true,
-            });
-        }
-        self.inner.wrap_tek(m, t, c).await
-    }
-    async fn unwrap_tek(&self, w: &WrappedTek, c: &WrapContext) -> Result<TableKey> {
-        self.inner.unwrap_tek(w, c).await
-    }
-    async fn mek_info(&self, id: &MekId) -> Result<MekInfo> {
-        self.inner.mek_info(id).await
-    }
-    async fn list_meks(&self) -> Result<Vec<MekId>> {
-        self.inner.list_meks().await
-    }
-    async fn rotate_mek(&self, id: &MekId) -> Result<MekVersionInfo> {
-        self.inner.rotate_mek(id).await
-    }
-    async fn set_mek_state(&self, m: &MekRef, s: KeyState) -> Result<()> {
-        self.inner.set_mek_state(m, s).await
-    }
-    async fn health(&self) -> Result<ProviderHealth> {
-        self.inner.health().await
-    }
+            })
+    });
+    (provider, fail_wraps)
 }
 
 fn config(soft_limit: u64, block: u64) -> KeyManagerConfig {
@@ -99,13 +63,13 @@ async fn recorded_encryptions(store: &dyn KeyStore) -> u64 {
 #[tokio::test]
 async fn a_failed_usage_rotation_never_loses_the_sealed_page() {
     let dir = tempfile::tempdir().unwrap();
-    let provider = Arc::new(FlakyWraps::default());
+    let (provider, fail_wraps) = flaky_wraps();
     let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(dir.path()).unwrap());
     let km = KeyManager::new(provider.clone(), store, config(3, 2)).unwrap();
     km.ensure_default_mek().await.unwrap();
     km.create_table_key("public.users").await.unwrap();
 
-    provider.fail_wraps.store(true, Ordering::SeqCst);
+    fail_wraps.store(true, Ordering::SeqCst);
     let mut sealed = Vec::new();
     for i in 0..6u32 {
         let page = format!("page {i}");
@@ -126,7 +90,7 @@ async fn a_failed_usage_rotation_never_loses_the_sealed_page() {
     assert!(stats.usage_rotation_failures >= 1, "{stats:?}");
 
     // Once the provider is back, the next seal rotates the key.
-    provider.fail_wraps.store(false, Ordering::SeqCst);
+    fail_wraps.store(false, Ordering::SeqCst);
     km.seal_page("public.users", b"x", b"after").await.unwrap();
     let versions = km.list_keys(Some(KeyType::Table)).await.unwrap();
     assert_eq!(versions.len(), 2, "{versions:?}");

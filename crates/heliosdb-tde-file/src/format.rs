@@ -13,8 +13,8 @@
 
 use heliosdb_tde_cipher::{NONCE_LEN, TAG_LEN};
 use heliosdb_tde_core::{
-    EncryptionAlgorithm, KEY_LEN, KdfParams, KeyState, MekId, MekRef, MekVersion, Result, TdeError,
-    Timestamp,
+    ByteReader, EncryptionAlgorithm, KEY_LEN, KdfParams, KeyState, MekId, MekRef, MekVersion,
+    Result, Timestamp,
 };
 use std::path::Path;
 
@@ -118,58 +118,13 @@ impl Header {
     }
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    path: &'a Path,
-}
-
-impl<'a> Reader<'a> {
-    fn err(&self, detail: String) -> TdeError {
-        TdeError::corrupt("MEK file", self.path.display().to_string(), detail)
-    }
-    fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8]> {
-        match self.pos.checked_add(n).filter(|&e| e <= self.buf.len()) {
-            Some(end) => {
-                let s = &self.buf[self.pos..end];
-                self.pos = end;
-                Ok(s)
-            }
-            None => Err(self.err(format!(
-                "truncated at byte {} while reading the {field}",
-                self.pos
-            ))),
-        }
-    }
-    fn u8(&mut self, f: &str) -> Result<u8> {
-        Ok(self.take(1, f)?[0])
-    }
-    fn u32(&mut self, f: &str) -> Result<u32> {
-        let b = self.take(4, f)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&mut self, f: &str) -> Result<u64> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8, f)?);
-        Ok(u64::from_be_bytes(a))
-    }
-    fn array<const N: usize>(&mut self, f: &str) -> Result<[u8; N]> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N, f)?);
-        Ok(a)
-    }
-}
-
-/// Parses a MEK file read from `path`. Any input gives `Ok` or [`TdeError::Corrupt`] naming
+/// Parses a MEK file read from `path`. Any input gives `Ok` or
+/// [`TdeError::Corrupt`](heliosdb_tde_core::TdeError::Corrupt) naming
 /// the file.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<MekFile> {
-    let mut r = Reader {
-        buf: bytes,
-        pos: 0,
-        path,
-    };
+    let mut r = ByteReader::new(bytes, "MEK file", path.display().to_string());
     if r.take(4, "magic")? != MAGIC {
-        return Err(r.err("bad magic: this is not a HeliosDB MEK file".into()));
+        return Err(r.err("bad magic: this is not a HeliosDB MEK file"));
     }
     let version = r.u8("format version")?;
     if version != FORMAT_VERSION {
@@ -217,14 +172,14 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<MekFile> {
     let id = std::str::from_utf8(id_raw)
         .ok()
         .and_then(|s| MekId::new(s).ok())
-        .ok_or_else(|| r.err("the MEK id is not a valid identifier".into()))?;
-    let v = MekVersion::new(r.u32("MEK version")?).map_err(|_| r.err("MEK version 0".into()))?;
-    let header_end = r.pos;
+        .ok_or_else(|| r.err("the MEK id is not a valid identifier"))?;
+    let v = MekVersion::new(r.u32("MEK version")?).map_err(|_| r.err("MEK version 0"))?;
+    let header_end = r.position();
     let nonce = r.array::<NONCE_LEN>("nonce")?;
     let ciphertext = r.array::<KEY_LEN>("encrypted MEK")?;
     let tag = r.array::<TAG_LEN>("tag")?;
-    if r.pos != bytes.len() {
-        return Err(r.err(format!("{} unexpected trailing bytes", bytes.len() - r.pos)));
+    if r.remaining() != 0 {
+        return Err(r.err(format!("{} unexpected trailing bytes", r.remaining())));
     }
     Ok(MekFile {
         header_bytes: bytes[..header_end].to_vec(),
@@ -273,6 +228,7 @@ pub fn parse_file_name(name: &str) -> Option<(MekRef, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use heliosdb_tde_core::TdeError;
     use proptest::prelude::*;
 
     fn sample() -> Vec<u8> {

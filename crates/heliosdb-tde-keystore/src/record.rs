@@ -3,8 +3,9 @@
 //! Decoding is total: any byte string gives a record or a [`TdeError::Corrupt`].
 
 use heliosdb_tde_core::{
-    EncryptionAlgorithm, KeyBytes, KeyId, KeyMetadata, KeyState, MekId, MekRef, MekVersion, Result,
-    TableId, TdeError, TekId, TekRecord, TekVersion, Timestamp, UsageCounters, WrappedTek,
+    ByteReader, EncryptionAlgorithm, KeyBytes, KeyId, KeyMetadata, KeyState, MekId, MekRef,
+    MekVersion, Result, TableId, TdeError, TekId, TekRecord, TekVersion, Timestamp, UsageCounters,
+    WrappedTek,
 };
 
 /// The record format version this crate writes without an integrity key. Version 2 checksums
@@ -90,51 +91,11 @@ pub fn parse_tek_key(key: &[u8], location: &str) -> Result<TekId> {
     Ok(TekId::new(table, version))
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    location: &'a str,
-}
-
-impl<'a> Reader<'a> {
-    fn err(&self, detail: String) -> TdeError {
-        TdeError::corrupt("key store record", self.location, detail)
-    }
-    fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8]> {
-        match self.pos.checked_add(n).filter(|&e| e <= self.buf.len()) {
-            Some(end) => {
-                let s = &self.buf[self.pos..end];
-                self.pos = end;
-                Ok(s)
-            }
-            None => Err(self.err(format!("truncated at byte {} reading {field}", self.pos))),
-        }
-    }
-    fn u8(&mut self, field: &str) -> Result<u8> {
-        Ok(self.take(1, field)?[0])
-    }
-    fn u32(&mut self, field: &str) -> Result<u32> {
-        let b = self.take(4, field)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&mut self, field: &str) -> Result<u64> {
-        let b = self.take(8, field)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_be_bytes(a))
-    }
-    fn flag(&mut self, field: &str) -> Result<bool> {
-        match self.u8(field)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            x => Err(self.err(format!("{field}: flag byte {x} is neither 0 nor 1"))),
-        }
-    }
-    fn envelope(&mut self, field: &str) -> Result<WrappedTek> {
-        let len = usize::try_from(self.u32(field)?).unwrap_or(usize::MAX);
-        let bytes = self.take(len, field)?;
-        WrappedTek::decode(bytes).map_err(|e| self.err(format!("{field}: {e}")))
-    }
+/// Reads a length-prefixed envelope (`u32` length, then [`WrappedTek::encode`] bytes).
+fn read_envelope(r: &mut ByteReader<'_>, field: &str) -> Result<WrappedTek> {
+    let len = usize::try_from(r.u32(field)?).unwrap_or(usize::MAX);
+    let bytes = r.take(len, field)?;
+    WrappedTek::decode(bytes).map_err(|e| r.err(format!("{field}: {e}")))
 }
 
 fn put_envelope(out: &mut Vec<u8>, w: &WrappedTek) {
@@ -274,11 +235,7 @@ pub fn decode_with(
         }
         body
     };
-    let mut r = Reader {
-        buf: bytes,
-        pos: 0,
-        location,
-    };
+    let mut r = ByteReader::new(bytes, "key store record", location);
     let version = r.u8("record version")?;
     if !(1..=AUTHENTICATED_RECORD_VERSION).contains(&version) {
         return Err(r.err(format!(
@@ -297,9 +254,8 @@ pub fn decode_with(
         let id = std::str::from_utf8(raw)
             .ok()
             .and_then(|s| MekId::new(s).ok())
-            .ok_or_else(|| r.err("invalid MEK id".into()))?;
-        let v =
-            MekVersion::new(r.u32("MEK version")?).map_err(|_| r.err("MEK version 0".into()))?;
+            .ok_or_else(|| r.err("invalid MEK id"))?;
+        let v = MekVersion::new(r.u32("MEK version")?).map_err(|_| r.err("MEK version 0"))?;
         Some(MekRef::new(id, v))
     } else {
         None
@@ -313,14 +269,14 @@ pub fn decode_with(
     } else {
         None
     };
-    let wrapped = r.envelope("wrapped TEK")?;
+    let wrapped = read_envelope(&mut r, "wrapped TEK")?;
     let previous_wrap = if r.flag("previous-wrap flag")? {
-        Some(r.envelope("previous wrapped TEK")?)
+        Some(read_envelope(&mut r, "previous wrapped TEK")?)
     } else {
         None
     };
-    if r.pos != bytes.len() {
-        return Err(r.err(format!("{} trailing bytes", bytes.len() - r.pos)));
+    if r.remaining() != 0 {
+        return Err(r.err(format!("{} trailing bytes", r.remaining())));
     }
     Ok(TekRecord {
         id: id.clone(),

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -119,7 +119,6 @@ pub struct Instrumented {
     inner: Arc<dyn MekProvider>,
     counts: [AtomicU64; Method::ALL.len()],
     hooks: Mutex<HashMap<Method, Hook>>,
-    forward_rewrap: AtomicBool,
 }
 
 impl fmt::Debug for Instrumented {
@@ -137,7 +136,6 @@ impl Instrumented {
             inner,
             counts: Default::default(),
             hooks: Mutex::new(HashMap::new()),
-            forward_rewrap: AtomicBool::new(true),
         }
     }
 
@@ -157,14 +155,6 @@ impl Instrumented {
         for c in &self.counts {
             c.store(0, Ordering::SeqCst);
         }
-    }
-
-    /// Makes `rewrap_tek` run the trait's default (unwrap, then wrap, both through this
-    /// decorator, so both are counted and hooked) instead of forwarding to the inner
-    /// provider's `rewrap_tek`.
-    pub fn with_default_rewrap(self) -> Self {
-        self.forward_rewrap.store(false, Ordering::SeqCst);
-        self
     }
 
     /// Runs `hook` before every call of `method` (replacing an earlier hook of that method);
@@ -266,12 +256,7 @@ impl MekProvider for Instrumented {
     ) -> Result<WrappedTek> {
         self.enter(Method::RewrapTek, None, Some(new), Some(&c.tek_id()))
             .await?;
-        if self.forward_rewrap.load(Ordering::SeqCst) {
-            self.inner.rewrap_tek(w, c, new).await
-        } else {
-            let tek = self.unwrap_tek(w, c).await?;
-            self.wrap_tek(new, &tek, c).await
-        }
+        self.inner.rewrap_tek(w, c, new).await
     }
     async fn mek_info(&self, id: &MekId) -> Result<MekInfo> {
         self.enter(Method::MekInfo, Some(id), None, None).await?;

@@ -47,7 +47,7 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum Security {
-    /// Security mode, MEK provider, and the guide's Security Checklist.
+    /// Security mode, MEK provider, and the Security Checklist.
     Status,
     /// The default MEK and its versions.
     MekInfo,

@@ -44,7 +44,7 @@ pub(crate) struct Out {
     write_error: Mutex<Option<io::Error>>,
 }
 
-/// The guide's security levels.
+/// The security level of each provider kind, from 5/5 (HSM) down to 0/5 (insecure).
 fn level(kind: ProviderKind, secure: bool) -> &'static str {
     match kind {
         ProviderKind::Pkcs11 => "5/5 (HSM: highest)",

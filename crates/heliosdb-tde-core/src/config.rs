@@ -169,7 +169,7 @@ impl KmsConfig {
     }
 }
 
-/// AWS KMS settings (the guide's `AwsKmsConfig`).
+/// AWS KMS settings: `kms_config` with `provider = "aws"`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsKmsConfig {

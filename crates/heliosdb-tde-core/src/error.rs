@@ -1,8 +1,10 @@
 //! The one error type of the key hierarchy.
 //!
 //! Every failure a user can cause has its own variant, and every message says what happened and
-//! what to do about it. Where the user's guide quotes an error text (its Troubleshooting
-//! section), the message starts with exactly that text so that a search finds the fix.
+//! what to do about it. Messages that operators look up start with a fixed text, kept exactly so
+//! that a search finds the fix: `Production mode requires a secure MEK provider. Current
+//! provider: ... is NOT suitable for production.`, `MEK provider error: Passphrase environment
+//! variable ... not found`, `IO error: Permission denied (os error 13)`.
 //!
 //! No variant ever carries key material: they hold identifiers, paths, modes and reasons only.
 

@@ -5,7 +5,8 @@ use heliosdb_tde_core::{Result, SecureFileConfig, SecurityMode, TdeError};
 use secrecy::{ExposeSecret, SecretString};
 use std::path::Path;
 
-/// The guide's advice and production mode's floor.
+/// The shortest passphrase production mode accepts, in characters (a passphrase generated with
+/// `openssl rand -base64 32` has 44).
 pub const MIN_PASSPHRASE_CHARS: usize = 25;
 
 /// A passphrase and the warnings its source produced (development mode only).

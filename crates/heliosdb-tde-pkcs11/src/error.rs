@@ -74,7 +74,8 @@ impl OpError {
     }
 }
 
-/// Maps a cryptoki error to a typed error with the guide's wording where it has one.
+/// Maps a cryptoki error to a typed error; a wrong PIN is reported as `CKR_PIN_INCORRECT` with
+/// what to check and how to unlock a locked PIN.
 pub(crate) fn hsm_error(e: &CkError, what: &str) -> TdeError {
     match e {
         CkError::Pkcs11(RvError::PinIncorrect, _) => TdeError::Provider {

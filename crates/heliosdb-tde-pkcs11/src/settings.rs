@@ -78,7 +78,7 @@ impl Pkcs11Settings {
         }
     }
 
-    /// Settings from the guide's `HsmConfig` and a resolved PIN.
+    /// Settings from an `HsmConfig` (the facade's `hsm_config` section) and a resolved PIN.
     pub fn from_config(config: &HsmConfig, pin: SecretString) -> Self {
         Self {
             library_path: PathBuf::from(&config.pkcs11_library_path),

@@ -1,4 +1,4 @@
-//! A wrong PIN gives the guide's error. Its own test binary: PKCS#11 login state belongs to
+//! A wrong PIN gives the `CKR_PIN_INCORRECT` error. Its own test binary: PKCS#11 login state belongs to
 //! the whole process, so once any provider in a process has logged in, another login (right or
 //! wrong PIN) is answered with CKR_USER_ALREADY_LOGGED_IN and cannot be checked.
 

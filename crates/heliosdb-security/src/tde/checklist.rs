@@ -1,4 +1,8 @@
-//! The guide's Security Checklist, evaluated against a running subsystem.
+//! The Security Checklist, evaluated against a running subsystem: its ten items are the
+//! in-memory provider disabled in production, a production MEK provider, the passphrase kept
+//! out of code and configuration, file permissions (600 for MEK files, 700 for directories),
+//! MEK backup, a rotation schedule, audit logging, access controls, incident response and
+//! regular audits.
 
 use super::TdeSubsystem;
 use heliosdb_tde_core::{ProviderKind, SecureFileConfig, Timestamp};
@@ -33,7 +37,7 @@ impl std::fmt::Display for CheckStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct CheckItem {
-    /// The item, as the guide words it.
+    /// The item's fixed wording, for example `MEK rotation schedule defined`.
     pub item: &'static str,
     /// The verdict.
     pub status: CheckStatus,
@@ -140,7 +144,7 @@ fn passphrase_item(file: &SecureFileConfig) -> CheckItem {
     }
 }
 
-/// Evaluates every item of the guide's Security Checklist.
+/// Evaluates every item of the Security Checklist.
 pub async fn security_checklist(tde: &TdeSubsystem) -> Vec<CheckItem> {
     let km = tde.key_manager();
     let provider = &km.mek_provider;

@@ -1,4 +1,6 @@
-//! `TdeConfig`: the guide's configuration, from code, a TOML file and the environment.
+//! `TdeConfig`: the TDE configuration (`enabled`, `algorithm`, `key_storage_path`,
+//! `default_mek_id`, `cache_limit`, the provider sections and `security_mode`), from code, a
+//! TOML file and the environment.
 
 use super::Result;
 use heliosdb_tde_core::{
@@ -10,7 +12,8 @@ use std::path::{Path, PathBuf};
 /// Prefix of the environment variables that override configuration fields.
 pub const ENV_PREFIX: &str = "HELIOSDB_TDE_";
 
-/// The TDE configuration (the fields of the user's guide).
+/// The TDE configuration. Applications build it as a struct literal that ends with
+/// `..Default::default()`, so its fields keep their names and types.
 ///
 /// At most one of `kms_config`, `secure_file_config` and `hsm_config` may be set; with none,
 /// the insecure in-memory provider is used, which production mode refuses.
@@ -36,11 +39,11 @@ pub struct TdeConfig {
     /// `production` or `development`; `None` means the build type decides. The environment
     /// variable `HELIOSDB_SECURITY_MODE` overrides it.
     pub security_mode: Option<String>,
-    /// A hash-chained audit log of every key operation (JSON lines, mode 0600). Not in the
-    /// guide's examples; `None` disables audit logging, which `security status` reports.
+    /// A hash-chained audit log of every key operation (JSON lines, mode 0600). Optional;
+    /// `None` disables audit logging, which `security status` reports.
     pub audit_log_path: Option<PathBuf>,
     /// Days both MEK versions stay valid after a rotation before the old one may be
-    /// deactivated (the guide's schedule: 30).
+    /// deactivated (default: 30).
     pub rotation_grace_days: u64,
     /// Encryptions after which a table key used through the key manager is rotated
     /// automatically (at most 2^32, NIST SP 800-38D; default 2^31).

@@ -1,6 +1,6 @@
-//! A wrong PIN gives the `CKR_PIN_INCORRECT` error. Its own test binary: PKCS#11 login state belongs to
-//! the whole process, so once any provider in a process has logged in, another login (right or
-//! wrong PIN) is answered with CKR_USER_ALREADY_LOGGED_IN and cannot be checked.
+//! A wrong PIN gives the `CKR_PIN_INCORRECT` error. Its own test binary: PKCS#11 login state
+//! belongs to the whole process, so once any provider in a process has logged in, another login
+//! (right or wrong PIN) is answered with CKR_USER_ALREADY_LOGGED_IN and cannot be checked.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

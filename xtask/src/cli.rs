@@ -37,7 +37,7 @@ pub enum Command {
     /// feature set alone, the workspace rules (`tidy`), packaging (`package`) and cargo-deny
     /// (`deny`).
     Lint,
-    /// Check the workspace rules: layering, release metadata, #[non_exhaustive] public types,
+    /// Check the workspace rules: layering, release metadata, `#[non_exhaustive]` public types,
     /// unsafe code (also run by `cargo test -p xtask`).
     Tidy,
     /// Package every publishable crate and build each from what would be uploaded, with a

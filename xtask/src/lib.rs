@@ -8,14 +8,14 @@
 //!
 //! | command | module |
 //! | --- | --- |
-//! | `test` | [`test`] (provisioning in [`services`]) |
+//! | `test` | [`mod@test`] (provisioning in [`services`]) |
 //! | `ci` | [`ci`] |
 //! | `lint` | [`lint`] |
 //! | `tidy` | [`tidy`] |
 //! | `package` | [`package`] |
 //! | `deny` | [`deny`] |
 //! | `fuzz` | [`fuzz`] |
-//! | `bench` | [`bench`] |
+//! | `bench` | [`mod@bench`] |
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 

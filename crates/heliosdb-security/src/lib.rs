@@ -1,7 +1,3 @@
-//! HeliosDB key management for transparent data encryption (TDE).
-//!
-//! Everything an application needs is in [`tde`]: the configuration ([`tde::TdeConfig`]), the
-//! running subsystem ([`tde::TdeSubsystem`]) and its [`tde::KeyManager`], the cipher engine for
-//! pages, and the types they speak. Backends are cargo features (`secure-file` by default).
+#![doc = include_str!("../README.md")]
 
 pub mod tde;

@@ -16,7 +16,7 @@ use std::time::Instant;
 ///
 /// It offers what an application may do with the provider directly: describe it, read MEK
 /// information, check its health and generate an MEK. Every call is counted in
-/// [`crate::KeyManager::stats`], and generating an MEK is recorded in the audit log. Wrapping,
+/// [`crate::KeyManager::key_stats`], and generating an MEK is recorded in the audit log. Wrapping,
 /// unwrapping, rotating and state changes go through the [`crate::KeyManager`] methods, which
 /// keep the key store, the cache and the audit log consistent; the raw provider is not handed
 /// out.

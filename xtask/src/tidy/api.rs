@@ -48,7 +48,8 @@ const CALLER_BUILT: &str = "an argument that callers and KeyStore / MekProvider 
 
 /// Public structs with all-public fields that stay constructible with a struct literal.
 pub const LITERAL_STRUCTS: &[Exemption] = &[
-    // The configuration types the guide (and the TOML files) spell out field by field.
+    // The configuration types applications write out field by field (struct literals ending in
+    // `..Default::default()`, and TOML files).
     Exemption {
         krate: "heliosdb-security",
         name: "TdeConfig",

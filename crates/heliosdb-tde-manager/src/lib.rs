@@ -13,17 +13,19 @@
 //!   lookup ([`KeyManager::get_cached_table_key`]).
 
 pub mod audit;
+mod config;
 mod rotation;
 mod stats;
 
 pub use audit::{AuditVerification, FileAuditSink, verify_audit_log};
+pub use config::KeyManagerConfig;
 pub use heliosdb_tde_rotation::{Phase, Progress, RotationConfig, RotationState, Verification};
 pub use rotation::{EmergencyRotation, MekRotationResult, UsagePolicy};
 pub use stats::{CacheStats, KeyStats, ProviderStats, UsageTotals};
 
 use heliosdb_tde_core::store::KeyStoreExt;
 use heliosdb_tde_core::{
-    AuditAction, AuditEvent, AuditSink, EncryptionAlgorithm, KeyId, KeyMetadata, KeyState,
+    AuditAction, AuditEvent, AuditSink, KeyId, KeyMetadata, KeyState,
     KeyStore, KeyType, MekId, MekInfo, MekProvider, MekRef, Result, SecurityMode, StoreBatch,
     StoreOp, TableId, TableKey, TdeError, TekId, TekRecord, TekVersion, WrapContext,
 };
@@ -36,37 +38,6 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
-
-/// Settings of a [`KeyManager`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyManagerConfig {
-    /// The MEK that wraps new TEKs.
-    pub default_mek_id: MekId,
-    /// The most TEKs kept unwrapped in the cache.
-    pub cache_limit: usize,
-    /// The algorithm of new TEKs.
-    pub algorithm: EncryptionAlgorithm,
-    /// The resolved security mode.
-    pub security_mode: SecurityMode,
-    /// MEK rotation tuning and the dual-encryption grace period.
-    pub rotation: RotationConfig,
-    /// Nonce-budget policy for pages sealed through the manager.
-    pub usage: UsagePolicy,
-}
-
-impl KeyManagerConfig {
-    /// A configuration with default cache limit (1000), algorithm, rotation and usage policy.
-    pub fn new(default_mek_id: MekId, security_mode: SecurityMode) -> Self {
-        Self {
-            default_mek_id,
-            cache_limit: 1000,
-            algorithm: EncryptionAlgorithm::Aes256Gcm,
-            security_mode,
-            rotation: RotationConfig::default(),
-            usage: UsagePolicy::default(),
-        }
-    }
-}
 
 /// Counts evictions; the evicted `Arc<TableKey>` is dropped right after, and its bytes are
 /// zeroized as soon as no caller still holds it.

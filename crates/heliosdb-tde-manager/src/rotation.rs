@@ -58,7 +58,10 @@ pub struct EmergencyRotation {
 }
 
 /// Nonce-budget policy for table keys used through the key manager.
+///
+/// Built from [`UsagePolicy::default`] and the `with_*` methods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct UsagePolicy {
     /// Encryptions after which a table key is rotated automatically (at most 2^32).
     pub soft_limit: u64,
@@ -72,6 +75,22 @@ impl Default for UsagePolicy {
             soft_limit: HARD_LIMIT / 2,
             reservation_block: 1 << 16,
         }
+    }
+}
+
+impl UsagePolicy {
+    /// Sets [`UsagePolicy::soft_limit`], the encryptions after which a table key is rotated.
+    #[must_use]
+    pub fn with_soft_limit(mut self, soft_limit: u64) -> Self {
+        self.soft_limit = soft_limit;
+        self
+    }
+
+    /// Sets [`UsagePolicy::reservation_block`], the encryptions reserved ahead of use.
+    #[must_use]
+    pub fn with_reservation_block(mut self, reservation_block: u64) -> Self {
+        self.reservation_block = reservation_block;
+        self
     }
 }
 

@@ -15,9 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn config(mode: SecurityMode, cache_limit: usize) -> KeyManagerConfig {
-    let mut c = KeyManagerConfig::new(MekId::new("master_key_001").unwrap(), mode);
-    c.cache_limit = cache_limit;
-    c
+    KeyManagerConfig::new(MekId::new("master_key_001").unwrap(), mode).with_cache_limit(cache_limit)
 }
 
 fn store(dir: &std::path::Path) -> Arc<dyn KeyStore> {

@@ -7,7 +7,7 @@
 use heliosdb_tde_conformance::provider::fresh_mek_id;
 use heliosdb_tde_core::{KeyState, KeyStore, MekProvider, SecureFileConfig, SecurityMode};
 use heliosdb_tde_keystore::RedbKeyStore;
-use heliosdb_tde_manager::{KeyManager, KeyManagerConfig};
+use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, RotationConfig};
 use heliosdb_tde_memory::InMemoryMekProvider;
 use std::sync::Arc;
 
@@ -18,8 +18,8 @@ async fn rotation_with_manager(p: Arc<dyn MekProvider>) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(dir.path()).unwrap());
     let mek = fresh_mek_id("conf_rot");
-    let mut c = KeyManagerConfig::new(mek.clone(), SecurityMode::Development);
-    c.rotation.grace_period = std::time::Duration::ZERO;
+    let c = KeyManagerConfig::new(mek.clone(), SecurityMode::Development)
+        .with_rotation(RotationConfig::default().with_grace_period(std::time::Duration::ZERO));
     let km = KeyManager::new(p.clone(), store, c).unwrap();
     km.ensure_default_mek().await.unwrap();
     let tables: Vec<String> = (0..40).map(|i| format!("rot_t{i}")).collect();

@@ -5,7 +5,7 @@
 
 use heliosdb_tde_core::{KeyState, KeyStore, KeyType, MekId, MekProvider, SecurityMode};
 use heliosdb_tde_keystore::RedbKeyStore;
-use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, Phase};
+use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, Phase, RotationConfig, UsagePolicy};
 use heliosdb_tde_memory::InMemoryMekProvider;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,19 +26,18 @@ fn parts() -> Parts {
     }
 }
 
-fn manager(p: &Parts, tweak: impl FnOnce(&mut KeyManagerConfig)) -> KeyManager {
-    let mut c = KeyManagerConfig::new(
+fn manager(p: &Parts, tweak: impl FnOnce(KeyManagerConfig) -> KeyManagerConfig) -> KeyManager {
+    let c = KeyManagerConfig::new(
         MekId::new("master_key_001").unwrap(),
         SecurityMode::Development,
     );
-    tweak(&mut c);
-    KeyManager::new(p.provider.clone(), p.store.clone(), c).unwrap()
+    KeyManager::new(p.provider.clone(), p.store.clone(), tweak(c)).unwrap()
 }
 
 #[tokio::test]
 async fn rotation_result_has_the_guides_fields_and_new_teks_use_the_new_mek() {
     let p = parts();
-    let km = manager(&p, |_| {});
+    let km = manager(&p, |c| c);
     km.ensure_default_mek().await.unwrap();
     let tables: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
     let refs: Vec<&str> = tables.iter().map(String::as_str).collect();
@@ -78,8 +77,9 @@ async fn rotation_result_has_the_guides_fields_and_new_teks_use_the_new_mek() {
 async fn reads_and_encryptions_go_on_during_a_rotation() {
     let p = parts();
     let km = Arc::new(manager(&p, |c| {
-        c.cache_limit = 64; // most reads miss and unwrap through the provider mid-rotation
-        c.rotation.batch_size = 128;
+        // Most reads miss and unwrap through the provider mid-rotation.
+        c.with_cache_limit(64)
+            .with_rotation(RotationConfig::default().with_batch_size(128))
     }));
     km.ensure_default_mek().await.unwrap();
     let tables: Vec<String> = (0..3000).map(|i| format!("tbl{i:04}")).collect();
@@ -133,7 +133,7 @@ async fn reads_and_encryptions_go_on_during_a_rotation() {
 #[tokio::test]
 async fn emergency_rotation_gives_every_table_a_new_tek() {
     let p = parts();
-    let km = manager(&p, |_| {});
+    let km = manager(&p, |c| c);
     km.ensure_default_mek().await.unwrap();
     km.create_table_keys(&["a", "b", "c"]).await.unwrap();
     let sealed = km.seal_page("a", b"a/1", b"secret").await.unwrap();
@@ -179,8 +179,11 @@ fn heliosdb_tde_cipher_version(sealed: &[u8]) -> u32 {
 async fn usage_limits_rotate_table_keys_automatically() {
     let p = parts();
     let km = manager(&p, |c| {
-        c.usage.soft_limit = 100;
-        c.usage.reservation_block = 32;
+        c.with_usage(
+            UsagePolicy::default()
+                .with_soft_limit(100)
+                .with_reservation_block(32),
+        )
     });
     km.ensure_default_mek().await.unwrap();
     km.create_table_key("hot").await.unwrap();
@@ -227,9 +230,8 @@ async fn usage_limits_rotate_table_keys_automatically() {
 #[tokio::test]
 async fn a_restart_never_lowers_the_nonce_budget_count() {
     let p = parts();
-    let tweak = |c: &mut KeyManagerConfig| {
-        c.usage.reservation_block = 32;
-    };
+    let tweak =
+        |c: KeyManagerConfig| c.with_usage(UsagePolicy::default().with_reservation_block(32));
     let km = manager(&p, tweak);
     km.ensure_default_mek().await.unwrap();
     km.create_table_key("t").await.unwrap();
@@ -268,7 +270,7 @@ async fn a_restart_never_lowers_the_nonce_budget_count() {
 #[tokio::test]
 async fn an_emergency_request_on_a_finished_normal_rotation_compromises_the_old_version() {
     let p = parts();
-    let km = manager(&p, |_| {});
+    let km = manager(&p, |c| c);
     km.ensure_default_mek().await.unwrap();
     km.create_table_keys(&["a", "b"]).await.unwrap();
     let r = km

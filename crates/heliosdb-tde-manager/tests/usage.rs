@@ -10,7 +10,7 @@ use heliosdb_tde_core::{
     TdeError, TekRecord, WrapContext,
 };
 use heliosdb_tde_keystore::RedbKeyStore;
-use heliosdb_tde_manager::{KeyManager, KeyManagerConfig};
+use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, UsagePolicy};
 use heliosdb_tde_memory::InMemoryMekProvider;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,13 +33,15 @@ fn flaky_wraps() -> (Arc<Instrumented>, Arc<AtomicBool>) {
 }
 
 fn config(soft_limit: u64, block: u64) -> KeyManagerConfig {
-    let mut c = KeyManagerConfig::new(
+    KeyManagerConfig::new(
         MekId::new("master_key_001").unwrap(),
         SecurityMode::Development,
-    );
-    c.usage.soft_limit = soft_limit;
-    c.usage.reservation_block = block;
-    c
+    )
+    .with_usage(
+        UsagePolicy::default()
+            .with_soft_limit(soft_limit)
+            .with_reservation_block(block),
+    )
 }
 
 async fn recorded_encryptions(store: &dyn KeyStore) -> u64 {

@@ -24,6 +24,7 @@ fn required_from(value: Option<&str>) -> bool {
 
 /// What a test should do about one service.
 #[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Decision<T> {
     /// The service is there: run against it.
     Run(T),

@@ -2,11 +2,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use async_trait::async_trait;
 use heliosdb_tde_conformance::instrumented::{Instrumented, Method};
 use heliosdb_tde_core::{
     AuditAction, AuditEvent, AuditSink, KeyId, KeyState, KeyStore, KeyType, MekId, MekProvider,
-    Result, SecureFileConfig, SecurityMode, TdeError, TekId,
+    Result, SecurityMode, TdeError, TekId,
 };
 use heliosdb_tde_keystore::RedbKeyStore;
 use heliosdb_tde_manager::{KeyManager, KeyManagerConfig};
@@ -57,14 +59,7 @@ async fn production_refuses_the_in_memory_provider_with_the_guides_message() {
     let warning = km.validate_security().unwrap().unwrap();
     assert!(warning.contains("development mode"), "{warning}");
 
-    let pass = secrecy::SecretString::from("a passphrase of sufficient length!".to_string());
-    let file = heliosdb_tde_file::SecureFileMekProvider::open_with_passphrase(
-        &SecureFileConfig::new(dir.path().join("mek")),
-        SecurityMode::Production,
-        pass,
-        vec![],
-    )
-    .unwrap();
+    let file = common::secure_file_provider(&dir.path().join("mek"));
     let km = KeyManager::new(
         Arc::new(file),
         store(&dir.path().join("prod")),
@@ -274,14 +269,7 @@ async fn the_hit_path_is_synchronous() {
 async fn keys_survive_a_restart_with_the_file_provider() {
     let dir = tempfile::tempdir().unwrap();
     let open = || {
-        let pass = secrecy::SecretString::from("a passphrase of sufficient length!".to_string());
-        let p = heliosdb_tde_file::SecureFileMekProvider::open_with_passphrase(
-            &SecureFileConfig::new(dir.path().join("mek")),
-            SecurityMode::Production,
-            pass,
-            vec![],
-        )
-        .unwrap();
+        let p = common::secure_file_provider(&dir.path().join("mek"));
         KeyManager::new(
             Arc::new(p),
             store(dir.path()),

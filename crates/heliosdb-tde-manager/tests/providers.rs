@@ -4,8 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use heliosdb_tde_conformance::provider::fresh_mek_id;
-use heliosdb_tde_core::{KeyState, KeyStore, MekProvider, SecureFileConfig, SecurityMode};
+use heliosdb_tde_core::{KeyState, KeyStore, MekProvider, SecurityMode};
 use heliosdb_tde_keystore::RedbKeyStore;
 use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, RotationConfig};
 use heliosdb_tde_memory::InMemoryMekProvider;
@@ -82,13 +84,6 @@ async fn rotation_with_manager_over_the_in_memory_provider() {
 #[tokio::test]
 async fn rotation_with_manager_over_the_secure_file_provider() {
     let dir = tempfile::tempdir().unwrap();
-    let pass = secrecy::SecretString::from("a passphrase of sufficient length!".to_string());
-    let p = heliosdb_tde_file::SecureFileMekProvider::open_with_passphrase(
-        &SecureFileConfig::new(dir.path().join("mek")),
-        SecurityMode::Production,
-        pass,
-        vec![],
-    )
-    .unwrap();
+    let p = common::secure_file_provider(&dir.path().join("mek"));
     rotation_with_manager(Arc::new(p)).await;
 }

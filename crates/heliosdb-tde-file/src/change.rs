@@ -15,6 +15,7 @@ use std::path::Path;
 
 /// What a passphrase change did.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PassphraseChange {
     /// Files re-encrypted under the new passphrase by this run.
     pub rewritten: usize,

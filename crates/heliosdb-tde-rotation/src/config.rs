@@ -88,6 +88,7 @@ impl RotationConfig {
 
 /// Progress of a long step, for progress bars.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Progress {
     /// The step running.
     pub phase: Phase,
@@ -104,6 +105,7 @@ pub type ProgressFn<'a> = &'a (dyn Fn(&Progress) + Send + Sync);
 
 /// What the verify step found.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Verification {
     /// TEKs that only the old MEK version can unwrap.
     pub stranded: u64,

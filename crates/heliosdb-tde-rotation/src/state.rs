@@ -49,6 +49,7 @@ impl fmt::Display for Phase {
 
 /// The journal entry of one rotation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RotationState {
     /// Journal format version.
     pub format: u32,

@@ -6,6 +6,7 @@
 //! panics and nothing is allocated from an unchecked length.
 
 use crate::error::{Result, TdeError};
+use crate::ids::{MekId, MekRef, MekVersion};
 use std::borrow::Cow;
 
 /// A cursor over a byte string that refuses to read past its end.
@@ -101,6 +102,20 @@ impl<'a> ByteReader<'a> {
             x => Err(self.err(format!("{field}: flag byte {x} is neither 0 nor 1"))),
         }
     }
+
+    /// An MEK reference as every format of the workspace writes it: the id's length (`u8`),
+    /// the id (UTF-8, a valid [`MekId`]), then the version (big-endian `u32`, not 0).
+    pub fn mek_ref(&mut self) -> Result<MekRef> {
+        let len = usize::from(self.u8("MEK id length")?);
+        let raw = self.take(len, "MEK id")?;
+        let id = std::str::from_utf8(raw)
+            .ok()
+            .and_then(|s| MekId::new(s).ok())
+            .ok_or_else(|| self.err("the MEK id is not a valid identifier"))?;
+        let version = MekVersion::new(self.u32("MEK version")?)
+            .map_err(|_| self.err("MEK version 0 is invalid"))?;
+        Ok(MekRef::new(id, version))
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +159,32 @@ mod tests {
         assert!(!r.flag("x").unwrap());
         let e = r.flag("y").unwrap_err().to_string();
         assert!(e.contains("flag byte 2") && e.contains("owned"), "{e}");
+    }
+
+    #[test]
+    fn mek_refs() {
+        let mut bytes = vec![3u8];
+        bytes.extend_from_slice(b"k_1");
+        bytes.extend_from_slice(&7u32.to_be_bytes());
+        let mut r = ByteReader::new(&bytes, "thing", "here");
+        assert_eq!(r.mek_ref().unwrap().to_string(), "k_1@v7");
+        let mut bad = bytes.clone();
+        bad[1] = b'/';
+        let e = ByteReader::new(&bad, "thing", "here")
+            .mek_ref()
+            .unwrap_err();
+        assert!(e.to_string().contains("not a valid identifier"), "{e}");
+        let mut zero = bytes.clone();
+        zero[4..].copy_from_slice(&[0; 4]);
+        let e = ByteReader::new(&zero, "thing", "here")
+            .mek_ref()
+            .unwrap_err();
+        assert!(e.to_string().contains("MEK version 0"), "{e}");
+        assert!(
+            ByteReader::new(&bytes[..5], "thing", "here")
+                .mek_ref()
+                .is_err()
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use crate::bytes::ByteReader;
 use crate::error::{Result, TdeError};
-use crate::ids::{MekId, MekRef, MekVersion};
+use crate::ids::MekRef;
 use crate::metadata::EncryptionAlgorithm;
 use std::fmt;
 
@@ -179,14 +179,7 @@ impl WrappedTek {
         let prov = r.u8("provider kind")?;
         let provider = ProviderKind::from_code(prov)
             .ok_or_else(|| corrupt(format!("unknown provider kind code {prov}")))?;
-        let id_len = usize::from(r.u8("MEK id length")?);
-        let id_bytes = r.take(id_len, "MEK id")?;
-        let id = std::str::from_utf8(id_bytes)
-            .ok()
-            .and_then(|s| MekId::new(s).ok())
-            .ok_or_else(|| corrupt("the MEK id is not a valid identifier"))?;
-        let mek_version = MekVersion::new(r.u32("MEK version")?)
-            .map_err(|_| corrupt("MEK version 0 is invalid"))?;
+        let mek = r.mek_ref()?;
         let payload_len = usize::try_from(r.u32("payload length")?).unwrap_or(usize::MAX);
         if payload_len > MAX_PAYLOAD_LEN {
             return Err(corrupt(format!(
@@ -204,7 +197,7 @@ impl WrappedTek {
             format: version,
             algorithm,
             provider,
-            mek: MekRef::new(id, mek_version),
+            mek,
             payload,
         })
     }
@@ -213,6 +206,7 @@ impl WrappedTek {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{MekId, MekVersion};
     use proptest::prelude::*;
 
     fn sample() -> WrappedTek {

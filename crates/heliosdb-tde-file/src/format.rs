@@ -167,13 +167,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<MekFile> {
     let state = KeyState::from_code(s).ok_or_else(|| r.err(format!("unknown state code {s}")))?;
     let created_at = Timestamp(r.u64("created_at")?);
     let state_changed_at = Timestamp(r.u64("state_changed_at")?);
-    let id_len = usize::from(r.u8("MEK id length")?);
-    let id_raw = r.take(id_len, "MEK id")?;
-    let id = std::str::from_utf8(id_raw)
-        .ok()
-        .and_then(|s| MekId::new(s).ok())
-        .ok_or_else(|| r.err("the MEK id is not a valid identifier"))?;
-    let v = MekVersion::new(r.u32("MEK version")?).map_err(|_| r.err("MEK version 0"))?;
+    let mek = r.mek_ref()?;
     let header_end = r.position();
     let nonce = r.array::<NONCE_LEN>("nonce")?;
     let ciphertext = r.array::<KEY_LEN>("encrypted MEK")?;
@@ -191,7 +185,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<MekFile> {
             state,
             created_at,
             state_changed_at,
-            mek: MekRef::new(id, v),
+            mek,
         },
         nonce,
         ciphertext,

@@ -3,9 +3,8 @@
 //! Decoding is total: any byte string gives a record or a [`TdeError::Corrupt`].
 
 use heliosdb_tde_core::{
-    ByteReader, EncryptionAlgorithm, KeyBytes, KeyId, KeyMetadata, KeyState, MekId, MekRef,
-    MekVersion, Result, TableId, TdeError, TekId, TekRecord, TekVersion, Timestamp, UsageCounters,
-    WrappedTek,
+    ByteReader, EncryptionAlgorithm, KeyBytes, KeyId, KeyMetadata, KeyState, Result, TableId,
+    TdeError, TekId, TekRecord, TekVersion, Timestamp, UsageCounters, WrappedTek,
 };
 
 /// The record format version this crate writes without an integrity key. Version 2 checksums
@@ -249,14 +248,7 @@ pub fn decode_with(
     let algorithm = EncryptionAlgorithm::from_code(a)
         .ok_or_else(|| r.err(format!("unknown algorithm code {a}")))?;
     let wrapped_by = if r.flag("wrapped-by flag")? {
-        let n = usize::from(r.u8("MEK id length")?);
-        let raw = r.take(n, "MEK id")?;
-        let id = std::str::from_utf8(raw)
-            .ok()
-            .and_then(|s| MekId::new(s).ok())
-            .ok_or_else(|| r.err("invalid MEK id"))?;
-        let v = MekVersion::new(r.u32("MEK version")?).map_err(|_| r.err("MEK version 0"))?;
-        Some(MekRef::new(id, v))
+        Some(r.mek_ref()?)
     } else {
         None
     };

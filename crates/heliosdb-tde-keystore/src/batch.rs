@@ -90,7 +90,7 @@ impl RedbKeyStore {
         Ok(out)
     }
 
-    /// Applies a batch synchronously (what [`KeyStore::apply`] does).
+    /// Applies a batch synchronously (what [`KeyStore::apply`](heliosdb_tde_core::KeyStore::apply) does).
     pub fn apply_blocking(&self, batch: StoreBatch) -> Result<()> {
         self.with_write_db("writing", |db| self.apply_inner(db, batch))
     }

@@ -48,7 +48,7 @@ impl RedbKeyStore {
     }
 
     /// Opens the existing store file at `path` read-only: the file is never modified, and
-    /// [`KeyStore::apply`] fails. For read-only commands.
+    /// [`KeyStore::apply`](heliosdb_tde_core::KeyStore::apply) fails. For read-only commands.
     pub fn open_read_only(path: &Path) -> Result<Self> {
         Self::open_with(path, OpenMode::ReadOnly)
     }

@@ -190,7 +190,10 @@ impl AuditSink for FileAuditSink {
             AuditOutcome::Success => ("success".to_string(), None),
             AuditOutcome::Failure(e) => ("failure".to_string(), Some(e.clone())),
             // An outcome added to core later is not a success this sink knows of.
-            _ => ("failure".to_string(), Some("unrecognised outcome".to_string())),
+            _ => (
+                "failure".to_string(),
+                Some("unrecognised outcome".to_string()),
+            ),
         };
         let mut line = Line {
             seq: tail.seq + 1,

@@ -3,9 +3,9 @@
 
 use crate::stats::Counters;
 use heliosdb_tde_core::{
-    AsMekId, AuditAction, AuditEvent, AuditSink, EncryptionAlgorithm, KeyId, KeyState, MekId, MekInfo,
-    MekProvider, MekRef, MekVersionInfo, ProviderHealth, ProviderKind, Result, TableKey, TdeError,
-    WrapContext, WrappedTek,
+    AsMekId, AuditAction, AuditEvent, AuditSink, EncryptionAlgorithm, KeyId, KeyState, MekId,
+    MekInfo, MekProvider, MekRef, MekVersionInfo, ProviderHealth, ProviderKind, Result, TableKey,
+    TdeError, WrapContext, WrappedTek,
 };
 use std::fmt;
 use std::future::Future;
@@ -111,7 +111,10 @@ impl ProviderHandle {
                     Some(v) => Ok(v.clone()),
                     None => Err(TdeError::InvalidKeyState {
                         key: format!("mek:{id}"),
-                        state: info.versions.last().map_or(KeyState::Deactivated, |v| v.state),
+                        state: info
+                            .versions
+                            .last()
+                            .map_or(KeyState::Deactivated, |v| v.state),
                         operation: "use as the active MEK".into(),
                         hint: "no version of this MEK is active; rotate it or reactivate a \
                                version"

@@ -1,10 +1,13 @@
 //! Counters behind `KeyManager::key_stats`.
 
+use crate::KeyManager;
+use heliosdb_tde_core::store::KeyStoreExt;
 use heliosdb_tde_core::{KeyState, Timestamp};
+use heliosdb_tde_core::{Result, TableId};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 use std::time::Duration;
 
 /// A counter split over cache-line-sized stripes, so that threads counting cache hits at the
@@ -127,4 +130,57 @@ pub struct KeyStats {
 
 pub(crate) fn state_name(s: KeyState) -> String {
     s.to_string()
+}
+
+impl KeyManager {
+    /// Cache, provider, state and usage statistics.
+    pub async fn key_stats(&self) -> Result<KeyStats> {
+        let c = &self.counters;
+        let calls = c.provider_calls.load(Ordering::Relaxed);
+        let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+        let mut tables = 0u64;
+        let mut usage = UsageTotals::default();
+        let mut last_table: Option<TableId> = None;
+        self.store
+            .tek_pages(None, 4096)
+            .for_each(|page| {
+                for r in page {
+                    *by_state.entry(state_name(r.metadata.state)).or_default() += 1;
+                    if last_table.as_ref() != Some(&r.id.table) {
+                        tables += 1;
+                        last_table = Some(r.id.table.clone());
+                    }
+                    usage.encryptions += r.metadata.usage.encryptions;
+                    usage.decryptions += r.metadata.usage.decryptions;
+                    usage.last_used = usage.last_used.max(r.metadata.usage.last_used);
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(KeyStats {
+            cache: CacheStats {
+                hits: c.cache_hits.load(),
+                misses: c.cache_misses.load(),
+                evictions: c.cache_evictions.load(Ordering::Relaxed),
+                entries: u64::try_from(self.cache.len()).unwrap_or(u64::MAX),
+                limit: u64::try_from(self.config.cache_limit).unwrap_or(u64::MAX),
+            },
+            provider: ProviderStats {
+                provider: self.mek_provider.description(),
+                calls,
+                errors: c.provider_errors.load(Ordering::Relaxed),
+                mean_latency_us: c
+                    .provider_nanos_total
+                    .load(Ordering::Relaxed)
+                    .checked_div(calls)
+                    .unwrap_or(0)
+                    / 1000,
+                max_latency_us: c.provider_nanos_max.load(Ordering::Relaxed) / 1000,
+            },
+            teks_by_state: by_state,
+            tables,
+            usage,
+            usage_rotation_failures: c.usage_rotation_failures.load(Ordering::Relaxed),
+        })
+    }
 }

@@ -77,9 +77,9 @@ impl SecureFileMekProvider {
     }
 
     /// Re-encrypts every MEK file in `config.storage_path` from `old` to `new` passphrase,
-    /// writing every file with the configured Argon2id parameters (or [`DEFAULT_KDF`]): this
-    /// is also how files written with older, weaker parameters are upgraded (`new` may equal
-    /// `old`).
+    /// writing every file with the configured Argon2id parameters (or
+    /// [`DEFAULT_KDF`](crate::DEFAULT_KDF)): this is also how files written with older, weaker
+    /// parameters are upgraded (`new` may equal `old`).
     ///
     /// Each file is replaced atomically and records its passphrase generation. If a previous
     /// run was interrupted (files span two generations), this run finishes it. Every file is

@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-
 // Unsafe code: exactly one block, `std::env::remove_var` in `passphrase::take_env` (unsafe
 // since edition 2024), which removes the passphrase variable from the process environment once
 // it is read. See its SAFETY comment and ARCHITECTURE.md, "Unsafe code".

@@ -37,6 +37,8 @@ pub fn run(root: &Path, args: &FuzzArgs) -> Result {
         // New inputs go to an ignored working corpus; the committed seeds are read only.
         let work = fuzz_dir.join("target").join("corpus").join(t);
         std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+        let artifacts = fuzz_dir.join("artifacts").join(t);
+        let before = count_files(&artifacts);
         run_cmd(
             cargo()
                 .current_dir(&fuzz_dir)
@@ -53,10 +55,15 @@ pub fn run(root: &Path, args: &FuzzArgs) -> Result {
                 ]),
         )
         .map_err(|e| {
-            format!(
-                "{e}\nfuzz target {t} found a failure; the input is in fuzz/artifacts/{t}/. Fix \
-                 it and add the input to fuzz/regressions/{t}/ (replayed by cargo test)"
-            )
+            if count_files(&artifacts) > before {
+                format!(
+                    "{e}\nfuzz target {t} found a failure; the input is in \
+                     fuzz/artifacts/{t}/. Fix it and add the input to fuzz/regressions/{t}/ \
+                     (replayed by cargo test)"
+                )
+            } else {
+                format!("{e}\nfuzz target {t} did not build or run (see the output above)")
+            }
         })?;
     }
     eprintln!(
@@ -64,6 +71,10 @@ pub fn run(root: &Path, args: &FuzzArgs) -> Result {
         targets.len()
     );
     Ok(())
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
 #[cfg(test)]

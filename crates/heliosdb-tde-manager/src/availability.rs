@@ -100,6 +100,7 @@ impl KeyManager {
 
 /// Whether one MEK version that stored TEKs depend on is usable.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct MekAvailability {
     /// The MEK version.
     pub mek: MekRef,
@@ -115,6 +116,7 @@ pub struct MekAvailability {
 
 /// What [`KeyManager::key_availability`] found.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct KeyAvailability {
     /// The key store's location and identity (see [`KeyManager::store_id`]).
     pub store: String,

@@ -212,6 +212,7 @@ impl KeyManager {
 /// What `rotate_mek_with_dual_encryption` reports. Applications print these fields by name
 /// (`old_mek_id`, `new_mek_id`, `keys_reencrypted`, `failed_keys`), so they keep them.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct MekRotationResult {
     /// The version replaced.
     pub old_mek_id: MekRef,
@@ -245,6 +246,7 @@ impl MekRotationResult {
 
 /// What an emergency rotation did.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct EmergencyRotation {
     /// The MEK rotation (the old version is now marked compromised).
     pub rotation: MekRotationResult,

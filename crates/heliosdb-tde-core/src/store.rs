@@ -206,7 +206,9 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     async fn table_teks(&self, table: &TableId) -> Result<Vec<TekRecord>>;
 
     /// Up to `limit` TEKs in id order, starting after `after` (or from the first). Used to walk
-    /// a large store in pages, for example by a rotation cursor.
+    /// a large store in pages, for example by a rotation cursor; callers walk it through
+    /// [`KeyStoreExt::tek_pages`], which keeps the cursor and checks that every page moves
+    /// forward.
     async fn scan_teks(&self, after: Option<&TekId>, limit: usize) -> Result<Vec<TekRecord>>;
 
     /// How many TEK versions are stored.

@@ -347,3 +347,138 @@ impl<S: KeyStore + ?Sized> TekPages<'_, S> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::{EncryptionAlgorithm, MekRef, ProviderKind, TableId};
+
+    fn record(id: &str) -> TekRecord {
+        let id: TekId = id.parse().unwrap();
+        let mek: MekRef = "m@v1".parse().unwrap();
+        let meta = KeyMetadata::new_active(
+            KeyId::Table(id.clone()),
+            EncryptionAlgorithm::Aes256Gcm,
+            Some(mek.clone()),
+        );
+        let wrapped = WrappedTek::new(
+            EncryptionAlgorithm::Aes256Gcm,
+            ProviderKind::InMemory,
+            mek,
+            vec![0; 8],
+        );
+        TekRecord::new(id, meta, wrapped).unwrap()
+    }
+
+    /// A store over a fixed list; `stuck` makes every scan return the first record again (a
+    /// damaged index).
+    #[derive(Debug)]
+    struct ListStore {
+        records: Vec<TekRecord>,
+        stuck: bool,
+    }
+
+    #[async_trait]
+    impl KeyStore for ListStore {
+        async fn apply(&self, _: StoreBatch) -> Result<()> {
+            Ok(())
+        }
+        async fn get_tek(&self, _: &TekId) -> Result<Option<TekRecord>> {
+            Ok(None)
+        }
+        async fn latest_tek(&self, _: &TableId) -> Result<Option<TekRecord>> {
+            Ok(None)
+        }
+        async fn table_teks(&self, _: &TableId) -> Result<Vec<TekRecord>> {
+            Ok(Vec::new())
+        }
+        async fn scan_teks(&self, after: Option<&TekId>, limit: usize) -> Result<Vec<TekRecord>> {
+            if self.stuck {
+                return Ok(self.records[..1].to_vec());
+            }
+            Ok(self
+                .records
+                .iter()
+                .filter(|r| after.is_none_or(|a| r.id > *a))
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        async fn count_teks(&self) -> Result<u64> {
+            Ok(self.records.len() as u64)
+        }
+        async fn get_journal(&self, _: &str) -> Result<Option<Vec<u8>>> {
+            Ok(None)
+        }
+        async fn reserve_encryptions(
+            &self,
+            _: &TekId,
+            _: u64,
+            _: u64,
+        ) -> Result<std::ops::Range<u64>> {
+            Ok(0..0)
+        }
+        async fn set_integrity_key(
+            &self,
+            _: crate::KeyBytes,
+            _: Option<(String, Vec<u8>)>,
+        ) -> Result<()> {
+            Ok(())
+        }
+        fn location(&self) -> String {
+            "list".into()
+        }
+    }
+
+    fn store(stuck: bool) -> ListStore {
+        ListStore {
+            records: ["a@v1", "a@v2", "b@v1", "c@v1", "d@v1"]
+                .iter()
+                .map(|id| record(id))
+                .collect(),
+            stuck,
+        }
+    }
+
+    #[tokio::test]
+    async fn pages_visit_every_tek_once_and_resume_from_the_cursor() {
+        let s: &dyn KeyStore = &store(false);
+        let mut pages = s.tek_pages(None, 2);
+        let mut sizes = Vec::new();
+        let mut seen = Vec::new();
+        while let Some(page) = pages.next_page().await.unwrap() {
+            sizes.push(page.len());
+            seen.extend(page.into_iter().map(|r| r.id.to_string()));
+            assert_eq!(
+                pages.cursor().map(ToString::to_string),
+                seen.last().cloned()
+            );
+        }
+        assert_eq!(sizes, [2, 2, 1]);
+        assert_eq!(seen, ["a@v1", "a@v2", "b@v1", "c@v1", "d@v1"]);
+        assert!(pages.next_page().await.unwrap().is_none(), "stays finished");
+
+        let mut rest = Vec::new();
+        s.tek_pages(Some("b@v1".parse().unwrap()), 0)
+            .for_each(|page| {
+                assert_eq!(page.len(), 1, "a page size of 0 is 1");
+                rest.extend(page.into_iter().map(|r| r.id.to_string()));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(rest, ["c@v1", "d@v1"]);
+    }
+
+    #[tokio::test]
+    async fn a_scan_that_does_not_move_forward_is_corruption_not_a_loop() {
+        let s = store(true);
+        let mut pages = s.tek_pages(None, 2);
+        assert!(pages.next_page().await.unwrap().is_some());
+        let e = pages.next_page().await.unwrap_err();
+        assert!(matches!(e, TdeError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("did not move forward"), "{e}");
+    }
+}

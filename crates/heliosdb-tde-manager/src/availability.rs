@@ -6,6 +6,41 @@ use heliosdb_tde_core::store::KeyStoreExt;
 use heliosdb_tde_core::{MekId, MekInfo, MekRef, Result, TableId, TekRecord, WrapContext};
 use std::collections::BTreeMap;
 
+/// Whether one MEK version that stored TEKs depend on is usable.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct MekAvailability {
+    /// The MEK version.
+    pub mek: MekRef,
+    /// How many stored TEK wraps (current or kept previous) are under it.
+    pub teks: u64,
+    /// Whether the provider has this version.
+    pub present: bool,
+    /// Whether one of its TEKs unwrapped through the provider.
+    pub unwraps: bool,
+    /// Why it is not usable, if it is not.
+    pub error: Option<String>,
+}
+
+/// What [`KeyManager::key_availability`] found.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct KeyAvailability {
+    /// The key store's location and identity (see [`KeyManager::store_id`]).
+    pub store: String,
+    /// Every MEK version some stored TEK depends on.
+    pub meks: Vec<MekAvailability>,
+    /// Tables with at least one TEK version that no available MEK version can unwrap.
+    pub unreadable_tables: Vec<TableId>,
+}
+
+impl KeyAvailability {
+    /// Whether every stored TEK can be unwrapped.
+    pub fn all_readable(&self) -> bool {
+        self.unreadable_tables.is_empty()
+    }
+}
+
 impl KeyManager {
     /// Checks that every MEK version some stored TEK depends on is in the provider and unwraps
     /// one of its TEKs, and lists the tables that cannot be read. Read-only.
@@ -95,40 +130,5 @@ impl KeyManager {
             meks,
             unreadable_tables,
         })
-    }
-}
-
-/// Whether one MEK version that stored TEKs depend on is usable.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct MekAvailability {
-    /// The MEK version.
-    pub mek: MekRef,
-    /// How many stored TEK wraps (current or kept previous) are under it.
-    pub teks: u64,
-    /// Whether the provider has this version.
-    pub present: bool,
-    /// Whether one of its TEKs unwrapped through the provider.
-    pub unwraps: bool,
-    /// Why it is not usable, if it is not.
-    pub error: Option<String>,
-}
-
-/// What [`KeyManager::key_availability`] found.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct KeyAvailability {
-    /// The key store's location and identity (see [`KeyManager::store_id`]).
-    pub store: String,
-    /// Every MEK version some stored TEK depends on.
-    pub meks: Vec<MekAvailability>,
-    /// Tables with at least one TEK version that no available MEK version can unwrap.
-    pub unreadable_tables: Vec<TableId>,
-}
-
-impl KeyAvailability {
-    /// Whether every stored TEK can be unwrapped.
-    pub fn all_readable(&self) -> bool {
-        self.unreadable_tables.is_empty()
     }
 }

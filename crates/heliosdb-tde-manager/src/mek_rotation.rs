@@ -8,6 +8,54 @@ use heliosdb_tde_core::{
 };
 use heliosdb_tde_rotation::{Phase, ProgressFn, RotationState, Rotator, Verification};
 
+/// What `rotate_mek_with_dual_encryption` reports. Applications print these fields by name
+/// (`old_mek_id`, `new_mek_id`, `keys_reencrypted`, `failed_keys`), so they keep them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct MekRotationResult {
+    /// The version replaced.
+    pub old_mek_id: MekRef,
+    /// The version now wrapping TEKs.
+    pub new_mek_id: MekRef,
+    /// TEKs re-wrapped under the new version (over all passes of this rotation).
+    pub keys_reencrypted: u64,
+    /// Keys that failed in the last pass, with the error; run the rotation again to retry them.
+    pub failed_keys: Vec<(String, String)>,
+    /// How many keys failed in the last pass (all of them, even beyond the 1000 listed).
+    pub failed_total: u64,
+    /// Where the rotation is now.
+    pub phase: Phase,
+    /// When the old version may be deactivated.
+    pub grace_until: Option<Timestamp>,
+}
+
+impl MekRotationResult {
+    fn from_state(st: &RotationState) -> Result<Self> {
+        Ok(Self {
+            old_mek_id: st.old.clone(),
+            new_mek_id: st.new_mek()?,
+            keys_reencrypted: st.reencrypted,
+            failed_keys: st.failed.clone(),
+            failed_total: st.failed_total,
+            phase: st.phase,
+            grace_until: st.grace_until,
+        })
+    }
+}
+
+/// What an emergency rotation did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct EmergencyRotation {
+    /// The MEK rotation (the old version is now marked compromised).
+    pub rotation: MekRotationResult,
+    /// Tables that got a new TEK version (older versions are decrypt-only).
+    pub tables_rotated: Vec<TableId>,
+    /// Tables whose data is still encrypted under TEK versions that were wrapped by the
+    /// compromised MEK: re-encrypt their pages with the new TEK versions.
+    pub tables_needing_reencryption: Vec<TableId>,
+}
+
 impl KeyManager {
     pub(crate) fn rotator(&self) -> Rotator {
         Rotator::new(
@@ -207,52 +255,4 @@ impl KeyManager {
         .await;
         Ok(st)
     }
-}
-
-/// What `rotate_mek_with_dual_encryption` reports. Applications print these fields by name
-/// (`old_mek_id`, `new_mek_id`, `keys_reencrypted`, `failed_keys`), so they keep them.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct MekRotationResult {
-    /// The version replaced.
-    pub old_mek_id: MekRef,
-    /// The version now wrapping TEKs.
-    pub new_mek_id: MekRef,
-    /// TEKs re-wrapped under the new version (over all passes of this rotation).
-    pub keys_reencrypted: u64,
-    /// Keys that failed in the last pass, with the error; run the rotation again to retry them.
-    pub failed_keys: Vec<(String, String)>,
-    /// How many keys failed in the last pass (all of them, even beyond the 1000 listed).
-    pub failed_total: u64,
-    /// Where the rotation is now.
-    pub phase: Phase,
-    /// When the old version may be deactivated.
-    pub grace_until: Option<Timestamp>,
-}
-
-impl MekRotationResult {
-    fn from_state(st: &RotationState) -> Result<Self> {
-        Ok(Self {
-            old_mek_id: st.old.clone(),
-            new_mek_id: st.new_mek()?,
-            keys_reencrypted: st.reencrypted,
-            failed_keys: st.failed.clone(),
-            failed_total: st.failed_total,
-            phase: st.phase,
-            grace_until: st.grace_until,
-        })
-    }
-}
-
-/// What an emergency rotation did.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct EmergencyRotation {
-    /// The MEK rotation (the old version is now marked compromised).
-    pub rotation: MekRotationResult,
-    /// Tables that got a new TEK version (older versions are decrypt-only).
-    pub tables_rotated: Vec<TableId>,
-    /// Tables whose data is still encrypted under TEK versions that were wrapped by the
-    /// compromised MEK: re-encrypt their pages with the new TEK versions.
-    pub tables_needing_reencryption: Vec<TableId>,
 }

@@ -9,6 +9,49 @@ use heliosdb_tde_core::{Result, TableId, TdeError};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+/// Nonce-budget policy for table keys used through the key manager.
+///
+/// Built from [`UsagePolicy::default`] and the `with_*` methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UsagePolicy {
+    /// Encryptions after which a table key is rotated automatically (at most 2^32).
+    pub soft_limit: u64,
+    /// Encryptions reserved (persisted) ahead of use, per reservation.
+    pub reservation_block: u64,
+}
+
+impl Default for UsagePolicy {
+    fn default() -> Self {
+        Self {
+            soft_limit: HARD_LIMIT / 2,
+            reservation_block: 1 << 16,
+        }
+    }
+}
+
+impl UsagePolicy {
+    /// Sets [`UsagePolicy::soft_limit`], the encryptions after which a table key is rotated.
+    #[must_use]
+    pub fn with_soft_limit(mut self, soft_limit: u64) -> Self {
+        self.soft_limit = soft_limit;
+        self
+    }
+
+    /// Sets [`UsagePolicy::reservation_block`], the encryptions reserved ahead of use.
+    #[must_use]
+    pub fn with_reservation_block(mut self, reservation_block: u64) -> Self {
+        self.reservation_block = reservation_block;
+        self
+    }
+}
+
+/// A page sealer for one TEK version with a persisted reservation of nonce budget.
+pub(crate) struct Encryptor {
+    cipher: TableCipher,
+    block_end: u64,
+}
+
 impl KeyManager {
     pub(crate) fn drop_encryptors(&self) -> Result<()> {
         self.encryptors.write().map_err(|_| poisoned())?.clear();
@@ -157,47 +200,4 @@ impl KeyManager {
         self.rotate_table(table).await?;
         Ok(())
     }
-}
-
-/// Nonce-budget policy for table keys used through the key manager.
-///
-/// Built from [`UsagePolicy::default`] and the `with_*` methods.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct UsagePolicy {
-    /// Encryptions after which a table key is rotated automatically (at most 2^32).
-    pub soft_limit: u64,
-    /// Encryptions reserved (persisted) ahead of use, per reservation.
-    pub reservation_block: u64,
-}
-
-impl Default for UsagePolicy {
-    fn default() -> Self {
-        Self {
-            soft_limit: HARD_LIMIT / 2,
-            reservation_block: 1 << 16,
-        }
-    }
-}
-
-impl UsagePolicy {
-    /// Sets [`UsagePolicy::soft_limit`], the encryptions after which a table key is rotated.
-    #[must_use]
-    pub fn with_soft_limit(mut self, soft_limit: u64) -> Self {
-        self.soft_limit = soft_limit;
-        self
-    }
-
-    /// Sets [`UsagePolicy::reservation_block`], the encryptions reserved ahead of use.
-    #[must_use]
-    pub fn with_reservation_block(mut self, reservation_block: u64) -> Self {
-        self.reservation_block = reservation_block;
-        self
-    }
-}
-
-/// A page sealer for one TEK version with a persisted reservation of nonce budget.
-pub(crate) struct Encryptor {
-    cipher: TableCipher,
-    block_end: u64,
 }

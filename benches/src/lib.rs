@@ -11,7 +11,7 @@ use heliosdb_tde_core::{
 };
 use heliosdb_tde_file::SecureFileMekProvider;
 use heliosdb_tde_keystore::RedbKeyStore;
-use heliosdb_tde_manager::{KeyManager, KeyManagerConfig};
+use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, RotationConfig};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -49,10 +49,10 @@ pub fn manager(
     grace_zero: bool,
 ) -> KeyManager {
     let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(&dir.join("keys")).unwrap());
-    let mut c = KeyManagerConfig::new(MekId::new("bench_mek").unwrap(), SecurityMode::Development);
-    c.cache_limit = cache_limit;
+    let mut c = KeyManagerConfig::new(MekId::new("bench_mek").unwrap(), SecurityMode::Development)
+        .with_cache_limit(cache_limit);
     if grace_zero {
-        c.rotation.grace_period = std::time::Duration::ZERO;
+        c = c.with_rotation(RotationConfig::default().with_grace_period(std::time::Duration::ZERO));
     }
     let km = KeyManager::new(provider, store, c).unwrap();
     rt.block_on(async {

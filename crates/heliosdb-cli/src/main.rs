@@ -67,13 +67,18 @@ enum Security {
     },
 }
 
+/// Parses `--id` where it is given, so that everything below works on a validated id.
+fn parse_mek_id(text: &str) -> Result<tde::MekId, String> {
+    tde::MekId::new(text).map_err(|e| e.to_string())
+}
+
 #[derive(Subcommand, Debug)]
 enum Mek {
     /// Generate an MEK (version 1) in the provider.
     Generate {
-        /// The MEK id; defaults to the configured default_mek_id.
-        #[arg(long)]
-        id: Option<String>,
+        /// The MEK id (letters, digits and _ - .); defaults to the configured default_mek_id.
+        #[arg(long, value_parser = parse_mek_id)]
+        id: Option<tde::MekId>,
     },
     /// Rotate the MEK with a dual-encryption period (resumes an interrupted rotation, and
     /// retries keys that failed).
@@ -199,7 +204,7 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
         Security::MekInfo => out.mek_info(&km.mek_info().await?),
         Security::KeyStats => out.key_stats(&km.key_stats().await?),
         Security::Mek(Mek::Generate { id }) => {
-            let id = id.unwrap_or_else(|| tde.config().default_mek_id.clone());
+            let id = id.unwrap_or_else(|| tde.default_mek_id().clone());
             let mek = km.generate_mek(&id).await?;
             out.message(&format!(
                 "generated {mek} in {}",

@@ -45,7 +45,7 @@ pub(crate) async fn rotate(
     out: &Out,
 ) -> Result<ExitCode, TdeError> {
     let km = tde.key_manager();
-    let id = tde.config().default_mek_id.clone();
+    let id = tde.default_mek_id();
     let pb = bar(out);
     let cb = report(&pb, "re-wrapping");
     let (result, tables) = if emergency {
@@ -119,7 +119,7 @@ pub(crate) async fn rotate(
 }
 
 pub(crate) async fn status(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, TdeError> {
-    let id = tde.config().default_mek_id.clone();
+    let id = tde.default_mek_id();
     match tde.key_manager().mek_rotation_status(&id).await? {
         None => out.message(&format!("no rotation of {id} is in progress")),
         Some(st) => {
@@ -156,7 +156,7 @@ pub(crate) async fn status(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, Td
 }
 
 pub(crate) async fn rollback(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, TdeError> {
-    let id = tde.config().default_mek_id.clone();
+    let id = tde.default_mek_id();
     let pb = bar(out);
     let cb = report(&pb, "restoring");
     let st = tde
@@ -173,7 +173,7 @@ pub(crate) async fn rollback(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, 
 }
 
 pub(crate) async fn deactivate(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, TdeError> {
-    let id = tde.config().default_mek_id.clone();
+    let id = tde.default_mek_id();
     let st = tde.key_manager().deactivate_old_mek(&id).await?;
     out.message(&format!(
         "{} is deactivated; every TEK is wrapped under {}",
@@ -184,7 +184,7 @@ pub(crate) async fn deactivate(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode
 }
 
 pub(crate) async fn verify(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, TdeError> {
-    let id = tde.config().default_mek_id.clone();
+    let id = tde.default_mek_id();
     let v = tde.key_manager().verify_mek_rotation(&id).await?;
     if out.is_json() {
         out.json_value(serde_json::json!({

@@ -175,6 +175,11 @@ macro_rules! id_arg {
                 self.as_str().$method()
             }
         }
+        impl<T: $trait + ?Sized> $trait for &T {
+            fn $method(&self) -> Result<Cow<'_, $t>> {
+                (**self).$method()
+            }
+        }
     };
 }
 id_arg!(
@@ -405,6 +410,22 @@ impl From<MekRef> for KeyId {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn id_arguments_parse_strings_once_and_borrow_ids() {
+        let id = MekId::new("master_key_001").unwrap();
+        assert!(matches!(id.as_mek_id().unwrap(), Cow::Borrowed(b) if std::ptr::eq(b, &id)));
+        assert!(matches!((&&id).as_mek_id().unwrap(), Cow::Borrowed(_)));
+        assert_eq!(*"master_key_001".as_mek_id().unwrap(), id);
+        assert_eq!(*String::from("master_key_001").as_mek_id().unwrap(), id);
+        let e = "not valid!".as_mek_id().unwrap_err().to_string();
+        assert!(e.contains("MEK id"), "{e}");
+
+        let t = TableId::new("public.users").unwrap();
+        assert!(matches!(t.as_table_id().unwrap(), Cow::Borrowed(_)));
+        assert_eq!(*"public.users".as_table_id().unwrap(), t);
+        assert!("no spaces".as_table_id().is_err());
+    }
 
     #[test]
     fn mek_ids() {

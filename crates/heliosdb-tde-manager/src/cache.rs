@@ -1,7 +1,7 @@
 //! Reading TEKs: the bounded cache with single-flight misses and the synchronous hit path.
 
 use crate::{KeyManager, not_found};
-use heliosdb_tde_core::{Result, TableId, TableKey, TdeError, TekId, TekVersion, WrapContext};
+use heliosdb_tde_core::{AsTableId, Result, TableKey, TdeError, TekId, TekVersion, WrapContext};
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
 use std::sync::Arc;
@@ -11,19 +11,22 @@ impl KeyManager {
     /// A table's TEK: the given version, or the newest one.
     pub async fn get_table_key(
         &self,
-        table: &str,
+        table: &(impl AsTableId + ?Sized),
         version: Option<TekVersion>,
     ) -> Result<Arc<TableKey>> {
-        let table = TableId::new(table)?;
+        let table = table.as_table_id()?;
         let version = match version {
             Some(v) => v,
             None => self.latest_version(&table).await?,
         };
-        self.get_tek(&TekId::new(table, version)).await
+        self.get_tek(&TekId::new(table.into_owned(), version)).await
     }
 
     /// The TEK that encrypts new data for `table`: its newest, active version.
-    pub async fn active_table_key(&self, table: &str) -> Result<Arc<TableKey>> {
+    pub async fn active_table_key(
+        &self,
+        table: &(impl AsTableId + ?Sized),
+    ) -> Result<Arc<TableKey>> {
         let key = self.get_table_key(table, None).await?;
         let rec = self.store.get_tek(key.id()).await?;
         match rec {

@@ -4,8 +4,8 @@
 use crate::{KeyManager, poisoned};
 use heliosdb_tde_core::store::KeyStoreExt;
 use heliosdb_tde_core::{
-    KeyState, MekId, MekInfo, MekRef, Result, TableId, TableKey, TdeError, TekId, TekRecord,
-    TekVersion, WrapContext,
+    AsMekId, KeyState, MekId, MekInfo, MekRef, Result, TableId, TableKey, TdeError, TekId,
+    TekRecord, TekVersion, WrapContext,
 };
 use std::sync::Arc;
 
@@ -247,8 +247,8 @@ impl KeyManager {
     }
 
     /// Generates a new MEK (version 1) in the provider.
-    pub async fn generate_mek(&self, mek_id: &str) -> Result<MekRef> {
-        let id = MekId::new(mek_id)?;
+    pub async fn generate_mek(&self, mek_id: &(impl AsMekId + ?Sized)) -> Result<MekRef> {
+        let id = mek_id.as_mek_id()?;
         let v = self
             .mek_provider
             .generate_new(&id, self.config.algorithm)

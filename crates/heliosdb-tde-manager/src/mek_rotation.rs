@@ -4,7 +4,7 @@
 use crate::{KeyManager, poisoned};
 use heliosdb_tde_core::store::KeyStoreExt;
 use heliosdb_tde_core::{
-    AuditAction, AuditEvent, KeyId, MekId, MekRef, Result, TableId, TdeError, Timestamp,
+    AsMekId, AuditAction, AuditEvent, KeyId, MekRef, Result, TableId, TdeError, Timestamp,
 };
 use heliosdb_tde_rotation::{Phase, ProgressFn, RotationState, Rotator, Verification};
 
@@ -71,7 +71,7 @@ impl KeyManager {
     /// rotation; run again, it retries the keys that failed.
     pub async fn rotate_mek_with_dual_encryption(
         &self,
-        current_mek_id: &str,
+        current_mek_id: &(impl AsMekId + ?Sized),
     ) -> Result<MekRotationResult> {
         self.rotate_mek_with_progress(current_mek_id, None).await
     }
@@ -79,7 +79,7 @@ impl KeyManager {
     /// [`KeyManager::rotate_mek_with_dual_encryption`] with a progress callback.
     pub async fn rotate_mek_with_progress(
         &self,
-        current_mek_id: &str,
+        current_mek_id: &(impl AsMekId + ?Sized),
         progress: Option<ProgressFn<'_>>,
     ) -> Result<MekRotationResult> {
         self.rotate_inner(current_mek_id, false, progress).await
@@ -87,11 +87,11 @@ impl KeyManager {
 
     pub(crate) async fn rotate_inner(
         &self,
-        current_mek_id: &str,
+        current_mek_id: &(impl AsMekId + ?Sized),
         emergency: bool,
         progress: Option<ProgressFn<'_>>,
     ) -> Result<MekRotationResult> {
-        let id = MekId::new(current_mek_id)?;
+        let id = current_mek_id.as_mek_id()?.into_owned();
         let rot = self.rotator();
         if let Some(st) = rot.status(&id).await? {
             // An emergency request takes over a rollback in progress (the rotator turns it
@@ -153,7 +153,7 @@ impl KeyManager {
     /// versions become decrypt-only), and lists the tables whose data must be re-encrypted.
     pub async fn emergency_rotate_mek(
         &self,
-        current_mek_id: &str,
+        current_mek_id: &(impl AsMekId + ?Sized),
         progress: Option<ProgressFn<'_>>,
     ) -> Result<EmergencyRotation> {
         let rotation = self.rotate_inner(current_mek_id, true, progress).await?;
@@ -198,29 +198,38 @@ impl KeyManager {
     }
 
     /// The rotation of `mek_id` in progress, if any.
-    pub async fn mek_rotation_status(&self, mek_id: &str) -> Result<Option<RotationState>> {
-        self.rotator().status(&MekId::new(mek_id)?).await
+    pub async fn mek_rotation_status(
+        &self,
+        mek_id: &(impl AsMekId + ?Sized),
+    ) -> Result<Option<RotationState>> {
+        self.rotator().status(&*mek_id.as_mek_id()?).await
     }
 
     /// Counts the TEKs only the old MEK version can unwrap; with none the rotation is verified.
-    pub async fn verify_mek_rotation(&self, mek_id: &str) -> Result<Verification> {
-        self.rotator().verify(&MekId::new(mek_id)?).await
+    pub async fn verify_mek_rotation(
+        &self,
+        mek_id: &(impl AsMekId + ?Sized),
+    ) -> Result<Verification> {
+        self.rotator().verify(&*mek_id.as_mek_id()?).await
     }
 
     /// Deactivates the old MEK version of a verified rotation whose grace period is over.
-    pub async fn deactivate_old_mek(&self, mek_id: &str) -> Result<RotationState> {
+    pub async fn deactivate_old_mek(
+        &self,
+        mek_id: &(impl AsMekId + ?Sized),
+    ) -> Result<RotationState> {
         self.deactivate_old_mek_at(mek_id, Timestamp::now()).await
     }
 
     /// [`KeyManager::deactivate_old_mek`] judged at `now` (for tests and tools).
     pub async fn deactivate_old_mek_at(
         &self,
-        mek_id: &str,
+        mek_id: &(impl AsMekId + ?Sized),
         now: Timestamp,
     ) -> Result<RotationState> {
         let st = self
             .rotator()
-            .deactivate_old(&MekId::new(mek_id)?, now)
+            .deactivate_old(&*mek_id.as_mek_id()?, now)
             .await?;
         self.audit(AuditEvent::success(
             AuditAction::MekStateChanged,
@@ -235,10 +244,10 @@ impl KeyManager {
     /// wrapped under it. Possible until the old version is deactivated.
     pub async fn rollback_mek_rotation(
         &self,
-        mek_id: &str,
+        mek_id: &(impl AsMekId + ?Sized),
         progress: Option<ProgressFn<'_>>,
     ) -> Result<RotationState> {
-        let id = MekId::new(mek_id)?;
+        let id = mek_id.as_mek_id()?.into_owned();
         let st = {
             let _guard = self.mutations.lock().await;
             let st = self.rotator().rollback(&id, progress).await?;

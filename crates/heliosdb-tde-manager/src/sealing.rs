@@ -5,7 +5,7 @@ use crate::{KeyManager, poisoned};
 use heliosdb_tde_cipher::{
     Backend, CipherError, HARD_LIMIT, SealedParts, TableCipher, UsageLimits,
 };
-use heliosdb_tde_core::{Result, TableId, TdeError};
+use heliosdb_tde_core::{AsTableId, Result, TableId, TdeError};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -110,11 +110,11 @@ impl KeyManager {
     /// table key is rotated automatically and later pages use the new version.
     pub async fn seal_page_in_place(
         &self,
-        table: &str,
+        table: &(impl AsTableId + ?Sized),
         aad: &[u8],
         page: &mut [u8],
     ) -> Result<SealedParts> {
-        let table = TableId::new(table)?;
+        let table = table.as_table_id()?;
         loop {
             let enc = self.encryptor(&table).await?;
             match enc.cipher.seal_in_place(aad, page) {
@@ -157,7 +157,12 @@ impl KeyManager {
 
     /// Seals `plaintext` of `table` into `header || ciphertext || tag`; see
     /// [`KeyManager::seal_page_in_place`].
-    pub async fn seal_page(&self, table: &str, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+    pub async fn seal_page(
+        &self,
+        table: &(impl AsTableId + ?Sized),
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(heliosdb_tde_cipher::HEADER_LEN + plaintext.len() + 16);
         out.extend_from_slice(&[0u8; heliosdb_tde_cipher::HEADER_LEN]);
         out.extend_from_slice(plaintext);
@@ -170,7 +175,12 @@ impl KeyManager {
     }
 
     /// Opens what [`KeyManager::seal_page`] produced, with the TEK version named in its header.
-    pub async fn open_page(&self, table: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+    pub async fn open_page(
+        &self,
+        table: &(impl AsTableId + ?Sized),
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>> {
         let version = heliosdb_tde_cipher::sealed_tek_version(sealed)?;
         let key = self.get_table_key(table, Some(version)).await?;
         let cipher = TableCipher::new(&key, Backend::default(), UsageLimits::default())?;
@@ -179,8 +189,8 @@ impl KeyManager {
 
     /// Encryptions counted so far by this process's sealer for the active TEK of `table`
     /// (including the budget reserved by earlier processes), if it has one.
-    pub fn sealer_invocations(&self, table: &str) -> Option<u64> {
-        let table = TableId::new(table).ok()?;
+    pub fn sealer_invocations(&self, table: &(impl AsTableId + ?Sized)) -> Option<u64> {
+        let table = table.as_table_id().ok()?;
         let map = self.encryptors.read().ok()?;
         map.get(&table).map(|e| e.cipher.usage().invocations)
     }

@@ -3,16 +3,16 @@
 use crate::{KeyManager, poisoned};
 use heliosdb_tde_core::store::KeyStoreExt;
 use heliosdb_tde_core::{
-    AuditAction, AuditEvent, KeyId, KeyMetadata, KeyState, KeyType, Result, StoreBatch, StoreOp,
-    TableId, TableKey, TdeError, TekId, TekRecord, TekVersion, WrapContext,
+    AsTableId, AuditAction, AuditEvent, KeyId, KeyMetadata, KeyState, KeyType, Result, StoreBatch,
+    StoreOp, TableId, TableKey, TdeError, TekId, TekRecord, TekVersion, WrapContext,
 };
 use std::sync::Arc;
 
 impl KeyManager {
     /// Creates version 1 of a table's TEK: 256 fresh bits from the OS CSPRNG, wrapped under the
     /// active MEK version with the AAD binding, stored durably, and cached.
-    pub async fn create_table_key(&self, table: &str) -> Result<KeyMetadata> {
-        let table = TableId::new(table)?;
+    pub async fn create_table_key(&self, table: &(impl AsTableId + ?Sized)) -> Result<KeyMetadata> {
+        let table = table.as_table_id()?.into_owned();
         let _guard = self.mutations.lock().await;
         if let Some(existing) = self.store.latest_tek(&table).await? {
             return Err(TdeError::AlreadyExists {
@@ -45,10 +45,13 @@ impl KeyManager {
 
     /// Creates version 1 of the TEK of each table in one store transaction: all or none. For
     /// setting up many tables at once.
-    pub async fn create_table_keys(&self, tables: &[&str]) -> Result<Vec<KeyMetadata>> {
+    pub async fn create_table_keys<T: AsTableId + ?Sized>(
+        &self,
+        tables: &[&T],
+    ) -> Result<Vec<KeyMetadata>> {
         let tables: Vec<TableId> = tables
             .iter()
-            .map(|t| TableId::new(*t))
+            .map(|t| t.as_table_id().map(|t| t.into_owned()))
             .collect::<Result<_>>()?;
         let _guard = self.mutations.lock().await;
         let mut batch = StoreBatch::new();

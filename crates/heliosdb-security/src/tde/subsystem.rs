@@ -5,7 +5,7 @@ use super::{Result, TdeConfig};
 use heliosdb_tde_cipher::{Backend, SealedParts, TableCipher, UsageLimits};
 use heliosdb_tde_core::{MekId, MekProvider, ModeSource, SecurityMode, TdeError};
 use heliosdb_tde_keystore::{RedbKeyStore, STORE_FILE_NAME};
-use heliosdb_tde_manager::{KeyManager, KeyManagerConfig};
+use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, RotationConfig, UsagePolicy};
 use heliosdb_tde_memory::InMemoryMekProvider;
 use std::fmt;
 use zeroize::Zeroize;
@@ -227,15 +227,14 @@ impl TdeSubsystem {
         }
         let default_mek_id = checked.default_mek_id;
         let store = open_store(&config, provider.as_ref(), &default_mek_id, read_only).await?;
-        let mut km = KeyManager::new(provider, Arc::new(store), {
-            let mut c = KeyManagerConfig::new(default_mek_id.clone(), mode);
-            c.cache_limit = config.cache_limit;
-            c.algorithm = config.algorithm;
-            c.rotation.grace_period =
-                std::time::Duration::from_secs(config.rotation_grace_days.saturating_mul(86_400));
-            c.usage.soft_limit = config.tek_usage_soft_limit;
-            c
-        })?;
+        let grace =
+            std::time::Duration::from_secs(config.rotation_grace_days.saturating_mul(86_400));
+        let km_config = KeyManagerConfig::new(default_mek_id.clone(), mode)
+            .with_cache_limit(config.cache_limit)
+            .with_algorithm(config.algorithm)
+            .with_rotation(RotationConfig::default().with_grace_period(grace))
+            .with_usage(UsagePolicy::default().with_soft_limit(config.tek_usage_soft_limit));
+        let mut km = KeyManager::new(provider, Arc::new(store), km_config)?;
         if let Some(path) = config.audit_log_path.as_ref().filter(|_| !read_only) {
             // FileAuditSink creates a missing directory owner-only (0700).
             km = km.with_audit(Arc::new(heliosdb_tde_manager::FileAuditSink::open(path)?));

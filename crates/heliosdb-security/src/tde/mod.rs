@@ -4,6 +4,7 @@
 //! TdeConfig --TdeSubsystem::new--> TdeSubsystem { KeyManager { MekProvider, KeyStore, cache } }
 //! ```
 
+mod checked;
 mod checklist;
 mod config;
 mod subsystem;

@@ -1,6 +1,6 @@
 //! `TdeSubsystem`: builds the provider, store and key manager from a [`TdeConfig`].
 
-use super::config::{CheckedConfig, ConfiguredProvider};
+use super::checked::{CheckedConfig, ConfiguredProvider};
 use super::{Result, TdeConfig};
 use heliosdb_tde_cipher::{Backend, SealedParts, TableCipher, UsageLimits};
 use heliosdb_tde_core::{MekId, MekProvider, ModeSource, SecurityMode, TdeError};
@@ -8,8 +8,8 @@ use heliosdb_tde_keystore::{RedbKeyStore, STORE_FILE_NAME};
 use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, RotationConfig, UsagePolicy};
 use heliosdb_tde_memory::InMemoryMekProvider;
 use std::fmt;
-use zeroize::Zeroize;
 use std::sync::Arc;
+use zeroize::Zeroize;
 
 /// The running TDE subsystem.
 pub struct TdeSubsystem {

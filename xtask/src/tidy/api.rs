@@ -8,8 +8,8 @@
 //!   the providers and stores they write, build with struct literals).
 //!
 //! "Public" means declared `pub` in a module of the library (`src/lib.rs` and the modules it
-//! declares, without `#[cfg(test)]` modules): the workspace denies `unreachable_pub`, so a
-//! `pub` item is part of the API.
+//! declares, without `#[cfg(test)]` modules): the workspace lints `unreachable_pub` (an error
+//! under `clippy -D warnings`), so a `pub` item is part of the API.
 
 use crate::Result;
 use std::path::{Path, PathBuf};

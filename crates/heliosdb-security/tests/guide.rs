@@ -148,8 +148,14 @@ async fn development_configuration_runs() {
         Ok::<_, TdeError>(tde)
     };
     let tde = run.await.unwrap();
-    assert_eq!(tde.key_manager().mek_provider.kind(), ProviderKind::InMemory);
-    assert!(!tde.warnings().is_empty(), "development mode says it is insecure");
+    assert_eq!(
+        tde.key_manager().mek_provider.kind(),
+        ProviderKind::InMemory
+    );
+    assert!(
+        !tde.warnings().is_empty(),
+        "development mode says it is insecure"
+    );
 }
 
 /// "Production Configuration (Secure File)".
@@ -258,7 +264,10 @@ async fn aws_kms_configuration_compiles() {
     };
     let e = TdeSubsystem::new(config).await.unwrap_err();
     assert!(matches!(e, TdeError::Unsupported { .. }), "{e}");
-    assert!(!tmp.path().join("var").exists(), "a failed start created files");
+    assert!(
+        !tmp.path().join("var").exists(),
+        "a failed start created files"
+    );
 }
 
 /// "Production Configuration (AWS KMS)": compiled only (it reads the process environment).

@@ -326,7 +326,10 @@ async fn direct_provider_calls_are_counted_and_audited() {
 
     let v = km
         .mek_provider
-        .generate_mek("archive_mek", heliosdb_security::tde::EncryptionAlgorithm::Aes256Gcm)
+        .generate_mek(
+            "archive_mek",
+            heliosdb_security::tde::EncryptionAlgorithm::Aes256Gcm,
+        )
         .await
         .unwrap();
     assert_eq!(v.mek.to_string(), "archive_mek@v1");
@@ -339,7 +342,10 @@ async fn direct_provider_calls_are_counted_and_audited() {
     let mek_files = files(&dir.path().join("mek"));
     let again = km
         .mek_provider
-        .generate_mek("archive_mek", heliosdb_security::tde::EncryptionAlgorithm::Aes256Gcm)
+        .generate_mek(
+            "archive_mek",
+            heliosdb_security::tde::EncryptionAlgorithm::Aes256Gcm,
+        )
         .await
         .unwrap();
     assert_eq!(again.mek, v.mek);
@@ -349,7 +355,10 @@ async fn direct_provider_calls_are_counted_and_audited() {
     // An invalid id is refused at this edge with the id error.
     let e = km
         .mek_provider
-        .generate_mek("not valid!", heliosdb_security::tde::EncryptionAlgorithm::Aes256Gcm)
+        .generate_mek(
+            "not valid!",
+            heliosdb_security::tde::EncryptionAlgorithm::Aes256Gcm,
+        )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("MEK id"), "{e}");

@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-
 // Test support: a failed expectation here is a test failure, so panicking is the point.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 

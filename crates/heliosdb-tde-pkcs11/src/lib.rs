@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-
 // `unsafe` is allowed for one call only: removing `HELIOSDB_HSM_PIN` from the process
 // environment once the PIN has been read (`std::env::remove_var` is `unsafe` in edition 2024,
 // in `pin.rs`). ARCHITECTURE.md's "Unsafe code" section names this crate and this reason.

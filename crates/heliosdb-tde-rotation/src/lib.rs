@@ -3,11 +3,13 @@
 /// Injects a failure at a fail point (feature `failpoints`); a no-op otherwise.
 macro_rules! fail_here {
     ($name:literal) => {
-        fail::fail_point!($name, |_| Err(heliosdb_tde_core::TdeError::ProviderUnavailable {
-            provider: "fail point".into(),
-            reason: concat!("injected failure at ", $name).into(),
-            retryable: false,
-        }));
+        fail::fail_point!($name, |_| Err(
+            heliosdb_tde_core::TdeError::ProviderUnavailable {
+                provider: "fail point".into(),
+                reason: concat!("injected failure at ", $name).into(),
+                retryable: false,
+            }
+        ));
     };
 }
 

@@ -36,6 +36,7 @@ pub fn run(root: &Path) -> Result {
         }
     }
     clear_overlays(root, &home)?;
+    forget_verified_builds(root)?;
     run_cmd(
         cargo()
             .args(["package", "--workspace", "--allow-dirty"])
@@ -72,6 +73,43 @@ pub fn clear_overlays(root: &Path, home: &Path) -> Result {
         }
     }
     Ok(())
+}
+
+/// Makes cargo rebuild our crates as the overlay registry serves them.
+///
+/// Verification builds in the workspace's `target/`, and cargo never re-checks the sources of
+/// a registry crate: a workspace crate changed since the last packaging run, with the same
+/// version, would be verified against the rlib built from the stale copy. The fingerprints of
+/// those units (ours, built from an unpacked overlay, `registry/src/-<hash>/`) are removed, so
+/// that only they are rebuilt; everything else in `target/` is kept.
+fn forget_verified_builds(root: &Path) -> Result {
+    for profile in ["debug", "release"] {
+        let dir = root.join("target").join(profile).join(".fingerprint");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("heliosdb-") || !built_from_overlay(&e.path()) {
+                continue;
+            }
+            std::fs::remove_dir_all(e.path())
+                .map_err(|err| format!("cannot remove {}: {err}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a fingerprint directory's dependency info names a file of an unpacked overlay.
+fn built_from_overlay(fingerprint: &Path) -> bool {
+    let needle = b"registry/src/-";
+    std::fs::read_dir(fingerprint)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|f| f.file_name().to_string_lossy().starts_with("dep-"))
+        .filter_map(|f| std::fs::read(f.path()).ok())
+        .any(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
 }
 
 #[cfg(test)]

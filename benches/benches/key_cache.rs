@@ -197,21 +197,18 @@ fn softhsm(
     use cryptoki::mechanism::aead::GcmParams;
     use cryptoki::object::{Attribute, KeyType, ObjectClass};
     use cryptoki::session::UserType;
-    if std::env::var_os("SOFTHSM2_CONF").is_none() {
+    use heliosdb_tde_conformance::softhsm;
+    if std::env::var_os(softhsm::CONF_ENV).is_none() {
         eprintln!("SoftHSM2 not provisioned: skipping the PKCS#11 rows (run `cargo xtask bench`)");
         return;
     }
-    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
-    let pin = env("HELIOSDB_TEST_PKCS11_PIN", "654321");
+    let pin = softhsm::pin();
     let settings = heliosdb_tde_pkcs11::Pkcs11Settings::new(
-        env(
-            "HELIOSDB_TEST_PKCS11_MODULE",
-            "/usr/lib/softhsm/libsofthsm2.so",
-        ),
+        softhsm::module_path(),
         secrecy::SecretString::from(pin.clone()),
     )
-    .with_token_label(env("HELIOSDB_TEST_PKCS11_TOKEN", "heliosdb-test"))
-    .with_timeout(Duration::from_secs(30))
+    .with_token_label(softhsm::token_label())
+    .with_timeout(Duration::from_secs(softhsm::TIMEOUT_SECS))
     .with_logging(false)
     .with_pool_size(2);
     let p = rt

@@ -8,7 +8,7 @@
 //!
 //! | command | module |
 //! | --- | --- |
-//! | `test` | [`mod@test`] (provisioning in [`services`]) |
+//! | `test` | [`mod@test`] (provisioning in [`services`], Python-packaged peers in [`peers`]) |
 //! | `ci` | [`ci`] |
 //! | `lint` | [`lint`] |
 //! | `tidy` | [`tidy`] |
@@ -26,6 +26,7 @@ pub mod deny;
 pub mod fuzz;
 pub mod lint;
 pub mod package;
+pub mod peers;
 pub mod services;
 pub mod test;
 pub mod tidy;

@@ -111,6 +111,27 @@ pub(crate) enum ConfiguredProvider {
 }
 
 impl ConfiguredProvider {
+    /// The provider and where it is, for messages about a start that cannot reach it.
+    pub(crate) fn label(&self) -> String {
+        match self {
+            ConfiguredProvider::InMemory => "the in-memory MEK provider".into(),
+            ConfiguredProvider::SecureFile(f) => {
+                format!("the secure file provider at {}", f.storage_path.display())
+            }
+            ConfiguredProvider::Hsm(h) => format!("the PKCS#11 HSM ({})", h.pkcs11_library_path),
+            ConfiguredProvider::Kms(KmsConfig::Vault(v)) => {
+                format!("HashiCorp Vault Transit at {}", v.address)
+            }
+            ConfiguredProvider::Kms(KmsConfig::Aws(a)) => {
+                format!("AWS KMS key {} in {}", a.key_id, a.region)
+            }
+            ConfiguredProvider::Kms(KmsConfig::Azure(a)) => {
+                format!("Azure Key Vault key {} at {}", a.key_name, a.vault_url)
+            }
+            ConfiguredProvider::Kms(k) => k.name().to_string(),
+        }
+    }
+
     /// The HSM settings, when an HSM is configured.
     pub(crate) fn hsm_mut(&mut self) -> Option<&mut HsmConfig> {
         match self {

@@ -46,6 +46,10 @@ pub struct TdeConfig {
     /// Encryptions after which a table key used through the key manager is rotated
     /// automatically (at most 2^32, NIST SP 800-38D; default 2^31).
     pub tek_usage_soft_limit: u64,
+    /// Seconds a start keeps retrying a remote MEK provider (Vault, a KMS) that answers with a
+    /// retryable error (unreachable, sealed, throttled) before giving up; default 30, 0 to fail
+    /// at once.
+    pub provider_startup_wait_secs: u64,
 }
 
 impl Default for TdeConfig {
@@ -63,6 +67,7 @@ impl Default for TdeConfig {
             audit_log_path: None,
             rotation_grace_days: 30,
             tek_usage_soft_limit: 1 << 31,
+            provider_startup_wait_secs: 30,
         }
     }
 }
@@ -188,6 +193,7 @@ impl TdeConfig {
     /// | `HELIOSDB_TDE_CACHE_LIMIT` | `cache_limit` |
     /// | `HELIOSDB_TDE_AUDIT_LOG_PATH` | `audit_log_path` |
     /// | `HELIOSDB_TDE_ROTATION_GRACE_DAYS` | `rotation_grace_days` |
+    /// | `HELIOSDB_TDE_PROVIDER_STARTUP_WAIT_SECS` | `provider_startup_wait_secs` |
     /// | `HELIOSDB_TDE_MEK_STORAGE_PATH` | `secure_file_config.storage_path` (enables it) |
     /// | `HELIOSDB_TDE_PASSPHRASE_FILE` | `secure_file_config.passphrase_file` |
     /// | `HELIOSDB_KMS_KEY_ID`, `AWS_REGION` | `kms_config` (AWS) `key_id`, `region` |
@@ -233,6 +239,15 @@ impl TdeConfig {
                     "HELIOSDB_TDE_ROTATION_GRACE_DAYS",
                     &v,
                     "use a whole number of days",
+                )
+            })?;
+        }
+        if let Some(v) = var("PROVIDER_STARTUP_WAIT_SECS") {
+            self.provider_startup_wait_secs = v.parse().map_err(|_| {
+                env_err(
+                    "HELIOSDB_TDE_PROVIDER_STARTUP_WAIT_SECS",
+                    &v,
+                    "use a whole number of seconds, e.g. 30 (0 fails at once)",
                 )
             })?;
         }
@@ -499,7 +514,9 @@ mod tests {
             ("HELIOSDB_TDE_MEK_STORAGE_PATH", "/tmp/m"),
             ("HELIOSDB_TDE_PASSPHRASE_FILE", "/tmp/p"),
             ("HELIOSDB_TDE_ENABLED", "false"),
+            ("HELIOSDB_TDE_PROVIDER_STARTUP_WAIT_SECS", "5"),
         ]);
+        assert_eq!(TdeConfig::default().provider_startup_wait_secs, 30);
         let mut c = TdeConfig::default();
         c.apply_env_with(|k| env.get(k).map(|v| v.to_string()))
             .unwrap();
@@ -507,6 +524,7 @@ mod tests {
         assert_eq!(c.key_storage_path, PathBuf::from("/tmp/k"));
         assert_eq!(c.default_mek_id, "env_mek");
         assert!(!c.enabled);
+        assert_eq!(c.provider_startup_wait_secs, 5);
         let f = c.secure_file_config.unwrap();
         assert_eq!(f.storage_path, PathBuf::from("/tmp/m"));
         assert_eq!(f.passphrase_file, Some(PathBuf::from("/tmp/p")));

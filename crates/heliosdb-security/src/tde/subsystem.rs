@@ -131,6 +131,51 @@ fn build_secure_file(
     }
 }
 
+/// Runs a start-up step, retrying it while the provider answers with a retryable error (it
+/// is unreachable, sealed or throttling) for up to `wait`, with a growing pause between
+/// attempts; each attempt is logged. The final error names the provider and where it is.
+async fn with_startup_retry<T, F, Fut>(
+    wait: std::time::Duration,
+    provider: &str,
+    mut step: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(250);
+    let mut attempt = 1u32;
+    loop {
+        match step().await {
+            Err(e) if e.is_retryable() => {
+                if started.elapsed() + pause > wait {
+                    return Err(TdeError::ProviderUnavailable {
+                        provider: provider.to_string(),
+                        reason: format!(
+                            "not reachable at start-up after {attempt} attempt(s) over {} s \
+                             (provider_startup_wait_secs = {}): {e}",
+                            started.elapsed().as_secs(),
+                            wait.as_secs()
+                        ),
+                        retryable: true,
+                    });
+                }
+                tracing::warn!(
+                    target: "heliosdb::tde",
+                    attempt,
+                    "{provider} is not reachable yet ({e}); retrying in {} ms",
+                    pause.as_millis()
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Opens the key store under `key_storage_path`. Only a first start (no store file, and no
 /// default MEK in the provider) creates one.
 async fn open_store(
@@ -208,7 +253,10 @@ impl TdeSubsystem {
             ));
         }
         let (mode, mode_source) = SecurityMode::resolve_configured(checked.security_mode)?;
-        let built = build_provider(&checked.provider, mode).await;
+        let wait = std::time::Duration::from_secs(config.provider_startup_wait_secs);
+        let label = checked.provider.label();
+        let built =
+            with_startup_retry(wait, &label, || build_provider(&checked.provider, mode)).await;
         // The provider holds the PIN as a zeroizing secret now; wipe the plain copies of the
         // configuration (the caller's own value is theirs to protect).
         for hsm in [config.hsm_config.as_mut(), checked.provider.hsm_mut()]
@@ -226,6 +274,16 @@ impl TdeSubsystem {
             });
         }
         let default_mek_id = checked.default_mek_id;
+        // A remote provider is asked before anything is created or opened, so that a first
+        // start with the server down leaves nothing on disk (and waits for it a while).
+        let label = provider.description();
+        with_startup_retry(wait, &label, || async {
+            match provider.mek_info(&default_mek_id).await {
+                Err(TdeError::KeyNotFound { .. }) => Ok(()),
+                other => other.map(drop),
+            }
+        })
+        .await?;
         let store = open_store(&config, provider.as_ref(), &default_mek_id, read_only).await?;
         let grace =
             std::time::Duration::from_secs(config.rotation_grace_days.saturating_mul(86_400));
@@ -405,5 +463,67 @@ impl PageOpener {
     /// Opens `header || ciphertext || tag`.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
         Ok(self.cipher.open(aad, sealed)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    fn outage() -> TdeError {
+        TdeError::ProviderUnavailable {
+            provider: "test".into(),
+            reason: "connection refused".into(),
+            retryable: true,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_waits_for_a_provider_that_comes_back() {
+        let calls = AtomicU32::new(0);
+        let r = with_startup_retry(Duration::from_secs(30), "Vault at http://x", || async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 3 {
+                Err(outage())
+            } else {
+                Ok(7)
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_gives_up_after_the_wait_and_names_the_provider() {
+        let calls = AtomicU32::new(0);
+        let e = with_startup_retry(Duration::from_secs(10), "Vault at http://x:8200", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(outage())
+        })
+        .await
+        .unwrap_err();
+        assert!(e.is_retryable());
+        let text = e.to_string();
+        assert!(text.contains("Vault at http://x:8200"), "{text}");
+        assert!(text.contains("provider_startup_wait_secs"), "{text}");
+        let n = calls.load(Ordering::SeqCst);
+        assert!((3..=8).contains(&n), "{n} attempts in 10 s of paused time");
+
+        // 0: fail at once; a non-retryable error is never retried.
+        let e = with_startup_retry(Duration::ZERO, "p", || async { Err::<(), _>(outage()) })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("1 attempt"), "{e}");
+        calls.store(0, Ordering::SeqCst);
+        let e = with_startup_retry(Duration::from_secs(30), "p", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(TdeError::config("x", "bad"))
+        })
+        .await
+        .unwrap_err();
+        assert!(!e.is_retryable());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

@@ -20,11 +20,13 @@
 //! earlier releases; a rotation re-wraps them in format 2.
 
 use crate::envelope::WrappedTek;
-use crate::ids::{MekRef, TableId, TekId, TekVersion};
+use crate::ids::{MekId, MekRef, TableId, TekId, TekVersion};
 use std::collections::BTreeMap;
 
 const AAD_LABEL: &[u8] = b"HDB-TEK-AAD";
 const AAD_LAYOUT: u8 = 2;
+const CTX_LABEL: &[u8] = b"HDB-TEK-CTX";
+const CTX_LAYOUT: u8 = 1;
 
 /// Why a key is being wrapped. Different purposes never share associated data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -128,6 +130,33 @@ impl WrapContext {
         out
     }
 
+    /// The version-free binding for services that re-encrypt on the server (Vault Transit's
+    /// `rewrap` keeps the derivation context of the ciphertext): the same canonical,
+    /// length-prefixed encoding as [`WrapContext::aad_for`], with its own label and without the
+    /// MEK version, which the service binds instead (the `vault:vN:` prefix selects the key
+    /// version whose derived key authenticates the ciphertext, and the provider checks it
+    /// against the envelope).
+    ///
+    /// ```text
+    /// "HDB-TEK-CTX" | 0x01 | purpose u8 | table len u8 | table | TEK version u32 BE
+    /// | MEK id len u8 | MEK id
+    /// ```
+    pub fn derivation_context(&self, mek_id: &MekId) -> Vec<u8> {
+        let table = self.table.as_str().as_bytes();
+        let id = mek_id.as_str().as_bytes();
+        let mut out = Vec::with_capacity(CTX_LABEL.len() + 8 + table.len() + id.len());
+        out.extend_from_slice(CTX_LABEL);
+        out.push(CTX_LAYOUT);
+        out.push(self.purpose.code());
+        // Identifier lengths are bounded well below 256 by their validation rules.
+        out.push(u8::try_from(table.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(table);
+        out.extend_from_slice(&self.tek_version.get().to_be_bytes());
+        out.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(id);
+        out
+    }
+
     /// The same binding as a string map, for services that take an encryption context or a
     /// derivation context instead of raw associated data (AWS KMS, Vault Transit).
     pub fn context_map(&self, mek: &MekRef) -> BTreeMap<String, String> {
@@ -223,7 +252,61 @@ mod tests {
         assert_ne!(base, backup.aad(&mek));
     }
 
+    #[test]
+    fn derivation_context_has_the_documented_layout() {
+        let id = MekId::new("mk").unwrap();
+        let c = ctx("users", 7);
+        let mut want = b"HDB-TEK-CTX".to_vec();
+        want.extend_from_slice(&[1, 1, 5]);
+        want.extend_from_slice(b"users");
+        want.extend_from_slice(&7u32.to_be_bytes());
+        want.push(2);
+        want.extend_from_slice(b"mk");
+        assert_eq!(c.derivation_context(&id), want);
+    }
+
+    #[test]
+    fn every_field_changes_the_derivation_context() {
+        let id = MekId::new("master_key_001").unwrap();
+        let base = ctx("users", 1).derivation_context(&id);
+        assert_ne!(base, ctx("orders", 1).derivation_context(&id));
+        assert_ne!(base, ctx("users", 2).derivation_context(&id));
+        assert_ne!(
+            base,
+            ctx("users", 1).derivation_context(&MekId::new("master_key_002").unwrap())
+        );
+        let mut backup = ctx("users", 1);
+        backup.purpose = WrapPurpose::Backup;
+        assert_ne!(base, backup.derivation_context(&id));
+        let mut check = ctx("users", 1);
+        check.purpose = WrapPurpose::KeyCheck;
+        assert_ne!(base, check.derivation_context(&id));
+    }
+
     proptest! {
+        /// The derivation context is injective too, and never equal to any associated data
+        /// (its label differs), whatever the MEK version or envelope.
+        #[test]
+        fn derivation_context_is_injective_and_never_an_aad(
+            t1 in "[a-z][a-z.]{0,8}", t2 in "[a-z][a-z.]{0,8}",
+            m1 in "[a-z][a-z.]{0,8}", m2 in "[a-z][a-z.]{0,8}",
+            v1 in 1u32..4, v2 in 1u32..4, w in 1u32..4,
+            p1 in 0usize..3, p2 in 0usize..3, format in 1u8..3,
+        ) {
+            let purposes = [WrapPurpose::TableKey, WrapPurpose::Backup, WrapPurpose::KeyCheck];
+            let mut c1 = ctx(&t1, v1);
+            c1.purpose = purposes[p1];
+            let mut c2 = ctx(&t2, v2);
+            c2.purpose = purposes[p2];
+            let a = c1.derivation_context(&MekId::new(m1.clone()).unwrap());
+            let b = c2.derivation_context(&MekId::new(m2.clone()).unwrap());
+            let same = t1 == t2 && m1 == m2 && v1 == v2 && p1 == p2;
+            prop_assert_eq!(a == b, same);
+            let mut h = header(format!("{m2}@v{w}").parse().unwrap());
+            h.format = format;
+            prop_assert_ne!(a, c2.aad_for(&h));
+        }
+
         /// Length prefixes make the encoding injective: distinct contexts never collide.
         #[test]
         fn aad_is_injective(

@@ -192,12 +192,16 @@ pub struct AzureKeyVaultConfig {
     pub key_name: String,
 }
 
-/// HashiCorp Vault / OpenBao Transit settings. The token is read from `VAULT_TOKEN` (or the
-/// variable named here), never from this file.
+/// HashiCorp Vault / OpenBao Transit settings: `kms_config` with `provider = "vault"`.
+///
+/// Nothing secret is stored here: the token is read at run time from the variable
+/// `token_env_var` names (`VAULT_TOKEN` by default) or from `token_file`. Every field but
+/// `address` has a default; build one in code with [`VaultTransitConfig::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultTransitConfig {
-    /// The server address, for example `https://vault.example.com:8200`.
+    /// The server address, for example `https://vault.example.com:8200`; `VAULT_ADDR`
+    /// overrides it.
     pub address: String,
     /// The Transit mount path; `transit` by default.
     #[serde(default)]
@@ -205,6 +209,78 @@ pub struct VaultTransitConfig {
     /// The environment variable holding the token; `VAULT_TOKEN` by default.
     #[serde(default)]
     pub token_env_var: Option<String>,
+    /// A file holding the token (mode 0600 required in production), re-read when it changes,
+    /// so that a Vault Agent sink works. Used instead of the variable when set.
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// The Vault Enterprise / OpenBao namespace; `VAULT_NAMESPACE` overrides it.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// A PEM bundle of the CA that signs the server certificate; `VAULT_CACERT` overrides it.
+    #[serde(default)]
+    pub ca_cert: Option<String>,
+    /// Prefix of the Transit key names: key name = prefix + MEK id (lets a policy say
+    /// `transit/encrypt/heliosdb-*`). None by default.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    /// The KV version 2 mount holding the MEK lifecycle records; `secret` by default.
+    #[serde(default = "default_vault_state_mount")]
+    pub state_mount: String,
+    /// The path of the records inside `state_mount`; `heliosdb/meks` by default.
+    #[serde(default = "default_vault_state_path")]
+    pub state_path: String,
+    /// Seconds before one request is abandoned; 10 by default.
+    #[serde(default = "default_vault_timeout")]
+    pub timeout_secs: u64,
+    /// Retries of one call on a transient failure (connection error, timeout, HTTP 429 or
+    /// 5xx); 3 by default.
+    #[serde(default = "default_vault_retries")]
+    pub max_retries: u32,
+}
+
+fn default_vault_state_mount() -> String {
+    "secret".into()
+}
+
+fn default_vault_state_path() -> String {
+    "heliosdb/meks".into()
+}
+
+fn default_vault_timeout() -> u64 {
+    10
+}
+
+fn default_vault_retries() -> u32 {
+    3
+}
+
+impl VaultTransitConfig {
+    /// The settings for the server at `address`, every other field at its default.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            mount: None,
+            token_env_var: None,
+            token_file: None,
+            namespace: None,
+            ca_cert: None,
+            key_prefix: None,
+            state_mount: default_vault_state_mount(),
+            state_path: default_vault_state_path(),
+            timeout_secs: default_vault_timeout(),
+            max_retries: default_vault_retries(),
+        }
+    }
+
+    /// The Transit mount path (`mount`, else `transit`).
+    pub fn mount_path(&self) -> &str {
+        self.mount.as_deref().unwrap_or("transit")
+    }
+
+    /// The token variable (`token_env_var`, else `VAULT_TOKEN`).
+    pub fn token_var(&self) -> &str {
+        self.token_env_var.as_deref().unwrap_or("VAULT_TOKEN")
+    }
 }
 
 /// PKCS#11 HSM settings (`HsmConfig`: `pkcs11_library_path`, `slot_id`, `pin`, `token_label`,
@@ -299,6 +375,32 @@ impl fmt::Debug for HsmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vault_config_defaults_and_unknown_fields() {
+        let c: VaultTransitConfig =
+            serde_json::from_str(r#"{"address": "https://v:8200"}"#).unwrap();
+        assert_eq!(c, VaultTransitConfig::new("https://v:8200"));
+        assert_eq!(c.mount_path(), "transit");
+        assert_eq!(c.token_var(), "VAULT_TOKEN");
+        assert_eq!(
+            (c.state_mount.as_str(), c.state_path.as_str()),
+            ("secret", "heliosdb/meks")
+        );
+        assert_eq!((c.timeout_secs, c.max_retries), (10, 3));
+        let c: VaultTransitConfig = serde_json::from_str(
+            r#"{"address": "https://v", "mount": "t", "token_file": "/run/t",
+                "namespace": "ns", "ca_cert": "/ca.pem", "key_prefix": "heliosdb-",
+                "state_mount": "kv", "state_path": "p", "timeout_secs": 3, "max_retries": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(c.key_prefix.as_deref(), Some("heliosdb-"));
+        assert_eq!((c.timeout_secs, c.max_retries), (3, 1));
+        assert!(
+            serde_json::from_str::<VaultTransitConfig>(r#"{"address": "x", "token": "s"}"#)
+                .is_err()
+        );
+    }
 
     #[test]
     fn owasp_floor() {

@@ -32,6 +32,12 @@ pub struct RotationConfig {
     pub backoff_max: Duration,
     /// How long both MEK versions stay valid before the old one may be deactivated.
     pub grace_period: Duration,
+    /// The circuit breaker of a re-wrap pass: after this many retryable provider failures in a
+    /// row (retries included; any success resets the count) the pass pauses. The pages done are
+    /// committed, the journal stays in `Rewrapping` at the last committed cursor, and the step
+    /// returns `ProviderUnavailable` (retryable); running the same command again resumes. So an
+    /// outage costs a few dozen calls, not `max_attempts` per TEK. 0 is treated as 1.
+    pub abort_after_consecutive_failures: u32,
 }
 
 impl Default for RotationConfig {
@@ -43,6 +49,7 @@ impl Default for RotationConfig {
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             grace_period: Duration::from_secs(30 * 24 * 3600),
+            abort_after_consecutive_failures: 32,
         }
     }
 }
@@ -82,6 +89,14 @@ impl RotationConfig {
     #[must_use]
     pub fn with_grace_period(mut self, grace_period: Duration) -> Self {
         self.grace_period = grace_period;
+        self
+    }
+
+    /// Sets [`RotationConfig::abort_after_consecutive_failures`], the retryable provider
+    /// failures in a row after which a re-wrap pass pauses.
+    #[must_use]
+    pub fn with_abort_after_consecutive_failures(mut self, failures: u32) -> Self {
+        self.abort_after_consecutive_failures = failures;
         self
     }
 }

@@ -6,9 +6,11 @@ use crate::{Rotator, wrong_phase};
 use futures_util::stream::{self, StreamExt};
 use heliosdb_tde_core::store::KeyStoreExt;
 use heliosdb_tde_core::{
-    KeyState, MekId, MekRef, Result, StoreBatch, StoreOp, TekId, TekRecord, Timestamp, WrapContext,
-    WrappedTek,
+    KeyState, MekId, MekRef, Result, StoreBatch, StoreOp, TdeError, TekId, TekRecord, Timestamp,
+    WrapContext, WrappedTek,
 };
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 pub(crate) fn jitter(cap: Duration) -> Duration {
@@ -73,13 +75,34 @@ impl Rotator {
         Ok(st)
     }
 
-    pub(crate) async fn rewrap_one(&self, rec: &TekRecord, new: &MekRef) -> Result<WrappedTek> {
+    /// Re-wraps one TEK, retrying retryable failures with backoff. `None`: the breaker of the
+    /// pass is open, so this TEK was left for the resumed pass.
+    pub(crate) async fn rewrap_one(
+        &self,
+        rec: &TekRecord,
+        new: &MekRef,
+        breaker: &Breaker,
+    ) -> Option<Result<WrappedTek>> {
         let ctx = WrapContext::table_key(&rec.id);
         let mut attempt = 1;
         loop {
+            if breaker.is_open() {
+                return None;
+            }
             match self.provider.rewrap_tek(&rec.wrapped, &ctx, new).await {
-                Ok(w) => return Ok(w),
-                Err(e) if e.is_retryable() && attempt < self.config.max_attempts => {
+                Ok(w) => {
+                    breaker.success();
+                    return Some(Ok(w));
+                }
+                Err(e) if e.is_retryable() => {
+                    breaker.failure(&e);
+                    if attempt >= self.config.max_attempts {
+                        return if breaker.is_open() {
+                            None
+                        } else {
+                            Some(Err(e))
+                        };
+                    }
                     let exp = self
                         .config
                         .backoff_base
@@ -89,7 +112,11 @@ impl Rotator {
                     tokio::time::sleep(jitter(exp)).await;
                     attempt += 1;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The provider answered: the outage streak, if any, is over.
+                    breaker.success();
+                    return Some(Err(e));
+                }
             }
         }
     }
@@ -122,20 +149,26 @@ impl Rotator {
         let mut pages = self
             .store
             .tek_pages(st.cursor.clone(), self.config.batch_size);
+        let breaker = Breaker::new(self.config.abort_after_consecutive_failures);
         while let Some(page) = pages.next_page().await? {
             done += page.len() as u64;
             let todo: Vec<&TekRecord> = page
                 .iter()
                 .filter(|r| r.wrapped.mek == st.old && r.metadata.state != KeyState::Destroyed)
                 .collect();
-            let results: Vec<(TekId, Result<WrappedTek>)> = stream::iter(todo)
-                .map(|rec| async { (rec.id.clone(), self.rewrap_one(rec, &new).await) })
+            let results: Vec<(TekId, Option<Result<WrappedTek>>)> = stream::iter(todo)
+                .map(|rec| async { (rec.id.clone(), self.rewrap_one(rec, &new, &breaker).await) })
                 .buffer_unordered(self.config.concurrency.max(1))
                 .collect()
                 .await;
+            if breaker.is_open() {
+                return Err(self
+                    .pause(&mut step, &mut st, &new, results, &breaker)
+                    .await);
+            }
             let mut batch = StoreBatch::new();
             for (id, r) in results {
-                match r {
+                match r.unwrap_or_else(|| Err(breaker.error(&self.provider.description()))) {
                     Ok(wrapped) => {
                         batch = batch.push(StoreOp::Rewrap {
                             id,
@@ -174,5 +207,102 @@ impl Rotator {
             "MEK rotation: dual-encryption period"
         );
         Ok(st)
+    }
+
+    /// Pauses a re-wrap pass whose breaker opened: commits the re-wraps of the current page
+    /// that succeeded, keeps the cursor at the last committed page (so the rest of this page is
+    /// tried again on resume, and nothing is counted as failed twice), and returns the paused
+    /// error.
+    async fn pause(
+        &self,
+        step: &mut crate::Step,
+        st: &mut RotationState,
+        new: &MekRef,
+        results: Vec<(TekId, Option<Result<WrappedTek>>)>,
+        breaker: &Breaker,
+    ) -> TdeError {
+        let mut batch = StoreBatch::new();
+        for (id, r) in results {
+            if let Some(Ok(wrapped)) = r {
+                batch = batch.push(StoreOp::Rewrap {
+                    id,
+                    expect: st.old.clone(),
+                    wrapped,
+                    keep_previous: true,
+                });
+                st.reencrypted += 1;
+            }
+        }
+        if let Err(e) = self.save(step, st, batch).await {
+            return e;
+        }
+        let e = breaker.error(&self.provider.description());
+        tracing::warn!(
+            target: "heliosdb::tde::rotation",
+            old = %st.old, new = %new, reencrypted = st.reencrypted,
+            "MEK rotation paused: {e}"
+        );
+        TdeError::ProviderUnavailable {
+            provider: self.provider.description(),
+            reason: format!(
+                "MEK rotation of mek:{} paused after {} consecutive retryable provider failures \
+                 (last: {}); the {} TEKs re-wrapped so far are committed and the rotation \
+                 resumes where it stopped when the same command is run again",
+                st.mek_id,
+                breaker.threshold,
+                breaker.last(),
+                st.reencrypted
+            ),
+            retryable: true,
+        }
+    }
+}
+
+/// The circuit breaker of one re-wrap pass (see
+/// [`RotationConfig::abort_after_consecutive_failures`](crate::RotationConfig)): counts
+/// retryable provider failures in a row across the concurrent re-wraps.
+pub(crate) struct Breaker {
+    threshold: u32,
+    consecutive: AtomicU32,
+    last: Mutex<String>,
+}
+
+impl Breaker {
+    pub(crate) fn new(threshold: u32) -> Self {
+        Self {
+            threshold: threshold.max(1),
+            consecutive: AtomicU32::new(0),
+            last: Mutex::new(String::new()),
+        }
+    }
+
+    /// Whether the pass must stop calling the provider.
+    pub(crate) fn is_open(&self) -> bool {
+        self.consecutive.load(Ordering::SeqCst) >= self.threshold
+    }
+
+    pub(crate) fn success(&self) {
+        if !self.is_open() {
+            self.consecutive.store(0, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn failure(&self, e: &TdeError) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+        self.consecutive.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn last(&self) -> String {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The error a TEK left unattempted by an open breaker would report (not recorded: the
+    /// pass pauses before recording anything of the page).
+    fn error(&self, provider: &str) -> TdeError {
+        TdeError::ProviderUnavailable {
+            provider: provider.to_string(),
+            reason: self.last(),
+            retryable: true,
+        }
     }
 }

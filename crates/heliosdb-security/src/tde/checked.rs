@@ -2,7 +2,9 @@
 
 use super::Result;
 use super::config::TdeConfig;
-use heliosdb_tde_core::{HsmConfig, KmsConfig, MekId, SecureFileConfig, SecurityMode, TdeError};
+use heliosdb_tde_core::{
+    HsmConfig, KmsConfig, MekId, SecureFileConfig, SecurityMode, TdeError, VaultTransitConfig,
+};
 
 impl TdeConfig {
     /// Checks every field; errors name the field and say what is accepted.
@@ -83,6 +85,9 @@ impl TdeConfig {
                 ));
             }
         }
+        if let Some(KmsConfig::Vault(v)) = &self.kms_config {
+            check_vault(v)?;
+        }
         let provider = match (&self.kms_config, &self.secure_file_config, &self.hsm_config) {
             (Some(k), _, _) => ConfiguredProvider::Kms(k.clone()),
             (_, Some(f), _) => ConfiguredProvider::SecureFile(f.clone()),
@@ -150,4 +155,88 @@ pub(crate) struct CheckedConfig {
     pub(crate) security_mode: Option<SecurityMode>,
     /// The one configured provider.
     pub(crate) provider: ConfiguredProvider,
+}
+
+/// Checks the fields of a Vault configuration; errors name the field (`kms_config.<field>`).
+fn check_vault(v: &VaultTransitConfig) -> Result<()> {
+    let field = |name: &str| format!("kms_config.{name}");
+    let rest = v
+        .address
+        .strip_prefix("https://")
+        .or_else(|| v.address.strip_prefix("http://"));
+    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+    if !host
+        .is_some_and(|h| !h.is_empty() && !h.starts_with(':') && !h.contains(char::is_whitespace))
+    {
+        return Err(TdeError::config(
+            field("address"),
+            format!(
+                "{:?} is not a Vault address; write the server's URL, e.g. \
+                 https://vault.example.com:8200 (VAULT_ADDR overrides it)",
+                v.address
+            ),
+        ));
+    }
+    if v.timeout_secs == 0 {
+        return Err(TdeError::config(
+            field("timeout_secs"),
+            "must be at least 1 (seconds per request)",
+        ));
+    }
+    if v.max_retries > 10 {
+        return Err(TdeError::config(
+            field("max_retries"),
+            "must be at most 10; longer outages are retried by the caller",
+        ));
+    }
+    let path_ok = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with('/')
+            && !p.ends_with('/')
+            && !p.contains("..")
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+    };
+    for (name, value) in [
+        ("mount", v.mount.as_deref().unwrap_or("transit")),
+        ("state_mount", v.state_mount.as_str()),
+        ("state_path", v.state_path.as_str()),
+    ] {
+        if !path_ok(value) {
+            return Err(TdeError::config(
+                field(name),
+                format!(
+                    "{value:?} is not a mount or path: use letters, digits, _ - . and inner \
+                     slashes"
+                ),
+            ));
+        }
+    }
+    if let Some(prefix) = &v.key_prefix
+        && !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(TdeError::config(
+            field("key_prefix"),
+            format!("{prefix:?}: a Transit key name takes letters, digits and _ - . only"),
+        ));
+    }
+    if let Some(var) = &v.token_env_var
+        && (var.is_empty() || var.contains('=') || var.contains('\0'))
+    {
+        return Err(TdeError::config(
+            field("token_env_var"),
+            format!("{var:?} is not a valid environment variable name"),
+        ));
+    }
+    for (name, value) in [("token_file", &v.token_file), ("ca_cert", &v.ca_cert)] {
+        if value.as_deref().is_some_and(str::is_empty) {
+            return Err(TdeError::config(
+                field(name),
+                "is empty; name a file or leave the field out",
+            ));
+        }
+    }
+    Ok(())
 }

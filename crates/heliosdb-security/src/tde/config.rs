@@ -197,6 +197,7 @@ impl TdeConfig {
     /// | `HELIOSDB_TDE_MEK_STORAGE_PATH` | `secure_file_config.storage_path` (enables it) |
     /// | `HELIOSDB_TDE_PASSPHRASE_FILE` | `secure_file_config.passphrase_file` |
     /// | `HELIOSDB_KMS_KEY_ID`, `AWS_REGION` | `kms_config` (AWS) `key_id`, `region` |
+    /// | `VAULT_ADDR`, `VAULT_NAMESPACE`, `VAULT_CACERT` | `kms_config` (Vault) `address`, `namespace`, `ca_cert` |
     ///
     /// `HELIOSDB_SECURITY_MODE` is not copied into `security_mode`: it is read when the mode is
     /// resolved, where it takes precedence.
@@ -270,6 +271,17 @@ impl TdeConfig {
                          (secure_file_config or HELIOSDB_TDE_MEK_STORAGE_PATH)",
                     ));
                 }
+            }
+        }
+        if let Some(KmsConfig::Vault(vault)) = &mut self.kms_config {
+            if let Some(v) = get("VAULT_ADDR") {
+                vault.address = v;
+            }
+            if let Some(v) = get("VAULT_NAMESPACE") {
+                vault.namespace = Some(v);
+            }
+            if let Some(v) = get("VAULT_CACERT") {
+                vault.ca_cert = Some(v);
             }
         }
         if let Some(KmsConfig::Aws(aws)) = &mut self.kms_config {
@@ -550,5 +562,73 @@ mod tests {
         };
         assert_eq!(aws.region, "eu-west-1");
         assert_eq!(aws.key_id, "arn:aws:kms:eu-west-1:1:key/x");
+    }
+
+    #[test]
+    fn vault_fields_are_checked_and_named() {
+        let vault = |edit: &dyn Fn(&mut heliosdb_tde_core::VaultTransitConfig)| {
+            let mut v =
+                heliosdb_tde_core::VaultTransitConfig::new("https://vault.example.com:8200");
+            edit(&mut v);
+            TdeConfig {
+                kms_config: Some(KmsConfig::Vault(v)),
+                ..Default::default()
+            }
+        };
+        vault(&|_| {}).validate().unwrap();
+        vault(&|v| v.address = "http://127.0.0.1:8200".into())
+            .validate()
+            .unwrap();
+        type Edit = fn(&mut heliosdb_tde_core::VaultTransitConfig);
+        let cases: [(Edit, &str); 9] = [
+            (|v| v.address = String::new(), "kms_config.address"),
+            (
+                |v| v.address = "vault.example.com".into(),
+                "kms_config.address",
+            ),
+            (|v| v.address = "https://".into(), "kms_config.address"),
+            (|v| v.timeout_secs = 0, "kms_config.timeout_secs"),
+            (|v| v.max_retries = 1000, "kms_config.max_retries"),
+            (|v| v.mount = Some("/transit".into()), "kms_config.mount"),
+            (|v| v.state_path = String::new(), "kms_config.state_path"),
+            (
+                |v| v.key_prefix = Some("a/b".into()),
+                "kms_config.key_prefix",
+            ),
+            (
+                |v| v.token_file = Some(String::new()),
+                "kms_config.token_file",
+            ),
+        ];
+        for (edit, field) in cases {
+            let e = vault(&edit).validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn vault_environment_overrides() {
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("VAULT_ADDR", "https://other:8200"),
+            ("VAULT_NAMESPACE", "team-a"),
+            ("VAULT_CACERT", "/etc/ssl/vault-ca.pem"),
+        ]);
+        let mut c = TdeConfig::from_toml_str(
+            "[kms_config]\nprovider = \"vault\"\naddress = \"https://vault:8200\"\n",
+        )
+        .unwrap();
+        c.apply_env_with(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        let Some(KmsConfig::Vault(v)) = &c.kms_config else {
+            panic!()
+        };
+        assert_eq!(v.address, "https://other:8200");
+        assert_eq!(v.namespace.as_deref(), Some("team-a"));
+        assert_eq!(v.ca_cert.as_deref(), Some("/etc/ssl/vault-ca.pem"));
+        // Other providers ignore the Vault variables.
+        let mut c = TdeConfig::default();
+        c.apply_env_with(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        assert_eq!(c.kms_config, None);
     }
 }

@@ -498,10 +498,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_start_gives_up_after_the_wait_and_names_the_provider() {
         let calls = AtomicU32::new(0);
-        let e = with_startup_retry(Duration::from_secs(10), "Vault at http://x:8200", || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err::<(), _>(outage())
-        })
+        let e = with_startup_retry(
+            Duration::from_secs(10),
+            "Vault at http://x:8200",
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(outage())
+            },
+        )
         .await
         .unwrap_err();
         assert!(e.is_retryable());

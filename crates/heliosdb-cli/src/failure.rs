@@ -15,6 +15,10 @@ use std::sync::Mutex;
 pub(crate) const EXIT_ERROR: u8 = 1;
 /// The command line is invalid (clap's code).
 pub(crate) const EXIT_USAGE: u8 = 2;
+/// The MEK provider is unreachable for now (a retryable `ProviderUnavailable`: a KMS or Vault
+/// server down, cut off or sealed, an HSM not answering, a rotation paused by its circuit
+/// breaker): running the same command again later may succeed, so scripts can retry.
+pub(crate) const EXIT_PROVIDER_UNAVAILABLE: u8 = 5;
 /// A bug: the program panicked (EX_SOFTWARE of sysexits.h, "internal software error").
 pub(crate) const EXIT_INTERNAL: u8 = 70;
 
@@ -94,12 +98,22 @@ fn kind_of(e: &TdeError) -> String {
     kind.into()
 }
 
+/// The exit code of a command that failed with `e`: [`EXIT_PROVIDER_UNAVAILABLE`] when the
+/// provider is unreachable for now (`e.is_retryable()`), else [`EXIT_ERROR`].
+pub(crate) fn exit_code(e: &TdeError) -> u8 {
+    if e.is_retryable() {
+        EXIT_PROVIDER_UNAVAILABLE
+    } else {
+        EXIT_ERROR
+    }
+}
+
 impl From<&TdeError> for Failure {
     fn from(e: &TdeError) -> Self {
         Self {
             kind: kind_of(e),
             message: one_line(&e.to_string()),
-            code: EXIT_ERROR,
+            code: exit_code(e),
         }
     }
 }
@@ -202,6 +216,25 @@ mod tests {
         );
         assert_eq!(snake_case("InUse"), "in_use");
         assert_eq!(snake_case("MekMissing"), "mek_missing");
+    }
+
+    #[test]
+    fn a_retryable_provider_outage_exits_5_and_other_errors_1() {
+        let outage = |retryable| TdeError::ProviderUnavailable {
+            provider: "HashiCorp Vault Transit at http://127.0.0.1:8200 (mount transit)".into(),
+            reason: "connection refused".into(),
+            retryable,
+        };
+        let f = Failure::from(&outage(true));
+        assert_eq!((f.code, f.kind.as_str()), (5, "provider_unavailable"));
+        assert_eq!(EXIT_PROVIDER_UNAVAILABLE, 5);
+        // Not retryable (bad credentials, a broken configuration): retrying would not help.
+        assert_eq!(Failure::from(&outage(false)).code, EXIT_ERROR);
+        assert_eq!(Failure::from(&TdeError::config("x", "y")).code, EXIT_ERROR);
+        assert_eq!(
+            Failure::from(&TdeError::corrupt("a", "b", "c")).code,
+            EXIT_ERROR
+        );
     }
 
     #[test]

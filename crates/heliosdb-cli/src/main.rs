@@ -196,7 +196,16 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
         Security::Status => {
             let checklist = tde::security_checklist(tde).await;
             let keys = km.key_availability().await?;
-            out.status(tde, &checklist, Some(&keys));
+            let health = km
+                .mek_provider
+                .health()
+                .await
+                .unwrap_or_else(|e| tde::ProviderHealth {
+                    healthy: false,
+                    latency: std::time::Duration::ZERO,
+                    detail: e.to_string(),
+                });
+            out.status(tde, &checklist, Some(&keys), Some(&health));
             if !keys.all_readable() || checklist.iter().any(|c| c.status == CheckStatus::Fail) {
                 return Ok(ExitCode::from(EXIT_CHECKLIST_FAILED));
             }

@@ -2,7 +2,8 @@
 
 use clap::ValueEnum;
 use heliosdb_security::tde::{
-    CheckItem, KeyAvailability, KeyMetadata, KeyStats, MekInfo, ProviderKind, TdeSubsystem,
+    CheckItem, KeyAvailability, KeyMetadata, KeyStats, MekInfo, ProviderHealth, ProviderKind,
+    TdeSubsystem,
 };
 use serde_json::json;
 use std::fmt;
@@ -160,9 +161,15 @@ impl Out {
         tde: &TdeSubsystem,
         checklist: &[CheckItem],
         keys: Option<&KeyAvailability>,
+        health: Option<&ProviderHealth>,
     ) -> serde_json::Value {
         let p = &tde.key_manager().mek_provider;
         json!({
+            "provider_health": health.map(|h| json!({
+                "healthy": h.healthy,
+                "detail": h.detail,
+                "latency_ms": h.latency.as_millis(),
+            })),
             "key_store": keys.map(|k| k.store.clone()),
             "key_availability": keys.map(|k| json!({
                 "all_readable": k.all_readable(),
@@ -191,9 +198,10 @@ impl Out {
         tde: &TdeSubsystem,
         checklist: &[CheckItem],
         keys: Option<&KeyAvailability>,
+        health: Option<&ProviderHealth>,
     ) {
         if self.is_json() {
-            self.json(Self::status_value(tde, checklist, keys));
+            self.json(Self::status_value(tde, checklist, keys, health));
             return;
         }
         let p = &tde.key_manager().mek_provider;
@@ -201,6 +209,18 @@ impl Out {
         let source = tde.mode_source().to_string();
         outln!(self, "Security mode:   {mode} (from {source})");
         outln!(self, "MEK provider:    {}", p.description());
+        if let Some(h) = health {
+            if h.healthy {
+                outln!(
+                    self,
+                    "Provider health: healthy ({}, {} ms)",
+                    h.detail,
+                    h.latency.as_millis()
+                );
+            } else {
+                outln!(self, "Provider health: UNHEALTHY: {}", h.detail);
+            }
+        }
         outln!(
             self,
             "Security level:  {}{}",

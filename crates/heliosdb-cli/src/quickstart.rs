@@ -294,7 +294,10 @@ pub(crate) async fn run(args: Args, out: &Out) -> Result<ExitCode, TdeError> {
         .filter(|c| c.status == CheckStatus::Fail)
         .count();
     if out.is_json() {
-        report.insert("status".into(), Out::status_value(&tde, &checklist, None));
+        report.insert(
+            "status".into(),
+            Out::status_value(&tde, &checklist, None, None),
+        );
         report.insert(
             "key_stats".into(),
             serde_json::to_value(&stats).unwrap_or_default(),
@@ -303,7 +306,7 @@ pub(crate) async fn run(args: Args, out: &Out) -> Result<ExitCode, TdeError> {
         out.json_value(serde_json::Value::Object(report));
     } else {
         out.say(format_args!(""));
-        out.status(&tde, &checklist, None);
+        out.status(&tde, &checklist, None, None);
         out.say(format_args!(""));
         out.key_stats(&stats);
         out.say(format_args!(

@@ -144,6 +144,7 @@ fn security_commands_with_a_config_file() {
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["security_mode"], "production");
     assert_eq!(status["provider_secure"], true);
+    assert_eq!(status["provider_health"]["healthy"], true, "{status:#}");
     let checklist = status["checklist"].as_array().unwrap();
     assert_eq!(checklist.len(), 10);
     assert!(
@@ -185,6 +186,7 @@ fn status_exits_3_when_a_checklist_item_fails() {
         t.contains("[FAIL]") && t.contains("In-Memory (INSECURE - testing only)"),
         "{t}"
     );
+    assert!(t.contains("Provider health: healthy"), "{t}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 // Test support: a failed expectation here is a test failure, so panicking is the point.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fault;
 pub mod instrumented;
 pub mod provider;
 pub mod services;

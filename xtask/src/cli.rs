@@ -49,7 +49,8 @@ pub enum Command {
     Deny,
     /// Run the cargo-fuzz targets from the committed seeds (installs cargo-fuzz if missing).
     Fuzz(FuzzArgs),
-    /// Run the criterion benchmarks (provisioning SoftHSM2) and write docs/benchmarks.md.
+    /// Run the criterion benchmarks (provisioning SoftHSM2 and OpenBao) and write
+    /// docs/benchmarks.md.
     Bench {
         /// Only rewrite docs/benchmarks.md from the last results.
         #[arg(long)]

@@ -1,0 +1,928 @@
+//! [`VaultMekProvider`]: the [`MekProvider`] over Vault / OpenBao Transit, with lifecycle
+//! records in KV version 2 and the decisions of core's [`MekLifecycle`].
+
+use crate::client::{CallError, Client, PROVIDER};
+use crate::records::{Cache, Record, Stored};
+use crate::settings::Settings;
+use crate::transit::{KeyProps, key_name, payload_version};
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use heliosdb_tde_core::lifecycle::{MekLifecycle, Transition, mek_not_found};
+use heliosdb_tde_core::{
+    EncryptionAlgorithm, KEY_LEN, KeyBytes, KeyState, MekId, MekInfo, MekProvider, MekRef,
+    MekVersion, MekVersionInfo, ProviderHealth, ProviderKind, Result, SecurityMode, TableKey,
+    TdeError, Timestamp, VaultTransitConfig, WrapContext, WrappedTek,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Instant;
+use zeroize::Zeroizing;
+
+/// Master keys in Vault (or OpenBao) Transit. See the crate documentation.
+///
+/// Build it inside the Tokio runtime that uses it: its connection pool belongs to that
+/// runtime.
+pub struct VaultMekProvider {
+    client: Client,
+    cache: Cache,
+    warnings: Mutex<Vec<String>>,
+}
+
+impl fmt::Debug for VaultMekProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultMekProvider")
+            .field("settings", &self.client.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn s(v: &Value, what: &str) -> std::result::Result<String, CallError> {
+    v["data"][what]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| CallError::Protocol(format!("the answer has no data.{what}")))
+}
+
+impl VaultMekProvider {
+    /// Connects to the server in `config` (used as given: the facade applies `VAULT_ADDR`,
+    /// `VAULT_NAMESPACE` and `VAULT_CACERT` first) with the token from `token_env_var` or
+    /// `token_file`, and checks before returning: the token (`auth/token/lookup-self`), every
+    /// capability the provider needs (one `sys/capabilities-self`), and that the Transit and
+    /// KV version 2 mounts exist. Production mode refuses `http://` and a token file others
+    /// can read.
+    pub async fn open(config: &VaultTransitConfig, mode: SecurityMode) -> Result<Self> {
+        let settings = Settings::from_config(config, mode)?;
+        let (client, token_warning) = Client::new(settings)?;
+        let mut warnings: Vec<String> = token_warning.into_iter().collect();
+        if client.settings.address.starts_with("http://") {
+            warnings.push(format!(
+                "kms_config.address {} is plain http://: the token and TEKs cross the network unencrypted (development mode only)",
+                client.settings.address
+            ));
+        }
+        let p = Self {
+            client,
+            cache: Cache::default(),
+            warnings: Mutex::new(warnings),
+        };
+        p.check_token().await?;
+        p.check_capabilities().await?;
+        p.check_mounts().await?;
+        Ok(p)
+    }
+
+    /// Development-mode warnings: a plain-http address, an exportable key, a token file others
+    /// can read.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The server address.
+    pub fn address(&self) -> &str {
+        &self.client.settings.address
+    }
+
+    fn warn(&self, w: String) {
+        let mut ws = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        if !ws.contains(&w) {
+            tracing::warn!(target: "heliosdb::tde::vault", "{w}");
+            ws.push(w);
+        }
+    }
+
+    fn fail(&self, what: &str, e: CallError) -> TdeError {
+        self.client.error(what, e)
+    }
+
+    async fn check_token(&self) -> Result<()> {
+        match self
+            .client
+            .call(Method::GET, "auth/token/lookup-self", None)
+            .await
+        {
+            Ok(v) => {
+                let ttl = v["data"]["ttl"].as_u64().unwrap_or(0);
+                let renewable = v["data"]["renewable"].as_bool().unwrap_or(false);
+                self.client.schedule_renewal(renewable, ttl).await;
+                Ok(())
+            }
+            Err(CallError::Status(s, _)) if s == StatusCode::FORBIDDEN => Err(TdeError::Provider {
+                provider: format!("{PROVIDER} at {}", self.address()),
+                message: "the Vault token is invalid or expired".into(),
+                hint: "check VAULT_TOKEN (kms_config.token_env_var) or kms_config.token_file"
+                    .into(),
+            }),
+            Err(e) => Err(self.fail("looking up the Vault token", e)),
+        }
+    }
+
+    /// The paths and capabilities the provider needs, for a probe key and record.
+    fn required_paths(&self) -> Vec<(String, &'static [&'static str])> {
+        let st = &self.client.settings;
+        let m = &st.mount;
+        let k = format!("{}capability-check", st.key_prefix);
+        let data = format!("{}/data/{}/capability-check", st.state_mount, st.state_path);
+        let meta = format!("{}/metadata/{}", st.state_mount, st.state_path);
+        vec![
+            (format!("{m}/encrypt/{k}"), &["update"]),
+            (format!("{m}/decrypt/{k}"), &["update"]),
+            (format!("{m}/keys/{k}"), &["read", "create", "update"]),
+            (format!("{m}/keys/{k}/rotate"), &["update"]),
+            (format!("{m}/keys/{k}/config"), &["update"]),
+            (format!("{m}/rewrap/{k}"), &["update"]),
+            (data, &["read", "create", "update"]),
+            (meta, &["list"]),
+        ]
+    }
+
+    async fn check_capabilities(&self) -> Result<()> {
+        let paths = self.required_paths();
+        let names: Vec<&str> = paths.iter().map(|(p, _)| p.as_str()).collect();
+        let v = self
+            .client
+            .call(
+                Method::POST,
+                "sys/capabilities-self",
+                Some(json!({ "paths": names })),
+            )
+            .await
+            .map_err(|e| self.fail("checking the token's capabilities", e))?;
+        let mut missing = Vec::new();
+        for (path, need) in &paths {
+            let have: Vec<&str> = v["data"][path]
+                .as_array()
+                .or_else(|| v[path].as_array())
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if have.contains(&"root") {
+                continue;
+            }
+            let lacking: Vec<&str> = need
+                .iter()
+                .copied()
+                .filter(|c| !have.contains(c) || have.contains(&"deny"))
+                .collect();
+            if !lacking.is_empty() {
+                missing.push(format!("{path} ({})", lacking.join(", ")));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(TdeError::Provider {
+            provider: format!("{PROVIDER} at {}", self.address()),
+            message: format!(
+                "the token's policy lacks capabilities on: {}",
+                missing.join("; ")
+            ),
+            hint: "grant them as docs/providers/vault-policy.hcl does (`bao policy write heliosdb docs/providers/vault-policy.hcl`)".into(),
+        })
+    }
+
+    async fn check_mounts(&self) -> Result<()> {
+        let st = &self.client.settings;
+        let transit = self.mount_info(&st.mount).await?;
+        if transit.as_ref().and_then(|d| d["type"].as_str()) != Some("transit") {
+            return Err(TdeError::InvalidConfig {
+                field: "kms_config.mount".into(),
+                reason: format!(
+                    "no Transit secrets engine is mounted at {:?} on {}: enable it with `bao secrets enable -path={} transit`, or set kms_config.mount",
+                    st.mount, st.address, st.mount
+                ),
+            });
+        }
+        let kv = self.mount_info(&st.state_mount).await?;
+        let is_kv2 = kv.as_ref().is_some_and(|d| {
+            d["type"].as_str() == Some("kv") && d["options"]["version"].as_str() == Some("2")
+        });
+        if !is_kv2 {
+            return Err(TdeError::InvalidConfig {
+                field: "kms_config.state_mount".into(),
+                reason: format!(
+                    "no KV version 2 secrets engine is mounted at {:?} on {} for the MEK lifecycle records: enable it with `bao secrets enable -path={} -version=2 kv`, or set kms_config.state_mount",
+                    st.state_mount, st.address, st.state_mount
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    async fn mount_info(&self, mount: &str) -> Result<Option<Value>> {
+        match self
+            .client
+            .call(
+                Method::GET,
+                &format!("sys/internal/ui/mounts/{mount}"),
+                None,
+            )
+            .await
+        {
+            Ok(v) => Ok(Some(v["data"].clone())),
+            Err(CallError::Status(s, _)) if s.is_client_error() => Ok(None),
+            Err(e) => Err(self.fail("checking the mounts", e)),
+        }
+    }
+
+    fn name(&self, id: &MekId) -> String {
+        key_name(&self.client.settings.key_prefix, id)
+    }
+
+    fn not_found(&self, mek: &dyn fmt::Display) -> TdeError {
+        mek_not_found(
+            mek,
+            format!(
+                "no such Transit key under mount {:?} (key_prefix {:?}) at {}; check kms_config.mount and kms_config.key_prefix, or generate it with `heliosdb-cli security mek generate`",
+                self.client.settings.mount,
+                self.client.settings.key_prefix,
+                self.address()
+            ),
+        )
+    }
+
+    fn record_path(&self, id: &MekId) -> String {
+        let st = &self.client.settings;
+        format!("{}/data/{}/{id}", st.state_mount, st.state_path)
+    }
+
+    async fn read_key(&self, id: &MekId) -> Result<Option<KeyProps>> {
+        let path = format!("{}/keys/{}", self.client.settings.mount, self.name(id));
+        match self.client.call(Method::GET, &path, None).await {
+            Ok(v) => KeyProps::parse(&v).map(Some).ok_or_else(|| {
+                self.fail(
+                    "reading a Transit key",
+                    CallError::Protocol("the answer is not a Transit key".into()),
+                )
+            }),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(self.fail("reading a Transit key", e)),
+        }
+    }
+
+    /// Reads the record and the key from Vault (no cache) and caches them.
+    async fn fetch(&self, id: &MekId) -> Result<Stored> {
+        let key = self.read_key(id).await?;
+        let (record, kv_version) = match self
+            .client
+            .call(Method::GET, &self.record_path(id), None)
+            .await
+        {
+            Ok(v) => {
+                let version = v["data"]["metadata"]["version"].as_u64().unwrap_or(0);
+                match &v["data"]["data"] {
+                    Value::Null => (Record::new(id), version),
+                    d => {
+                        let r: Record = serde_json::from_value(d.clone()).map_err(|e| {
+                            TdeError::corrupt(
+                                "MEK lifecycle record",
+                                self.record_path(id),
+                                e.to_string(),
+                            )
+                        })?;
+                        (r, version)
+                    }
+                }
+            }
+            Err(e) if e.is_not_found() => (Record::new(id), 0),
+            Err(e) => return Err(self.fail("reading an MEK lifecycle record", e)),
+        };
+        if let Some(k) = &key
+            && let Some(w) = k.check(&self.name(id), self.client.settings.mode)?
+        {
+            self.warn(w);
+        }
+        let stored = Stored {
+            record,
+            kv_version,
+            key,
+        };
+        self.cache.put(id, stored.clone());
+        Ok(stored)
+    }
+
+    /// The record and key, from the cache if read less than 10 seconds ago; adopts a key
+    /// created outside HeliosDB (writes its first record).
+    async fn load(&self, id: &MekId) -> Result<Stored> {
+        let stored = match self.cache.get(id) {
+            Some(s) => s,
+            None => self.fetch(id).await?,
+        };
+        if stored.key.is_some() && stored.record.versions.is_empty() {
+            return self.adopt(id).await;
+        }
+        Ok(stored)
+    }
+
+    async fn adopt(&self, id: &MekId) -> Result<Stored> {
+        self.update(id, |rec, key| {
+            if !rec.versions.is_empty() {
+                return Ok(());
+            }
+            let Some(key) = key else { return Ok(()) };
+            let latest = key.versions.keys().max().copied().unwrap_or(1);
+            for (&v, &t) in &key.versions {
+                let state = if v == latest {
+                    KeyState::Active
+                } else if v < key.min_decryption_version {
+                    KeyState::Deactivated
+                } else {
+                    KeyState::DecryptOnly
+                };
+                rec.set(v, state, Some(t.saturating_mul(1000)));
+            }
+            tracing::info!(target: "heliosdb::tde::vault", mek = %id, "adopted a Transit key created outside HeliosDB");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Reads the record afresh, applies `f`, and writes it with check-and-set; on a conflict
+    /// reads and applies once more, then fails.
+    async fn update(
+        &self,
+        id: &MekId,
+        f: impl Fn(&mut Record, Option<&KeyProps>) -> Result<()>,
+    ) -> Result<Stored> {
+        for _ in 0..2 {
+            let mut stored = self.fetch(id).await?;
+            let before = stored.record.clone();
+            f(&mut stored.record, stored.key.as_ref())?;
+            if stored.record == before {
+                return Ok(stored);
+            }
+            let body = json!({ "options": { "cas": stored.kv_version }, "data": stored.record });
+            match self
+                .client
+                .call(Method::POST, &self.record_path(id), Some(body))
+                .await
+            {
+                Ok(v) => {
+                    stored.kv_version = v["data"]["version"]
+                        .as_u64()
+                        .unwrap_or(stored.kv_version + 1);
+                    self.cache.put(id, stored.clone());
+                    return Ok(stored);
+                }
+                Err(CallError::Status(s, errs))
+                    if s == StatusCode::BAD_REQUEST
+                        && errs.iter().any(|e| e.contains("check-and-set")) =>
+                {
+                    self.cache.forget(id);
+                }
+                Err(e) => return Err(self.fail("writing an MEK lifecycle record", e)),
+            }
+        }
+        Err(TdeError::Provider {
+            provider: format!("{PROVIDER} at {}", self.address()),
+            message: format!(
+                "concurrent MEK state change: the lifecycle record of {id} changed twice while this process updated it"
+            ),
+            hint: "another process is changing the same MEK; check the MEK with `heliosdb-cli security mek-info` and retry".into(),
+        })
+    }
+
+    /// The lifecycle of one MEK: recorded versions with their states, and versions Vault
+    /// created outside HeliosDB as `DecryptOnly`.
+    fn lifecycle(&self, id: &MekId, stored: &Stored) -> MekLifecycle {
+        let mut lc = MekLifecycle::new();
+        let Some(key) = &stored.key else { return lc };
+        let mut all: std::collections::BTreeMap<u32, (KeyState, u64)> = stored
+            .record
+            .versions
+            .iter()
+            .map(|(v, r)| (*v, (r.state, r.created_at)))
+            .collect();
+        for (&v, &t) in &key.versions {
+            all.entry(v)
+                .or_insert((KeyState::DecryptOnly, t.saturating_mul(1000)));
+        }
+        for (v, (state, created)) in all {
+            if let Ok(version) = MekVersion::new(v) {
+                lc.insert(MekVersionInfo {
+                    mek: MekRef::new(id.clone(), version),
+                    state,
+                    algorithm: EncryptionAlgorithm::Aes256Gcm,
+                    created_at: Timestamp(created),
+                });
+            }
+        }
+        lc
+    }
+
+    /// The state of one version: `KeyNotFound` if the MEK or version is unknown.
+    async fn state(&self, mek: &MekRef) -> Result<KeyState> {
+        let mut stored = self.load(&mek.id).await?;
+        if stored.key.is_some()
+            && !stored
+                .key
+                .as_ref()
+                .is_some_and(|k| k.versions.contains_key(&mek.version.get()))
+        {
+            // Maybe created a moment ago by another process: read once more.
+            stored = self.fetch(&mek.id).await?;
+        }
+        self.lifecycle(&mek.id, &stored)
+            .state(mek)
+            .ok_or_else(|| self.not_found(mek))
+    }
+
+    /// Sets `min_decryption_version` and `min_encryption_version` to what the record allows.
+    async fn enforce(&self, id: &MekId, stored: &Stored) -> Result<()> {
+        let Some(key) = &stored.key else {
+            return Ok(());
+        };
+        let lc = self.lifecycle(id, stored);
+        let versions: Vec<(u32, KeyState)> = lc
+            .versions(id)
+            .map(|v| (v.mek.version.get(), v.state))
+            .collect();
+        let Some(min_dec) = versions
+            .iter()
+            .find(|(_, s)| *s != KeyState::Deactivated)
+            .map(|(v, _)| *v)
+        else {
+            return Ok(());
+        };
+        let min_enc = versions
+            .iter()
+            .rev()
+            .find(|(_, s)| *s == KeyState::Active)
+            .map(|(v, _)| *v)
+            .filter(|v| *v >= min_dec)
+            .unwrap_or(0);
+        if key.min_decryption_version == min_dec && key.min_encryption_version == min_enc {
+            return Ok(());
+        }
+        let path = format!(
+            "{}/keys/{}/config",
+            self.client.settings.mount,
+            self.name(id)
+        );
+        let body = json!({ "min_decryption_version": min_dec, "min_encryption_version": min_enc });
+        self.client
+            .call(Method::POST, &path, Some(body))
+            .await
+            .map_err(|e| self.fail("setting the key's minimum versions", e))?;
+        self.cache.forget(id);
+        Ok(())
+    }
+
+    /// Maps a Transit encrypt/decrypt/rewrap failure.
+    fn transit_error(&self, what: &str, mek: &MekRef, e: CallError) -> TdeError {
+        let text = e.text();
+        match &e {
+            CallError::Status(s, _) if *s == StatusCode::BAD_REQUEST => {
+                if text.contains("message authentication failed") {
+                    TdeError::AuthenticationFailed {
+                        what: format!("{what} ({mek})"),
+                    }
+                } else if text.contains("too old") {
+                    TdeError::InvalidKeyState {
+                        key: format!("mek:{mek}"),
+                        state: KeyState::Deactivated,
+                        operation: what.to_string(),
+                        hint: format!(
+                            "Vault refuses this version: the key's min_decryption_version is above {}. If TEKs still depend on it, lower it (`bao write {}/keys/{}/config min_decryption_version={}`)",
+                            mek.version,
+                            self.client.settings.mount,
+                            self.name(&mek.id),
+                            mek.version
+                        ),
+                    }
+                } else if text.contains("not found") {
+                    self.not_found(mek)
+                } else {
+                    self.fail(what, e)
+                }
+            }
+            _ => self.fail(what, e),
+        }
+    }
+
+    fn context(ctx: &WrapContext, id: &MekId) -> String {
+        B64.encode(ctx.derivation_context(id))
+    }
+
+    fn check_payload(wrapped: &WrappedTek, ctx: &WrapContext) -> Result<String> {
+        let what = format!("TEK {} wrapped by {}", ctx.tek_id(), wrapped.mek);
+        let v = payload_version(&wrapped.payload)
+            .map_err(|d| TdeError::corrupt("Vault-wrapped TEK", what.clone(), d))?;
+        if v != wrapped.mek.version.get() {
+            return Err(TdeError::AuthenticationFailed {
+                what: format!(
+                    "{what}: the payload is a Transit v{v} ciphertext, the envelope says {}",
+                    wrapped.mek.version
+                ),
+            });
+        }
+        // Checked above: ASCII.
+        Ok(String::from_utf8_lossy(&wrapped.payload).into_owned())
+    }
+
+    fn envelope(
+        &self,
+        mek: &MekRef,
+        algorithm: EncryptionAlgorithm,
+        v: &Value,
+    ) -> Result<WrappedTek> {
+        let ct = s(v, "ciphertext").map_err(|e| self.fail("wrapping a TEK", e))?;
+        match payload_version(ct.as_bytes()) {
+            Ok(n) if n == mek.version.get() => {}
+            _ => {
+                return Err(self.fail(
+                    "wrapping a TEK",
+                    CallError::Protocol(format!(
+                        "Transit returned a ciphertext that is not a v{} wrap of a 32-byte TEK",
+                        mek.version
+                    )),
+                ));
+            }
+        }
+        Ok(WrappedTek::new(
+            algorithm,
+            ProviderKind::Vault,
+            mek.clone(),
+            ct.into_bytes(),
+        ))
+    }
+}
+
+#[async_trait]
+impl MekProvider for VaultMekProvider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Vault
+    }
+
+    fn description(&self) -> String {
+        format!(
+            "HashiCorp Vault Transit at {} (mount {})",
+            self.address(),
+            self.client.settings.mount
+        )
+    }
+
+    fn is_secure(&self) -> bool {
+        true
+    }
+
+    async fn generate_mek(
+        &self,
+        mek_id: &MekId,
+        algorithm: EncryptionAlgorithm,
+    ) -> Result<MekVersionInfo> {
+        if algorithm != EncryptionAlgorithm::Aes256Gcm {
+            return Err(TdeError::Unsupported {
+                what: format!("MEK algorithm {}", algorithm.name()),
+                hint: "Vault Transit MEKs are aes256-gcm96 keys; use AES-256-GCM".into(),
+            });
+        }
+        let stored = self.fetch(mek_id).await?;
+        if stored.key.is_some() {
+            return Err(TdeError::AlreadyExists {
+                key: format!("mek:{mek_id}"),
+            });
+        }
+        if !stored.record.versions.is_empty() {
+            return Err(TdeError::Provider {
+                provider: format!("{PROVIDER} at {}", self.address()),
+                message: format!(
+                    "MEK {mek_id} has a lifecycle record at {} but no Transit key {:?} under mount {:?}",
+                    self.record_path(mek_id),
+                    self.name(mek_id),
+                    self.client.settings.mount
+                ),
+                hint: "kms_config.mount or kms_config.key_prefix probably changed; nothing was created. Fix the configuration, or delete the stale record if the key is really gone".into(),
+            });
+        }
+        let path = format!("{}/keys/{}", self.client.settings.mount, self.name(mek_id));
+        let body = json!({
+            "type": "aes256-gcm96",
+            "derived": true,
+            "convergent_encryption": false,
+            "exportable": false,
+            "allow_plaintext_backup": false,
+        });
+        self.client
+            .call(Method::POST, &path, Some(body))
+            .await
+            .map_err(|e| self.fail("creating a Transit key", e))?;
+        let stored = self
+            .update(mek_id, |rec, _| {
+                if rec.versions.is_empty() {
+                    rec.set(1, KeyState::Active, None);
+                }
+                Ok(())
+            })
+            .await?;
+        let created = stored
+            .record
+            .versions
+            .get(&1)
+            .map_or_else(Timestamp::now, |r| Timestamp(r.created_at));
+        Ok(MekVersionInfo::active(
+            MekRef::new(mek_id.clone(), MekVersion::FIRST),
+            algorithm,
+            created,
+        ))
+    }
+
+    async fn wrap_tek(
+        &self,
+        mek: &MekRef,
+        tek: &TableKey,
+        ctx: &WrapContext,
+    ) -> Result<WrappedTek> {
+        ctx.ensure_names(tek)?;
+        self.state(mek)
+            .await?
+            .ensure_can_encrypt(&format!("mek:{mek}"), "wrap a TEK")?;
+        let plaintext = Zeroizing::new(B64.encode(tek.bytes().expose_secret()));
+        let body = json!({
+            "plaintext": plaintext.as_str(),
+            "context": Self::context(ctx, &mek.id),
+            "key_version": mek.version.get(),
+        });
+        let path = format!(
+            "{}/encrypt/{}",
+            self.client.settings.mount,
+            self.name(&mek.id)
+        );
+        let v = self
+            .client
+            .call(Method::POST, &path, Some(body))
+            .await
+            .map_err(|e| self.transit_error("wrap a TEK", mek, e))?;
+        self.envelope(mek, tek.algorithm(), &v)
+    }
+
+    async fn unwrap_tek(&self, wrapped: &WrappedTek, ctx: &WrapContext) -> Result<TableKey> {
+        let ciphertext = Self::check_payload(wrapped, ctx)?;
+        let mek = &wrapped.mek;
+        self.state(mek)
+            .await?
+            .ensure_can_decrypt(&format!("mek:{mek}"), "unwrap a TEK")?;
+        let body = json!({ "ciphertext": ciphertext, "context": Self::context(ctx, &mek.id) });
+        let path = format!(
+            "{}/decrypt/{}",
+            self.client.settings.mount,
+            self.name(&mek.id)
+        );
+        let mut v = self
+            .client
+            .call(Method::POST, &path, Some(body))
+            .await
+            .map_err(|e| self.transit_error("unwrap a TEK", mek, e))?;
+        let text = match v["data"]["plaintext"].take() {
+            Value::String(s) => Zeroizing::new(s),
+            _ => {
+                return Err(self.fail(
+                    "unwrapping a TEK",
+                    CallError::Protocol("the answer has no data.plaintext".into()),
+                ));
+            }
+        };
+        let bytes = Zeroizing::new(B64.decode(text.as_bytes()).map_err(|e| {
+            TdeError::corrupt(
+                "Vault-unwrapped TEK",
+                ctx.tek_id().to_string(),
+                e.to_string(),
+            )
+        })?);
+        if bytes.len() != KEY_LEN {
+            return Err(TdeError::corrupt(
+                "Vault-unwrapped TEK",
+                ctx.tek_id().to_string(),
+                format!("{} bytes, expected {KEY_LEN}", bytes.len()),
+            ));
+        }
+        Ok(TableKey::new(
+            ctx.tek_id(),
+            wrapped.algorithm,
+            KeyBytes::from_slice(&bytes)?,
+        ))
+    }
+
+    async fn rewrap_tek(
+        &self,
+        wrapped: &WrappedTek,
+        ctx: &WrapContext,
+        new_mek: &MekRef,
+    ) -> Result<WrappedTek> {
+        if new_mek.id != wrapped.mek.id {
+            tracing::debug!(target: "heliosdb::tde::vault", from = %wrapped.mek, to = %new_mek, "rewrap across MEK ids: decrypt then encrypt");
+            let tek = self.unwrap_tek(wrapped, ctx).await?;
+            return self.wrap_tek(new_mek, &tek, ctx).await;
+        }
+        let ciphertext = Self::check_payload(wrapped, ctx)?;
+        self.state(&wrapped.mek)
+            .await?
+            .ensure_can_decrypt(&format!("mek:{}", wrapped.mek), "re-wrap a TEK")?;
+        self.state(new_mek)
+            .await?
+            .ensure_can_encrypt(&format!("mek:{new_mek}"), "re-wrap a TEK")?;
+        let body = json!({
+            "ciphertext": ciphertext,
+            "context": Self::context(ctx, &new_mek.id),
+            "key_version": new_mek.version.get(),
+        });
+        let path = format!(
+            "{}/rewrap/{}",
+            self.client.settings.mount,
+            self.name(&new_mek.id)
+        );
+        let v = self
+            .client
+            .call(Method::POST, &path, Some(body))
+            .await
+            .map_err(|e| self.transit_error("re-wrap a TEK", &wrapped.mek, e))?;
+        self.envelope(new_mek, wrapped.algorithm, &v)
+    }
+
+    async fn mek_info(&self, mek_id: &MekId) -> Result<MekInfo> {
+        let stored = self.load(mek_id).await?;
+        let location = format!(
+            "Transit key {} (mount {} at {})",
+            self.name(mek_id),
+            self.client.settings.mount,
+            self.address()
+        );
+        self.lifecycle(mek_id, &stored)
+            .mek_info(mek_id, ProviderKind::Vault, location)
+            .ok_or_else(|| self.not_found(mek_id))
+    }
+
+    async fn list_meks(&self) -> Result<Vec<MekId>> {
+        let st = &self.client.settings;
+        let path = format!("{}/metadata/{}?list=true", st.state_mount, st.state_path);
+        match self.client.call(Method::GET, &path, None).await {
+            Ok(v) => {
+                let mut ids: Vec<MekId> = v["data"]["keys"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .filter_map(|k| MekId::new(k).ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                ids.sort();
+                Ok(ids)
+            }
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            Err(e) => Err(self.fail("listing the MEK lifecycle records", e)),
+        }
+    }
+
+    async fn rotate_mek(&self, mek_id: &MekId) -> Result<MekVersionInfo> {
+        let stored = self.load(mek_id).await?;
+        let (Some(key), false) = (&stored.key, stored.record.versions.is_empty()) else {
+            return Err(self.not_found(mek_id));
+        };
+        let recorded_max = stored.record.versions.keys().max().copied().unwrap_or(0);
+        let key_max = key.versions.keys().max().copied().unwrap_or(0);
+        // A version Vault created outside HeliosDB is adopted instead of creating another.
+        let target = if key_max > recorded_max {
+            key_max
+        } else {
+            self.lifecycle(mek_id, &stored)
+                .plan_rotation(mek_id)
+                .ok_or_else(|| self.not_found(mek_id))??;
+            let path = format!(
+                "{}/keys/{}/rotate",
+                self.client.settings.mount,
+                self.name(mek_id)
+            );
+            self.client
+                .call(Method::POST, &path, Some(json!({})))
+                .await
+                .map_err(|e| self.fail("rotating a Transit key", e))?;
+            let key = self
+                .read_key(mek_id)
+                .await?
+                .ok_or_else(|| self.not_found(mek_id))?;
+            key.versions.keys().max().copied().unwrap_or(0)
+        };
+        let stored = self
+            .update(mek_id, |rec, key| {
+                for r in rec.versions.values_mut() {
+                    if r.state == KeyState::Active {
+                        r.state = KeyState::DecryptOnly;
+                        r.changed_at = Timestamp::now().as_millis();
+                    }
+                }
+                if let Some(k) = key {
+                    for (&v, &t) in &k.versions {
+                        if v < target && !rec.versions.contains_key(&v) {
+                            rec.set(v, KeyState::DecryptOnly, Some(t.saturating_mul(1000)));
+                        }
+                    }
+                }
+                let created = key
+                    .and_then(|k| k.versions.get(&target))
+                    .map(|t| t.saturating_mul(1000));
+                rec.set(target, KeyState::Active, created);
+                Ok(())
+            })
+            .await?;
+        self.enforce(mek_id, &stored).await?;
+        let version = MekVersion::new(target)?;
+        let created = stored
+            .record
+            .versions
+            .get(&target)
+            .map_or_else(Timestamp::now, |r| Timestamp(r.created_at));
+        Ok(MekVersionInfo::active(
+            MekRef::new(mek_id.clone(), version),
+            EncryptionAlgorithm::Aes256Gcm,
+            created,
+        ))
+    }
+
+    async fn set_mek_state(&self, mek: &MekRef, next: KeyState) -> Result<()> {
+        if next == KeyState::Destroyed {
+            return Err(TdeError::Unsupported {
+                what: format!("destroying MEK version {mek} in Vault Transit"),
+                hint: format!(
+                    "Transit destroys versions only by trimming every older one: once no TEK depends on them, an operator runs `bao write {}/keys/{}/trim min_available_version=<N>` (see docs/providers/vault.md)",
+                    self.client.settings.mount,
+                    self.name(&mek.id)
+                ),
+            });
+        }
+        let stored = self.load(&mek.id).await?;
+        let transition = self
+            .lifecycle(&mek.id, &stored)
+            .plan_transition(mek, next)
+            .ok_or_else(|| self.not_found(mek))??;
+        if transition == Transition::Unchanged {
+            return Ok(());
+        }
+        let v = mek.version.get();
+        let stored = self
+            .update(&mek.id, |rec, key| {
+                let lc = self.lifecycle(
+                    &mek.id,
+                    &Stored {
+                        record: rec.clone(),
+                        kv_version: 0,
+                        key: key.cloned(),
+                    },
+                );
+                lc.plan_transition(mek, next)
+                    .ok_or_else(|| self.not_found(mek))??;
+                let created = key
+                    .and_then(|k| k.versions.get(&v))
+                    .map(|t| t.saturating_mul(1000));
+                rec.set(v, next, created);
+                Ok(())
+            })
+            .await?;
+        self.enforce(&mek.id, &stored).await
+    }
+
+    async fn health(&self) -> Result<ProviderHealth> {
+        let start = Instant::now();
+        let r = self.client.call_unauthenticated("sys/health").await;
+        let addr = self.address();
+        let (healthy, detail) = match r {
+            Ok(_) => (
+                true,
+                format!("Vault at {addr}: initialised, unsealed, active"),
+            ),
+            Err(CallError::Status(s, _)) => match s.as_u16() {
+                429 | 473 => (
+                    true,
+                    format!(
+                        "Vault at {addr}: unsealed standby node (requests are forwarded to the active node)"
+                    ),
+                ),
+                503 => (
+                    false,
+                    format!("Vault at {addr} is sealed; unseal it with `bao operator unseal`"),
+                ),
+                501 => (
+                    false,
+                    format!("Vault at {addr} is not initialised; run `bao operator init`"),
+                ),
+                other => (
+                    false,
+                    format!("Vault at {addr}: sys/health answered HTTP {other}"),
+                ),
+            },
+            Err(e) => (
+                false,
+                format!("Vault at {addr} is unreachable: {}", e.text()),
+            ),
+        };
+        Ok(ProviderHealth {
+            healthy,
+            latency: start.elapsed(),
+            detail,
+        })
+    }
+}

@@ -86,8 +86,36 @@ fn ratio_verdict(ours: Option<f64>, base: Option<f64>, limit: f64) -> String {
     }
 }
 
-/// Renders the report from criterion results.
-pub fn render(r: &BTreeMap<String, f64>) -> String {
+/// A row's label without its parenthesised details ("page seal, aws-lc, 8 KiB"): the key that
+/// matches a row across reports.
+fn row_key(what: &str) -> &str {
+    what.split(" (").next().unwrap_or(what).trim()
+}
+
+/// The measured rows of a previous report (the table lines whose "ours" cell is a time), by
+/// [`row_key`], and that report's run date.
+fn previous_rows(previous: &str) -> (BTreeMap<String, String>, String) {
+    let mut rows = BTreeMap::new();
+    for line in previous.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // "| what | ours | ... |" splits into an empty first and last cell.
+        if cells.len() == 9 && cells[2] != "-" && cells[2] != "ours" && cells[2] != "---" {
+            let what = cells[1].trim_end_matches(" †");
+            rows.insert(row_key(what).to_string(), line.to_string());
+        }
+    }
+    let date = previous
+        .lines()
+        .find_map(|l| l.strip_prefix("* Run: "))
+        .unwrap_or("unknown")
+        .to_string();
+    (rows, date)
+}
+
+/// Renders the report from criterion results. With `previous` (the last report), a row this
+/// run did not measure keeps its measured line from there, marked †, so that a partial run
+/// (`cargo xtask bench wrap_unwrap`) does not erase the other rows.
+pub fn render(r: &BTreeMap<String, f64>, previous: Option<&str>) -> String {
     let get = |k: &str| r.get(k).copied();
     let mut rows = Vec::new();
     for op in ["seal", "open"] {
@@ -285,7 +313,20 @@ pub fn render(r: &BTreeMap<String, f64>) -> String {
         "| what | ours | baseline | baseline is | ratio | target | verdict |"
     );
     let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- |");
+    let (kept, kept_date) = previous.map(previous_rows).unwrap_or_default();
+    let mut kept_any = false;
     for row in rows {
+        if row.ours.is_none()
+            && let Some(old) = kept.get(row_key(&row.what))
+        {
+            // The old line with its label marked: "| what | ..." -> "| what † | ...".
+            let mut cells: Vec<String> = old.split('|').map(str::to_string).collect();
+            let what = cells[1].trim().trim_end_matches(" †").to_string();
+            cells[1] = format!(" {what} † ");
+            let _ = writeln!(md, "{}", cells.join("|"));
+            kept_any = true;
+            continue;
+        }
         let ratio = match (row.ours, row.base) {
             (Some(o), Some(b)) if b > 0.0 => format!("{:.2}×", o / b),
             _ => "-".into(),
@@ -300,6 +341,13 @@ pub fn render(r: &BTreeMap<String, f64>) -> String {
             ratio,
             row.target,
             row.verdict
+        );
+    }
+    if kept_any {
+        let _ = writeln!(
+            md,
+            "\nRows marked † were not measured by this run (a partial run, `cargo xtask bench \
+             <filter>`): they are kept from the previous report, whose run was {kept_date}."
         );
     }
     let _ = writeln!(
@@ -357,8 +405,9 @@ pub fn run(root: &Path, report_only: bool, filter: &[String]) -> Result {
     if results.is_empty() {
         return Err("no criterion results under target/criterion; run `cargo xtask bench`".into());
     }
-    let md = render(&results);
     let path = root.join("docs").join("benchmarks.md");
+    let previous = std::fs::read_to_string(&path).ok();
+    let md = render(&results, previous.as_deref());
     std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))?;
     eprintln!("xtask: wrote {}", path.display());
     Ok(())
@@ -377,7 +426,7 @@ mod tests {
         r.insert("page_seal/ring/ours/8192".to_string(), 1100.0);
         r.insert("get_table_key_hit/ours_1t".to_string(), 150.0);
         r.insert("store_open/ours_1m_teks".to_string(), 5e6);
-        let md = render(&r);
+        let md = render(&r, None);
         assert!(md.contains("| page seal, aws-lc, 8 KiB"), "{md}");
         let line = |needle: &str| md.lines().find(|l| l.contains(needle)).unwrap().to_string();
         assert!(line("page seal, aws-lc, 8 KiB").ends_with("| met |"));
@@ -396,10 +445,43 @@ mod tests {
             "mek_rotation_openbao_10k/raw_vaultrs_rewrap".to_string(),
             1e9,
         );
-        let md = render(&r);
+        let md = render(&r, None);
         let line = |needle: &str| md.lines().find(|l| l.contains(needle)).unwrap().to_string();
         assert!(line("wrap + unwrap, OpenBao").ends_with("| 1.05× | ≤ 1.10× raw (report) | met |"));
         assert!(line("10,000 TEKs, OpenBao").ends_with("| MISSED (+50.0%) |"));
         assert!(!md.contains("OpenBao (Vault Transit) | - | - | the provider's raw SDK call"));
+    }
+
+    #[test]
+    fn a_partial_run_keeps_the_other_measured_rows() {
+        let mut full = BTreeMap::new();
+        full.insert("page_seal/ring/raw/8192".to_string(), 1000.0);
+        full.insert("page_seal/ring/ours/8192".to_string(), 1100.0);
+        full.insert("wrap_unwrap/provider_memory".to_string(), 900.0);
+        let first = render(&full, None);
+        let mut partial = BTreeMap::new();
+        partial.insert("wrap_unwrap/provider_memory".to_string(), 800.0);
+        partial.insert("wrap_unwrap/provider_openbao".to_string(), 1.1e6);
+        partial.insert("wrap_unwrap/raw_vaultrs_openbao".to_string(), 1e6);
+        let second = render(&partial, Some(&first));
+        let line =
+            |md: &str, needle: &str| md.lines().find(|l| l.contains(needle)).unwrap().to_string();
+        // Kept, marked, with its old numbers.
+        assert!(
+            line(&second, "page seal, ring, 8 KiB")
+                .starts_with("| page seal, ring, 8 KiB (7.4 GB/s) † |"),
+            "{second}"
+        );
+        assert!(line(&second, "page seal, ring, 8 KiB").contains("MISSED (+10.0%)"));
+        // Measured now: the new numbers.
+        assert!(line(&second, "wrap + unwrap, memory").contains("800.0 ns"));
+        assert!(line(&second, "wrap + unwrap, OpenBao").contains("1.10×"));
+        // Never measured: still "not run", not kept.
+        assert!(line(&second, "page seal, aws-lc, 8 KiB").ends_with("| not run |"));
+        assert!(second.contains("Rows marked † were not measured by this run"));
+        // Kept twice: marked once.
+        let third = render(&partial, Some(&second));
+        assert!(line(&third, "page seal, ring, 8 KiB").contains("8 KiB (7.4 GB/s) † |"));
+        assert!(!render(&full, Some(&first)).contains('†'));
     }
 }

@@ -510,6 +510,22 @@ impl VaultMekProvider {
 
     fn check_payload(wrapped: &WrappedTek, ctx: &WrapContext) -> Result<String> {
         let what = format!("TEK {} wrapped by {}", ctx.tek_id(), wrapped.mek);
+        // The derivation context does not cover the envelope header (it must stay the same
+        // through a server-side rewrap), so the provider checks the header itself: this
+        // provider writes only current-format Vault envelopes of AES-256-GCM TEKs.
+        if wrapped.format != heliosdb_tde_core::envelope::FORMAT_VERSION
+            || wrapped.provider != ProviderKind::Vault
+            || wrapped.algorithm != EncryptionAlgorithm::Aes256Gcm
+        {
+            return Err(TdeError::AuthenticationFailed {
+                what: format!(
+                    "{what}: the envelope header (format {}, provider {:?}, algorithm {}) is not that of a Vault wrap",
+                    wrapped.format,
+                    wrapped.provider,
+                    wrapped.algorithm.name()
+                ),
+            });
+        }
         let v = payload_version(&wrapped.payload)
             .map_err(|d| TdeError::corrupt("Vault-wrapped TEK", what.clone(), d))?;
         if v != wrapped.mek.version.get() {

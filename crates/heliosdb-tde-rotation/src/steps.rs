@@ -150,6 +150,8 @@ impl Rotator {
             .store
             .tek_pages(st.cursor.clone(), self.config.batch_size);
         let breaker = Breaker::new(self.config.abort_after_consecutive_failures);
+        // Failures not yet recorded (see below), with the cursor still before them.
+        let mut held: Vec<(TekId, TdeError)> = Vec::new();
         while let Some(page) = pages.next_page().await? {
             done += page.len() as u64;
             let todo: Vec<&TekRecord> = page
@@ -178,10 +180,18 @@ impl Rotator {
                         });
                         st.reencrypted += 1;
                     }
-                    Err(e) => st.record_failure(&id, &e),
+                    Err(e) => held.push((id, e)),
                 }
             }
-            st.cursor = pages.cursor().cloned();
+            // The cursor passes this page's failures only once the provider has answered
+            // since: if the page ended inside a run of retryable failures, an outage may be
+            // starting, and a pause must try these keys again rather than report them failed.
+            if breaker.streak() == 0 {
+                for (id, e) in held.drain(..) {
+                    st.record_failure(&id, &e);
+                }
+                st.cursor = pages.cursor().cloned();
+            }
             fail_here!("rotation::before_page_commit");
             self.save(&mut step, &st, batch).await?;
             fail_here!("rotation::after_page_commit");
@@ -190,9 +200,12 @@ impl Rotator {
                     phase: Phase::Rewrapping,
                     done: done.min(total.max(done)),
                     total: total.max(done),
-                    failed: st.failed_total,
+                    failed: st.failed_total + held.len() as u64,
                 });
             }
+        }
+        for (id, e) in held.drain(..) {
+            st.record_failure(&id, &e);
         }
         st.phase = Phase::DualActive;
         st.cursor = None;
@@ -210,9 +223,9 @@ impl Rotator {
     }
 
     /// Pauses a re-wrap pass whose breaker opened: commits the re-wraps of the current page
-    /// that succeeded, keeps the cursor at the last committed page (so the rest of this page is
-    /// tried again on resume, and nothing is counted as failed twice), and returns the paused
-    /// error.
+    /// that succeeded, keeps the cursor where it was (after the last page that ended with the
+    /// provider answering, so the keys that failed since are tried again on resume and nothing
+    /// is counted as failed twice), and returns the paused error.
     async fn pause(
         &self,
         step: &mut crate::Step,
@@ -279,6 +292,11 @@ impl Breaker {
     /// Whether the pass must stop calling the provider.
     pub(crate) fn is_open(&self) -> bool {
         self.consecutive.load(Ordering::SeqCst) >= self.threshold
+    }
+
+    /// Retryable failures since the last answer of the provider.
+    pub(crate) fn streak(&self) -> u32 {
+        self.consecutive.load(Ordering::SeqCst)
     }
 
     pub(crate) fn success(&self) {

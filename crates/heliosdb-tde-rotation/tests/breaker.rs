@@ -156,3 +156,71 @@ async fn non_retryable_failures_do_not_trip_the_breaker_and_are_recorded_per_tek
     let st = rot.rewrap(&w.mek_id, None).await.unwrap();
     assert_eq!((st.failed_total, st.reencrypted), (0, 120));
 }
+
+#[tokio::test]
+async fn keys_failing_as_an_outage_starts_at_the_end_of_a_page_are_retried_on_resume() {
+    let p = common::hooked();
+    let w = World::new(p.clone(), 100).await;
+    // One re-wrap at a time, two attempts each: the last two TEKs of the first page use up
+    // their attempts (4 failures, under the threshold) before the breaker opens in the next
+    // page.
+    let config = common::config()
+        .with_batch_size(50)
+        .with_concurrency(1)
+        .with_max_attempts(2)
+        .with_abort_after_consecutive_failures(THRESHOLD);
+    let rot = Rotator::new(w.provider.clone(), w.store.clone(), config);
+    rot.prepare(&w.mek_id, false).await.unwrap();
+    p.reset_counts();
+    p.fail_when(Method::RewrapTek, |call| (call.n > 48).then(outage));
+    let e = rot.rewrap(&w.mek_id, None).await.unwrap_err();
+    assert!(e.to_string().contains("paused"), "{e}");
+    assert_eq!(p.calls(Method::RewrapTek), 48 + u64::from(THRESHOLD));
+    let st = rot.status(&w.mek_id).await.unwrap().unwrap();
+    assert_eq!(st.phase, Phase::Rewrapping);
+    assert_eq!(st.failed_total, 0, "{:?}", st.failed);
+    assert_eq!(st.reencrypted, 48);
+    assert_eq!(st.cursor, None, "the first page ended inside the outage");
+
+    p.clear(Method::RewrapTek);
+    p.reset_counts();
+    let st = rot.rewrap(&w.mek_id, None).await.unwrap();
+    assert_eq!(st.phase, Phase::DualActive);
+    assert_eq!(
+        (st.failed_total, st.reencrypted),
+        (0, 100),
+        "{:?}",
+        st.failed
+    );
+    assert_eq!(p.calls(Method::RewrapTek), 52, "no TEK is re-wrapped twice");
+    assert_eq!(w.check_all_unwrap(st.new.as_ref().unwrap()).await, 100);
+}
+
+#[tokio::test]
+async fn a_short_outage_that_does_not_trip_the_breaker_fails_only_its_keys() {
+    let p = common::hooked();
+    let w = World::new(p.clone(), 100).await;
+    let config = common::config()
+        .with_batch_size(50)
+        .with_concurrency(1)
+        .with_max_attempts(2)
+        .with_abort_after_consecutive_failures(THRESHOLD);
+    let rot = Rotator::new(w.provider.clone(), w.store.clone(), config);
+    rot.prepare(&w.mek_id, false).await.unwrap();
+    p.reset_counts();
+    // Calls 49..=52 fail: the last two TEKs of the first page, then the provider is back.
+    p.fail_when(Method::RewrapTek, |call| {
+        (49..=52).contains(&call.n).then(outage)
+    });
+    let st = rot.rewrap(&w.mek_id, None).await.unwrap();
+    assert_eq!(st.phase, Phase::DualActive);
+    assert_eq!(
+        (st.failed_total, st.reencrypted),
+        (2, 98),
+        "{:?}",
+        st.failed
+    );
+    p.clear(Method::RewrapTek);
+    let st = rot.rewrap(&w.mek_id, None).await.unwrap();
+    assert_eq!((st.failed_total, st.reencrypted), (0, 100));
+}

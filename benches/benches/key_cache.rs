@@ -129,8 +129,8 @@ fn misses(c: &mut Criterion) {
 }
 
 fn wrap_unwrap(c: &mut Criterion) {
-    // Per provider, report only. The SoftHSM, OpenBao and moto backends are not part of this
-    // release; their rows say so in docs/benchmarks.md.
+    // Per provider, against the raw calls it makes. The moto (AWS KMS) backend is not part of
+    // this release; its row says so in docs/benchmarks.md.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -182,7 +182,76 @@ fn wrap_unwrap(c: &mut Criterion) {
         });
     }
     softhsm(&rt, &mut g, &tek, &ctx);
+    openbao(&rt, &mut g, &tek, &ctx);
     g.finish();
+}
+
+/// The Vault Transit provider on the OpenBao dev server (when `cargo xtask bench` provisioned
+/// one), against the raw vaultrs calls it makes: one Transit encrypt and one decrypt of 32
+/// bytes with the same key, key version and derivation context.
+fn openbao(
+    rt: &tokio::runtime::Runtime,
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    tek: &heliosdb_tde_core::TableKey,
+    ctx: &heliosdb_tde_core::WrapContext,
+) {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use heliosdb_tde_core::MekProvider;
+    use vaultrs::api::transit::requests::{DecryptDataRequest, EncryptDataRequest};
+    let Some((addr, token)) = heliosdb_benches::openbao() else {
+        eprintln!("OpenBao not provisioned: skipping the Vault rows (run `cargo xtask bench`)");
+        return;
+    };
+    let (p, prefix) = heliosdb_benches::openbao_provider(rt, &addr, "wrap");
+    let mek_id: heliosdb_tde_core::MekId = "w".parse().unwrap();
+    let mek = rt
+        .block_on(p.generate_mek(&mek_id, heliosdb_tde_core::EncryptionAlgorithm::Aes256Gcm))
+        .unwrap()
+        .mek;
+    g.bench_function("provider_openbao", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let w = p.wrap_tek(&mek, tek, ctx).await.unwrap();
+                p.unwrap_tek(&w, ctx).await.unwrap()
+            })
+        })
+    });
+    // The same two Transit calls, made directly: same key, same version, same context.
+    let client = rt.block_on(async { heliosdb_benches::raw_vault_client(&addr, &token) });
+    let key = format!("{prefix}{mek_id}");
+    let context = STANDARD.encode(ctx.derivation_context(&mek_id));
+    let plaintext = STANDARD.encode([7u8; 32]);
+    g.bench_function("raw_vaultrs_openbao", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let ct = vaultrs::transit::data::encrypt(
+                    &client,
+                    "transit",
+                    &key,
+                    &plaintext,
+                    Some(
+                        EncryptDataRequest::builder()
+                            .context(&context)
+                            .key_version(1u64),
+                    ),
+                )
+                .await
+                .unwrap()
+                .ciphertext;
+                vaultrs::transit::data::decrypt(
+                    &client,
+                    "transit",
+                    &key,
+                    &ct,
+                    Some(DecryptDataRequest::builder().context(&context)),
+                )
+                .await
+                .unwrap()
+                .plaintext
+            })
+        })
+    });
 }
 
 /// The PKCS#11 provider on SoftHSM2 (when `cargo xtask bench` provisioned a token), against

@@ -1,5 +1,7 @@
 //! MEK rotation of 100,000 TEKs with the file provider and the durable redb store, against
-//! unwrap + wrap of 100,000 keys in memory.
+//! unwrap + wrap of 100,000 keys in memory; and MEK rotation of 10,000 TEKs with the Vault
+//! Transit provider on OpenBao (server-side rewrap), against 10,000 raw vaultrs rewrap calls at
+//! the same concurrency.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -94,5 +96,130 @@ fn rotation(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, rotation);
+const N_OPENBAO: usize = 10_000;
+
+fn openbao_rotation(c: &mut Criterion) {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use futures_util::StreamExt as _;
+    use vaultrs::api::transit::requests::{EncryptDataRequest, RewrapDataRequest};
+    let Some((addr, token)) = heliosdb_benches::openbao() else {
+        eprintln!(
+            "OpenBao not provisioned: skipping the Vault rotation row (run `cargo xtask bench`)"
+        );
+        return;
+    };
+    let mut g = c.benchmark_group("mek_rotation_openbao_10k");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(30))
+        .warm_up_time(Duration::from_millis(1));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The rotation's re-wraps in flight at once; the baseline uses the same.
+    let concurrency = heliosdb_tde_manager::RotationConfig::default().concurrency;
+
+    // Baseline: 10,000 Transit rewrap calls (v1 -> v2) of TEK-sized ciphertexts, each with its
+    // own derivation context, `concurrency` in flight.
+    let client = rt.block_on(async { heliosdb_benches::raw_vault_client(&addr, &token) });
+    let key = format!("bench-raw-{}", std::process::id());
+    let (cts, contexts) = rt.block_on(async {
+        vaultrs::transit::key::create(
+            &client,
+            "transit",
+            &key,
+            Some(
+                vaultrs::api::transit::requests::CreateKeyRequest::builder()
+                    .key_type(vaultrs::api::transit::KeyType::Aes256Gcm96)
+                    .derived(true),
+            ),
+        )
+        .await
+        .unwrap();
+        let plaintext = STANDARD.encode([7u8; 32]);
+        let contexts: Vec<String> = (0..N_OPENBAO)
+            .map(|i| STANDARD.encode(format!("t{i:07}")))
+            .collect();
+        let cts: Vec<String> = futures_util::stream::iter(contexts.iter())
+            .map(|context| {
+                let (client, key, plaintext) = (&client, &key, &plaintext);
+                async move {
+                    vaultrs::transit::data::encrypt(
+                        client,
+                        "transit",
+                        key,
+                        plaintext,
+                        Some(EncryptDataRequest::builder().context(context)),
+                    )
+                    .await
+                    .unwrap()
+                    .ciphertext
+                }
+            })
+            .buffered(concurrency)
+            .collect()
+            .await;
+        vaultrs::transit::key::rotate(&client, "transit", &key)
+            .await
+            .unwrap();
+        (cts, contexts)
+    });
+    g.bench_function("raw_vaultrs_rewrap", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let done = futures_util::stream::iter(cts.iter().zip(&contexts))
+                    .map(|(ct, context)| {
+                        let (client, key) = (&client, &key);
+                        async move {
+                            vaultrs::transit::data::rewrap(
+                                client,
+                                "transit",
+                                key,
+                                ct,
+                                Some(
+                                    RewrapDataRequest::builder()
+                                        .context(context)
+                                        .key_version(2u64),
+                                ),
+                            )
+                            .await
+                            .unwrap()
+                            .ciphertext
+                        }
+                    })
+                    .buffer_unordered(concurrency)
+                    .count()
+                    .await;
+                assert_eq!(done, N_OPENBAO);
+            })
+        })
+    });
+
+    // Ours: a full rotation pass through the key manager (prepare, server-side re-wrap of every
+    // TEK, durable commits of the redb store). Between samples the old version is deactivated
+    // (grace period zero), which is not timed.
+    let (p, _) = heliosdb_benches::openbao_provider(&rt, &addr, "rot");
+    let dir = tempfile::tempdir().unwrap();
+    let km = manager(&rt, dir.path(), p, 1000, N_OPENBAO, true);
+    g.bench_function("ours_openbao_server_side_rewrap", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                let r = rt
+                    .block_on(km.rotate_mek_with_dual_encryption("bench_mek"))
+                    .unwrap();
+                total += start.elapsed();
+                assert_eq!(r.keys_reencrypted as usize, N_OPENBAO);
+                rt.block_on(km.deactivate_old_mek("bench_mek")).unwrap();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, rotation, openbao_rotation);
 criterion_main!(benches);

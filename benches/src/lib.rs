@@ -65,3 +65,46 @@ pub fn manager(
     });
     km
 }
+
+/// The OpenBao dev server `cargo xtask bench` provisions: its address and the test token
+/// (limited to the documented policy), or `None` when it was not provisioned.
+pub fn openbao() -> Option<(String, String)> {
+    let addr = std::env::var("HELIOSDB_TEST_VAULT_ADDR").ok()?;
+    let token = std::env::var("HELIOSDB_TEST_VAULT_TOKEN").ok()?;
+    Some((addr, token))
+}
+
+/// A Vault Transit provider on the provisioned OpenBao server, with Transit keys and
+/// lifecycle records under names private to this process (`tag` and the process id), so runs
+/// never meet each other's keys on the shared server. Returns the provider and its key prefix.
+pub fn openbao_provider(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    tag: &str,
+) -> (Arc<heliosdb_tde_vault::VaultMekProvider>, String) {
+    let prefix = format!("bench-{tag}-{}-", std::process::id());
+    let mut config = heliosdb_tde_core::VaultTransitConfig::new(addr);
+    config.token_env_var = Some("HELIOSDB_TEST_VAULT_TOKEN".into());
+    config.key_prefix = Some(prefix.clone());
+    config.state_path = format!("heliosdb/{prefix}meks");
+    let p = rt
+        .block_on(heliosdb_tde_vault::VaultMekProvider::open(
+            &config,
+            SecurityMode::Development,
+        ))
+        .unwrap();
+    (Arc::new(p), prefix)
+}
+
+/// A raw vaultrs client on the same server with the same token: the baseline of the OpenBao
+/// rows. Build it inside the runtime that uses it.
+pub fn raw_vault_client(addr: &str, token: &str) -> vaultrs::client::VaultClient {
+    vaultrs::client::VaultClient::new(
+        vaultrs::client::VaultClientSettingsBuilder::default()
+            .address(addr)
+            .token(token)
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
+}

@@ -127,6 +127,64 @@ pub(crate) fn key_name(prefix: &str, id: &MekId) -> String {
 mod tests {
     use super::*;
 
+    fn props() -> KeyProps {
+        KeyProps {
+            key_type: "aes256-gcm96".into(),
+            derived: true,
+            convergent: false,
+            exportable: false,
+            plaintext_backup: false,
+            versions: BTreeMap::from([(1, 0)]),
+            min_decryption_version: 1,
+            min_encryption_version: 0,
+        }
+    }
+
+    #[test]
+    fn adoption_rules() {
+        let dev = SecurityMode::Development;
+        let prod = SecurityMode::Production;
+        assert_eq!(props().check("k", prod).unwrap(), None);
+        let e = KeyProps {
+            derived: false,
+            ..props()
+        }
+        .check("k", dev)
+        .unwrap_err();
+        assert!(e.to_string().contains("derived=false"), "{e}");
+        let e = KeyProps {
+            convergent: true,
+            ..props()
+        }
+        .check("k", dev)
+        .unwrap_err();
+        assert!(e.to_string().contains("convergent_encryption"), "{e}");
+        let e = KeyProps {
+            key_type: "rsa-4096".into(),
+            ..props()
+        }
+        .check("k", dev)
+        .unwrap_err();
+        assert!(e.to_string().contains("rsa-4096"), "{e}");
+        let exp = KeyProps {
+            exportable: true,
+            ..props()
+        };
+        assert!(exp.check("k", prod).is_err());
+        assert!(
+            exp.check("k", dev)
+                .unwrap()
+                .unwrap()
+                .contains("exportable=true")
+        );
+        let backup = KeyProps {
+            plaintext_backup: true,
+            ..props()
+        };
+        assert!(backup.check("k", prod).is_err());
+        assert!(backup.check("k", dev).unwrap().is_some());
+    }
+
     #[test]
     fn payload_versions() {
         let good = format!("vault:v2:{}", "A".repeat(80));

@@ -39,6 +39,10 @@ pub use heliosdb_tde_memory::InMemoryMekProvider;
 #[cfg(feature = "secure-file")]
 pub use heliosdb_tde_file::{PassphraseChange, SecureFileMekProvider};
 
+/// The HashiCorp Vault / OpenBao Transit provider (feature `vault`).
+#[cfg(feature = "vault")]
+pub use heliosdb_tde_vault::VaultMekProvider;
+
 /// The PKCS#11 HSM provider (feature `pkcs11-hsm`).
 #[cfg(feature = "pkcs11-hsm")]
 pub use heliosdb_tde_pkcs11::{Pkcs11MekProvider, Pkcs11Settings};

@@ -33,7 +33,7 @@ impl fmt::Debug for TdeSubsystem {
 
 fn missing_feature(what: &str, feature: &str) -> TdeError {
     // Features of this crate that exist but may be switched off.
-    const KNOWN: &[&str] = &["secure-file", "pkcs11-hsm"];
+    const KNOWN: &[&str] = &["secure-file", "pkcs11-hsm", "vault"];
     let hint = if KNOWN.contains(&feature) {
         format!(
             "build heliosdb-security with the cargo feature `{feature}` (features = \
@@ -71,6 +71,9 @@ async fn build_provider(
             Arc::new(InMemoryMekProvider::new()),
             ProviderFacts::default(),
         )),
+        ConfiguredProvider::Kms(heliosdb_tde_core::KmsConfig::Vault(vault)) => {
+            build_vault(vault, mode).await
+        }
         ConfiguredProvider::Kms(kms) => Err(missing_feature(kms.name(), kms.feature())),
         ConfiguredProvider::Hsm(hsm) => build_hsm(hsm, mode).await,
         ConfiguredProvider::SecureFile(file) => build_secure_file(file, mode),
@@ -108,6 +111,26 @@ async fn build_hsm(
     {
         let _ = (hsm, mode);
         Err(missing_feature("PKCS#11 HSM", "pkcs11-hsm"))
+    }
+}
+
+async fn build_vault(
+    vault: &heliosdb_tde_core::VaultTransitConfig,
+    mode: SecurityMode,
+) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
+    #[cfg(feature = "vault")]
+    {
+        let p = heliosdb_tde_vault::VaultMekProvider::open(vault, mode).await?;
+        let facts = ProviderFacts {
+            warnings: p.warnings(),
+            pin_source: None,
+        };
+        Ok((Arc::new(p), facts))
+    }
+    #[cfg(not(feature = "vault"))]
+    {
+        let _ = (vault, mode);
+        Err(missing_feature("HashiCorp Vault Transit", "vault"))
     }
 }
 

@@ -4,6 +4,8 @@
 
 pub mod fault;
 pub mod instrumented;
+#[cfg(feature = "manager")]
+pub mod manager;
 pub mod provider;
 pub mod services;
 pub mod softhsm;

@@ -256,3 +256,44 @@ pub(crate) fn token_mtime(source: &TokenSource) -> Option<SystemTime> {
         TokenSource::Env(_) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_token_file_others_can_read_is_refused_in_production_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s.secret-token\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let src = TokenSource::File(path.clone());
+        let e = read_token(&src, SecurityMode::Production).err().unwrap();
+        assert!(matches!(e, TdeError::InsecurePermissions { .. }), "{e}");
+        let r = read_token(&src, SecurityMode::Development).unwrap();
+        assert!(r.warning.unwrap().contains("0644"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let r = read_token(&src, SecurityMode::Production).unwrap();
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&r.token),
+            "s.secret-token"
+        );
+        assert!(r.warning.is_none());
+        assert!(!format!("{src:?}").contains("secret"));
+    }
+
+    #[test]
+    fn production_refuses_http_and_debug_has_no_token() {
+        let c = VaultTransitConfig::new("http://127.0.0.1:8200");
+        let e = Settings::from_config(&c, SecurityMode::Production).unwrap_err();
+        assert!(e.to_string().contains("kms_config.address"), "{e}");
+        let s = Settings::from_config(&c, SecurityMode::Development).unwrap();
+        assert_eq!(s.mount, "transit");
+        let d = format!("{s:?}");
+        assert!(
+            d.contains("127.0.0.1:8200") && d.contains("VAULT_TOKEN"),
+            "{d}"
+        );
+    }
+}

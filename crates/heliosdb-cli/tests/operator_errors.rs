@@ -416,3 +416,61 @@ fn a_storage_engine_panic_prints_one_error_line() {
     assert!(!err.contains("backtrace"), "{err}");
     assert_eq!(text_error(&out), message);
 }
+
+/// Exit code 5 without any server: a Vault provider at a refused loopback port is a retryable
+/// `provider_unavailable`, so scripts can retry; a first start that fails so creates nothing.
+#[test]
+fn an_unreachable_provider_is_exit_code_5_in_both_formats() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token_file = dir.path().join("vault-token");
+    std::fs::write(&token_file, "not-a-real-token").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = dir.path().join("vault.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "key_storage_path = \"{keys}\"\nsecurity_mode = \"development\"\n\
+             provider_startup_wait_secs = 0\n\n[kms_config]\nprovider = \"vault\"\n\
+             address = \"http://127.0.0.1:{port}\"\ntoken_file = \"{token}\"\n\
+             timeout_secs = 2\nmax_retries = 0\n",
+            keys = dir.path().join("keys").display(),
+            token = token_file.display(),
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let o = command(dir.path())
+        .env_remove("VAULT_ADDR")
+        .env_remove("VAULT_TOKEN")
+        .args(["--config", cfg, "security", "tek", "create", "t"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        stderr(&o)
+    );
+    let o = command(dir.path())
+        .env_remove("VAULT_ADDR")
+        .env_remove("VAULT_TOKEN")
+        .args([
+            "--config", cfg, "--format", "json", "security", "tek", "create", "t",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(json_error(&o).0, "provider_unavailable");
+    assert!(
+        !dir.path().join("keys").exists(),
+        "the failed start created the key store"
+    );
+}

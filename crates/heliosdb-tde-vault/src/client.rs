@@ -309,7 +309,11 @@ impl Client {
             let r = self.send_once(method, path, body, token).await;
             let transient = match &r {
                 Err(CallError::Unavailable(_)) => true,
-                Err(CallError::Status(s, _)) => matches!(s.as_u16(), 429 | 500 | 502 | 503 | 504),
+                Err(CallError::Status(s, e)) => {
+                    matches!(s.as_u16(), 429 | 500 | 502 | 503 | 504)
+                        // A KV version 2 mount right after it was enabled or upgraded.
+                        || e.iter().any(|e| e.contains("Upgrading from non-versioned to versioned"))
+                }
                 _ => false,
             };
             if !transient || attempt >= self.settings.max_retries {

@@ -124,6 +124,7 @@ pub(crate) fn key_name(prefix: &str, id: &MekId) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,8 @@
 //! Bad input: each gives a clear typed error and changes nothing.
 
+// Tests: a failed expectation is a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{ctx, fresh, tek};
@@ -190,7 +193,8 @@ async fn min_decryption_version_raised_by_an_operator() {
 #[tokio::test]
 async fn invalid_configuration_names_the_field() {
     let Some(s) = common::server() else { return };
-    let cases: Vec<(Box<dyn Fn(&mut VaultTransitConfig)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut VaultTransitConfig)>;
+    let cases: Vec<(Change, &str)> = vec![
         (Box::new(|c| c.timeout_secs = 0), "kms_config.timeout_secs"),
         (
             Box::new(|c| c.address = String::new()),

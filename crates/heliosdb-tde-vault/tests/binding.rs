@@ -1,6 +1,9 @@
 //! The binding of a wrapped TEK, checked by an independent client (the `bao` CLI), and
 //! server-side rewrap.
 
+// Tests: a failed expectation is a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use base64::Engine;

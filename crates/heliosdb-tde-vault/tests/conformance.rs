@@ -1,5 +1,8 @@
 //! The provider conformance suite against the shared OpenBao server, one check per test.
 
+// Tests: a failed expectation is a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use heliosdb_tde_conformance::provider;

@@ -1,6 +1,9 @@
 //! Lifecycle records: adoption and refusal of keys created with the `bao` CLI, versions Vault
 //! created outside HeliosDB, check-and-set between two providers, Destroyed.
 
+// Tests: a failed expectation is a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{ctx, fresh, tek};

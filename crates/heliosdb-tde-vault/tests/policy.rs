@@ -1,6 +1,9 @@
 //! The documented policy is sufficient (every other test runs with it); a policy missing a
 //! path fails at `open()` with an error listing that path.
 
+// Tests: a failed expectation is a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use heliosdb_tde_core::SecurityMode;

@@ -1,5 +1,8 @@
 //! Tokens: from a file (replaced while running), revoked, and renewed before their TTL ends.
 
+// Tests: a failed expectation is a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{ctx, fresh, tek};

@@ -57,7 +57,7 @@ impl VaultMekProvider {
             .call(
                 Method::POST,
                 "sys/capabilities-self",
-                Some(json!({ "paths": names })),
+                Some(&json!({ "paths": names })),
             )
             .await
             .map_err(|e| self.fail("checking the token's capabilities", e))?;

@@ -268,22 +268,18 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<&Value>,
     ) -> std::result::Result<Value, CallError> {
         let token = match self.upkeep().await {
             Ok(t) => t,
             Err(e) => return Err(CallError::Protocol(e.to_string())),
         };
-        let r = self
-            .with_retries(&method, path, body.as_ref(), &token)
-            .await;
+        let r = self.with_retries(&method, path, body, &token).await;
         if matches!(&r, Err(CallError::Status(s, _)) if *s == StatusCode::FORBIDDEN)
             && self.reload_after_forbidden(&token).await
         {
             let token = self.token.lock().await.token.clone();
-            return self
-                .with_retries(&method, path, body.as_ref(), &token)
-                .await;
+            return self.with_retries(&method, path, body, &token).await;
         }
         r
     }

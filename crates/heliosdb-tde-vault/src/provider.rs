@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use std::fmt;
 use std::sync::Mutex;
 use std::time::Instant;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Master keys in Vault (or OpenBao) Transit. See the crate documentation.
 ///
@@ -252,7 +252,7 @@ impl MekProvider for VaultMekProvider {
             "allow_plaintext_backup": false,
         });
         self.client
-            .call(Method::POST, &path, Some(body))
+            .call(Method::POST, &path, Some(&body))
             .await
             .map_err(|e| self.fail("creating a Transit key", e))?;
         let stored = self
@@ -286,7 +286,7 @@ impl MekProvider for VaultMekProvider {
             .await?
             .ensure_can_encrypt(&format!("mek:{mek}"), "wrap a TEK")?;
         let plaintext = Zeroizing::new(B64.encode(tek.bytes().expose_secret()));
-        let body = json!({
+        let mut body = json!({
             "plaintext": plaintext.as_str(),
             "context": Self::context(ctx, &mek.id),
             "key_version": mek.version.get(),
@@ -296,11 +296,12 @@ impl MekProvider for VaultMekProvider {
             self.client.settings.mount,
             self.name(&mek.id)
         );
-        let v = self
-            .client
-            .call(Method::POST, &path, Some(body))
-            .await
-            .map_err(|e| self.transit_error("wrap a TEK", mek, e))?;
+        let r = self.client.call(Method::POST, &path, Some(&body)).await;
+        // The request's copy of the plaintext (the JSON value) is wiped as soon as it is sent.
+        if let Value::String(text) = &mut body["plaintext"] {
+            text.zeroize();
+        }
+        let v = r.map_err(|e| self.transit_error("wrap a TEK", mek, e))?;
         self.envelope(mek, tek.algorithm(), &v)
     }
 
@@ -318,7 +319,7 @@ impl MekProvider for VaultMekProvider {
         );
         let mut v = self
             .client
-            .call(Method::POST, &path, Some(body))
+            .call(Method::POST, &path, Some(&body))
             .await
             .map_err(|e| self.transit_error("unwrap a TEK", mek, e))?;
         let text = match v["data"]["plaintext"].take() {
@@ -381,7 +382,7 @@ impl MekProvider for VaultMekProvider {
         );
         let v = self
             .client
-            .call(Method::POST, &path, Some(body))
+            .call(Method::POST, &path, Some(&body))
             .await
             .map_err(|e| self.transit_error("re-wrap a TEK", &wrapped.mek, e))?;
         self.envelope(new_mek, wrapped.algorithm, &v)
@@ -442,7 +443,7 @@ impl MekProvider for VaultMekProvider {
                 self.name(mek_id)
             );
             self.client
-                .call(Method::POST, &path, Some(json!({})))
+                .call(Method::POST, &path, Some(&json!({})))
                 .await
                 .map_err(|e| self.fail("rotating a Transit key", e))?;
             let key = self

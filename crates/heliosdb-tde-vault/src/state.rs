@@ -145,7 +145,7 @@ impl VaultMekProvider {
             let body = json!({ "options": { "cas": stored.kv_version }, "data": stored.record });
             match self
                 .client
-                .call(Method::POST, &self.record_path(id), Some(body))
+                .call(Method::POST, &self.record_path(id), Some(&body))
                 .await
             {
                 Ok(v) => {
@@ -252,7 +252,7 @@ impl VaultMekProvider {
         );
         let body = json!({ "min_decryption_version": min_dec, "min_encryption_version": min_enc });
         self.client
-            .call(Method::POST, &path, Some(body))
+            .call(Method::POST, &path, Some(&body))
             .await
             .map_err(|e| self.fail("setting the key's minimum versions", e))?;
         self.cache.forget(id);

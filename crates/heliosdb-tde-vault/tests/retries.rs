@@ -62,3 +62,30 @@ async fn transient_answers_are_retried_then_reported_retryable() {
     assert_eq!(proxy.requests_to("/decrypt/"), 1);
     assert!(p.unwrap_tek(&w, &ctx("r@v1")).await.is_ok());
 }
+
+#[tokio::test]
+async fn health_reads_the_sys_health_status() {
+    let Some(s) = common::server() else { return };
+    let upstream: SocketAddr = s.addr.trim_start_matches("http://").parse().unwrap();
+    let proxy = FaultProxy::start_http(upstream).await.unwrap();
+    let mut c = s.config();
+    c.address = proxy.url();
+    let p = VaultMekProvider::open(&c, SecurityMode::Development)
+        .await
+        .unwrap();
+    assert!(p.health().await.unwrap().healthy);
+    for (status, healthy, text) in [
+        (429, true, "standby"),
+        (473, true, "standby"),
+        (503, false, "bao operator unseal"),
+        (501, false, "not initialised"),
+    ] {
+        proxy.respond_next_to("/sys/health", 1, Response::new(status));
+        let h = p.health().await.unwrap();
+        assert_eq!(h.healthy, healthy, "{status}: {h:?}");
+        assert!(h.detail.contains(text), "{status}: {h:?}");
+    }
+    proxy.cut();
+    let h = p.health().await.unwrap();
+    assert!(!h.healthy && h.detail.contains(&proxy.url()), "{h:?}");
+}

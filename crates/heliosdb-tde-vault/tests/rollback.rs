@@ -1,5 +1,6 @@
-//! Rollback of an MEK rotation through the key manager: the provider's view of the versions
-//! matches the lifecycle record in KV and the minimum versions on the Transit key.
+//! MEK rotation through the key manager: a rotation of 200 TEKs is server-side rewraps only
+//! (seen in the fault proxy's request log), and after a rollback the provider's view of the
+//! versions matches the lifecycle record in KV and the minimum versions on the Transit key.
 
 // Tests: a failed expectation is a panic.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -82,4 +83,46 @@ async fn rollback_through_the_manager_matches_the_record() {
         .bytes()
         .expose_secret();
     assert_eq!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_rotation_of_200_teks_rewraps_on_the_server() {
+    use heliosdb_tde_conformance::fault::FaultProxy;
+    let Some(s) = common::server() else { return };
+    let upstream: std::net::SocketAddr = s.addr.trim_start_matches("http://").parse().unwrap();
+    let proxy = FaultProxy::start_http(upstream).await.unwrap();
+    let mut config = s.config();
+    config.address = proxy.url();
+    let p: Arc<dyn MekProvider> = Arc::new(
+        VaultMekProvider::open(&config, SecurityMode::Development)
+            .await
+            .unwrap(),
+    );
+    let mek = common::fresh("mgrrewrap");
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(dir.path()).unwrap());
+    let km = KeyManager::new(
+        p.clone(),
+        store,
+        KeyManagerConfig::new(mek.clone(), SecurityMode::Development)
+            .with_rotation(RotationConfig::default().with_grace_period(Duration::ZERO)),
+    )
+    .unwrap();
+    km.ensure_default_mek().await.unwrap();
+    let tables: Vec<String> = (0..200).map(|i| format!("mr_t{i:03}")).collect();
+    let refs: Vec<&str> = tables.iter().map(String::as_str).collect();
+    km.create_table_keys(&refs).await.unwrap();
+    proxy.clear_requests();
+    let r = km
+        .rotate_mek_with_dual_encryption(mek.as_str())
+        .await
+        .unwrap();
+    assert_eq!(r.keys_reencrypted, 200);
+    let rewraps = proxy.requests_to("/rewrap/");
+    let decrypts = proxy.requests_to("/decrypt/");
+    let encrypts = proxy.requests_to("/encrypt/");
+    assert!(rewraps >= 200, "{rewraps} rewraps");
+    assert_eq!(decrypts, 0, "a TEK left Vault during the rotation");
+    // At most the key check value is wrapped anew under the new version.
+    assert!(encrypts <= 1, "{encrypts} encrypts during the rotation");
 }

@@ -110,7 +110,9 @@ fn openbao_rotation(c: &mut Criterion) {
         return;
     };
     let mut g = c.benchmark_group("mek_rotation_openbao_10k");
+    // Flat sampling: ten samples of one pass each (a pass takes seconds).
     g.sample_size(10)
+        .sampling_mode(criterion::SamplingMode::Flat)
         .measurement_time(Duration::from_secs(30))
         .warm_up_time(Duration::from_millis(1));
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -173,3 +173,35 @@ async fn destroyed_is_unsupported() {
         KeyState::Active
     );
 }
+
+#[tokio::test]
+async fn a_wrong_key_prefix_finds_no_key_and_creates_none() {
+    let Some(s) = common::server() else { return };
+    let config = s.config();
+    let a = VaultMekProvider::open(&config, SecurityMode::Development)
+        .await
+        .unwrap();
+    let id = fresh("prefix");
+    a.generate_mek(&id, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap();
+    let mut wrong = config.clone();
+    wrong.key_prefix = Some("other-".into());
+    let b = VaultMekProvider::open(&wrong, SecurityMode::Development)
+        .await
+        .unwrap();
+    let e = b.mek_info(&id).await.unwrap_err();
+    assert!(matches!(e, TdeError::KeyNotFound { .. }), "{e}");
+    assert!(e.to_string().contains("kms_config.key_prefix"), "{e}");
+    // The record says the MEK exists: generating it under the wrong prefix is refused.
+    let e = b
+        .generate_mek(&id, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no Transit key"), "{e}");
+    assert!(
+        s.bao(&["read", &format!("transit/keys/other-{id}")])
+            .is_err(),
+        "a Transit key was created"
+    );
+}

@@ -303,9 +303,15 @@ fn check_layering(c: &CrateInfo, role: Role, problems: &mut Vec<String>) {
                             Role::Conformance | Role::Cipher | Role::Backend | Role::Store
                         ))
             }
+            // A provider's tests may run it under the real manager, store and orchestrator
+            // (never another backend).
             Role::Backend => {
                 matches!(dep_role, Role::Core | Role::Cipher)
-                    || (d.dev && dep_role == Role::Conformance)
+                    || (d.dev
+                        && matches!(
+                            dep_role,
+                            Role::Conformance | Role::Store | Role::Manager | Role::Rotation
+                        ))
             }
             Role::Manager | Role::Conformance => {
                 (dep_role != Role::Backend && dep_role != Role::Assembly)

@@ -58,6 +58,26 @@ fn core_may_not_depend_on_our_crates() {
 }
 
 #[test]
+fn a_backends_tests_may_use_the_manager_and_store_but_its_code_may_not() {
+    let ok = problems(vec![krate(
+        "heliosdb-tde-vault",
+        &[
+            ("heliosdb-tde-core", false),
+            ("heliosdb-tde-manager", true),
+            ("heliosdb-tde-keystore", true),
+            ("heliosdb-tde-conformance", true),
+        ],
+    )]);
+    assert_eq!(ok, Vec::<String>::new());
+    let p = problems(vec![krate(
+        "heliosdb-tde-vault",
+        &[("heliosdb-tde-core", false), ("heliosdb-tde-manager", false)],
+    )]);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("heliosdb-tde-manager"), "{p:?}");
+}
+
+#[test]
 fn a_backend_may_not_depend_on_another_backend() {
     for dev in [false, true] {
         let p = problems(vec![krate(

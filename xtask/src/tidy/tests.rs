@@ -71,7 +71,10 @@ fn a_backends_tests_may_use_the_manager_and_store_but_its_code_may_not() {
     assert_eq!(ok, Vec::<String>::new());
     let p = problems(vec![krate(
         "heliosdb-tde-vault",
-        &[("heliosdb-tde-core", false), ("heliosdb-tde-manager", false)],
+        &[
+            ("heliosdb-tde-core", false),
+            ("heliosdb-tde-manager", false),
+        ],
     )]);
     assert_eq!(p.len(), 1, "{p:?}");
     assert!(p[0].contains("heliosdb-tde-manager"), "{p:?}");

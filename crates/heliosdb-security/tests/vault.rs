@@ -110,7 +110,13 @@ async fn a_first_start_with_the_server_down_creates_nothing() {
         .await
         .unwrap_err();
     assert!(
-        matches!(e, TdeError::ProviderUnavailable { retryable: true, .. }),
+        matches!(
+            e,
+            TdeError::ProviderUnavailable {
+                retryable: true,
+                ..
+            }
+        ),
         "{e:?}"
     );
     assert!(e.to_string().contains(&proxy.url()), "{e}");
@@ -181,6 +187,8 @@ async fn a_wrong_key_prefix_refuses_to_start_and_creates_no_key() {
             String::from_utf8_lossy(&out.stdout)
         );
     } else {
-        panic!("HELIOSDB_TEST_BAO_BIN and HELIOSDB_TEST_VAULT_ROOT_TOKEN are provisioned with the server");
+        panic!(
+            "HELIOSDB_TEST_BAO_BIN and HELIOSDB_TEST_VAULT_ROOT_TOKEN are provisioned with the server"
+        );
     }
 }

@@ -148,8 +148,7 @@ impl Client {
     /// Sets when a renewable token with `ttl` seconds left is renewed.
     pub(crate) async fn schedule_renewal(&self, renewable: bool, ttl: u64) {
         let mut t = self.token.lock().await;
-        t.renew_at =
-            (renewable && ttl > 0).then(|| Instant::now() + Duration::from_secs(ttl * 2 / 3));
+        t.renew_at = renew_time(renewable, ttl);
     }
 
     /// Before a call: re-reads a token file whose modification time changed, and renews the
@@ -162,7 +161,9 @@ impl Client {
                 let r = read_token(&self.settings.token, self.settings.mode)?;
                 t.token = r.token;
                 t.mtime = r.mtime;
-                t.renew_at = None;
+                // The new token's TTL is unknown: try a renewal at the next call (a token that
+                // cannot be renewed stops the attempts).
+                t.renew_at = Some(Instant::now());
                 tracing::info!(target: "heliosdb::tde::vault", "the Vault token file changed; using the new token");
             }
         }
@@ -181,11 +182,15 @@ impl Client {
                 Ok(v) => {
                     let ttl = v["auth"]["lease_duration"].as_u64().unwrap_or(0);
                     let renewable = v["auth"]["renewable"].as_bool().unwrap_or(false);
-                    t.renew_at = (renewable && ttl > 0)
-                        .then(|| Instant::now() + Duration::from_secs(ttl * 2 / 3));
+                    t.renew_at = renew_time(renewable, ttl);
                     tracing::debug!(target: "heliosdb::tde::vault", ttl, "renewed the Vault token");
                 }
                 Err(e) => {
+                    // An outage: try again later, well before the token can expire. A refusal
+                    // (the token is not renewable, or the policy lacks renew-self): stop.
+                    if matches!(e, CallError::Unavailable(_)) {
+                        t.renew_at = Instant::now().checked_add(RENEW_RETRY);
+                    }
                     tracing::warn!(target: "heliosdb::tde::vault", "renewing the Vault token failed: {}", e.text());
                 }
             }
@@ -219,7 +224,14 @@ impl Client {
         let url = format!("{}/v1/{}", self.settings.address, path);
         let mut req = self.http.request(method.clone(), &url);
         if !token.expose_secret().is_empty() {
-            req = req.header("X-Vault-Token", token.expose_secret());
+            let mut value =
+                reqwest::header::HeaderValue::from_str(token.expose_secret()).map_err(|_| {
+                    CallError::Protocol(
+                        "the Vault token holds characters an HTTP header cannot carry".into(),
+                    )
+                })?;
+            value.set_sensitive(true);
+            req = req.header("X-Vault-Token", value);
         }
         if let Some(ns) = &self.settings.namespace {
             req = req.header("X-Vault-Namespace", ns);
@@ -332,6 +344,18 @@ impl Client {
             tokio::time::sleep(backoff(attempt)).await;
         }
     }
+}
+
+/// How long after a failed renewal (server unreachable) the next attempt is made.
+const RENEW_RETRY: Duration = Duration::from_secs(10);
+
+/// When a token with `ttl` seconds left is renewed: after two thirds of it (never, for a token
+/// that cannot be renewed or has no TTL).
+fn renew_time(renewable: bool, ttl: u64) -> Option<Instant> {
+    if !renewable || ttl == 0 {
+        return None;
+    }
+    Instant::now().checked_add(Duration::from_secs(ttl / 3 * 2))
 }
 
 /// Exponential backoff from 100 ms, capped at 1.6 s, with up to 50% random jitter.

@@ -322,8 +322,10 @@ impl MekProvider for VaultMekProvider {
             .call(Method::POST, &path, Some(&body))
             .await
             .map_err(|e| self.transit_error("unwrap a TEK", mek, e))?;
-        let text = match v["data"]["plaintext"].take() {
-            Value::String(s) => Zeroizing::new(s),
+        // `pointer_mut`, not indexing: an answer whose `data` is not an object must be an
+        // error, never a panic.
+        let text = match v.pointer_mut("/data/plaintext").map(Value::take) {
+            Some(Value::String(s)) => Zeroizing::new(s),
             _ => {
                 return Err(self.fail(
                     "unwrapping a TEK",

@@ -151,7 +151,7 @@ impl VaultMekProvider {
                 Ok(v) => {
                     stored.kv_version = v["data"]["version"]
                         .as_u64()
-                        .unwrap_or(stored.kv_version + 1);
+                        .unwrap_or(stored.kv_version.saturating_add(1));
                     self.cache.put(id, stored.clone());
                     return Ok(stored);
                 }
@@ -235,9 +235,10 @@ impl VaultMekProvider {
         else {
             return Ok(());
         };
+        // The lowest active version: during a rollback the old version is active again before
+        // the new one is demoted, and Vault must let it encrypt from that moment.
         let min_enc = versions
             .iter()
-            .rev()
             .find(|(_, s)| *s == KeyState::Active)
             .map(|(v, _)| *v)
             .filter(|v| *v >= min_dec)

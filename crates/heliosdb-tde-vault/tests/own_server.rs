@@ -294,10 +294,10 @@ async fn tls_with_ca_cert_and_production_rules() {
     // Without ca_cert the certificate is not trusted; the error says which field fixes it.
     let mut no_ca = c.clone();
     no_ca.ca_cert = None;
-    let e = VaultMekProvider::open(&no_ca, SecurityMode::Production)
+    let err = VaultMekProvider::open(&no_ca, SecurityMode::Production)
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    let e = err.to_string();
     assert!(
         e.contains("certificate") && e.contains("kms_config.ca_cert"),
         "{e}"

@@ -296,6 +296,30 @@ impl Client {
         r
     }
 
+    /// One authenticated call without retries, for a request that is not safe to repeat (a
+    /// key rotation: a retry after a timeout could create a second version).
+    pub(crate) async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> std::result::Result<Value, CallError> {
+        let token = match self.upkeep().await {
+            Ok(t) => t,
+            Err(e) => return Err(CallError::Protocol(e.to_string())),
+        };
+        match self.send_once(&method, path, body, &token).await {
+            Err(CallError::Status(st, e)) if matches!(st.as_u16(), 429 | 500 | 502 | 503 | 504) => {
+                Err(CallError::Unavailable(format!(
+                    "HTTP {} (not retried, since the request may have been applied): {}",
+                    st.as_u16(),
+                    e.join("; ")
+                )))
+            }
+            other => other,
+        }
+    }
+
     /// An unauthenticated call (sys/health), with the same retries.
     pub(crate) async fn call_unauthenticated(
         &self,

@@ -444,15 +444,27 @@ impl MekProvider for VaultMekProvider {
                 self.client.settings.mount,
                 self.name(mek_id)
             );
-            self.client
-                .call(Method::POST, &path, Some(&json!({})))
-                .await
-                .map_err(|e| self.fail("rotating a Transit key", e))?;
+            // Not retried: a rotation that timed out may have been applied. The key is read
+            // back either way, and a new version there is the rotation's result.
+            let sent = self
+                .client
+                .call_once(Method::POST, &path, Some(&json!({})))
+                .await;
             let key = self
                 .read_key(mek_id)
                 .await?
                 .ok_or_else(|| self.not_found(mek_id))?;
-            key.versions.keys().max().copied().unwrap_or(0)
+            let new_max = key.versions.keys().max().copied().unwrap_or(0);
+            if new_max <= key_max {
+                sent.map_err(|e| self.fail("rotating a Transit key", e))?;
+                return Err(self.fail(
+                    "rotating a Transit key",
+                    CallError::Protocol(
+                        "Vault accepted the rotation but shows no new version".into(),
+                    ),
+                ));
+            }
+            new_max
         };
         let stored = self
             .update(mek_id, |rec, key| {

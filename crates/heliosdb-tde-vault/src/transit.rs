@@ -12,6 +12,8 @@ pub(crate) struct KeyProps {
     pub(crate) convergent: bool,
     pub(crate) exportable: bool,
     pub(crate) plaintext_backup: bool,
+    /// `deletion_allowed`: whoever may delete the key may destroy every table key under it.
+    pub(crate) deletion_allowed: bool,
     /// Version number to its creation time (Unix seconds).
     pub(crate) versions: BTreeMap<u32, u64>,
     pub(crate) min_decryption_version: u32,
@@ -44,6 +46,7 @@ impl KeyProps {
             convergent: flag(d, "convergent_encryption"),
             exportable: flag(d, "exportable"),
             plaintext_backup: flag(d, "allow_plaintext_backup"),
+            deletion_allowed: flag(d, "deletion_allowed"),
             versions,
             min_decryption_version: number(d, "min_decryption_version"),
             min_encryption_version: number(d, "min_encryption_version"),
@@ -79,6 +82,17 @@ impl KeyProps {
             };
             let msg = format!(
                 "the Transit key {name:?} has {what}: its MEK can leave Vault. Production mode refuses it; create a non-exportable derived key under another MEK id and migrate"
+            );
+            if mode.is_production() {
+                return Err(TdeError::SecurityPolicy(msg));
+            }
+            return Ok(Some(msg));
+        }
+        if self.deletion_allowed {
+            let msg = format!(
+                "the Transit key {name:?} has deletion_allowed=true: deleting it would destroy \
+                 every table key it wraps. Production mode refuses it; set it back with `bao \
+                 write transit/keys/{name}/config deletion_allowed=false`"
             );
             if mode.is_production() {
                 return Err(TdeError::SecurityPolicy(msg));
@@ -135,6 +149,7 @@ mod tests {
             convergent: false,
             exportable: false,
             plaintext_backup: false,
+            deletion_allowed: false,
             versions: BTreeMap::from([(1, 0)]),
             min_decryption_version: 1,
             min_encryption_version: 0,
@@ -184,6 +199,19 @@ mod tests {
         };
         assert!(backup.check("k", prod).is_err());
         assert!(backup.check("k", dev).unwrap().is_some());
+        let deletable = KeyProps {
+            deletion_allowed: true,
+            ..props()
+        };
+        let e = deletable.check("k", prod).unwrap_err().to_string();
+        assert!(e.contains("deletion_allowed=true"), "{e}");
+        assert!(
+            deletable
+                .check("k", dev)
+                .unwrap()
+                .unwrap()
+                .contains("deletion_allowed=false")
+        );
     }
 
     #[test]

@@ -63,6 +63,35 @@ async fn transient_answers_are_retried_then_reported_retryable() {
     assert!(p.unwrap_tek(&w, &ctx("r@v1")).await.is_ok());
 }
 
+/// A key rotation is never repeated by the retry loop (a rotation that timed out may have been
+/// applied, and a retry would create a second version): one request, a retryable error, and
+/// the next rotation creates exactly one version.
+#[tokio::test]
+async fn a_failed_rotation_is_not_repeated() {
+    let Some(s) = common::server() else { return };
+    let upstream: SocketAddr = s.addr.trim_start_matches("http://").parse().unwrap();
+    let proxy = FaultProxy::start_http(upstream).await.unwrap();
+    let mut c = s.config();
+    c.address = proxy.url();
+    c.max_retries = 3;
+    let p = VaultMekProvider::open(&c, SecurityMode::Development)
+        .await
+        .unwrap();
+    let id = fresh("once");
+    p.generate_mek(&id, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap();
+    proxy.clear_requests();
+    proxy.respond_next_to("/rotate", 1, Response::service_unavailable());
+    let e = p.rotate_mek(&id).await.unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert_eq!(proxy.requests_to("/rotate"), 1, "the rotation was repeated");
+    assert_eq!(p.mek_info(&id).await.unwrap().versions.len(), 1);
+    let v2 = p.rotate_mek(&id).await.unwrap();
+    assert_eq!(v2.mek.version.get(), 2);
+    assert_eq!(p.mek_info(&id).await.unwrap().versions.len(), 2);
+}
+
 #[tokio::test]
 async fn health_reads_the_sys_health_status() {
     let Some(s) = common::server() else { return };

@@ -42,13 +42,25 @@ pub type Result<T = ()> = std::result::Result<T, String>;
 pub fn run(command: Cmd) -> Result {
     let root = workspace_root();
     match command {
-        Cmd::Test { args } => test::run(&args),
+        Cmd::Test { args } => {
+            let result = test::run(&args);
+            report_disk("cargo xtask test");
+            result
+        }
         Cmd::Ci => ci::run(),
-        Cmd::Lint => lint::run(&root),
+        Cmd::Lint => {
+            let result = lint::run(&root);
+            report_disk("cargo xtask lint");
+            result
+        }
         Cmd::Tidy => tidy::run(&root),
         Cmd::Package => package::run(&root),
         Cmd::Deny => deny::run(&root),
-        Cmd::Fuzz(args) => fuzz::run(&root, &args),
+        Cmd::Fuzz(args) => {
+            let result = fuzz::run(&root, &args);
+            report_disk("cargo xtask fuzz");
+            result
+        }
         Cmd::Bench { report, filter } => bench::run(&root, report, &filter),
     }
 }
@@ -62,10 +74,56 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// A `cargo` command (the cargo that runs xtask) in the workspace root.
+///
+/// Under CI (`CI` set) incremental compilation is off unless `CARGO_INCREMENTAL` says otherwise:
+/// a fresh clone builds once, and the incremental caches would only take disk (over 2 GB).
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace_root());
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+        && std::env::var_os("CARGO_INCREMENTAL").is_none()
+    {
+        c.env("CARGO_INCREMENTAL", "0");
+    }
     c
+}
+
+/// Prints the size of `target/` and the free space on its file system (for CI logs: a full
+/// disk shows up as a linker crash, so the log should say how close the build came).
+pub fn report_disk(step: &str) {
+    let target = workspace_root().join("target");
+    let du = Command::new("du").arg("-sh").arg(&target).output();
+    let df = Command::new("df")
+        .arg("-h")
+        .arg("--output=avail")
+        .arg(&target)
+        .output();
+    let text = |o: std::io::Result<std::process::Output>| {
+        o.ok()
+            .filter(|o| o.status.success())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .last()
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .unwrap_or_else(|| "?".into())
+    };
+    let used = du
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".into());
+    eprintln!(
+        "xtask: after {step}: target/ holds {used}, {} free",
+        text(df)
+    );
 }
 
 /// Runs a command, echoing it, and fails with its exit status.

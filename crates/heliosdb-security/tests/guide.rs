@@ -258,6 +258,7 @@ async fn aws_kms_configuration_compiles() {
             region: "us-east-1".to_string(),
             key_id: "arn:aws:kms:us-east-1:123456789:key/abc-def-123".to_string(),
             endpoint: None,
+            ..Default::default()
         })),
         security_mode: Some("production".to_string()),
         ..Default::default()
@@ -283,6 +284,7 @@ async fn production_aws_kms_configuration() -> Result<(), TdeError> {
             region: std::env::var("AWS_REGION").unwrap_or("us-east-1".to_string()),
             key_id: std::env::var("HELIOSDB_KMS_KEY_ID").expect("HELIOSDB_KMS_KEY_ID must be set"),
             endpoint: None,
+            ..Default::default()
         })),
         security_mode: Some("production".to_string()),
         ..Default::default()

@@ -165,6 +165,7 @@ async fn backends_missing_from_the_build_name_their_feature() {
             region: "us-east-1".into(),
             key_id: "alias/heliosdb".into(),
             endpoint: None,
+            ..Default::default()
         })),
         ..Default::default()
     };

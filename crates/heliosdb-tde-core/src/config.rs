@@ -170,16 +170,121 @@ impl KmsConfig {
 }
 
 /// AWS KMS settings: `kms_config` with `provider = "aws"`.
+///
+/// Nothing secret is stored here: credentials come from the AWS SDK's default chain
+/// (environment, shared profile including SSO, web identity, container and instance roles) or
+/// from `profile`. Every field but `region` and `key_id` has a default:
+///
+/// ```
+/// use heliosdb_tde_core::{AwsKmsConfig, KmsConfig};
+///
+/// // The user's guide's example, the other fields at their defaults.
+/// let kms = KmsConfig::Aws(AwsKmsConfig {
+///     region: "us-east-1".to_string(),
+///     key_id: "arn:aws:kms:us-east-1:123456789:key/abc-123".to_string(),
+///     endpoint: None,
+///     ..Default::default()
+/// });
+/// let KmsConfig::Aws(aws) = &kms else { unreachable!() };
+/// assert_eq!(aws.alias_prefix, "alias/heliosdb");
+/// assert!(aws.create_keys);
+/// assert_eq!(AwsKmsConfig::new("us-east-1", "alias/db-mek").timeout_secs, 10);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsKmsConfig {
-    /// The AWS region, for example `us-east-1`.
+    /// The AWS region, for example `us-east-1`; `AWS_REGION` overrides it.
     pub region: String,
-    /// The KMS key id or ARN.
+    /// The KMS key (key id, key ARN or alias) that is version 1 of the default MEK;
+    /// `HELIOSDB_KMS_KEY_ID` overrides it.
     pub key_id: String,
     /// A custom endpoint URL (a VPC endpoint, or a local test server); `None` for AWS's own.
+    /// Production mode refuses an `http://` endpoint.
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// The AWS profile to take credentials and settings from; the SDK's default chain when
+    /// `None`.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Where the provider keeps one alias per MEK version: `<alias_prefix>/<mek id>/v<N>`;
+    /// `alias/heliosdb` by default.
+    #[serde(default = "default_aws_alias_prefix")]
+    pub alias_prefix: String,
+    /// Whether rotation and `mek generate` may call `CreateKey`; `true` by default. When
+    /// `false`, the operator creates the key and alias of the next version and the provider
+    /// adopts them.
+    #[serde(default = "default_true")]
+    pub create_keys: bool,
+    /// Turn on KMS automatic rotation of key material on the keys the provider creates;
+    /// `false` by default.
+    #[serde(default)]
+    pub enable_key_rotation: bool,
+    /// The KMS rotation period, in days (90 to 2560), for those keys; KMS's default (365)
+    /// when `None`.
+    #[serde(default)]
+    pub rotation_period_days: Option<u32>,
+    /// Seconds before a whole KMS operation (every attempt included) is abandoned; 10 by
+    /// default.
+    #[serde(default = "default_aws_timeout")]
+    pub timeout_secs: u64,
+    /// Milliseconds before a connection attempt is abandoned; 3000 by default.
+    #[serde(default = "default_aws_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Attempts per KMS call made by the SDK; `AWS_MAX_ATTEMPTS` applies when `None`, else 3.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// The SDK's retry mode, `standard` or `adaptive` (client-side rate limiting);
+    /// `AWS_RETRY_MODE` applies when `None`, else `standard`.
+    #[serde(default)]
+    pub retry_mode: Option<String>,
+}
+
+fn default_aws_alias_prefix() -> String {
+    "alias/heliosdb".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_aws_timeout() -> u64 {
+    10
+}
+
+fn default_aws_connect_timeout() -> u64 {
+    3000
+}
+
+impl AwsKmsConfig {
+    /// The settings for `key_id` in `region`, every other field at its default.
+    pub fn new(region: impl Into<String>, key_id: impl Into<String>) -> Self {
+        Self {
+            region: region.into(),
+            key_id: key_id.into(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for AwsKmsConfig {
+    /// Empty `region` and `key_id` (which validation refuses), every other field at its
+    /// default.
+    fn default() -> Self {
+        Self {
+            region: String::new(),
+            key_id: String::new(),
+            endpoint: None,
+            profile: None,
+            alias_prefix: default_aws_alias_prefix(),
+            create_keys: true,
+            enable_key_rotation: false,
+            rotation_period_days: None,
+            timeout_secs: default_aws_timeout(),
+            connect_timeout_ms: default_aws_connect_timeout(),
+            max_attempts: None,
+            retry_mode: None,
+        }
+    }
 }
 
 /// Azure Key Vault settings.

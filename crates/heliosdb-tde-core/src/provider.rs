@@ -31,16 +31,68 @@ pub struct MekVersionInfo {
     pub algorithm: EncryptionAlgorithm,
     /// When it was created.
     pub created_at: Timestamp,
+    /// Where this version's key is kept when each version is a separate service key (a KMS key
+    /// ARN), for operators; `None` when [`MekInfo::location`] says it all. Never a secret.
+    pub key_location: Option<String>,
+    /// Rotation of key material done by the service itself under this one version (KMS
+    /// automatic rotation), which HeliosDB does not see as a new version; `None` for providers
+    /// without it.
+    pub service_rotation: Option<ServiceRotation>,
 }
 
 impl MekVersionInfo {
     /// A version in the [`KeyState::Active`] state: how every new version starts.
     pub fn active(mek: MekRef, algorithm: EncryptionAlgorithm, created_at: Timestamp) -> Self {
+        Self::new(mek, KeyState::Active, algorithm, created_at)
+    }
+
+    /// A version in `state`, with no key location and no service rotation.
+    pub fn new(
+        mek: MekRef,
+        state: KeyState,
+        algorithm: EncryptionAlgorithm,
+        created_at: Timestamp,
+    ) -> Self {
         Self {
             mek,
-            state: KeyState::Active,
+            state,
             algorithm,
             created_at,
+            key_location: None,
+            service_rotation: None,
+        }
+    }
+
+    /// When this version's key material was last made new: its creation, or the service's last
+    /// rotation of it if that is later. The flag says whether the service rotation was used.
+    pub fn material_age_reference(&self) -> (Timestamp, bool) {
+        match self.service_rotation.as_ref().and_then(|r| r.last_rotated) {
+            Some(t) if t > self.created_at => (t, true),
+            _ => (self.created_at, false),
+        }
+    }
+}
+
+/// Rotation of key material by the service under one MEK version (AWS KMS automatic or
+/// on-demand rotation): old ciphertexts keep decrypting, nothing is re-wrapped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServiceRotation {
+    /// Whether the service rotates the material on a schedule.
+    pub enabled: bool,
+    /// The schedule's period in days, when enabled.
+    pub period_days: Option<u32>,
+    /// When the material was last rotated by the service (scheduled or on demand), if ever.
+    pub last_rotated: Option<Timestamp>,
+}
+
+impl ServiceRotation {
+    /// A service rotation status.
+    pub fn new(enabled: bool, period_days: Option<u32>, last_rotated: Option<Timestamp>) -> Self {
+        Self {
+            enabled,
+            period_days,
+            last_rotated,
         }
     }
 }
@@ -165,4 +217,41 @@ pub trait MekProvider: Send + Sync + fmt::Debug {
 
     /// Checks that the provider is reachable and usable.
     async fn health(&self) -> Result<ProviderHealth>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(created: u64, rotation: Option<ServiceRotation>) -> MekVersionInfo {
+        let mek = MekRef::new(MekId::new("k").unwrap(), MekVersion::FIRST);
+        let mut v = MekVersionInfo::active(mek, EncryptionAlgorithm::Aes256Gcm, Timestamp(created));
+        v.service_rotation = rotation;
+        v
+    }
+
+    #[test]
+    fn material_age_uses_the_later_of_creation_and_service_rotation() {
+        assert_eq!(
+            version(500, None).material_age_reference(),
+            (Timestamp(500), false)
+        );
+        let never = ServiceRotation::new(true, Some(90), None);
+        assert_eq!(
+            version(500, Some(never)).material_age_reference(),
+            (Timestamp(500), false)
+        );
+        let later = ServiceRotation::new(true, Some(90), Some(Timestamp(900)));
+        assert_eq!(
+            version(500, Some(later)).material_age_reference(),
+            (Timestamp(900), true)
+        );
+        // A rotation record older than the version (clock skew, an adopted key) never makes the
+        // version look older than it is.
+        let earlier = ServiceRotation::new(false, None, Some(Timestamp(100)));
+        assert_eq!(
+            version(500, Some(earlier)).material_age_reference(),
+            (Timestamp(500), false)
+        );
+    }
 }

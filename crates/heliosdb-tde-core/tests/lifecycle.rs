@@ -104,12 +104,12 @@ fn transitions_follow_key_state_exactly() {
     for from in all() {
         for to in all() {
             let mek = MekRef::new(k.clone(), MekVersion::FIRST);
-            let lc = MekLifecycle::from_versions([MekVersionInfo {
-                mek: mek.clone(),
-                state: from,
-                algorithm: EncryptionAlgorithm::Aes256Gcm,
-                created_at: Timestamp(0),
-            }]);
+            let lc = MekLifecycle::from_versions([MekVersionInfo::new(
+                mek.clone(),
+                from,
+                EncryptionAlgorithm::Aes256Gcm,
+                Timestamp(0),
+            )]);
             let planned = lc.plan_transition(&mek, to).unwrap();
             match (from.check_transition(to, &format!("mek:{mek}")), planned) {
                 (Ok(()), Ok(t)) => {
@@ -163,11 +163,13 @@ fn info_and_ids() {
 #[test]
 fn normalize_keeps_the_newest_active() {
     let k = id("k");
-    let v = |n: u32, state| MekVersionInfo {
-        mek: MekRef::new(k.clone(), MekVersion::new(n).unwrap()),
-        state,
-        algorithm: EncryptionAlgorithm::Aes256Gcm,
-        created_at: Timestamp(0),
+    let v = |n: u32, state| {
+        MekVersionInfo::new(
+            MekRef::new(k.clone(), MekVersion::new(n).unwrap()),
+            state,
+            EncryptionAlgorithm::Aes256Gcm,
+            Timestamp(0),
+        )
     };
     let mut lc = MekLifecycle::from_versions([
         v(1, KeyState::Active),

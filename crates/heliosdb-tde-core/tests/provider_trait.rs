@@ -55,12 +55,12 @@ impl MekProvider for RecordingProvider {
             .lock()
             .unwrap()
             .insert(mek.clone(), KeyState::Active);
-        Ok(MekVersionInfo {
+        Ok(MekVersionInfo::new(
             mek,
-            state: KeyState::Active,
-            algorithm: alg,
-            created_at: Timestamp::now(),
-        })
+            KeyState::Active,
+            alg,
+            Timestamp::now(),
+        ))
     }
     async fn wrap_tek(
         &self,
@@ -105,11 +105,8 @@ impl MekProvider for RecordingProvider {
             .unwrap()
             .iter()
             .filter(|(m, _)| &m.id == id)
-            .map(|(m, s)| MekVersionInfo {
-                mek: m.clone(),
-                state: *s,
-                algorithm: EncryptionAlgorithm::Aes256Gcm,
-                created_at: Timestamp(0),
+            .map(|(m, s)| {
+                MekVersionInfo::new(m.clone(), *s, EncryptionAlgorithm::Aes256Gcm, Timestamp(0))
             })
             .collect();
         Ok(MekInfo {
@@ -145,12 +142,12 @@ impl MekProvider for RecordingProvider {
         }
         let mek = MekRef::new(id.clone(), latest.next()?);
         v.insert(mek.clone(), KeyState::Active);
-        Ok(MekVersionInfo {
+        Ok(MekVersionInfo::new(
             mek,
-            state: KeyState::Active,
-            algorithm: EncryptionAlgorithm::Aes256Gcm,
-            created_at: Timestamp::now(),
-        })
+            KeyState::Active,
+            EncryptionAlgorithm::Aes256Gcm,
+            Timestamp::now(),
+        ))
     }
     async fn set_mek_state(&self, mek: &MekRef, state: KeyState) -> Result<()> {
         let mut v = self.versions.lock().unwrap();

@@ -57,12 +57,12 @@ pub(crate) fn scan(dir: &Path, mode: SecurityMode, warnings: &mut Vec<String>) -
 /// How a destroyed version (a tombstone) is described: its file and with it its algorithm and
 /// creation time are gone.
 pub(crate) fn destroyed(mek: MekRef) -> MekVersionInfo {
-    MekVersionInfo {
+    MekVersionInfo::new(
         mek,
-        state: KeyState::Destroyed,
-        algorithm: EncryptionAlgorithm::Aes256Gcm,
-        created_at: Timestamp(0),
-    }
+        KeyState::Destroyed,
+        EncryptionAlgorithm::Aes256Gcm,
+        Timestamp(0),
+    )
 }
 
 /// What a directory holds, decrypted.
@@ -117,12 +117,12 @@ pub(crate) fn load(
     for (path, file) in &scanned.files {
         match open_file(backend, passphrase, file)? {
             Ok(key) => {
-                lifecycle.insert(MekVersionInfo {
-                    mek: file.header.mek.clone(),
-                    state: file.header.state,
-                    algorithm: key.algorithm(),
-                    created_at: file.header.created_at,
-                });
+                lifecycle.insert(MekVersionInfo::new(
+                    file.header.mek.clone(),
+                    file.header.state,
+                    key.algorithm(),
+                    file.header.created_at,
+                ));
                 keyring.insert(key)?;
             }
             Err(()) => {

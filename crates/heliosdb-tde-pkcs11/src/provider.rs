@@ -424,11 +424,13 @@ impl MekProvider for Pkcs11MekProvider {
 /// The lifecycle view of the versions found on the token: every version, with its state and
 /// creation time from its record, reported as AES-256-GCM (the only MEK the token holds).
 fn lifecycle(inv: &BTreeMap<MekRef, Entry>) -> MekLifecycle {
-    MekLifecycle::from_versions(inv.iter().map(|(m, e)| MekVersionInfo {
-        mek: m.clone(),
-        state: e.state(),
-        algorithm: EncryptionAlgorithm::Aes256Gcm,
-        created_at: e.created_at(),
+    MekLifecycle::from_versions(inv.iter().map(|(m, e)| {
+        MekVersionInfo::new(
+            m.clone(),
+            e.state(),
+            EncryptionAlgorithm::Aes256Gcm,
+            e.created_at(),
+        )
     }))
 }
 

@@ -190,12 +190,12 @@ impl VaultMekProvider {
         }
         for (v, (state, created)) in all {
             if let Ok(version) = MekVersion::new(v) {
-                lc.insert(MekVersionInfo {
-                    mek: MekRef::new(id.clone(), version),
+                lc.insert(MekVersionInfo::new(
+                    MekRef::new(id.clone(), version),
                     state,
-                    algorithm: EncryptionAlgorithm::Aes256Gcm,
-                    created_at: Timestamp(created),
-                });
+                    EncryptionAlgorithm::Aes256Gcm,
+                    Timestamp(created),
+                ));
             }
         }
         lc

@@ -244,32 +244,40 @@ pub async fn security_checklist(tde: &TdeSubsystem) -> Vec<CheckItem> {
 
     out.push(match km.mek_info().await {
         Ok(info) => {
+            // The later of the version's creation and the service's last rotation of its key
+            // material (KMS automatic rotation makes new material without a new version).
             let active = info
                 .versions
                 .iter()
                 .rev()
                 .find(|v| v.state.can_encrypt())
-                .map(|v| v.created_at);
+                .map(|v| v.material_age_reference());
             match active {
-                Some(created) => {
+                Some((since, by_service)) => {
                     let age_days = Timestamp::now()
                         .as_millis()
-                        .saturating_sub(created.as_millis())
+                        .saturating_sub(since.as_millis())
                         / 86_400_000;
+                    let what = if by_service {
+                        "the active MEK version's key material was last rotated by the provider's \
+                         service"
+                    } else {
+                        "the active MEK version was created"
+                    };
                     if age_days <= 365 {
                         item(
                             "MEK rotation schedule defined",
                             CheckStatus::Pass,
                             format!(
-                                "the active MEK version is {age_days} days old (the guide's \
-                                 minimum is yearly; 90 days for high security)"
+                                "{what} {age_days} days ago (the guide's minimum is yearly; 90 \
+                                 days for high security)"
                             ),
                         )
                     } else {
                         item(
                             "MEK rotation schedule defined",
                             CheckStatus::Fail,
-                            format!("the active MEK version is {age_days} days old; rotate it"),
+                            format!("{what} {age_days} days ago; rotate it"),
                         )
                     }
                 }

@@ -417,7 +417,7 @@ pub fn run(root: &Path, report_only: bool, filter: &[String]) -> Result {
     // Results older than this run are not reported as measured by it.
     let started = std::time::SystemTime::now();
     if !report_only {
-        // The provider rows need their services, as the tests do: SoftHSM2 and OpenBao.
+        // The provider rows need their services, as the tests do: SoftHSM2, OpenBao and moto.
         let env = crate::services::provision(
             root,
             &[
@@ -425,6 +425,8 @@ pub fn run(root: &Path, report_only: bool, filter: &[String]) -> Result {
                 "heliosdb-tde-pkcs11".into(),
                 "-p".into(),
                 "heliosdb-tde-vault".into(),
+                "-p".into(),
+                "heliosdb-tde-aws-kms".into(),
             ],
         )?;
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -438,9 +440,7 @@ pub fn run(root: &Path, report_only: bool, filter: &[String]) -> Result {
                 "--noplot",
             ])
             .args(filter);
-        for (k, v) in env.vars() {
-            cmd.env(k, v);
-        }
+        env.apply(&mut cmd);
         crate::run_cmd(&mut cmd)?;
         drop(env);
     }

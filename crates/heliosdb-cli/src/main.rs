@@ -205,7 +205,12 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
                     latency: std::time::Duration::ZERO,
                     detail: e.to_string(),
                 });
-            out.status(tde, &checklist, Some(&keys), Some(&health));
+            let mek = match tde.config().kms_config {
+                Some(tde::KmsConfig::Aws(_)) => km.mek_info().await.ok(),
+                _ => None,
+            };
+            let kms = output::KmsView::new(tde, mek.as_ref(), Some(&health));
+            out.status(tde, &checklist, Some(&keys), Some(&health), kms.as_ref());
             if !keys.all_readable() || checklist.iter().any(|c| c.status == CheckStatus::Fail) {
                 return Ok(ExitCode::from(EXIT_CHECKLIST_FAILED));
             }

@@ -2,8 +2,8 @@
 
 use clap::ValueEnum;
 use heliosdb_security::tde::{
-    CheckItem, KeyAvailability, KeyMetadata, KeyStats, MekInfo, ProviderHealth, ProviderKind,
-    TdeSubsystem,
+    CheckItem, KeyAvailability, KeyMetadata, KeyStats, KmsConfig, MekInfo, MekVersionInfo,
+    ProviderHealth, ProviderKind, ServiceRotation, TdeSubsystem,
 };
 use serde_json::json;
 use std::fmt;
@@ -80,6 +80,114 @@ fn table(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// What `security status` says about a service rotating key material under one version, e.g.
+/// "KMS rotates the key material of <arn> every 365 days (last on 2026-01-01); no re-wrap is
+/// needed for that"; `None` when the service does not rotate it.
+fn service_rotation_note(v: &MekVersionInfo) -> Option<String> {
+    let r = v.service_rotation.as_ref().filter(|r| r.enabled)?;
+    let key = v.key_location.clone().unwrap_or_else(|| v.mek.to_string());
+    let every = r
+        .period_days
+        .map(|d| format!("every {d} days"))
+        .unwrap_or_else(|| "on its schedule".into());
+    let last = r
+        .last_rotated
+        .map(|t| format!("last on {}", day(t)))
+        .unwrap_or_else(|| "not rotated yet".into());
+    Some(format!(
+        "KMS rotates the key material of {key} {every} ({last}); no re-wrap is needed for that"
+    ))
+}
+
+/// The date part (`YYYY-MM-DD`) of a timestamp.
+fn day(t: heliosdb_security::tde::Timestamp) -> String {
+    let mut s = t.to_string();
+    s.truncate(10);
+    s
+}
+
+/// A service rotation status in a table cell: `off`, `every 365 d, last 2026-01-01`.
+fn rotation_cell(r: Option<&ServiceRotation>) -> String {
+    match r {
+        None => "-".into(),
+        Some(r) if !r.enabled => match r.last_rotated {
+            Some(t) => format!("off (last {})", day(t)),
+            None => "off".into(),
+        },
+        Some(r) => format!(
+            "every {} d, {}",
+            r.period_days
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "?".into()),
+            r.last_rotated
+                .map(|t| format!("last {}", day(t)))
+                .unwrap_or_else(|| "not rotated yet".into())
+        ),
+    }
+}
+
+fn rotation_json(r: Option<&ServiceRotation>) -> serde_json::Value {
+    r.map_or(serde_json::Value::Null, |r| {
+        json!({
+            "enabled": r.enabled,
+            "period_days": r.period_days,
+            "last_rotated": r.last_rotated.map(|t| t.to_string()),
+        })
+    })
+}
+
+/// What `security status` shows about an AWS KMS provider: the region and endpoint, the
+/// active version's key and the state KMS reports for it (the health check's detail), and the
+/// service rotation of that key.
+pub(crate) struct KmsView {
+    region: String,
+    endpoint: Option<String>,
+    active_version: Option<u32>,
+    active_key: Option<String>,
+    key_state: Option<String>,
+    service_rotation: Option<ServiceRotation>,
+    rotation_note: Option<String>,
+}
+
+impl KmsView {
+    /// The view for `tde` when its provider is AWS KMS; `mek` is the default MEK's info, if it
+    /// could be read, and `health` the provider's health check.
+    pub(crate) fn new(
+        tde: &TdeSubsystem,
+        mek: Option<&MekInfo>,
+        health: Option<&ProviderHealth>,
+    ) -> Option<Self> {
+        let Some(KmsConfig::Aws(aws)) = &tde.config().kms_config else {
+            return None;
+        };
+        let active = mek.and_then(|m| {
+            let v = m.active_version()?;
+            m.versions.iter().find(|x| x.mek.version == v)
+        });
+        Some(Self {
+            region: aws.region.clone(),
+            endpoint: aws.endpoint.clone(),
+            active_version: active.map(|v| v.mek.version.get()),
+            active_key: active.and_then(|v| v.key_location.clone()),
+            key_state: health.map(|h| h.detail.clone()),
+            service_rotation: active.and_then(|v| v.service_rotation.clone()),
+            rotation_note: active.and_then(service_rotation_note),
+        })
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "region": self.region,
+            "endpoint": self.endpoint,
+            "active_version": self.active_version,
+            "active_key": self.active_key,
+            "key_state": self.key_state,
+            "service_rotation": rotation_json(self.service_rotation.as_ref()),
+            "service_rotation_note": self.rotation_note,
+        })
+    }
 }
 
 impl Out {
@@ -162,9 +270,11 @@ impl Out {
         checklist: &[CheckItem],
         keys: Option<&KeyAvailability>,
         health: Option<&ProviderHealth>,
+        kms: Option<&KmsView>,
     ) -> serde_json::Value {
         let p = &tde.key_manager().mek_provider;
         json!({
+            "aws_kms": kms.map(KmsView::json),
             "provider_health": health.map(|h| json!({
                 "healthy": h.healthy,
                 "detail": h.detail,
@@ -199,9 +309,10 @@ impl Out {
         checklist: &[CheckItem],
         keys: Option<&KeyAvailability>,
         health: Option<&ProviderHealth>,
+        kms: Option<&KmsView>,
     ) {
         if self.is_json() {
-            self.json(Self::status_value(tde, checklist, keys, health));
+            self.json(Self::status_value(tde, checklist, keys, health, kms));
             return;
         }
         let p = &tde.key_manager().mek_provider;
@@ -219,6 +330,28 @@ impl Out {
                 );
             } else {
                 outln!(self, "Provider health: UNHEALTHY: {}", h.detail);
+            }
+        }
+        if let Some(k) = kms {
+            outln!(
+                self,
+                "AWS region:      {}{}",
+                k.region,
+                k.endpoint
+                    .as_deref()
+                    .map(|e| format!(" (endpoint {e})"))
+                    .unwrap_or_default()
+            );
+            match (&k.active_key, k.active_version) {
+                (Some(key), Some(v)) => outln!(
+                    self,
+                    "Active key:      {key} (MEK version {v}; {})",
+                    k.key_state.as_deref().unwrap_or("state unknown")
+                ),
+                _ => outln!(self, "Active key:      none (no active MEK version yet)"),
+            }
+            if let Some(note) = &k.rotation_note {
+                outln!(self, "Key rotation:    {note}");
             }
         }
         outln!(
@@ -290,6 +423,8 @@ impl Out {
                         "state": v.state.to_string(),
                         "algorithm": v.algorithm.name(),
                         "created_at": v.created_at.to_string(),
+                        "key_location": v.key_location,
+                        "service_rotation": rotation_json(v.service_rotation.as_ref()),
                     })
                 })
                 .collect();
@@ -305,21 +440,42 @@ impl Out {
         outln!(self, "MEK:       {}", info.id);
         outln!(self, "Provider:  {}", info.provider);
         outln!(self, "Location:  {}", info.location);
-        let mut rows = vec![vec![
+        // Key and service-rotation columns only for providers that keep one service key per
+        // version (AWS KMS).
+        let per_key = info.versions.iter().any(|v| v.key_location.is_some());
+        let rotates = info.versions.iter().any(|v| v.service_rotation.is_some());
+        let mut head: Vec<String> = vec![
             "VERSION".into(),
             "STATE".into(),
             "ALGORITHM".into(),
             "CREATED".into(),
-        ]];
+        ];
+        if rotates {
+            head.push("KMS ROTATION".into());
+        }
+        if per_key {
+            head.push("KEY".into());
+        }
+        let mut rows = vec![head];
         for v in &info.versions {
-            rows.push(vec![
+            let mut row = vec![
                 v.mek.version.to_string(),
                 v.state.to_string(),
                 v.algorithm.to_string(),
                 v.created_at.to_string(),
-            ]);
+            ];
+            if rotates {
+                row.push(rotation_cell(v.service_rotation.as_ref()));
+            }
+            if per_key {
+                row.push(v.key_location.clone().unwrap_or_else(|| "-".into()));
+            }
+            rows.push(row);
         }
         self.write_stdout(&table(&rows));
+        for note in info.versions.iter().filter_map(service_rotation_note) {
+            outln!(self, "{note}");
+        }
     }
 
     pub(crate) fn key_stats(&self, s: &KeyStats) {

@@ -6,6 +6,7 @@ pub mod fault;
 pub mod instrumented;
 #[cfg(feature = "manager")]
 pub mod manager;
+pub mod moto;
 pub mod provider;
 pub mod services;
 pub mod softhsm;

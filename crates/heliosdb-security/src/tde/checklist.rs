@@ -200,6 +200,21 @@ pub async fn security_checklist(tde: &TdeSubsystem) -> Vec<CheckItem> {
             CheckStatus::Pass,
             format!("the HSM PIN is read from the {source}"),
         ),
+        (None, None) if provider.kind() == ProviderKind::AwsKms => item(
+            "MEK passphrase stored securely (not in code or config files)",
+            CheckStatus::Pass,
+            match &tde.config().kms_config {
+                Some(heliosdb_tde_core::KmsConfig::Aws(a)) if a.profile.is_some() => format!(
+                    "no passphrase or credentials are stored by HeliosDB: AWS credentials come \
+                     from the profile {:?}",
+                    a.profile.as_deref().unwrap_or_default()
+                ),
+                _ => "no passphrase or credentials are stored by HeliosDB: AWS credentials come \
+                      from the SDK's default chain (environment, profile, SSO, web identity, \
+                      ECS, instance metadata)"
+                    .to_string(),
+            },
+        ),
         (None, None) => item(
             "MEK passphrase stored securely (not in code or config files)",
             CheckStatus::NotApplicable,

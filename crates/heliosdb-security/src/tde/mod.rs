@@ -24,8 +24,8 @@ pub use heliosdb_tde_cipher::{
 pub use heliosdb_tde_core::{
     AwsKmsConfig, AzureKeyVaultConfig, ConfigSecret, EncryptionAlgorithm, HsmConfig, KdfParams,
     KeyId, KeyMetadata, KeyState, KeyType, KmsConfig, MekId, MekInfo, MekProvider, MekRef,
-    ModeSource, ProviderHealth, ProviderKind, SecureFileConfig, SecurityMode, TableId, TableKey,
-    TdeError, TekId, TekVersion, VaultTransitConfig,
+    MekVersionInfo, ModeSource, ProviderHealth, ProviderKind, SecureFileConfig, SecurityMode,
+    ServiceRotation, TableId, TableKey, TdeError, TekId, TekVersion, Timestamp, VaultTransitConfig,
 };
 pub use heliosdb_tde_manager::{
     AuditVerification, EmergencyRotation, FileAuditSink, KeyAvailability, KeyManager,

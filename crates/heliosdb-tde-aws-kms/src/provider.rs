@@ -1,0 +1,907 @@
+//! [`AwsKmsMekProvider`]: the [`MekProvider`] over AWS KMS.
+
+use crate::errors::{self, Call};
+use crate::keys::{self, Inventory, VersionKey, Versions};
+use crate::payload;
+use crate::settings::{self, alias_name, arn_region, check_config, parse_alias};
+use async_trait::async_trait;
+use aws_sdk_kms::Client;
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{KeySpec, KeyState as KmsKeyState, KeyUsageType};
+use heliosdb_tde_core::lifecycle::{Transition, mek_not_found};
+use heliosdb_tde_core::{
+    AwsKmsConfig, EncryptionAlgorithm, KEY_LEN, KeyBytes, KeyState, MekId, MekInfo, MekProvider,
+    MekRef, MekVersion, MekVersionInfo, ProviderHealth, ProviderKind, Result, SecurityMode,
+    ServiceRotation, TableKey, TdeError, Timestamp, WrapContext, WrappedTek,
+};
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::time::Instant;
+use zeroize::Zeroizing;
+
+/// An MEK provider that keeps every MEK version in AWS KMS, one KMS key per version.
+///
+/// * Versions are found through aliases `<alias_prefix>/<mek id>/v<N>` (`.` in an id is
+///   written `:`); version 1 of the default MEK is the configured `key_id`.
+/// * A version's lifecycle state is a tag on its key (`heliosdb:state`); deactivation also
+///   disables the key in KMS, reactivation enables it.
+/// * TEKs are wrapped with `Encrypt` under the version's key, bound to their identity by an
+///   encryption context ([`WrapContext::context_map`]), and re-wrapped with `ReEncrypt` during
+///   a rotation, so their plaintext stays inside KMS.
+///
+/// Build it inside the Tokio runtime that uses it: the SDK's connection pool belongs to that
+/// runtime.
+pub struct AwsKmsMekProvider {
+    client: Client,
+    region: String,
+    endpoint: Option<String>,
+    endpoint_label: String,
+    alias_prefix: String,
+    create_keys: bool,
+    enable_key_rotation: bool,
+    rotation_period_days: Option<u32>,
+    timeout_secs: u64,
+    default_mek: MekId,
+    default_key_arn: String,
+    description: String,
+    warnings: Vec<String>,
+    inventory: Inventory,
+    /// Serialises this process's changes (generate, rotate, state changes).
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for AwsKmsMekProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsKmsMekProvider")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("alias_prefix", &self.alias_prefix)
+            .field("default_mek", &self.default_mek)
+            .field("default_key_arn", &self.default_key_arn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AwsKmsMekProvider {
+    /// Connects to KMS and checks the configuration: resolves `key_id` to its ARN and checks
+    /// that it is an enabled `SYMMETRIC_DEFAULT` `ENCRYPT_DECRYPT` key in `region`, and reads the
+    /// versions of `default_mek` (whose version 1 is `key_id`), so a bad configuration fails
+    /// here, not at the first cache miss. It creates nothing: `generate_mek` of the default id
+    /// adopts `key_id` as version 1.
+    pub async fn open(
+        config: &AwsKmsConfig,
+        default_mek: &MekId,
+        mode: SecurityMode,
+    ) -> Result<Self> {
+        check_config(config, mode)?;
+        let client = settings::client(config).await?;
+        let description = format!("AWS KMS ({}, {})", config.region, config.alias_prefix);
+        let mut warnings = Vec::new();
+        if let Some(ep) = &config.endpoint
+            && ep.starts_with("http://")
+        {
+            warnings.push(format!(
+                "kms_config.endpoint {ep} is plain HTTP: table keys cross the network in the clear (development mode only; production mode refuses it)"
+            ));
+        }
+        let mut provider = Self {
+            client,
+            region: config.region.clone(),
+            endpoint: config.endpoint.clone(),
+            endpoint_label: config
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| format!("https://kms.{}.amazonaws.com", config.region)),
+            alias_prefix: config.alias_prefix.clone(),
+            create_keys: config.create_keys,
+            enable_key_rotation: config.enable_key_rotation,
+            rotation_period_days: config.rotation_period_days,
+            timeout_secs: config.timeout_secs,
+            default_mek: default_mek.clone(),
+            default_key_arn: String::new(),
+            description,
+            warnings,
+            inventory: Inventory::new(),
+            changes: tokio::sync::Mutex::new(()),
+        };
+        let key = provider.check_key(&config.key_id).await?;
+        provider.default_key_arn = key.arn.clone();
+        let versions = provider.refresh(default_mek).await?;
+        if let Some(v1) = versions.get(&MekVersion::FIRST)
+            && v1.arn != key.arn
+        {
+            return Err(provider.v1_mismatch(&v1.arn));
+        }
+        // The active version's key must be usable, whatever kms_config.key_id says.
+        let lc = keys::lifecycle(default_mek, &versions);
+        if let Some(active) = lc
+            .versions(default_mek)
+            .find(|v| v.state == KeyState::Active)
+            && let Some(k) = versions.get(&active.mek.version)
+        {
+            provider.ensure_enabled(k, &active.mek)?;
+        }
+        Ok(provider)
+    }
+
+    /// Warnings about the configuration that development mode accepts (a plain-HTTP endpoint).
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
+    }
+
+    /// The region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The custom endpoint, if one is configured.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+
+    /// The alias prefix.
+    pub fn alias_prefix(&self) -> &str {
+        &self.alias_prefix
+    }
+
+    /// The ARN of the configured `key_id` (version 1 of the default MEK).
+    pub fn default_key_arn(&self) -> &str {
+        &self.default_key_arn
+    }
+
+    /// The alias of one MEK version: `<alias_prefix>/<mek id, '.' written ':'>/v<N>`.
+    pub fn alias_name(&self, mek: &MekRef) -> String {
+        alias_name(&self.alias_prefix, mek)
+    }
+
+    fn call<'a>(&'a self, action: &'a str, target: &'a str) -> Call<'a> {
+        Call {
+            provider: &self.description,
+            action,
+            target,
+            region: &self.region,
+            endpoint: &self.endpoint_label,
+            timeout_secs: self.timeout_secs,
+        }
+    }
+
+    fn not_found(&self, mek: &dyn fmt::Display) -> TdeError {
+        mek_not_found(
+            mek,
+            format!(
+                "KMS in region {} has no alias for it under {}; check kms_config.alias_prefix and kms_config.region, or create the MEK with `heliosdb-cli security mek generate`",
+                self.region, self.alias_prefix
+            ),
+        )
+    }
+
+    fn v1_mismatch(&self, alias_target: &str) -> TdeError {
+        TdeError::config(
+            "kms_config.key_id",
+            format!(
+                "the alias {} points at {alias_target}, but kms_config.key_id is {}; version 1 of MEK {} cannot be both. Fix kms_config.key_id, or the alias (`aws kms update-alias`) if it is wrong",
+                self.alias_name(&MekRef::new(self.default_mek.clone(), MekVersion::FIRST)),
+                self.default_key_arn,
+                self.default_mek
+            ),
+        )
+    }
+
+    /// Resolves and checks the configured key: symmetric, for encryption, enabled, in region.
+    async fn check_key(&self, key_id: &str) -> Result<VersionKey> {
+        let call = self.call("DescribeKey", key_id);
+        let meta = self
+            .client
+            .describe_key()
+            .key_id(key_id)
+            .send()
+            .await
+            .map_err(|e| errors::map(&call, e))?
+            .key_metadata
+            .ok_or_else(|| keys::protocol(&call, "DescribeKey", "the answer has no KeyMetadata"))?;
+        let arn = meta
+            .arn()
+            .ok_or_else(|| keys::protocol(&call, "DescribeKey", "the key has no ARN"))?
+            .to_string();
+        if let Some(region) = arn_region(&arn)
+            && region != self.region
+        {
+            return Err(TdeError::config(
+                "kms_config.key_id",
+                format!(
+                    "{arn} is in region {region} but kms_config.region is {}; use a key in {} or set the region to {region}",
+                    self.region, self.region
+                ),
+            ));
+        }
+        let spec = meta.key_spec().map_or("unknown", KeySpec::as_str);
+        let usage = meta.key_usage().map_or("unknown", KeyUsageType::as_str);
+        if meta.key_spec() != Some(&KeySpec::SymmetricDefault)
+            || meta.key_usage() != Some(&KeyUsageType::EncryptDecrypt)
+        {
+            return Err(TdeError::config(
+                "kms_config.key_id",
+                format!(
+                    "{arn} is a {spec} key for {usage}; an MEK needs a SYMMETRIC_DEFAULT key with usage ENCRYPT_DECRYPT (`aws kms create-key --key-spec SYMMETRIC_DEFAULT --key-usage ENCRYPT_DECRYPT`)"
+                ),
+            ));
+        }
+        let key = VersionKey {
+            arn,
+            state: None,
+            kms_state: meta.key_state().cloned(),
+            created_at: keys::timestamp(meta.creation_date()),
+        };
+        self.ensure_enabled(
+            &key,
+            &MekRef::new(self.default_mek.clone(), MekVersion::FIRST),
+        )?;
+        Ok(key)
+    }
+
+    /// An error when KMS does not have `key` enabled, with the state and the fix.
+    fn ensure_enabled(&self, key: &VersionKey, mek: &MekRef) -> Result<()> {
+        match &key.kms_state {
+            Some(KmsKeyState::Enabled) => Ok(()),
+            Some(KmsKeyState::PendingDeletion) | Some(KmsKeyState::PendingReplicaDeletion) => {
+                Err(TdeError::InvalidKeyState {
+                    key: format!("mek:{mek}"),
+                    state: KeyState::Deactivated,
+                    operation: "use the active MEK version".into(),
+                    hint: format!(
+                        "its KMS key {} is PendingDeletion; cancel the deletion and enable it: `aws kms cancel-key-deletion --key-id {a}` then `aws kms enable-key --key-id {a}`",
+                        key.arn,
+                        a = key.arn
+                    ),
+                })
+            }
+            _ => Err(TdeError::InvalidKeyState {
+                key: format!("mek:{mek}"),
+                state: KeyState::Deactivated,
+                operation: "use the active MEK version".into(),
+                hint: format!(
+                    "its KMS key {} is {}; enable it: `aws kms enable-key --key-id {}`",
+                    key.arn,
+                    key.kms_state_name(),
+                    key.arn
+                ),
+            }),
+        }
+    }
+
+    /// Reads the versions of `id` from KMS and caches them.
+    async fn refresh(&self, id: &MekId) -> Result<Versions> {
+        let versions = keys::read(
+            &self.client,
+            &self.call("ListAliases", &self.alias_prefix),
+            &self.alias_prefix,
+            id,
+        )
+        .await?;
+        self.inventory.store(id, versions.clone());
+        Ok(versions)
+    }
+
+    /// The versions of `id`: cached if read recently, else read.
+    async fn versions(&self, id: &MekId) -> Result<Versions> {
+        match self.inventory.cached(id) {
+            Some(v) => Ok(v),
+            None => self.refresh(id).await,
+        }
+    }
+
+    /// One adopted version: its key and state (read again once if the cache does not know it,
+    /// for a version another process made).
+    async fn version(&self, mek: &MekRef) -> Result<(VersionKey, KeyState)> {
+        for fresh in [false, true] {
+            let versions = if fresh {
+                self.refresh(&mek.id).await?
+            } else {
+                self.versions(&mek.id).await?
+            };
+            let lc = keys::lifecycle(&mek.id, &versions);
+            if let (Some(k), Some(state)) = (versions.get(&mek.version), lc.state(mek)) {
+                return Ok((k.clone(), state));
+            }
+        }
+        Err(self.not_found(mek))
+    }
+
+    fn context(ctx: &WrapContext, mek: &MekRef) -> HashMap<String, String> {
+        ctx.context_map(mek).into_iter().collect()
+    }
+
+    /// The checks made before any KMS call on an envelope: a current-format AWS KMS envelope
+    /// of an AES-256-GCM TEK, whose payload names the key of the version it claims.
+    fn check_envelope(
+        wrapped: &WrappedTek,
+        ctx: &WrapContext,
+        key: &VersionKey,
+    ) -> Result<Vec<u8>> {
+        let what = format!("TEK {} wrapped by {}", ctx.tek_id(), wrapped.mek);
+        if wrapped.format != heliosdb_tde_core::envelope::FORMAT_VERSION
+            || wrapped.provider != ProviderKind::AwsKms
+            || wrapped.algorithm != EncryptionAlgorithm::Aes256Gcm
+        {
+            return Err(TdeError::AuthenticationFailed {
+                what: format!(
+                    "{what}: the envelope header (format {}, provider {:?}, algorithm {}) is not that of an AWS KMS wrap",
+                    wrapped.format,
+                    wrapped.provider,
+                    wrapped.algorithm.name()
+                ),
+            });
+        }
+        let p = payload::decode(&wrapped.payload)
+            .map_err(|d| TdeError::corrupt("AWS KMS-wrapped TEK", what.clone(), d))?;
+        if p.arn != key.arn {
+            return Err(TdeError::AuthenticationFailed {
+                what: format!(
+                    "{what}: the payload was made under {}, but version {} is {}",
+                    p.arn, wrapped.mek.version, key.arn
+                ),
+            });
+        }
+        Ok(p.blob)
+    }
+
+    fn envelope(
+        &self,
+        mek: &MekRef,
+        key: &VersionKey,
+        action: &str,
+        blob: Option<Blob>,
+        arn: Option<&str>,
+    ) -> Result<WrappedTek> {
+        let call = self.call(action, &key.arn);
+        let blob =
+            blob.ok_or_else(|| keys::protocol(&call, action, "the answer has no CiphertextBlob"))?;
+        if let Some(arn) = arn
+            && arn != key.arn
+        {
+            return Err(keys::protocol(
+                &call,
+                action,
+                &format!("KMS used {arn}, not the requested {}", key.arn),
+            ));
+        }
+        let payload = payload::encode(&key.arn, blob.as_ref())
+            .ok_or_else(|| keys::protocol(&call, action, "the ciphertext is empty or too large"))?;
+        Ok(WrappedTek::new(
+            EncryptionAlgorithm::Aes256Gcm,
+            ProviderKind::AwsKms,
+            mek.clone(),
+            payload,
+        ))
+    }
+
+    /// The key at the alias of `mek`, if an alias is there (made by an operator, or by an
+    /// interrupted rotation).
+    async fn key_at_alias(&self, mek: &MekRef) -> Result<Option<VersionKey>> {
+        let alias = self.alias_name(mek);
+        let call = self.call("DescribeKey", &alias);
+        match keys::describe(&self.client, &call, &alias).await {
+            Ok(k) => Ok(Some(k)),
+            Err(TdeError::KeyNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes the KMS key of a new version: adopts a key already at its alias, else creates
+    /// one (when allowed) with `policy_from`'s key policy, and puts the alias on it.
+    async fn new_version_key(&self, mek: &MekRef, policy_from: &str) -> Result<VersionKey> {
+        if let Some(k) = self.key_at_alias(mek).await? {
+            self.ensure_enabled(&k, mek)?;
+            let call = self.call("DescribeKey", &k.arn);
+            let meta = self
+                .client
+                .describe_key()
+                .key_id(&k.arn)
+                .send()
+                .await
+                .map_err(|e| errors::map(&call, e))?
+                .key_metadata;
+            let ok = meta.as_ref().is_some_and(|m| {
+                m.key_spec() == Some(&KeySpec::SymmetricDefault)
+                    && m.key_usage() == Some(&KeyUsageType::EncryptDecrypt)
+            });
+            if !ok {
+                return Err(TdeError::config(
+                    "kms_config.alias_prefix",
+                    format!(
+                        "the key {} at alias {} is not a SYMMETRIC_DEFAULT ENCRYPT_DECRYPT key; point the alias at one",
+                        k.arn,
+                        self.alias_name(mek)
+                    ),
+                ));
+            }
+            tracing::info!(target: "heliosdb::tde::aws_kms", mek = %mek, arn = %k.arn, "adopting the key already at the version's alias");
+            return Ok(k);
+        }
+        let alias = self.alias_name(mek);
+        if !self.create_keys {
+            return Err(TdeError::Provider {
+                provider: self.description.clone(),
+                message: format!(
+                    "no KMS key is at alias {alias} and kms_config.create_keys is false"
+                ),
+                hint: format!(
+                    "create the key and its alias, then run the command again: `aws kms create-key --region {r} --key-spec SYMMETRIC_DEFAULT --key-usage ENCRYPT_DECRYPT --description \"HeliosDB MEK {id} version {v}\"` and `aws kms create-alias --region {r} --alias-name {alias} --target-key-id <KeyId from create-key>`",
+                    r = self.region,
+                    id = mek.id,
+                    v = mek.version
+                ),
+            });
+        }
+        let policy = self
+            .client
+            .get_key_policy()
+            .key_id(policy_from)
+            .policy_name("default")
+            .send()
+            .await
+            .map_err(|e| errors::map(&self.call("GetKeyPolicy", policy_from), e))?
+            .policy;
+        let created = self
+            .client
+            .create_key()
+            .set_policy(policy)
+            .description(format!("HeliosDB MEK {} version {}", mek.id, mek.version))
+            .key_spec(KeySpec::SymmetricDefault)
+            .key_usage(KeyUsageType::EncryptDecrypt)
+            .set_tags(Some(keys::tags(mek, KeyState::Active)))
+            .send()
+            .await
+            .map_err(|e| errors::map(&self.call("CreateKey", &alias), e))?;
+        let meta = created.key_metadata.ok_or_else(|| {
+            keys::protocol(
+                &self.call("CreateKey", &alias),
+                "CreateKey",
+                "the answer has no KeyMetadata",
+            )
+        })?;
+        let arn = meta
+            .arn()
+            .ok_or_else(|| {
+                keys::protocol(
+                    &self.call("CreateKey", &alias),
+                    "CreateKey",
+                    "the new key has no ARN",
+                )
+            })?
+            .to_string();
+        self.client
+            .create_alias()
+            .alias_name(&alias)
+            .target_key_id(&arn)
+            .send()
+            .await
+            .map_err(|e| errors::map(&self.call("CreateAlias", &alias), e))?;
+        if self.enable_key_rotation {
+            self.client
+                .enable_key_rotation()
+                .key_id(&arn)
+                .set_rotation_period_in_days(
+                    self.rotation_period_days
+                        .and_then(|d| i32::try_from(d).ok()),
+                )
+                .send()
+                .await
+                .map_err(|e| errors::map(&self.call("EnableKeyRotation", &arn), e))?;
+        }
+        Ok(VersionKey {
+            arn,
+            state: None,
+            kms_state: meta.key_state().cloned(),
+            created_at: keys::timestamp(meta.creation_date()),
+        })
+    }
+
+    /// Writes a version's state tag.
+    async fn tag_state(&self, mek: &MekRef, arn: &str, state: KeyState) -> Result<()> {
+        self.client
+            .tag_resource()
+            .key_id(arn)
+            .set_tags(Some(keys::tags(mek, state)))
+            .send()
+            .await
+            .map_err(|e| errors::map(&self.call("TagResource", arn), e))?;
+        self.inventory.update(mek, |k| k.state = Some(state));
+        Ok(())
+    }
+
+    /// Makes KMS's enabled/disabled state of a version's key follow its HeliosDB state:
+    /// deactivated keys are disabled, every other state needs the key enabled.
+    async fn enforce(&self, mek: &MekRef, key: &VersionKey, state: KeyState) -> Result<()> {
+        let disabled = key.kms_state == Some(KmsKeyState::Disabled);
+        if state == KeyState::Deactivated && !disabled {
+            if key.kms_state != Some(KmsKeyState::Enabled) {
+                return Ok(());
+            }
+            self.client
+                .disable_key()
+                .key_id(&key.arn)
+                .send()
+                .await
+                .map_err(|e| errors::map(&self.call("DisableKey", &key.arn), e))?;
+            self.inventory
+                .update(mek, |k| k.kms_state = Some(KmsKeyState::Disabled));
+        } else if state != KeyState::Deactivated && disabled {
+            self.client
+                .enable_key()
+                .key_id(&key.arn)
+                .send()
+                .await
+                .map_err(|e| errors::map(&self.call("EnableKey", &key.arn), e))?;
+            self.inventory
+                .update(mek, |k| k.kms_state = Some(KmsKeyState::Enabled));
+        }
+        Ok(())
+    }
+
+    /// KMS's rotation of key material under one version's key.
+    async fn service_rotation(&self, arn: &str) -> Result<ServiceRotation> {
+        let status = self
+            .client
+            .get_key_rotation_status()
+            .key_id(arn)
+            .send()
+            .await
+            .map_err(|e| errors::map(&self.call("GetKeyRotationStatus", arn), e))?;
+        let mut last: Option<Timestamp> = None;
+        let mut marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_key_rotations()
+                .key_id(arn)
+                .set_marker(marker.take())
+                .send()
+                .await
+                .map_err(|e| errors::map(&self.call("ListKeyRotations", arn), e))?;
+            for r in page.rotations() {
+                let t = keys::timestamp(r.rotation_date());
+                if t.0 > 0 && last.is_none_or(|l| t > l) {
+                    last = Some(t);
+                }
+            }
+            match (page.truncated(), page.next_marker()) {
+                (true, Some(m)) if !m.is_empty() => marker = Some(m.to_string()),
+                _ => break,
+            }
+        }
+        let enabled = status.key_rotation_enabled();
+        Ok(ServiceRotation::new(
+            enabled,
+            status
+                .rotation_period_in_days()
+                .and_then(|d| u32::try_from(d).ok())
+                .filter(|_| enabled),
+            last,
+        ))
+    }
+
+    /// Version 1 of an MEK: `key_id` for the default MEK, else a new (or adopted) key.
+    async fn first_version(&self, mek: &MekRef, versions: &Versions) -> Result<VersionKey> {
+        if mek.id == self.default_mek {
+            if let Some(k) = versions.get(&MekVersion::FIRST) {
+                if k.arn != self.default_key_arn {
+                    return Err(self.v1_mismatch(&k.arn));
+                }
+                return Ok(k.clone());
+            }
+            let alias = self.alias_name(mek);
+            self.client
+                .create_alias()
+                .alias_name(&alias)
+                .target_key_id(&self.default_key_arn)
+                .send()
+                .await
+                .map_err(|e| errors::map(&self.call("CreateAlias", &alias), e))?;
+            let key = self.check_key(&self.default_key_arn).await?;
+            return Ok(key);
+        }
+        if let Some(k) = versions.get(&MekVersion::FIRST) {
+            return Ok(k.clone());
+        }
+        self.new_version_key(mek, &self.default_key_arn).await
+    }
+}
+
+#[async_trait]
+impl MekProvider for AwsKmsMekProvider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::AwsKms
+    }
+
+    fn description(&self) -> String {
+        self.description.clone()
+    }
+
+    fn is_secure(&self) -> bool {
+        true
+    }
+
+    async fn generate_mek(
+        &self,
+        mek_id: &MekId,
+        algorithm: EncryptionAlgorithm,
+    ) -> Result<MekVersionInfo> {
+        if algorithm != EncryptionAlgorithm::Aes256Gcm {
+            return Err(TdeError::Unsupported {
+                what: format!("MEK algorithm {}", algorithm.name()),
+                hint: "AWS KMS MEKs are SYMMETRIC_DEFAULT (AES-256-GCM) keys; use AES-256-GCM"
+                    .into(),
+            });
+        }
+        let _changes = self.changes.lock().await;
+        let versions = self.refresh(mek_id).await?;
+        let lc = keys::lifecycle(mek_id, &versions);
+        let mek = lc.plan_generate(mek_id)?;
+        if let Some((v, _)) = versions.iter().find(|(v, _)| **v != MekVersion::FIRST) {
+            // Aliases of later versions without version 1: not a layout this provider makes.
+            return Err(TdeError::Provider {
+                provider: self.description.clone(),
+                message: format!(
+                    "MEK {mek_id} has an alias for version {v} but none adopted for version 1"
+                ),
+                hint: format!(
+                    "check the aliases under {}; nothing was created",
+                    settings::alias_dir(&self.alias_prefix, mek_id)
+                ),
+            });
+        }
+        let key = self.first_version(&mek, &versions).await?;
+        self.tag_state(&mek, &key.arn, KeyState::Active).await?;
+        self.inventory.forget(mek_id);
+        let mut info = MekVersionInfo::active(mek, algorithm, key.created_at);
+        info.key_location = Some(key.arn);
+        Ok(info)
+    }
+
+    async fn wrap_tek(
+        &self,
+        mek: &MekRef,
+        tek: &TableKey,
+        ctx: &WrapContext,
+    ) -> Result<WrappedTek> {
+        ctx.ensure_names(tek)?;
+        let (key, state) = self.version(mek).await?;
+        state.ensure_can_encrypt(&format!("mek:{mek}"), "wrap a TEK")?;
+        // The SDK takes its own copy of the plaintext into the request (see the crate docs).
+        let plaintext = Blob::new(tek.bytes().expose_secret().to_vec());
+        let out = self
+            .client
+            .encrypt()
+            .key_id(&key.arn)
+            .plaintext(plaintext)
+            .set_encryption_context(Some(Self::context(ctx, mek)))
+            .send()
+            .await
+            .map_err(|e| errors::map(&self.call("Encrypt", &key.arn), e))?;
+        self.envelope(
+            mek,
+            &key,
+            "Encrypt",
+            out.ciphertext_blob,
+            out.key_id.as_deref(),
+        )
+    }
+
+    async fn unwrap_tek(&self, wrapped: &WrappedTek, ctx: &WrapContext) -> Result<TableKey> {
+        let mek = &wrapped.mek;
+        let (key, state) = self.version(mek).await?;
+        let blob = Self::check_envelope(wrapped, ctx, &key)?;
+        state.ensure_can_decrypt(&format!("mek:{mek}"), "unwrap a TEK")?;
+        let mut out = self
+            .client
+            .decrypt()
+            .key_id(&key.arn)
+            .ciphertext_blob(Blob::new(blob))
+            .set_encryption_context(Some(Self::context(ctx, mek)))
+            .send()
+            .await
+            .map_err(|e| errors::map(&self.call("Decrypt", &key.arn), e))?;
+        let plaintext = Zeroizing::new(
+            out.plaintext
+                .take()
+                .map(Blob::into_inner)
+                .unwrap_or_default(),
+        );
+        if plaintext.len() != KEY_LEN {
+            return Err(TdeError::corrupt(
+                "AWS KMS-unwrapped TEK",
+                ctx.tek_id().to_string(),
+                format!("{} bytes, expected {KEY_LEN}", plaintext.len()),
+            ));
+        }
+        Ok(TableKey::new(
+            ctx.tek_id(),
+            wrapped.algorithm,
+            KeyBytes::from_slice(&plaintext)?,
+        ))
+    }
+
+    async fn rewrap_tek(
+        &self,
+        wrapped: &WrappedTek,
+        ctx: &WrapContext,
+        new_mek: &MekRef,
+    ) -> Result<WrappedTek> {
+        let (old_key, old_state) = self.version(&wrapped.mek).await?;
+        let blob = Self::check_envelope(wrapped, ctx, &old_key)?;
+        old_state.ensure_can_decrypt(&format!("mek:{}", wrapped.mek), "re-wrap a TEK")?;
+        let (new_key, new_state) = self.version(new_mek).await?;
+        new_state.ensure_can_encrypt(&format!("mek:{new_mek}"), "re-wrap a TEK")?;
+        let out = self
+            .client
+            .re_encrypt()
+            .ciphertext_blob(Blob::new(blob))
+            .source_key_id(&old_key.arn)
+            .set_source_encryption_context(Some(Self::context(ctx, &wrapped.mek)))
+            .destination_key_id(&new_key.arn)
+            .set_destination_encryption_context(Some(Self::context(ctx, new_mek)))
+            .send()
+            .await
+            .map_err(|e| errors::map(&self.call("ReEncrypt", &old_key.arn), e))?;
+        self.envelope(
+            new_mek,
+            &new_key,
+            "ReEncrypt",
+            out.ciphertext_blob,
+            out.key_id.as_deref(),
+        )
+    }
+
+    async fn mek_info(&self, mek_id: &MekId) -> Result<MekInfo> {
+        let versions = self.refresh(mek_id).await?;
+        let lc = keys::lifecycle(mek_id, &versions);
+        let mut info = lc
+            .mek_info(
+                mek_id,
+                ProviderKind::AwsKms,
+                format!(
+                    "AWS KMS {} aliases {}",
+                    self.region,
+                    settings::alias_dir(&self.alias_prefix, mek_id)
+                ),
+            )
+            .ok_or_else(|| self.not_found(mek_id))?;
+        for v in &mut info.versions {
+            if let Some(k) = versions.get(&v.mek.version)
+                && k.kms_state != Some(KmsKeyState::PendingDeletion)
+            {
+                v.service_rotation = Some(self.service_rotation(&k.arn).await?);
+            }
+        }
+        Ok(info)
+    }
+
+    async fn list_meks(&self) -> Result<Vec<MekId>> {
+        let call = self.call("ListAliases", &self.alias_prefix);
+        let prefix = format!("{}/", self.alias_prefix);
+        let ids: BTreeSet<MekId> = keys::aliases(&self.client, &call, &prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(alias, _)| parse_alias(&self.alias_prefix, &alias))
+            .map(|m| m.id)
+            .collect();
+        Ok(ids.into_iter().collect())
+    }
+
+    async fn rotate_mek(&self, mek_id: &MekId) -> Result<MekVersionInfo> {
+        let _changes = self.changes.lock().await;
+        let versions = self.refresh(mek_id).await?;
+        let lc = keys::lifecycle(mek_id, &versions);
+        let rotation = lc
+            .plan_rotation(mek_id)
+            .ok_or_else(|| self.not_found(mek_id))??;
+        let previous = versions
+            .get(&rotation.previous)
+            .ok_or_else(|| self.not_found(mek_id))?;
+        let key = self.new_version_key(&rotation.next, &previous.arn).await?;
+        // The new version first, then the old ones demoted: a crash in between leaves two
+        // active versions, and the newest wins when they are read.
+        self.tag_state(&rotation.next, &key.arn, KeyState::Active)
+            .await?;
+        for old in &rotation.demote {
+            if let Some(k) = versions.get(&old.version) {
+                self.tag_state(old, &k.arn, KeyState::DecryptOnly).await?;
+            }
+        }
+        self.inventory.forget(mek_id);
+        let mut info = rotation.new_version(key.created_at);
+        info.key_location = Some(key.arn);
+        Ok(info)
+    }
+
+    async fn set_mek_state(&self, mek: &MekRef, next: KeyState) -> Result<()> {
+        if next == KeyState::Destroyed {
+            return Err(TdeError::Unsupported {
+                what: format!("destroying MEK version {mek} in AWS KMS"),
+                hint: format!(
+                    "deactivate it, check that no TEK depends on it (`heliosdb-cli security mek verify`), then schedule its key's deletion: `aws kms schedule-key-deletion --key-id <ARN from mek-info> --pending-window-in-days 30` (7 to 30 days; see docs/providers/aws-kms.md). Its alias is {}",
+                    self.alias_name(mek)
+                ),
+            });
+        }
+        let _changes = self.changes.lock().await;
+        let versions = self.refresh(&mek.id).await?;
+        let lc = keys::lifecycle(&mek.id, &versions);
+        let transition = lc
+            .plan_transition(mek, next)
+            .ok_or_else(|| self.not_found(mek))??;
+        let key = versions
+            .get(&mek.version)
+            .ok_or_else(|| self.not_found(mek))?;
+        match transition {
+            Transition::Unchanged => {
+                // The tag may be right while KMS is not (a crash between the two): finish.
+                self.enforce(mek, key, next).await?;
+            }
+            _ if next == KeyState::Deactivated => {
+                // Tag first: once the tag says deactivated the provider refuses the version,
+                // whatever KMS does next.
+                self.tag_state(mek, &key.arn, next).await?;
+                self.enforce(mek, key, next).await?;
+            }
+            _ => {
+                // Enable first: the tag makes the version usable only once KMS can serve it.
+                self.enforce(mek, key, next).await?;
+                self.tag_state(mek, &key.arn, next).await?;
+            }
+        }
+        self.inventory.forget(&mek.id);
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<ProviderHealth> {
+        let start = Instant::now();
+        let target = match self.refresh(&self.default_mek).await {
+            Ok(versions) => {
+                let lc = keys::lifecycle(&self.default_mek, &versions);
+                lc.versions(&self.default_mek)
+                    .find(|v| v.state == KeyState::Active)
+                    .and_then(|v| {
+                        versions
+                            .get(&v.mek.version)
+                            .map(|k| (v.mek.clone(), k.arn.clone()))
+                    })
+            }
+            Err(e) => {
+                return Ok(ProviderHealth {
+                    healthy: false,
+                    latency: start.elapsed(),
+                    detail: format!("{}: {e}", self.description),
+                });
+            }
+        };
+        let (mek, arn) = target.unwrap_or_else(|| {
+            (
+                MekRef::new(self.default_mek.clone(), MekVersion::FIRST),
+                self.default_key_arn.clone(),
+            )
+        });
+        let call = self.call("DescribeKey", &arn);
+        let (healthy, detail) = match keys::describe(&self.client, &call, &arn).await {
+            Ok(k) => match self.ensure_enabled(&k, &mek) {
+                Ok(()) => (
+                    true,
+                    format!(
+                        "{}: active key {} (MEK {mek}) is {}",
+                        self.description,
+                        k.arn,
+                        k.kms_state_name()
+                    ),
+                ),
+                Err(e) => (false, format!("{}: {e}", self.description)),
+            },
+            Err(e) => (false, format!("{}: {e}", self.description)),
+        };
+        Ok(ProviderHealth {
+            healthy,
+            latency: start.elapsed(),
+            detail,
+        })
+    }
+}

@@ -1,0 +1,293 @@
+//! Versions and aliases: how the provider finds, adopts and creates the KMS key of each MEK
+//! version, seen through the operator's SDK client on moto.
+
+// Tests: a failed expectation is a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Payload, ctx, fresh, mek_ref, tek};
+use heliosdb_tde_aws_kms::AwsKmsMekProvider;
+use heliosdb_tde_core::{
+    EncryptionAlgorithm, KeyState, MekProvider, MekVersion, SecurityMode, TdeError,
+};
+
+/// `key_id` as a key id, an ARN and an alias: each becomes version 1 of the default MEK, with
+/// the `v1` alias pointing at it.
+#[tokio::test]
+async fn key_id_as_id_arn_or_alias_becomes_v1() {
+    let Some(m) = common::moto() else { return };
+    for form in ["id", "arn", "alias"] {
+        let f = m.fixture().await;
+        let mut c = f.config.clone();
+        c.key_id = match form {
+            "id" => f.key.id.clone(),
+            "arn" => f.key.arn.clone(),
+            _ => {
+                let alias = format!("alias/heliosdb-test-op-{}", common::random());
+                m.create_alias(&alias, &f.key.id).await;
+                alias
+            }
+        };
+        let p = f.open_with(&c).await;
+        assert_eq!(p.default_key_arn(), f.key.arn, "{form}");
+        assert_eq!(p.region(), m.region);
+        assert_eq!(p.alias_prefix(), c.alias_prefix);
+        assert!(
+            f.aliases().await.is_empty(),
+            "{form}: open() created an alias"
+        );
+        let info = p
+            .generate_mek(&f.default_mek, EncryptionAlgorithm::Aes256Gcm)
+            .await
+            .unwrap();
+        assert_eq!(info.mek, mek_ref(&f.default_mek, 1));
+        let mi = p.mek_info(&f.default_mek).await.unwrap();
+        assert_eq!(mi.versions.len(), 1);
+        assert_eq!(
+            mi.versions[0].key_location.as_deref(),
+            Some(f.key.arn.as_str()),
+            "{form}"
+        );
+        let v1_alias = p.alias_name(&info.mek);
+        assert!(v1_alias.starts_with(&c.alias_prefix), "{v1_alias}");
+        assert!(v1_alias.ends_with("/v1"), "{v1_alias}");
+        let aliases = f.aliases().await;
+        assert_eq!(aliases.len(), 1, "{form}: {aliases:?}");
+        assert_eq!(
+            aliases.get(&v1_alias),
+            Some(&f.key.id),
+            "{form}: {aliases:?}"
+        );
+        // The adopted key is tagged with the MEK's identity and state.
+        let tags = m.tags(&f.key.id).await;
+        assert_eq!(
+            tags.get("heliosdb:mek_id").map(String::as_str),
+            Some(f.default_mek.as_str()),
+            "{tags:?}"
+        );
+        assert_eq!(
+            tags.get("heliosdb:mek_version").map(String::as_str),
+            Some("1")
+        );
+        assert!(tags.contains_key("heliosdb:state"), "{tags:?}");
+        // It wraps with that key: the payload names its ARN.
+        let w = p
+            .wrap_tek(&info.mek, &tek("a@v1"), &ctx("a@v1"))
+            .await
+            .unwrap();
+        assert_eq!(Payload::parse(&w.payload).arn, f.key.arn);
+        // A new provider over the same settings finds the version through the alias.
+        let again = f.open_with(&c).await;
+        assert!(again.unwrap_tek(&w, &ctx("a@v1")).await.is_ok(), "{form}");
+        assert_eq!(
+            again.mek_info(&f.default_mek).await.unwrap().versions.len(),
+            1
+        );
+    }
+}
+
+/// An MEK id with `.` is stored as `:` in its alias and given back by `list_meks`.
+#[tokio::test]
+async fn an_mek_id_with_a_dot_round_trips_through_its_alias() {
+    let Some(m) = common::moto() else { return };
+    let f = m.fixture().await;
+    let p = f.open().await;
+    let id: heliosdb_tde_core::MekId = format!("tenant.{}", fresh("dot").as_str()).parse().unwrap();
+    let info = p
+        .generate_mek(&id, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap();
+    let alias = p.alias_name(&info.mek);
+    assert!(!alias[c_len(&f)..].contains('.'), "{alias}");
+    assert!(alias.contains(&id.as_str().replace('.', ":")), "{alias}");
+    assert!(f.aliases().await.contains_key(&alias));
+    // A fresh provider reads the id back from the aliases alone.
+    let fresh_p = f.open().await;
+    let ids = fresh_p.list_meks().await.unwrap();
+    assert!(ids.contains(&id), "{ids:?}");
+    let w = fresh_p
+        .wrap_tek(&info.mek, &tek("d@v1"), &ctx("d@v1"))
+        .await
+        .unwrap();
+    assert!(p.unwrap_tek(&w, &ctx("d@v1")).await.is_ok());
+}
+
+fn c_len(f: &common::Fixture) -> usize {
+    f.config.alias_prefix.len()
+}
+
+/// `create_keys = false`: rotation fails with the exact operator commands while there is no
+/// key at the next alias, creates nothing, and adopts the key once the operator made it.
+#[tokio::test]
+async fn without_create_keys_the_operator_key_is_adopted() {
+    let Some(m) = common::moto() else { return };
+    let f = m.fixture().await;
+    let mut c = f.config.clone();
+    c.create_keys = false;
+    let p = f.open_with(&c).await;
+    let v1 = p
+        .generate_mek(&f.default_mek, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap()
+        .mek;
+    let v2_alias = p.alias_name(&mek_ref(&f.default_mek, 2));
+    let keys_before = m.key_ids().await;
+    let e = p.rotate_mek(&f.default_mek).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("aws kms create-key"), "{text}");
+    assert!(text.contains("aws kms create-alias"), "{text}");
+    assert!(
+        text.contains(&format!("--alias-name {v2_alias} ")),
+        "{text}"
+    );
+    assert!(text.contains("--key-spec SYMMETRIC_DEFAULT"), "{text}");
+    assert!(text.contains("--key-usage ENCRYPT_DECRYPT"), "{text}");
+    let keys_after = m.key_ids().await;
+    assert!(
+        m.new_keys_of(&keys_before, &keys_after, &f.default_mek)
+            .await
+            .is_empty(),
+        "a key was created with create_keys = false"
+    );
+    assert_eq!(f.aliases().await.len(), 1, "only the v1 alias");
+    assert_eq!(p.mek_info(&f.default_mek).await.unwrap().versions.len(), 1);
+
+    // The operator runs the two commands.
+    let op = m.create_key().await;
+    m.create_alias(&v2_alias, &op.id).await;
+    let v2 = p.rotate_mek(&f.default_mek).await.unwrap();
+    assert_eq!(v2.mek, mek_ref(&f.default_mek, 2));
+    let info = p.mek_info(&f.default_mek).await.unwrap();
+    assert_eq!(info.versions.len(), 2);
+    assert_eq!(
+        info.versions[1].key_location.as_deref(),
+        Some(op.arn.as_str())
+    );
+    assert_eq!(info.active_version(), Some(v2.mek.version));
+    let w = p
+        .wrap_tek(&v2.mek, &tek("o@v1"), &ctx("o@v1"))
+        .await
+        .unwrap();
+    assert_eq!(Payload::parse(&w.payload).arn, op.arn);
+    assert_eq!(v1.version, MekVersion::FIRST);
+}
+
+/// A key left at the next alias by a rotation interrupted after `CreateKey` and `CreateAlias`
+/// is adopted by the next rotation, not duplicated.
+#[tokio::test]
+async fn a_key_left_by_an_interrupted_rotation_is_adopted() {
+    let Some(m) = common::moto() else { return };
+    let f = m.fixture().await;
+    let p = f.open().await;
+    let id = fresh("interrupted");
+    p.generate_mek(&id, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap();
+    let v2_alias = p.alias_name(&mek_ref(&id, 2));
+    let left = m.create_key().await;
+    m.create_alias(&v2_alias, &left.id).await;
+    let before = m.key_ids().await;
+    let v2 = p.rotate_mek(&id).await.unwrap();
+    let after = m.key_ids().await;
+    assert_eq!(v2.mek, mek_ref(&id, 2));
+    assert!(
+        m.new_keys_of(&before, &after, &id).await.is_empty(),
+        "the rotation created a key instead of adopting the one at {v2_alias}"
+    );
+    let info = p.mek_info(&id).await.unwrap();
+    assert_eq!(info.versions.len(), 2);
+    assert_eq!(
+        info.versions[1].key_location.as_deref(),
+        Some(left.arn.as_str())
+    );
+    assert_eq!(
+        m.tags(&left.id)
+            .await
+            .get("heliosdb:mek_version")
+            .map(String::as_str),
+        Some("2"),
+        "the adopted key is tagged"
+    );
+    // The next rotation creates exactly one key, tagged as version 3.
+    let before = m.key_ids().await;
+    let v3 = p.rotate_mek(&id).await.unwrap();
+    let after = m.key_ids().await;
+    assert_eq!(v3.mek.version.get(), 3);
+    let created = m.new_keys_of(&before, &after, &id).await;
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(f.aliases().await.len(), 3);
+}
+
+/// Deactivation disables the key in KMS and the provider refuses to unwrap even though moto
+/// would still decrypt; reactivation enables the key again.
+#[tokio::test]
+async fn deactivation_disables_the_key_and_reactivation_enables_it() {
+    let Some(m) = common::moto() else { return };
+    let f = m.fixture().await;
+    let p = f.open().await;
+    let v1 = p
+        .generate_mek(&f.default_mek, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap()
+        .mek;
+    let key = tek("deact@v1");
+    let c = ctx("deact@v1");
+    let w = p.wrap_tek(&v1, &key, &c).await.unwrap();
+    let v2 = p.rotate_mek(&f.default_mek).await.unwrap().mek;
+    assert_eq!(m.key_state(&f.key.id).await, "Enabled");
+
+    p.deactivate_mek_version(&v1).await.unwrap();
+    assert_eq!(
+        m.key_state(&f.key.id).await,
+        "Disabled",
+        "DisableKey was not called"
+    );
+    let e = p.unwrap_tek(&w, &c).await.unwrap_err();
+    assert!(matches!(e, TdeError::InvalidKeyState { .. }), "{e}");
+    // moto does not enforce the disabled state: the provider refused on its own.
+    let payload = Payload::parse(&w.payload);
+    let direct = m
+        .decrypt(&payload.blob, &payload.arn, &c.context_map(&v1))
+        .await;
+    if let Ok(bytes) = &direct {
+        assert_eq!(bytes.as_slice(), key.bytes().expose_secret().as_slice());
+    }
+    // A fresh provider reads the state from the tags.
+    let fresh_p = f.open().await;
+    let info = fresh_p.mek_info(&f.default_mek).await.unwrap();
+    assert_eq!(info.versions[0].state, KeyState::Deactivated);
+    assert!(fresh_p.unwrap_tek(&w, &c).await.is_err());
+    // Health looks at the active version (v2), which is fine.
+    assert!(p.health().await.unwrap().healthy);
+
+    p.set_mek_state(&v1, KeyState::DecryptOnly).await.unwrap();
+    assert_eq!(
+        m.key_state(&f.key.id).await,
+        "Enabled",
+        "EnableKey was not called"
+    );
+    let back = p.unwrap_tek(&w, &c).await.unwrap();
+    assert_eq!(back.bytes().expose_secret(), key.bytes().expose_secret());
+    let info = f.open().await.mek_info(&f.default_mek).await.unwrap();
+    assert_eq!(info.versions[0].state, KeyState::DecryptOnly);
+    assert_eq!(info.versions[1].state, KeyState::Active);
+    assert_eq!(info.active_version(), Some(v2.version));
+}
+
+/// `open` creates and changes nothing (no alias, no tag) before `generate_mek`: the default
+/// MEK does not exist yet.
+#[tokio::test]
+async fn open_changes_nothing() {
+    let Some(m) = common::moto() else { return };
+    let f = m.fixture().await;
+    let before = m.tags(&f.key.id).await;
+    let p: AwsKmsMekProvider =
+        AwsKmsMekProvider::open(&f.config, &f.default_mek, SecurityMode::Development)
+            .await
+            .unwrap();
+    assert!(f.aliases().await.is_empty());
+    assert_eq!(m.tags(&f.key.id).await, before);
+    let e = p.mek_info(&f.default_mek).await.unwrap_err();
+    assert!(matches!(e, TdeError::KeyNotFound { .. }), "{e}");
+}

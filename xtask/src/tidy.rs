@@ -413,9 +413,44 @@ pub fn check_tree(package: &str, names: &[String]) -> Vec<String> {
     problems
 }
 
+/// Crate versions of a second, legacy HTTP/TLS stack (`name`, version prefix): the AWS SDK with
+/// its default features compiles hyper 0.14 and rustls 0.21 next to hyper 1 and rustls 0.23.
+/// No crate of ours may pull them in: every HTTP client here shares one stack.
+pub const LEGACY_HTTP_STACK: &[(&str, &str)] = &[("hyper", "0.14."), ("rustls", "0.21.")];
+
+/// Problems in the dependency tree of `package` given as (name, version) pairs: a crate of the
+/// legacy HTTP stack ([`LEGACY_HTTP_STACK`]).
+pub fn check_http_stack(package: &str, tree: &[(String, String)]) -> Vec<String> {
+    tree.iter()
+        .filter(|(n, v)| {
+            LEGACY_HTTP_STACK
+                .iter()
+                .any(|(name, prefix)| n == name && v.starts_with(prefix))
+        })
+        .map(|(n, v)| {
+            format!(
+                "{package}: its dependency tree contains {n} v{v}, a second HTTP stack; turn off \
+                 the default features of the dependency that brings it (for the AWS SDK: \
+                 default-features = false with default-https-client)"
+            )
+        })
+        .collect()
+}
+
 /// The crate names in `package`'s dependency tree (normal and build edges, its own default
 /// features), from `cargo tree`, which resolves features for that package alone.
 pub fn dependency_names(root: &Path, package: &str) -> Result<Vec<String>> {
+    let mut names: Vec<String> = dependency_tree(root, package)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    names.dedup();
+    Ok(names)
+}
+
+/// The (name, version) pairs in `package`'s dependency tree (normal and build edges, its own
+/// default features), sorted, each once.
+pub fn dependency_tree(root: &Path, package: &str) -> Result<Vec<(String, String)>> {
     let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root)
         .args([
@@ -437,14 +472,22 @@ pub fn dependency_names(root: &Path, package: &str) -> Result<Vec<String>> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    let mut tree: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?.to_string();
+            let version = words
+                .next()
+                .unwrap_or("")
+                .trim_start_matches('v')
+                .to_string();
+            Some((name, version))
+        })
         .collect();
-    names.sort();
-    names.dedup();
-    Ok(names)
+    tree.sort();
+    tree.dedup();
+    Ok(tree)
 }
 
 /// `cargo xtask tidy`: checks the workspace and reports every problem.
@@ -471,7 +514,11 @@ pub fn check_workspace(root: &Path) -> Result<Vec<String>> {
     problems.extend(api::check(&public_types));
     for c in &crates {
         if LEAN_BY_DEFAULT.contains(&c.name.as_str()) || role_of(&c.name) == Some(Role::Backend) {
-            problems.extend(check_tree(&c.name, &dependency_names(root, &c.name)?));
+            let tree = dependency_tree(root, &c.name)?;
+            let mut names: Vec<String> = tree.iter().map(|(n, _)| n.clone()).collect();
+            names.dedup();
+            problems.extend(check_tree(&c.name, &names));
+            problems.extend(check_http_stack(&c.name, &tree));
         }
         let changelog = root.join(&c.dir).join("CHANGELOG.md");
         if c.publishable && !changelog.exists() {

@@ -207,6 +207,39 @@ fn backend_crates_stay_out_of_lean_trees() {
 }
 
 #[test]
+fn one_http_stack() {
+    let tree = |v: &[(&str, &str)]| {
+        v.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        check_http_stack(
+            "heliosdb-tde-aws-kms",
+            &tree(&[
+                ("hyper", "1.8.1"),
+                ("rustls", "0.23.35"),
+                ("aws-lc-rs", "1.19.0")
+            ])
+        )
+        .is_empty()
+    );
+    let p = check_http_stack(
+        "heliosdb-tde-aws-kms",
+        &tree(&[
+            ("hyper", "0.14.32"),
+            ("rustls", "0.21.12"),
+            ("hyper", "1.8.1"),
+        ]),
+    );
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p[0].contains("hyper v0.14.32"), "{p:?}");
+    assert!(p[1].contains("rustls v0.21.12"), "{p:?}");
+    // A version prefix, not a substring: 0.140 is not 0.14.
+    assert!(check_http_stack("x", &tree(&[("hyper", "0.140.0")])).is_empty());
+}
+
+#[test]
 fn lints_and_code_map_are_required() {
     let mut c = krate("heliosdb-tde-core", &[]);
     c.uses_workspace_lints = false;

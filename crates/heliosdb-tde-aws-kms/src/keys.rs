@@ -94,14 +94,19 @@ fn parse_state(tag: &str) -> Option<KeyState> {
     })
 }
 
-/// The tags written on a version's key.
-pub(crate) fn tags(mek: &MekRef, state: KeyState) -> Vec<Tag> {
+/// The tags written on a version's key: its identity, and its state when `state` is given.
+///
+/// A new key is created with its identity only; the state tag is written last, once the alias
+/// is in place, so it is the commit point of a new version: a key at an alias without a state
+/// tag (an interrupted rotation, or a key an operator made) is adopted by the next rotation.
+pub(crate) fn tags(mek: &MekRef, state: Option<KeyState>) -> Vec<Tag> {
     [
-        (TAG_MEK_ID, mek.id.to_string()),
-        (TAG_MEK_VERSION, mek.version.get().to_string()),
-        (TAG_STATE, state_tag(state).to_string()),
+        Some((TAG_MEK_ID, mek.id.to_string())),
+        Some((TAG_MEK_VERSION, mek.version.get().to_string())),
+        state.map(|s| (TAG_STATE, state_tag(s).to_string())),
     ]
     .into_iter()
+    .flatten()
     .filter_map(|(k, v)| Tag::builder().tag_key(k).tag_value(v).build().ok())
     .collect()
 }

@@ -171,7 +171,7 @@ impl AwsKmsMekProvider {
             .description(format!("HeliosDB MEK {} version {}", mek.id, mek.version))
             .key_spec(KeySpec::SymmetricDefault)
             .key_usage(KeyUsageType::EncryptDecrypt)
-            .set_tags(Some(keys::tags(mek, KeyState::Active)))
+            .set_tags(Some(keys::tags(mek, None)))
             .send()
             .await
             .map_err(|e| errors::map(&self.call("CreateKey", &alias), e))?;
@@ -224,7 +224,7 @@ impl AwsKmsMekProvider {
         self.client
             .tag_resource()
             .key_id(arn)
-            .set_tags(Some(keys::tags(mek, state)))
+            .set_tags(Some(keys::tags(mek, Some(state))))
             .send()
             .await
             .map_err(|e| errors::map(&self.call("TagResource", arn), e))?;

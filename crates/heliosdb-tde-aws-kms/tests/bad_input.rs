@@ -319,7 +319,7 @@ async fn a_v1_alias_pointing_elsewhere_is_refused() {
     let aliases = f.aliases().await;
     assert_eq!(aliases.len(), 1, "{aliases:?}");
     assert_eq!(aliases.get(&v1_alias), Some(&other.id));
-    assert!(m.tags(&other.id).await.get("heliosdb:mek_id").is_none());
+    assert!(!m.tags(&other.id).await.contains_key("heliosdb:mek_id"));
 }
 
 /// Damaged payloads: truncated or of another format is `Corrupt`; the ARN of another version
@@ -390,7 +390,8 @@ async fn bad_fields_are_named() {
     let Some(m) = common::moto() else { return };
     let proxy = FaultProxy::start_http(m.addr()).await.unwrap();
     let f = m.fixture().await;
-    let cases: Vec<(Box<dyn Fn(&mut AwsKmsConfig)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut AwsKmsConfig)>;
+    let cases: Vec<(Change, &str)> = vec![
         (Box::new(|c| c.region = String::new()), "kms_config.region"),
         (Box::new(|c| c.timeout_secs = 0), "kms_config.timeout_secs"),
         (

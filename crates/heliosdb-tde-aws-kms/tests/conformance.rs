@@ -46,11 +46,15 @@ async fn concurrency() {
 #[tokio::test]
 async fn secrecy() {
     let Some(m) = common::moto() else { return };
-    let p = m.fixture().await.open().await;
+    let f = m.fixture().await;
+    let p = f.open().await;
     provider::secrecy(&p).await;
     // The provider's Debug names where it talks to, never the credentials.
     let debug = format!("{p:?}");
     assert!(debug.contains(&m.region), "{debug}");
+    assert!(debug.contains(&m.endpoint), "{debug}");
+    assert!(debug.contains(&f.config.alias_prefix), "{debug}");
+    assert!(!debug.contains(&m.access_key), "{debug}");
     assert!(!debug.contains(&m.secret_key), "{debug}");
 }
 

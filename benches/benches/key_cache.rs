@@ -183,7 +183,74 @@ fn wrap_unwrap(c: &mut Criterion) {
     }
     softhsm(&rt, &mut g, &tek, &ctx);
     openbao(&rt, &mut g, &tek, &ctx);
+    moto(&rt, &mut g, &tek, &ctx);
     g.finish();
+}
+
+/// The AWS KMS provider on the moto server (when `cargo xtask bench` provisioned one), against
+/// the raw aws-sdk-kms calls it makes: one `Encrypt` of 32 bytes and one `Decrypt`, with the
+/// same key (pinned by ARN) and the same encryption context.
+fn moto(
+    rt: &tokio::runtime::Runtime,
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    tek: &heliosdb_tde_core::TableKey,
+    ctx: &heliosdb_tde_core::WrapContext,
+) {
+    use heliosdb_tde_core::MekProvider;
+    let Some(endpoint) = heliosdb_benches::moto() else {
+        eprintln!("moto not provisioned: skipping the AWS KMS rows (run `cargo xtask bench`)");
+        return;
+    };
+    let client = rt.block_on(heliosdb_benches::raw_kms_client(&endpoint));
+    let key = rt.block_on(heliosdb_benches::create_kms_key(
+        &client,
+        "heliosdb benchmark wrap_unwrap",
+    ));
+    let p = heliosdb_benches::moto_provider(rt, &endpoint, "wrap", "w", &key);
+    let mek = rt
+        .block_on(p.generate_mek(
+            &"w".parse().unwrap(),
+            heliosdb_tde_core::EncryptionAlgorithm::Aes256Gcm,
+        ))
+        .unwrap()
+        .mek;
+    g.bench_function("provider_moto", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let w = p.wrap_tek(&mek, tek, ctx).await.unwrap();
+                p.unwrap_tek(&w, ctx).await.unwrap()
+            })
+        })
+    });
+    // The same two KMS calls, made directly: same key, same encryption context.
+    let context: std::collections::HashMap<String, String> =
+        ctx.context_map(&mek).into_iter().collect();
+    g.bench_function("raw_sdk_moto", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let ct = client
+                    .encrypt()
+                    .key_id(&key)
+                    .plaintext(aws_sdk_kms::primitives::Blob::new([7u8; 32].to_vec()))
+                    .set_encryption_context(Some(context.clone()))
+                    .send()
+                    .await
+                    .unwrap()
+                    .ciphertext_blob
+                    .unwrap();
+                client
+                    .decrypt()
+                    .key_id(&key)
+                    .ciphertext_blob(ct)
+                    .set_encryption_context(Some(context.clone()))
+                    .send()
+                    .await
+                    .unwrap()
+                    .plaintext
+                    .unwrap()
+            })
+        })
+    });
 }
 
 /// The Vault Transit provider on the OpenBao dev server (when `cargo xtask bench` provisioned

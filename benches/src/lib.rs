@@ -108,3 +108,80 @@ pub fn raw_vault_client(addr: &str, token: &str) -> vaultrs::client::VaultClient
     )
     .unwrap()
 }
+
+/// The moto server `cargo xtask bench` provisions (`HELIOSDB_TEST_AWS_ENDPOINT`), or `None`
+/// when it was not provisioned.
+pub fn moto() -> Option<String> {
+    std::env::var("HELIOSDB_TEST_AWS_ENDPOINT").ok()
+}
+
+/// The region of the moto rows (`AWS_REGION` as provisioned, else `us-east-1`).
+pub fn moto_region() -> String {
+    std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into())
+}
+
+/// A raw aws-sdk-kms client on the moto server with the provider's default timeouts and
+/// retries (connect 3 s, operation 10 s, standard mode, 3 attempts) and the test credentials
+/// from the environment: the baseline of the moto rows. Build it inside the runtime that uses
+/// it.
+pub async fn raw_kms_client(endpoint: &str) -> aws_sdk_kms::Client {
+    let defaults = heliosdb_tde_core::AwsKmsConfig::default();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(moto_region()))
+        .endpoint_url(endpoint)
+        .retry_config(
+            aws_config::retry::RetryConfig::standard()
+                .with_max_attempts(defaults.max_attempts.unwrap_or(3)),
+        )
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(std::time::Duration::from_millis(
+                    defaults.connect_timeout_ms,
+                ))
+                .operation_timeout(std::time::Duration::from_secs(defaults.timeout_secs))
+                .build(),
+        )
+        .load()
+        .await;
+    aws_sdk_kms::Client::new(&sdk)
+}
+
+/// Creates a `SYMMETRIC_DEFAULT` `ENCRYPT_DECRYPT` key on the moto server; returns its ARN.
+pub async fn create_kms_key(client: &aws_sdk_kms::Client, description: &str) -> String {
+    client
+        .create_key()
+        .key_spec(aws_sdk_kms::types::KeySpec::SymmetricDefault)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
+        .description(description)
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .arn
+        .unwrap()
+}
+
+/// An AWS KMS provider on the provisioned moto server whose default MEK `default_mek` has the
+/// fresh key `key_arn` as version 1 (adopted by the first `generate_mek`), with its aliases
+/// under a prefix private to this process (`tag` and the process id), so runs never meet each
+/// other's keys on the shared server.
+pub fn moto_provider(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &str,
+    tag: &str,
+    default_mek: &str,
+    key_arn: &str,
+) -> Arc<heliosdb_tde_aws_kms::AwsKmsMekProvider> {
+    let mut config = heliosdb_tde_core::AwsKmsConfig::new(moto_region(), key_arn);
+    config.endpoint = Some(endpoint.to_string());
+    config.alias_prefix = format!("alias/bench-{tag}-{}", std::process::id());
+    let p = rt
+        .block_on(heliosdb_tde_aws_kms::AwsKmsMekProvider::open(
+            &config,
+            &MekId::new(default_mek).unwrap(),
+            SecurityMode::Development,
+        ))
+        .unwrap();
+    Arc::new(p)
+}

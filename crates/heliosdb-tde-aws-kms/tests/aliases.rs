@@ -292,3 +292,113 @@ async fn open_changes_nothing() {
     let e = p.mek_info(&f.default_mek).await.unwrap_err();
     assert!(matches!(e, TdeError::KeyNotFound { .. }), "{e}");
 }
+
+/// A version the provider creates copies the previous version's key policy (`GetKeyPolicy`),
+/// is described `HeliosDB MEK <id> version <N>` and tagged with the MEK's identity and state.
+#[tokio::test]
+async fn new_version_keys_copy_the_policy_and_are_described_and_tagged() {
+    let Some(m) = common::moto() else { return };
+    let f = m.fixture().await;
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Id":"heliosdb-test-{}","Statement":[{{"Sid":"Root","Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::123456789012:root"}},"Action":"kms:*","Resource":"*"}}]}}"#,
+        common::random()
+    );
+    m.client()
+        .put_key_policy()
+        .key_id(&f.key.id)
+        .policy_name("default")
+        .policy(&policy)
+        .send()
+        .await
+        .unwrap();
+    let p = f.open().await;
+    p.generate_mek(&f.default_mek, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap();
+    p.rotate_mek(&f.default_mek).await.unwrap();
+    let info = p.mek_info(&f.default_mek).await.unwrap();
+    let v2_arn = info.versions[1].key_location.clone().unwrap();
+    let v2_policy = m
+        .client()
+        .get_key_policy()
+        .key_id(&v2_arn)
+        .policy_name("default")
+        .send()
+        .await
+        .unwrap()
+        .policy
+        .unwrap_or_default();
+    assert_eq!(v2_policy, policy, "v2 does not carry v1's key policy");
+    let described = m
+        .client()
+        .describe_key()
+        .key_id(&v2_arn)
+        .send()
+        .await
+        .unwrap();
+    let meta = described.key_metadata().unwrap();
+    assert_eq!(
+        meta.description(),
+        Some(format!("HeliosDB MEK {} version 2", f.default_mek).as_str())
+    );
+    assert_eq!(
+        meta.key_spec().map(|s| s.as_str()),
+        Some("SYMMETRIC_DEFAULT")
+    );
+    assert_eq!(
+        meta.key_usage().map(|u| u.as_str()),
+        Some("ENCRYPT_DECRYPT")
+    );
+    let v2_id = meta.key_id().to_string();
+    let tags = m.tags(&v2_id).await;
+    assert_eq!(
+        tags.get("heliosdb:mek_id").map(String::as_str),
+        Some(f.default_mek.as_str())
+    );
+    assert_eq!(
+        tags.get("heliosdb:mek_version").map(String::as_str),
+        Some("2")
+    );
+    assert!(tags.contains_key("heliosdb:state"), "{tags:?}");
+    // And the v1 key's state tag follows the rotation (no longer active).
+    let v1_tags = m.tags(&f.key.id).await;
+    assert_ne!(
+        v1_tags.get("heliosdb:state"),
+        tags.get("heliosdb:state"),
+        "v1 {v1_tags:?} / v2 {tags:?}"
+    );
+}
+
+/// `health()` names the active version's key and the `KeyState` KMS reports; `Destroyed` is
+/// refused as unsupported (deletion is scheduled by the operator in KMS).
+#[tokio::test]
+async fn health_names_the_active_key_and_destroyed_is_unsupported() {
+    let Some(m) = common::moto() else { return };
+    let f = m.fixture().await;
+    let p = f.open().await;
+    let v1 = p
+        .generate_mek(&f.default_mek, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap()
+        .mek;
+    let h = p.health().await.unwrap();
+    assert!(h.healthy, "{h:?}");
+    assert!(h.detail.contains(&f.key.arn), "{h:?}");
+    assert!(h.detail.contains("Enabled"), "{h:?}");
+    p.rotate_mek(&f.default_mek).await.unwrap();
+    let v2_arn = p.mek_info(&f.default_mek).await.unwrap().versions[1]
+        .key_location
+        .clone()
+        .unwrap();
+    let h = p.health().await.unwrap();
+    assert!(h.healthy && h.detail.contains(&v2_arn), "{h:?}");
+
+    let e = p.set_mek_state(&v1, KeyState::Destroyed).await.unwrap_err();
+    assert!(matches!(e, TdeError::Unsupported { .. }), "{e:?}");
+    assert!(e.to_string().contains("schedule-key-deletion"), "{e}");
+    assert_eq!(m.key_state(&f.key.id).await, "Enabled");
+    assert_eq!(
+        p.mek_info(&f.default_mek).await.unwrap().versions[0].state,
+        KeyState::DecryptOnly
+    );
+}

@@ -430,3 +430,55 @@ async fn bad_fields_are_named() {
     assert!(proxy.requests().is_empty(), "{:?}", proxy.requests());
     assert!(f.aliases().await.is_empty());
 }
+
+/// KMS's error answers (given by the fault proxy where moto never gives them) become typed
+/// errors that say what to do: access denied names the action, bad credentials mention the
+/// clock, a disabled key names the fix, a missing key names the key and the region.
+#[tokio::test]
+async fn kms_error_answers_are_typed() {
+    let Some(m) = common::moto() else { return };
+    let proxy = FaultProxy::start_http(m.addr()).await.unwrap();
+    let f = m.fixture().await;
+    let p = f.open_at(&proxy.url(), 3).await;
+    let id = fresh("answers");
+    let mek = p
+        .generate_mek(&id, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap()
+        .mek;
+    let c = ctx("ans@v1");
+    let w = p.wrap_tek(&mek, &tek("ans@v1"), &c).await.unwrap();
+    let answer = |code: &str| {
+        heliosdb_tde_conformance::fault::Response::aws_error(400, code, "(fault proxy)")
+    };
+
+    proxy.clear_requests();
+    proxy.respond_next_for_target("Decrypt", 1, answer("AccessDeniedException"));
+    let e = p.unwrap_tek(&w, &c).await.unwrap_err();
+    assert!(matches!(e, TdeError::Provider { .. }), "{e:?}");
+    assert!(e.to_string().contains("kms:Decrypt"), "{e}");
+    assert_eq!(proxy.requests_for_target("Decrypt"), 1, "not retried");
+
+    proxy.respond_next_for_target("Encrypt", 1, answer("ExpiredTokenException"));
+    let e = p.wrap_tek(&mek, &tek("ans@v1"), &c).await.unwrap_err();
+    assert!(matches!(e, TdeError::Provider { .. }), "{e:?}");
+    assert!(e.to_string().contains("clock"), "{e}");
+
+    proxy.respond_next_for_target("Decrypt", 1, answer("DisabledException"));
+    let e = p.unwrap_tek(&w, &c).await.unwrap_err();
+    assert!(matches!(e, TdeError::InvalidKeyState { .. }), "{e:?}");
+    assert!(e.to_string().contains("enable-key"), "{e}");
+
+    proxy.respond_next_for_target("Decrypt", 1, answer("IncorrectKeyException"));
+    let e = p.unwrap_tek(&w, &c).await.unwrap_err();
+    assert!(matches!(e, TdeError::AuthenticationFailed { .. }), "{e:?}");
+
+    proxy.respond_next_for_target("Encrypt", 1, answer("NotFoundException"));
+    let e = p.wrap_tek(&mek, &tek("ans@v1"), &c).await.unwrap_err();
+    assert!(matches!(e, TdeError::KeyNotFound { .. }), "{e:?}");
+    assert!(e.to_string().contains(&m.region), "{e}");
+
+    // Nothing was left queued, and the provider works.
+    let back = p.unwrap_tek(&w, &c).await.unwrap();
+    assert_eq!(back.id().to_string(), "ans@v1");
+}

@@ -108,7 +108,8 @@ fn day(t: heliosdb_security::tde::Timestamp) -> String {
     s
 }
 
-/// A service rotation status in a table cell: `off`, `every 365 d, last 2026-01-01`.
+/// A service rotation status in a table cell: `-` (none), `off`, `every 365 d, last
+/// 2026-01-01`, `on, not rotated yet` (the period unknown).
 fn rotation_cell(r: Option<&ServiceRotation>) -> String {
     match r {
         None => "-".into(),
@@ -117,10 +118,9 @@ fn rotation_cell(r: Option<&ServiceRotation>) -> String {
             None => "off".into(),
         },
         Some(r) => format!(
-            "every {} d, {}",
+            "{}, {}",
             r.period_days
-                .map(|d| d.to_string())
-                .unwrap_or_else(|| "?".into()),
+                .map_or_else(|| "on".to_string(), |d| format!("every {d} d")),
             r.last_rotated
                 .map(|t| format!("last {}", day(t)))
                 .unwrap_or_else(|| "not rotated yet".into())
@@ -171,7 +171,12 @@ impl KmsView {
             endpoint: aws.endpoint.clone(),
             active_version: active.map(|v| v.mek.version.get()),
             active_key: active.and_then(|v| v.key_location.clone()),
-            key_state: health.map(|h| h.detail.clone()),
+            // The health check ends "active key <arn> (MEK <id>@v<N>) is <KeyState>" when the
+            // key is usable; otherwise its detail says what is wrong.
+            key_state: health.map(|h| match h.detail.rsplit_once(" is ") {
+                Some((_, state)) if h.healthy => state.to_string(),
+                _ => h.detail.clone(),
+            }),
             service_rotation: active.and_then(|v| v.service_rotation.clone()),
             rotation_note: active.and_then(service_rotation_note),
         })

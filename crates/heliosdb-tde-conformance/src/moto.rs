@@ -68,7 +68,7 @@ import sys, boto3
 kms = boto3.client("kms", endpoint_url=sys.argv[1], region_name=sys.argv[2])
 cmd, args = sys.argv[3], sys.argv[4:]
 if cmd == "create-key":
-    print(kms.create_key(Description=args[0])["KeyMetadata"]["Arn"])
+    print(kms.create_key(Description=args[0], KeySpec="SYMMETRIC_DEFAULT", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["Arn"])
 elif cmd == "key-state":
     print(kms.describe_key(KeyId=args[0])["KeyMetadata"]["KeyState"])
 elif cmd == "alias-target":

@@ -3,7 +3,8 @@
 use super::Result;
 use super::config::TdeConfig;
 use heliosdb_tde_core::{
-    HsmConfig, KmsConfig, MekId, SecureFileConfig, SecurityMode, TdeError, VaultTransitConfig,
+    AwsKmsConfig, HsmConfig, KmsConfig, MekId, SecureFileConfig, SecurityMode, TdeError,
+    VaultTransitConfig,
 };
 
 impl TdeConfig {
@@ -85,8 +86,10 @@ impl TdeConfig {
                 ));
             }
         }
-        if let Some(KmsConfig::Vault(v)) = &self.kms_config {
-            check_vault(v)?;
+        match &self.kms_config {
+            Some(KmsConfig::Vault(v)) => check_vault(v)?,
+            Some(KmsConfig::Aws(a)) => check_aws(a, security_mode)?,
+            _ => {}
         }
         let provider = match (&self.kms_config, &self.secure_file_config, &self.hsm_config) {
             (Some(k), _, _) => ConfiguredProvider::Kms(k.clone()),
@@ -127,9 +130,14 @@ impl ConfiguredProvider {
             ConfiguredProvider::Kms(KmsConfig::Vault(v)) => {
                 format!("HashiCorp Vault Transit at {}", v.address)
             }
-            ConfiguredProvider::Kms(KmsConfig::Aws(a)) => {
-                format!("AWS KMS key {} in {}", a.key_id, a.region)
-            }
+            ConfiguredProvider::Kms(KmsConfig::Aws(a)) => format!(
+                "AWS KMS key {} in {} at {}",
+                a.key_id,
+                a.region,
+                a.endpoint
+                    .clone()
+                    .unwrap_or_else(|| format!("https://kms.{}.amazonaws.com", a.region))
+            ),
             ConfiguredProvider::Kms(KmsConfig::Azure(a)) => {
                 format!("Azure Key Vault key {} at {}", a.key_name, a.vault_url)
             }
@@ -239,4 +247,22 @@ fn check_vault(v: &VaultTransitConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Checks the fields of an AWS KMS configuration; errors name the field (`kms_config.<field>`).
+/// An `http://` endpoint is refused when `mode` is production (the subsystem calls this again
+/// with the resolved mode). The rules are the provider crate's
+/// (`heliosdb_tde_aws_kms::check_config`), so that there is one set; a build without the
+/// `aws-kms` feature has no rules to apply and refuses the configuration at start-up, naming
+/// the feature.
+pub(crate) fn check_aws(a: &AwsKmsConfig, mode: Option<SecurityMode>) -> Result<()> {
+    #[cfg(feature = "aws-kms")]
+    {
+        heliosdb_tde_aws_kms::check_config(a, mode.unwrap_or(SecurityMode::Development))
+    }
+    #[cfg(not(feature = "aws-kms"))]
+    {
+        let _ = (a, mode);
+        Ok(())
+    }
 }

@@ -43,6 +43,10 @@ pub use heliosdb_tde_file::{PassphraseChange, SecureFileMekProvider};
 #[cfg(feature = "vault")]
 pub use heliosdb_tde_vault::VaultMekProvider;
 
+/// The AWS KMS provider (feature `aws-kms`).
+#[cfg(feature = "aws-kms")]
+pub use heliosdb_tde_aws_kms::AwsKmsMekProvider;
+
 /// The PKCS#11 HSM provider (feature `pkcs11-hsm`).
 #[cfg(feature = "pkcs11-hsm")]
 pub use heliosdb_tde_pkcs11::{Pkcs11MekProvider, Pkcs11Settings};

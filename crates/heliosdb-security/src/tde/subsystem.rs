@@ -33,7 +33,7 @@ impl fmt::Debug for TdeSubsystem {
 
 fn missing_feature(what: &str, feature: &str) -> TdeError {
     // Features of this crate that exist but may be switched off.
-    const KNOWN: &[&str] = &["secure-file", "pkcs11-hsm", "vault"];
+    const KNOWN: &[&str] = &["secure-file", "pkcs11-hsm", "vault", "aws-kms"];
     let hint = if KNOWN.contains(&feature) {
         format!(
             "build heliosdb-security with the cargo feature `{feature}` (features = \
@@ -64,6 +64,7 @@ struct ProviderFacts {
 /// Builds the MEK provider the configuration names.
 async fn build_provider(
     selected: &ConfiguredProvider,
+    default_mek: &MekId,
     mode: SecurityMode,
 ) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
     match selected {
@@ -73,6 +74,9 @@ async fn build_provider(
         )),
         ConfiguredProvider::Kms(heliosdb_tde_core::KmsConfig::Vault(vault)) => {
             build_vault(vault, mode).await
+        }
+        ConfiguredProvider::Kms(heliosdb_tde_core::KmsConfig::Aws(aws)) => {
+            build_aws(aws, default_mek, mode).await
         }
         ConfiguredProvider::Kms(kms) => Err(missing_feature(kms.name(), kms.feature())),
         ConfiguredProvider::Hsm(hsm) => build_hsm(hsm, mode).await,
@@ -131,6 +135,30 @@ async fn build_vault(
     {
         let _ = (vault, mode);
         Err(missing_feature("HashiCorp Vault Transit", "vault"))
+    }
+}
+
+async fn build_aws(
+    aws: &heliosdb_tde_core::AwsKmsConfig,
+    default_mek: &MekId,
+    mode: SecurityMode,
+) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
+    // The configured mode was checked with the fields; this is the resolved one (environment,
+    // build type), which may turn an http:// endpoint into an error.
+    super::checked::check_aws(aws, Some(mode))?;
+    #[cfg(feature = "aws-kms")]
+    {
+        let p = heliosdb_tde_aws_kms::AwsKmsMekProvider::open(aws, default_mek, mode).await?;
+        let facts = ProviderFacts {
+            warnings: p.warnings(),
+            pin_source: None,
+        };
+        Ok((Arc::new(p), facts))
+    }
+    #[cfg(not(feature = "aws-kms"))]
+    {
+        let _ = (aws, default_mek, mode);
+        Err(missing_feature("AWS KMS", "aws-kms"))
     }
 }
 
@@ -278,8 +306,10 @@ impl TdeSubsystem {
         let (mode, mode_source) = SecurityMode::resolve_configured(checked.security_mode)?;
         let wait = std::time::Duration::from_secs(config.provider_startup_wait_secs);
         let label = checked.provider.label();
-        let built =
-            with_startup_retry(wait, &label, || build_provider(&checked.provider, mode)).await;
+        let built = with_startup_retry(wait, &label, || {
+            build_provider(&checked.provider, &checked.default_mek_id, mode)
+        })
+        .await;
         // The provider holds the PIN as a zeroizing secret now; wipe the plain copies of the
         // configuration (the caller's own value is theirs to protect).
         for hsm in [config.hsm_config.as_mut(), checked.provider.hsm_mut()]

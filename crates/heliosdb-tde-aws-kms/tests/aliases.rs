@@ -402,3 +402,23 @@ async fn health_names_the_active_key_and_destroyed_is_unsupported() {
         KeyState::DecryptOnly
     );
 }
+
+/// Two alias prefixes are two separate sets of MEKs: a provider lists and finds only its own.
+#[tokio::test]
+async fn alias_prefixes_isolate_providers() {
+    let Some(m) = common::moto() else { return };
+    let a = m.fixture().await;
+    let b = m.fixture().await;
+    let pa = a.open().await;
+    let pb = b.open().await;
+    let id = fresh("isolated");
+    pa.generate_mek(&id, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap();
+    assert!(pa.list_meks().await.unwrap().contains(&id));
+    assert!(!pb.list_meks().await.unwrap().contains(&id));
+    let e = pb.mek_info(&id).await.unwrap_err();
+    assert!(matches!(e, TdeError::KeyNotFound { .. }), "{e:?}");
+    assert_eq!(a.aliases().await.len(), 1);
+    assert!(b.aliases().await.is_empty());
+}

@@ -422,3 +422,42 @@ async fn alias_prefixes_isolate_providers() {
     assert_eq!(a.aliases().await.len(), 1);
     assert!(b.aliases().await.is_empty());
 }
+
+/// A rotation made by another process (another provider over the same aliases) is seen by
+/// this provider once its cache of tags and aliases expires (at most 10 s): the old version
+/// then refuses to wrap and the new one wraps. Polled with a generous deadline.
+#[tokio::test]
+async fn another_processs_rotation_is_seen_after_the_cache_expires() {
+    let Some(m) = common::moto() else { return };
+    let f = m.fixture().await;
+    let a = f.open().await;
+    let v1 = a
+        .generate_mek(&f.default_mek, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap()
+        .mek;
+    let key = tek("ttl@v1");
+    let c = ctx("ttl@v1");
+    a.wrap_tek(&v1, &key, &c).await.unwrap();
+    let b = f.open().await;
+    let v2 = b.rotate_mek(&f.default_mek).await.unwrap().mek;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match a.wrap_tek(&v1, &key, &c).await {
+            Err(TdeError::InvalidKeyState { .. }) => break,
+            Err(e) => panic!("unexpected error while waiting for the rotation: {e:?}"),
+            Ok(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the provider still wraps under v1 a minute after another process rotated"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+    }
+    let info = a.mek_info(&f.default_mek).await.unwrap();
+    assert_eq!(info.active_version(), Some(v2.version));
+    let w = a.wrap_tek(&v2, &key, &c).await.unwrap();
+    assert!(b.unwrap_tek(&w, &c).await.is_ok());
+}

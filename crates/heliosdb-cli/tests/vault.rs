@@ -4,28 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use heliosdb_tde_conformance::fault::FaultProxy;
-use heliosdb_tde_conformance::services;
+use heliosdb_tde_conformance::openbao::bao;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_heliosdb-cli");
-
-struct Bao {
-    addr: String,
-    token: String,
-}
-
-fn bao() -> Option<Bao> {
-    let probe = match (
-        std::env::var("HELIOSDB_TEST_VAULT_ADDR"),
-        std::env::var("HELIOSDB_TEST_VAULT_TOKEN"),
-    ) {
-        (Ok(addr), Ok(token)) => Ok(Bao { addr, token }),
-        _ => Err("HELIOSDB_TEST_VAULT_ADDR is not set (run `cargo xtask test`)"),
-    };
-    services::require("OpenBao server", probe)
-}
 
 fn unique(tag: &str) -> String {
     let n = std::time::SystemTime::now()

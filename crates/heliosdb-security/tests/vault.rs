@@ -6,28 +6,11 @@
 
 use heliosdb_security::tde::{ProviderKind, TdeConfig, TdeError, TdeSubsystem};
 use heliosdb_tde_conformance::fault::FaultProxy;
-use heliosdb_tde_conformance::services;
+use heliosdb_tde_conformance::openbao::bao;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// The shared OpenBao server: its address and a token with only the documented policy.
-struct Bao {
-    addr: String,
-    token: String,
-}
-
-fn bao() -> Option<Bao> {
-    let probe = match (
-        std::env::var("HELIOSDB_TEST_VAULT_ADDR"),
-        std::env::var("HELIOSDB_TEST_VAULT_TOKEN"),
-    ) {
-        (Ok(addr), Ok(token)) => Ok(Bao { addr, token }),
-        _ => Err("HELIOSDB_TEST_VAULT_ADDR is not set (run `cargo xtask test`)"),
-    };
-    services::require("OpenBao server", probe)
-}
 
 /// A name no other test (or earlier run against the same server) uses.
 fn unique(tag: &str) -> String {

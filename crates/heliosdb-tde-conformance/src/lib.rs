@@ -7,6 +7,7 @@ pub mod instrumented;
 #[cfg(feature = "manager")]
 pub mod manager;
 pub mod moto;
+pub mod openbao;
 pub mod provider;
 pub mod services;
 pub mod softhsm;

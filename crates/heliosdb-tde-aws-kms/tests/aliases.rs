@@ -479,3 +479,36 @@ async fn another_processs_rotation_is_seen_after_the_cache_expires() {
     let w = a.wrap_tek(&v2, &key, &c).await.unwrap();
     assert!(b.unwrap_tek(&w, &c).await.is_ok());
 }
+
+/// The normal end of a rotation: TEKs re-wrapped under v2, v1 (the configured `key_id`)
+/// deactivated and so disabled in KMS. A restart (a new provider over the same settings) must
+/// open, serve v2 and report healthy: the configured key being disabled is then expected.
+#[tokio::test]
+async fn a_restart_after_rotation_and_deactivation_opens() {
+    let Some(m) = common::moto() else { return };
+    let f = m.fixture().await;
+    let p = f.open().await;
+    let v1 = p
+        .generate_mek(&f.default_mek, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap()
+        .mek;
+    let key = tek("restart@v1");
+    let c = ctx("restart@v1");
+    let w1 = p.wrap_tek(&v1, &key, &c).await.unwrap();
+    let v2 = p.rotate_mek(&f.default_mek).await.unwrap().mek;
+    let w2 = p.rewrap_tek(&w1, &c, &v2).await.unwrap();
+    p.deactivate_mek_version(&v1).await.unwrap();
+    assert_eq!(m.key_state(&f.key.id).await, "Disabled");
+
+    let restarted = AwsKmsMekProvider::open(&f.config, &f.default_mek, SecurityMode::Development)
+        .await
+        .unwrap_or_else(|e| panic!("a restart after a completed rotation failed: {e}"));
+    let back = restarted.unwrap_tek(&w2, &c).await.unwrap();
+    assert_eq!(back.bytes().expose_secret(), key.bytes().expose_secret());
+    let h = restarted.health().await.unwrap();
+    assert!(h.healthy, "{h:?}");
+    let info = restarted.mek_info(&f.default_mek).await.unwrap();
+    assert_eq!(info.versions[0].state, KeyState::Deactivated);
+    assert_eq!(info.active_version(), Some(v2.version));
+}

@@ -482,3 +482,42 @@ async fn kms_error_answers_are_typed() {
     let back = p.unwrap_tek(&w, &c).await.unwrap();
     assert_eq!(back.id().to_string(), "ans@v1");
 }
+
+/// After a rotation the active key is v2's, not the configured one: an operator disabling it
+/// is caught at `open()` and by `health()` just the same.
+#[tokio::test]
+async fn a_rotated_active_key_disabled_by_an_operator() {
+    let Some(m) = common::moto() else { return };
+    let f = m.fixture().await;
+    let p = f.open().await;
+    p.generate_mek(&f.default_mek, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap();
+    p.rotate_mek(&f.default_mek).await.unwrap();
+    let v2_arn = p.mek_info(&f.default_mek).await.unwrap().versions[1]
+        .key_location
+        .clone()
+        .unwrap();
+    let v2_id = v2_arn.rsplit('/').next().unwrap().to_string();
+    m.client()
+        .disable_key()
+        .key_id(&v2_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.key_state(&v2_id).await, "Disabled");
+    let e = open_err(&f.config, &f.default_mek, SecurityMode::Development).await;
+    let text = e.to_string();
+    assert!(
+        text.contains("Disabled") && text.contains("enable-key"),
+        "{text}"
+    );
+    assert!(text.contains(&v2_arn), "{text}");
+    match p.health().await {
+        Ok(h) => {
+            assert!(!h.healthy, "{h:?}");
+            assert!(h.detail.contains("Disabled"), "{h:?}");
+        }
+        Err(e) => assert!(e.to_string().contains("Disabled"), "{e}"),
+    }
+}

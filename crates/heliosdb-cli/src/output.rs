@@ -560,3 +560,78 @@ impl Out {
         self.write_stdout(&table(&rows));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heliosdb_security::tde::{EncryptionAlgorithm, KeyState, MekRef, Timestamp};
+
+    const ARN: &str = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+    fn version(rotation: Option<ServiceRotation>) -> MekVersionInfo {
+        let mut v = MekVersionInfo::new(
+            "prod_mek@v2".parse::<MekRef>().unwrap(),
+            KeyState::Active,
+            EncryptionAlgorithm::Aes256Gcm,
+            Timestamp(0),
+        );
+        v.key_location = Some(ARN.into());
+        v.service_rotation = rotation;
+        v
+    }
+
+    #[test]
+    fn the_service_rotation_note_names_the_key_period_and_date() {
+        // 2024-10-25T12:34:56Z
+        let last = Some(Timestamp(1_729_859_696_000));
+        let on = version(Some(ServiceRotation::new(true, Some(365), last)));
+        assert_eq!(
+            service_rotation_note(&on).unwrap(),
+            format!(
+                "KMS rotates the key material of {ARN} every 365 days (last on 2024-10-25); no \
+                 re-wrap is needed for that"
+            )
+        );
+        let never = version(Some(ServiceRotation::new(true, None, None)));
+        assert_eq!(
+            service_rotation_note(&never).unwrap(),
+            format!(
+                "KMS rotates the key material of {ARN} on its schedule (not rotated yet); no \
+                 re-wrap is needed for that"
+            )
+        );
+        // Off, or a provider without service rotation: nothing to say.
+        assert_eq!(
+            service_rotation_note(&version(Some(ServiceRotation::new(false, None, last)))),
+            None
+        );
+        assert_eq!(service_rotation_note(&version(None)), None);
+    }
+
+    #[test]
+    fn rotation_cells_and_json() {
+        let last = Some(Timestamp(1_729_859_696_000));
+        assert_eq!(rotation_cell(None), "-");
+        assert_eq!(
+            rotation_cell(Some(&ServiceRotation::new(false, None, None))),
+            "off"
+        );
+        assert_eq!(
+            rotation_cell(Some(&ServiceRotation::new(false, None, last))),
+            "off (last 2024-10-25)"
+        );
+        assert_eq!(
+            rotation_cell(Some(&ServiceRotation::new(true, Some(90), last))),
+            "every 90 d, last 2024-10-25"
+        );
+        assert_eq!(
+            rotation_cell(Some(&ServiceRotation::new(true, None, None))),
+            "on, not rotated yet"
+        );
+        let j = rotation_json(Some(&ServiceRotation::new(true, Some(90), last)));
+        assert_eq!(j["enabled"], true);
+        assert_eq!(j["period_days"], 90);
+        assert_eq!(j["last_rotated"], "2024-10-25T12:34:56Z");
+        assert!(rotation_json(None).is_null());
+    }
+}

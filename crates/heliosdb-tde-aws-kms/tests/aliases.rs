@@ -42,6 +42,11 @@ async fn key_id_as_id_arn_or_alias_becomes_v1() {
             .await
             .unwrap();
         assert_eq!(info.mek, mek_ref(&f.default_mek, 1));
+        let e = p
+            .generate_mek(&f.default_mek, EncryptionAlgorithm::Aes256Gcm)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, TdeError::AlreadyExists { .. }), "{form}: {e:?}");
         let mi = p.mek_info(&f.default_mek).await.unwrap();
         assert_eq!(mi.versions.len(), 1);
         assert_eq!(

@@ -92,9 +92,19 @@ mod tests {
     #[test]
     fn every_facade_feature_alone_and_all_together() {
         let features = facade_features().unwrap();
-        for backend in ["secure-file", "pkcs11-hsm"] {
+        for backend in ["secure-file", "pkcs11-hsm", "vault", "aws-kms"] {
             assert!(features.iter().any(|f| f == backend), "{features:?}");
         }
+        // The AWS KMS backend is checked alone and with every other feature.
+        let lines: Vec<String> = facade_feature_checks(&features)
+            .iter()
+            .map(|a| a.join(" "))
+            .collect();
+        assert!(
+            lines.contains(&"--no-default-features --features aws-kms".to_string()),
+            "{lines:?}"
+        );
+        assert_eq!(lines.last().map(String::as_str), Some("--all-features"));
         let checks = facade_feature_checks(&["a".into(), "b".into()]);
         let lines: Vec<String> = checks.iter().map(|a| a.join(" ")).collect();
         assert_eq!(

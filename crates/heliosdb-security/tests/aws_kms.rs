@@ -136,6 +136,36 @@ async fn an_aws_configuration_from_toml_protects_pages() {
     assert!(health.detail.contains("Enabled"), "{}", health.detail);
 }
 
+/// Every AWS field survives writing the configuration as TOML and reading it back.
+#[test]
+fn an_aws_configuration_survives_a_toml_round_trip() {
+    let a = AwsKmsConfig {
+        region: "eu-central-1".into(),
+        key_id: "arn:aws:kms:eu-central-1:111122223333:key/abc".into(),
+        endpoint: Some("https://vpce-0abc.kms.eu-central-1.vpce.amazonaws.com".into()),
+        profile: Some("heliosdb".into()),
+        alias_prefix: "alias/prod/heliosdb".into(),
+        create_keys: false,
+        enable_key_rotation: true,
+        rotation_period_days: Some(180),
+        timeout_secs: 30,
+        connect_timeout_ms: 500,
+        max_attempts: Some(5),
+        retry_mode: Some("adaptive".into()),
+    };
+    let config = TdeConfig {
+        default_mek_id: "prod_mek_001".into(),
+        kms_config: Some(KmsConfig::Aws(a)),
+        security_mode: Some("production".into()),
+        ..Default::default()
+    };
+    config.validate().unwrap();
+    let text = toml::to_string(&config).unwrap();
+    assert!(text.contains("provider = \"aws\""), "{text}");
+    assert!(text.contains("retry_mode = \"adaptive\""), "{text}");
+    assert_eq!(TdeConfig::from_toml_str(&text).unwrap(), config, "{text}");
+}
+
 /// The field checks through `TdeConfig::validate`: each bad value names its field.
 #[test]
 fn bad_aws_fields_are_refused_naming_the_field() {

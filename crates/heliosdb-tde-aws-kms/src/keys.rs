@@ -66,6 +66,16 @@ pub(crate) fn lifecycle(id: &MekId, versions: &Versions) -> MekLifecycle {
     lc
 }
 
+/// The key id inside a key ARN (`arn:...:key/<id>`); the input itself when it is not one. AWS
+/// takes either form everywhere; some KMS-compatible servers (moto) answer `DisableKey` and
+/// `EnableKey` only for the bare id.
+pub(crate) fn bare_key_id(arn: &str) -> &str {
+    match arn.rsplit_once(":key/") {
+        Some((_, id)) if arn.starts_with("arn:") && !id.is_empty() => id,
+        _ => arn,
+    }
+}
+
 pub(crate) fn timestamp(t: Option<&aws_sdk_kms::primitives::DateTime>) -> Timestamp {
     t.map_or(Timestamp(0), |t| {
         let secs = u64::try_from(t.secs()).unwrap_or(0);
@@ -288,5 +298,24 @@ pub(crate) fn protocol(call: &Call<'_>, action: &str, what: &str) -> TdeError {
         message: format!("{action}: {what}"),
         hint: "check that kms_config.endpoint is a KMS endpoint (or leave it out for AWS's own)"
             .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_key_ids_come_out_of_key_arns_only() {
+        assert_eq!(
+            bare_key_id("arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab"),
+            "1234abcd-12ab"
+        );
+        assert_eq!(bare_key_id("1234abcd-12ab"), "1234abcd-12ab");
+        assert_eq!(bare_key_id("alias/x"), "alias/x");
+        assert_eq!(
+            bare_key_id("arn:aws:kms:us-east-1:111122223333:alias/x"),
+            "arn:aws:kms:us-east-1:111122223333:alias/x"
+        );
     }
 }

@@ -247,7 +247,7 @@ impl AwsKmsMekProvider {
             }
             self.client
                 .disable_key()
-                .key_id(&key.arn)
+                .key_id(keys::bare_key_id(&key.arn))
                 .send()
                 .await
                 .map_err(|e| errors::map(&self.call("DisableKey", &key.arn), e))?;
@@ -256,7 +256,7 @@ impl AwsKmsMekProvider {
         } else if state != KeyState::Deactivated && disabled {
             self.client
                 .enable_key()
-                .key_id(&key.arn)
+                .key_id(keys::bare_key_id(&key.arn))
                 .send()
                 .await
                 .map_err(|e| errors::map(&self.call("EnableKey", &key.arn), e))?;

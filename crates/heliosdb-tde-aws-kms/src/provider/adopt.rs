@@ -38,11 +38,11 @@ impl AwsKmsMekProvider {
                 ),
             ));
         }
-        let spec = meta.key_spec().map_or("unknown", KeySpec::as_str);
-        let usage = meta.key_usage().map_or("unknown", KeyUsageType::as_str);
-        if meta.key_spec() != Some(&KeySpec::SymmetricDefault)
-            || meta.key_usage() != Some(&KeyUsageType::EncryptDecrypt)
-        {
+        let spec = meta.key_spec().map_or("SYMMETRIC_DEFAULT", KeySpec::as_str);
+        let usage = meta
+            .key_usage()
+            .map_or("ENCRYPT_DECRYPT", KeyUsageType::as_str);
+        if !symmetric_encryption_key(&meta) {
             return Err(TdeError::config(
                 "kms_config.key_id",
                 format!(
@@ -123,10 +123,7 @@ impl AwsKmsMekProvider {
                 .await
                 .map_err(|e| errors::map(&call, e))?
                 .key_metadata;
-            let ok = meta.as_ref().is_some_and(|m| {
-                m.key_spec() == Some(&KeySpec::SymmetricDefault)
-                    && m.key_usage() == Some(&KeyUsageType::EncryptDecrypt)
-            });
+            let ok = meta.as_ref().is_some_and(|m| symmetric_encryption_key(m));
             if !ok {
                 return Err(TdeError::config(
                     "kms_config.alias_prefix",
@@ -337,4 +334,15 @@ impl AwsKmsMekProvider {
         }
         self.new_version_key(mek, &self.default_key_arn).await
     }
+}
+
+/// Whether a key is a `SYMMETRIC_DEFAULT` key for `ENCRYPT_DECRYPT`. A field the answer leaves
+/// out has KMS's default, which is that (AWS always sends both; moto leaves `KeyUsage` out for
+/// a key created without it).
+fn symmetric_encryption_key(meta: &aws_sdk_kms::types::KeyMetadata) -> bool {
+    meta.key_spec()
+        .is_none_or(|s| *s == KeySpec::SymmetricDefault)
+        && meta
+            .key_usage()
+            .is_none_or(|u| *u == KeyUsageType::EncryptDecrypt)
 }

@@ -123,7 +123,7 @@ impl AwsKmsMekProvider {
                 .await
                 .map_err(|e| errors::map(&call, e))?
                 .key_metadata;
-            let ok = meta.as_ref().is_some_and(|m| symmetric_encryption_key(m));
+            let ok = meta.as_ref().is_some_and(symmetric_encryption_key);
             if !ok {
                 return Err(TdeError::config(
                     "kms_config.alias_prefix",

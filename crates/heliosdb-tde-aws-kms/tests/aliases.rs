@@ -12,17 +12,22 @@ use heliosdb_tde_core::{
     EncryptionAlgorithm, KeyState, MekId, MekProvider, MekVersion, SecurityMode, TdeError,
 };
 
-/// `key_id` as a key id, an ARN and an alias: each becomes version 1 of the default MEK, with
-/// the `v1` alias pointing at it.
+/// `key_id` as a key id, an ARN and an alias (and a key made by a bare `create-key`, whose
+/// answer moto gives without a key usage): each becomes version 1 of the default MEK, with the
+/// `v1` alias pointing at it.
 #[tokio::test]
 async fn key_id_as_id_arn_or_alias_becomes_v1() {
     let Some(m) = common::moto() else { return };
-    for form in ["id", "arn", "alias"] {
-        let f = m.fixture().await;
+    for form in ["id", "arn", "alias", "bare create-key"] {
+        let mut f = m.fixture().await;
+        if form == "bare create-key" {
+            f.key = common::create_bare_key(&m.client()).await;
+            f.config.key_id = f.key.arn.clone();
+        }
         let mut c = f.config.clone();
         c.key_id = match form {
             "id" => f.key.id.clone(),
-            "arn" => f.key.arn.clone(),
+            "arn" | "bare create-key" => f.key.arn.clone(),
             _ => {
                 let alias = format!("alias/heliosdb-test-op-{}", common::random());
                 m.create_alias(&alias, &f.key.id).await;

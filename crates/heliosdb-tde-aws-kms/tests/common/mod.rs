@@ -283,6 +283,20 @@ impl Moto {
     }
 }
 
+/// A key made with a bare `aws kms create-key` (no key spec, no usage: KMS's defaults).
+pub async fn create_bare_key(client: &Client) -> Key {
+    let out = client
+        .create_key()
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CreateKey: {e:?}"));
+    let m = out.key_metadata().expect("CreateKey returns metadata");
+    Key {
+        id: m.key_id().to_string(),
+        arn: m.arn().expect("a key ARN").to_string(),
+    }
+}
+
 /// Creates a key of `spec` and `usage` through `client`.
 pub async fn create_key(client: &Client, spec: KeySpec, usage: KeyUsageType) -> Key {
     let out = client

@@ -413,8 +413,9 @@ pub fn render(r: &BTreeMap<String, f64>, previous: Option<&str>) -> String {
          dominates both sides; the ratio says only that the provider adds nothing measurable \
          to that. Real AWS KMS latency is a network round trip, not moto's.\n* **moto MEK \
          rotation of 1,000 TEKs**: both sides make the same 1,000 `ReEncrypt` calls with the \
-         rotation's concurrency (8 in flight); the rotation also creates the new version's key, \
-         alias and tags, and commits the store. moto's ~3 ms per call, serialised by its \
+         rotation's concurrency (8 in flight), v1 to v2; each sample rotates a fresh MEK, set up \
+         untimed. The rotation also creates the new version's key, alias and tags, and commits \
+         the store. moto's ~3 ms per call, serialised by its \
          Python interpreter, dominates both."
     );
     if let Some(prev) = previous.filter(|_| kept_any) {

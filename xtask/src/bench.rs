@@ -410,8 +410,8 @@ pub fn render(r: &BTreeMap<String, f64>, previous: Option<&str>) -> String {
          `Decrypt`, the same two calls as the raw aws-sdk-kms baseline, with the same key and \
          encryption context. moto itself takes about 3 ms per call (a Python server that closes \
          the connection after every answer, so each call also opens a new TCP connection), which \
-         dominates both sides; the ratio says only that the provider adds nothing measurable \
-         to that. Real AWS KMS latency is a network round trip, not moto's.\n* **moto MEK \
+         dominates both sides; the ratio shows the provider's own share on top of it (the \
+         envelope, the encryption context, the cached version lookup). Real AWS KMS latency is a network round trip, not moto's.\n* **moto MEK \
          rotation of 1,000 TEKs**: both sides make the same 1,000 `ReEncrypt` calls with the \
          rotation's concurrency (8 in flight), v1 to v2; each sample rotates a fresh MEK, set up \
          untimed. The rotation also creates the new version's key, alias and tags, and commits \

@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 /// An MEK provider that keeps every MEK version in AWS KMS, one KMS key per version.
 ///
 /// * Versions are found through aliases `<alias_prefix>/<mek id>/v<N>` (`.` in an id is
-///   written `:`); version 1 of the default MEK is the configured `key_id`.
+///   written `/`); version 1 of the default MEK is the configured `key_id`.
 /// * A version's lifecycle state is a tag on its key (`heliosdb:state`); deactivation also
 ///   disables the key in KMS, reactivation enables it.
 /// * TEKs are wrapped with `Encrypt` under the version's key, bound to their identity by an
@@ -114,9 +114,13 @@ impl AwsKmsMekProvider {
         {
             return Err(provider.v1_mismatch(&v1.arn));
         }
-        // The active version's key must be usable, whatever kms_config.key_id says.
+        // The key that serves new wraps must be usable: the active version's, or the
+        // configured key while it is not adopted yet. A deactivated version's key is disabled on
+        // purpose and is not checked.
         let lc = keys::lifecycle(default_mek, &versions);
-        if let Some(active) = lc
+        if lc.versions(default_mek).next().is_none() {
+            provider.ensure_enabled(&key, &MekRef::new(default_mek.clone(), MekVersion::FIRST))?;
+        } else if let Some(active) = lc
             .versions(default_mek)
             .find(|v| v.state == KeyState::Active)
             && let Some(k) = versions.get(&active.mek.version)
@@ -151,7 +155,7 @@ impl AwsKmsMekProvider {
         &self.default_key_arn
     }
 
-    /// The alias of one MEK version: `<alias_prefix>/<mek id, '.' written ':'>/v<N>`.
+    /// The alias of one MEK version: `<alias_prefix>/<mek id, '.' written '/'>/v<N>`.
     pub fn alias_name(&self, mek: &MekRef) -> String {
         alias_name(&self.alias_prefix, mek)
     }

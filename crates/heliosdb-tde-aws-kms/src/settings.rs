@@ -146,9 +146,11 @@ fn check_alias_prefix(prefix: &str) -> Result<()> {
     }
     if !rest
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'/' | b'_' | b'-'))
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-'))
     {
-        return bad("may hold only letters, digits and : / _ - (KMS alias names)");
+        return bad(
+            "may hold only letters, digits and / _ - (the characters every KMS implementation accepts in alias names)",
+        );
     }
     // Room for "/<mek id>/v<version>" within KMS's 256 characters.
     if prefix.len() > 120 {
@@ -244,25 +246,30 @@ pub(crate) async fn client(config: &AwsKmsConfig) -> Result<aws_sdk_kms::Client>
     Ok(aws_sdk_kms::Client::new(&sdk))
 }
 
-/// The alias of one MEK version: `<prefix>/<id with '.' written ':'>/v<N>`. MEK ids never hold
-/// `:`, and alias names may not hold `.`, so the encoding is injective.
+/// The alias of one MEK version: `<prefix>/<id with '.' written '/'>/v<N>`.
+///
+/// Alias names hold only letters, digits and `/ _ -` (AWS's API pattern also allows `:`, but
+/// other KMS implementations refuse it), and MEK ids hold letters, digits and `_ - .`. Every
+/// `.` becomes a `/`: MEK ids never hold `/`, so the encoding is injective, and the version is
+/// always the last `/v<digits>` component, so it decodes back.
 pub(crate) fn alias_name(prefix: &str, mek: &MekRef) -> String {
     format!("{}v{}", alias_dir(prefix, &mek.id), mek.version.get())
 }
 
-/// The alias "directory" of one MEK: `<prefix>/<encoded id>/`.
+/// The alias "directory" of one MEK: `<prefix>/<encoded id>/`. (The directory of `a` is a
+/// prefix of the directory of `a.b`: readers check the decoded id, not the prefix alone.)
 pub(crate) fn alias_dir(prefix: &str, id: &MekId) -> String {
-    format!("{prefix}/{}/", id.as_str().replace('.', ":"))
+    format!("{prefix}/{}/", id.as_str().replace('.', "/"))
 }
 
 /// The MEK version an alias names, if it is one of this prefix's.
 pub(crate) fn parse_alias(prefix: &str, alias: &str) -> Option<MekRef> {
     let rest = alias.strip_prefix(prefix)?.strip_prefix('/')?;
     let (id, version) = rest.rsplit_once("/v")?;
-    if id.contains('/') || version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+    if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let id = MekId::new(id.replace(':', ".")).ok()?;
+    let id = MekId::new(id.replace('/', ".")).ok()?;
     let version = MekVersion::new(version.parse().ok()?).ok()?;
     Some(MekRef::new(id, version))
 }
@@ -317,6 +324,10 @@ mod tests {
             ),
             (
                 Box::new(|c| c.alias_prefix = "alias/a.b".into()),
+                "kms_config.alias_prefix",
+            ),
+            (
+                Box::new(|c| c.alias_prefix = "alias/a:b".into()),
                 "kms_config.alias_prefix",
             ),
             (
@@ -390,10 +401,16 @@ mod tests {
             MekVersion::new(12).unwrap(),
         );
         let alias = alias_name("alias/heliosdb", &mek);
-        assert_eq!(alias, "alias/heliosdb/prod:mek-1/v12");
+        assert_eq!(alias, "alias/heliosdb/prod/mek-1/v12");
         assert_eq!(parse_alias("alias/heliosdb", &alias), Some(mek));
+        // An id that looks like a version component still decodes: the version is the last
+        // component.
+        let odd = MekRef::new(MekId::new("a.v2").unwrap(), MekVersion::FIRST);
+        assert_eq!(alias_name("alias/p", &odd), "alias/p/a/v2/v1");
+        assert_eq!(parse_alias("alias/p", "alias/p/a/v2/v1"), Some(odd));
         for other in [
-            "alias/heliosdb/x/y/v1",
+            "alias/heliosdb//v1",
+            "alias/heliosdb/x:y/v1",
             "alias/heliosdb/x/v",
             "alias/heliosdb/x/v1a",
             "alias/heliosdbx/v1",

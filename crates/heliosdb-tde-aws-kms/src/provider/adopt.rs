@@ -50,17 +50,13 @@ impl AwsKmsMekProvider {
                 ),
             ));
         }
-        let key = VersionKey {
+        // Whether it must be enabled depends on its version's state: the caller checks.
+        Ok(VersionKey {
             arn,
             state: None,
             kms_state: meta.key_state().cloned(),
             created_at: keys::timestamp(meta.creation_date()),
-        };
-        self.ensure_enabled(
-            &key,
-            &MekRef::new(self.default_mek.clone(), MekVersion::FIRST),
-        )?;
-        Ok(key)
+        })
     }
 
     /// An error when KMS does not have `key` enabled, with the state and the fix.
@@ -148,7 +144,7 @@ impl AwsKmsMekProvider {
                     "create the key and its alias, then run the command again: `aws kms create-key --region {r} --key-spec SYMMETRIC_DEFAULT --key-usage ENCRYPT_DECRYPT --description \"HeliosDB MEK {id} version {v}\"` and `aws kms create-alias --region {r} --alias-name {alias} --target-key-id <KeyId from create-key>`",
                     r = self.region,
                     id = mek.id,
-                    v = mek.version
+                    v = mek.version.get()
                 ),
             });
         }
@@ -165,7 +161,11 @@ impl AwsKmsMekProvider {
             .client
             .create_key()
             .set_policy(policy)
-            .description(format!("HeliosDB MEK {} version {}", mek.id, mek.version))
+            .description(format!(
+                "HeliosDB MEK {} version {}",
+                mek.id,
+                mek.version.get()
+            ))
             .key_spec(KeySpec::SymmetricDefault)
             .key_usage(KeyUsageType::EncryptDecrypt)
             .set_tags(Some(keys::tags(mek, None)))
@@ -316,8 +316,13 @@ impl AwsKmsMekProvider {
                 if k.arn != self.default_key_arn {
                     return Err(self.v1_mismatch(&k.arn));
                 }
+                self.ensure_enabled(k, mek)?;
                 return Ok(k.clone());
             }
+            // The configured key becomes the active version 1: it must be usable before
+            // the alias commits to it.
+            let key = self.check_key(&self.default_key_arn).await?;
+            self.ensure_enabled(&key, mek)?;
             let alias = self.alias_name(mek);
             self.client
                 .create_alias()
@@ -326,10 +331,10 @@ impl AwsKmsMekProvider {
                 .send()
                 .await
                 .map_err(|e| errors::map(&self.call("CreateAlias", &alias), e))?;
-            let key = self.check_key(&self.default_key_arn).await?;
             return Ok(key);
         }
         if let Some(k) = versions.get(&MekVersion::FIRST) {
+            self.ensure_enabled(k, mek)?;
             return Ok(k.clone());
         }
         self.new_version_key(mek, &self.default_key_arn).await

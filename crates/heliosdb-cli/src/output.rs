@@ -83,7 +83,7 @@ fn table(rows: &[Vec<String>]) -> String {
 }
 
 /// What `security status` says about a service rotating key material under one version, e.g.
-/// "KMS rotates the key material of <arn> every 365 days (last on 2026-01-01); no re-wrap is
+/// "KMS rotates the key material of `<arn>` every 365 days (last on 2026-01-01); no re-wrap is
 /// needed for that"; `None` when the service does not rotate it.
 fn service_rotation_note(v: &MekVersionInfo) -> Option<String> {
     let r = v.service_rotation.as_ref().filter(|r| r.enabled)?;

@@ -209,11 +209,10 @@ pub fn wait_until(
 pub fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    // One write of the whole request: `write!` may send it in pieces, and a server that reads
+    // once and closes would then reset the connection before its answer is read.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).ok()?;
     let mut head = [0u8; 32];
     let mut got = 0;
     while got < 12 {
@@ -258,8 +257,16 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (mut c, _) = l.accept().unwrap();
+            // Read the whole request head before answering and closing: closing with unread
+            // bytes would reset the connection.
+            let mut head = Vec::new();
             let mut buf = [0u8; 256];
-            let _ = c.read(&mut buf);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
             c.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
                 .unwrap();
         });

@@ -287,14 +287,170 @@ impl Default for AwsKmsConfig {
     }
 }
 
-/// Azure Key Vault settings.
+/// Azure Key Vault / Managed HSM settings: `kms_config` with `provider = "azure"`.
+///
+/// Nothing secret is stored here: the client secret (credential `client_secret`) is read at
+/// run time from the variable `client_secret_env_var` names or from `client_secret_file`.
+/// Every field but `vault_url` and `key_name` has a default; build one in code with
+/// [`AzureKeyVaultConfig::new`]:
+///
+/// ```
+/// use heliosdb_tde_core::AzureKeyVaultConfig;
+///
+/// let azure = AzureKeyVaultConfig::new("https://my-vault.vault.azure.net", "heliosdb-mek");
+/// assert_eq!(azure.key_size, 3072);
+/// assert_eq!(azure.credential, "managed_identity");
+/// assert!(azure.verify_challenge_resource);
+/// assert_eq!(azure.effective_wrap_algorithm(), "RSA-OAEP-256");
+/// let hsm = AzureKeyVaultConfig::new("https://my-hsm.managedhsm.azure.net", "heliosdb-mek");
+/// assert_eq!(hsm.effective_wrap_algorithm(), "A256GCM");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AzureKeyVaultConfig {
-    /// The vault URL, for example `https://my-vault.vault.azure.net`.
+    /// The vault or Managed HSM URL, for example `https://my-vault.vault.azure.net`;
+    /// `AZURE_KEYVAULT_URL` overrides it. Production mode refuses `http://`.
     pub vault_url: String,
-    /// The key name in the vault.
+    /// The key that holds the default MEK. Other MEK ids get derived key names.
     pub key_name: String,
+    /// How TEKs are wrapped: `RSA-OAEP-256`, `A256KW` or `A256GCM`. When `None`,
+    /// `RSA-OAEP-256` for a standard vault and `A256GCM` for a Managed HSM
+    /// (`*.managedhsm.azure.net`).
+    #[serde(default)]
+    pub wrap_algorithm: Option<String>,
+    /// RSA modulus size, in bits, of the keys the provider creates; 3072 by default. Existing
+    /// keys under 2048 bits are refused.
+    #[serde(default = "default_azure_key_size")]
+    pub key_size: u32,
+    /// Create `RSA-HSM` keys (premium vaults) instead of software `RSA` keys; `false` by
+    /// default.
+    #[serde(default)]
+    pub hsm_protected: bool,
+    /// How the provider signs in: `managed_identity` (the default), `workload_identity`,
+    /// `client_secret`, `azure_cli` or `developer_tools`.
+    #[serde(default = "default_azure_credential")]
+    pub credential: String,
+    /// The Entra ID tenant, for `client_secret` and `workload_identity`; `AZURE_TENANT_ID`
+    /// applies when `None`.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// The application (client) id, for `client_secret`, `workload_identity` and a
+    /// user-assigned managed identity; `AZURE_CLIENT_ID` applies when `None`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The environment variable the client secret is read from; `AZURE_CLIENT_SECRET` by
+    /// default.
+    #[serde(default = "default_azure_secret_env_var")]
+    pub client_secret_env_var: String,
+    /// A file holding the client secret instead (mode 0600 in production).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// The Entra ID authority host (sovereign clouds, a test server); the public cloud's
+    /// when `None`.
+    #[serde(default)]
+    pub authority_host: Option<String>,
+    /// An extra CA certificate (PEM) trusted for the vault and the authority.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    /// Check that the vault's authentication challenge names a resource the vault URL
+    /// belongs to; `true` by default, and `false` is accepted only in development mode.
+    #[serde(default = "default_true")]
+    pub verify_challenge_resource: bool,
+    /// Seconds before one request is abandoned; 10 by default.
+    #[serde(default = "default_azure_timeout")]
+    pub timeout_secs: u64,
+    /// Retries of a throttled (429), failed (5xx) or unreachable call, with exponential
+    /// backoff honouring `Retry-After`; 3 by default.
+    #[serde(default = "default_azure_max_retries")]
+    pub max_retries: u32,
+    /// Ceiling, in seconds, on the time spent retrying one call; 30 by default.
+    #[serde(default = "default_azure_max_retry_secs")]
+    pub max_retry_secs: u64,
+}
+
+fn default_azure_key_size() -> u32 {
+    3072
+}
+
+fn default_azure_credential() -> String {
+    "managed_identity".into()
+}
+
+fn default_azure_secret_env_var() -> String {
+    "AZURE_CLIENT_SECRET".into()
+}
+
+fn default_azure_timeout() -> u64 {
+    10
+}
+
+fn default_azure_max_retries() -> u32 {
+    3
+}
+
+fn default_azure_max_retry_secs() -> u64 {
+    30
+}
+
+impl AzureKeyVaultConfig {
+    /// The settings for `key_name` in the vault at `vault_url`, every other field at its
+    /// default.
+    pub fn new(vault_url: impl Into<String>, key_name: impl Into<String>) -> Self {
+        Self {
+            vault_url: vault_url.into(),
+            key_name: key_name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether `vault_url` names an Azure Managed HSM (`*.managedhsm.azure.net`, or another
+    /// cloud's `managedhsm` domain).
+    pub fn is_managed_hsm(&self) -> bool {
+        let host = self
+            .vault_url
+            .split("://")
+            .nth(1)
+            .unwrap_or(&self.vault_url)
+            .split(['/', ':'])
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        host.split('.').nth(1) == Some("managedhsm")
+    }
+
+    /// The wrap algorithm in use: `wrap_algorithm`, or the default for the kind of vault.
+    pub fn effective_wrap_algorithm(&self) -> &str {
+        match &self.wrap_algorithm {
+            Some(alg) => alg,
+            None if self.is_managed_hsm() => "A256GCM",
+            None => "RSA-OAEP-256",
+        }
+    }
+}
+
+impl Default for AzureKeyVaultConfig {
+    /// Empty `vault_url` and `key_name` (which validation refuses), every other field at its
+    /// default.
+    fn default() -> Self {
+        Self {
+            vault_url: String::new(),
+            key_name: String::new(),
+            wrap_algorithm: None,
+            key_size: default_azure_key_size(),
+            hsm_protected: false,
+            credential: default_azure_credential(),
+            tenant_id: None,
+            client_id: None,
+            client_secret_env_var: default_azure_secret_env_var(),
+            client_secret_file: None,
+            authority_host: None,
+            ca_cert: None,
+            verify_challenge_resource: true,
+            timeout_secs: default_azure_timeout(),
+            max_retries: default_azure_max_retries(),
+            max_retry_secs: default_azure_max_retry_secs(),
+        }
+    }
 }
 
 /// HashiCorp Vault / OpenBao Transit settings: `kms_config` with `provider = "vault"`.
@@ -478,86 +634,4 @@ impl fmt::Debug for HsmConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vault_config_defaults_and_unknown_fields() {
-        let c: VaultTransitConfig =
-            serde_json::from_str(r#"{"address": "https://v:8200"}"#).unwrap();
-        assert_eq!(c, VaultTransitConfig::new("https://v:8200"));
-        assert_eq!(c.mount_path(), "transit");
-        assert_eq!(c.token_var(), "VAULT_TOKEN");
-        assert_eq!(
-            (c.state_mount.as_str(), c.state_path.as_str()),
-            ("secret", "heliosdb/meks")
-        );
-        assert_eq!((c.timeout_secs, c.max_retries), (10, 3));
-        let c: VaultTransitConfig = serde_json::from_str(
-            r#"{"address": "https://v", "mount": "t", "token_file": "/run/t",
-                "namespace": "ns", "ca_cert": "/ca.pem", "key_prefix": "heliosdb-",
-                "state_mount": "kv", "state_path": "p", "timeout_secs": 3, "max_retries": 1}"#,
-        )
-        .unwrap();
-        assert_eq!(c.key_prefix.as_deref(), Some("heliosdb-"));
-        assert_eq!((c.timeout_secs, c.max_retries), (3, 1));
-        assert!(
-            serde_json::from_str::<VaultTransitConfig>(r#"{"address": "x", "token": "s"}"#)
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn owasp_floor() {
-        assert!(KdfParams::default().meets_owasp_minimum());
-        assert!(
-            !KdfParams {
-                m_cost_kib: 8 * 1024,
-                t_cost: 2,
-                p_cost: 1
-            }
-            .meets_owasp_minimum()
-        );
-        assert!(
-            KdfParams {
-                m_cost_kib: 46 * 1024,
-                t_cost: 1,
-                p_cost: 1
-            }
-            .meets_owasp_minimum()
-        );
-        assert!(
-            !KdfParams {
-                m_cost_kib: 19 * 1024,
-                t_cost: 1,
-                p_cost: 1
-            }
-            .meets_owasp_minimum()
-        );
-    }
-
-    #[test]
-    fn config_secrets_are_redacted() {
-        let s = ConfigSecret::new("654321");
-        assert_eq!(format!("{s:?}"), "ConfigSecret([REDACTED])");
-        let h: HsmConfig =
-            serde_json::from_str(r#"{"pkcs11_library_path":"/x.so","pin":"654321"}"#).unwrap();
-        assert_eq!(h.pin, "654321");
-        let text = format!("{h:?} {}", serde_json::to_string(&h).unwrap());
-        assert!(!text.contains("654321"), "{text}");
-        assert!(text.contains("[REDACTED]"), "{text}");
-        let none = HsmConfig::default();
-        let text = format!("{none:?} {}", serde_json::to_string(&none).unwrap());
-        assert!(
-            text.contains("<none>") && !text.contains("\"pin\""),
-            "{text}"
-        );
-        assert_eq!(h.timeout_secs, 30);
-    }
-
-    #[test]
-    fn default_variable() {
-        let c = SecureFileConfig::new("/x");
-        assert_eq!(c.passphrase_var(), "HELIOSDB_MEK_PASSPHRASE");
-    }
-}
+mod tests;

@@ -29,6 +29,8 @@ pub use lifecycle::MekLifecycle;
 pub use material::{KEY_LEN, KeyBytes, MasterKey, TableKey};
 pub use metadata::{EncryptionAlgorithm, KeyMetadata, KeyState, KeyType, UsageCounters};
 pub use mode::{ModeSource, SECURITY_MODE_ENV, SecurityMode};
-pub use provider::{MekInfo, MekProvider, MekVersionInfo, ProviderHealth, ServiceRotation};
+pub use provider::{
+    DeletionProtection, MekInfo, MekProvider, MekVersionInfo, ProviderHealth, ServiceRotation,
+};
 pub use store::{KeyStore, StoreBatch, StoreOp, TekRecord};
 pub use time::Timestamp;

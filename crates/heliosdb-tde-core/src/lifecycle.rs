@@ -205,6 +205,7 @@ impl MekLifecycle {
             provider,
             location: location.into(),
             versions,
+            deletion_protection: None,
         })
     }
 

@@ -97,6 +97,27 @@ impl ServiceRotation {
     }
 }
 
+/// Whether the service holding an MEK protects it against permanent deletion (Azure Key Vault
+/// purge protection, a Vault Transit key's `deletion_allowed` flag).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeletionProtection {
+    /// `true` when nobody can delete the key for good before a retention period ends.
+    pub protected: bool,
+    /// What the service reports, and how to turn protection on where it is off.
+    pub detail: String,
+}
+
+impl DeletionProtection {
+    /// A deletion-protection status.
+    pub fn new(protected: bool, detail: impl Into<String>) -> Self {
+        Self {
+            protected,
+            detail: detail.into(),
+        }
+    }
+}
+
 /// An MEK and all its versions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MekInfo {
@@ -109,6 +130,9 @@ pub struct MekInfo {
     pub location: String,
     /// Every version, oldest first.
     pub versions: Vec<MekVersionInfo>,
+    /// Whether the service protects the key against permanent deletion; `None` when the
+    /// provider cannot tell (a local provider, or AWS KMS, where a key policy decides it).
+    pub deletion_protection: Option<DeletionProtection>,
 }
 
 impl MekInfo {

@@ -114,6 +114,7 @@ impl MekProvider for RecordingProvider {
             provider: self.kind(),
             location: "memory".into(),
             versions,
+            deletion_protection: None,
         })
     }
     async fn list_meks(&self) -> Result<Vec<MekId>> {

@@ -1,0 +1,1 @@
+//! Azure Key Vault / Managed HSM MEK provider for HeliosDB TDE (under construction).

@@ -1,6 +1,6 @@
 //! [`AwsKmsMekProvider`]: the [`MekProvider`] over AWS KMS.
 
-use crate::errors::{self, Call};
+use crate::errors::Call;
 use crate::keys::{self, Inventory, VersionKey, Versions};
 use crate::settings::{self, alias_name, check_config, parse_alias};
 mod adopt;
@@ -8,18 +8,16 @@ mod wrap;
 
 use async_trait::async_trait;
 use aws_sdk_kms::Client;
-use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::KeyState as KmsKeyState;
 use heliosdb_tde_core::lifecycle::{Transition, mek_not_found};
 use heliosdb_tde_core::{
-    AwsKmsConfig, EncryptionAlgorithm, KEY_LEN, KeyBytes, KeyState, MekId, MekInfo, MekProvider,
-    MekRef, MekVersion, MekVersionInfo, ProviderHealth, ProviderKind, Result, SecurityMode,
-    TableKey, TdeError, WrapContext, WrappedTek,
+    AwsKmsConfig, EncryptionAlgorithm, KeyState, MekId, MekInfo, MekProvider, MekRef, MekVersion,
+    MekVersionInfo, ProviderHealth, ProviderKind, Result, SecurityMode, TableKey, TdeError,
+    WrapContext, WrappedTek,
 };
 use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Instant;
-use zeroize::Zeroizing;
 
 /// An MEK provider that keeps every MEK version in AWS KMS, one KMS key per version.
 ///
@@ -289,61 +287,11 @@ impl MekProvider for AwsKmsMekProvider {
         tek: &TableKey,
         ctx: &WrapContext,
     ) -> Result<WrappedTek> {
-        ctx.ensure_names(tek)?;
-        let (key, state) = self.version(mek).await?;
-        state.ensure_can_encrypt(&format!("mek:{mek}"), "wrap a TEK")?;
-        // The SDK takes its own copy of the plaintext into the request (see the crate docs).
-        let plaintext = Blob::new(tek.bytes().expose_secret().to_vec());
-        let out = self
-            .client
-            .encrypt()
-            .key_id(&key.arn)
-            .plaintext(plaintext)
-            .set_encryption_context(Some(Self::context(ctx, mek)))
-            .send()
-            .await
-            .map_err(|e| errors::map(&self.call("Encrypt", &key.arn), e))?;
-        self.envelope(
-            mek,
-            &key,
-            "Encrypt",
-            out.ciphertext_blob,
-            out.key_id.as_deref(),
-        )
+        self.kms_encrypt(mek, tek, ctx).await
     }
 
     async fn unwrap_tek(&self, wrapped: &WrappedTek, ctx: &WrapContext) -> Result<TableKey> {
-        let mek = &wrapped.mek;
-        let (key, state) = self.version(mek).await?;
-        let blob = Self::check_envelope(wrapped, ctx, &key)?;
-        state.ensure_can_decrypt(&format!("mek:{mek}"), "unwrap a TEK")?;
-        let mut out = self
-            .client
-            .decrypt()
-            .key_id(&key.arn)
-            .ciphertext_blob(Blob::new(blob))
-            .set_encryption_context(Some(Self::context(ctx, mek)))
-            .send()
-            .await
-            .map_err(|e| errors::map(&self.call("Decrypt", &key.arn), e))?;
-        let plaintext = Zeroizing::new(
-            out.plaintext
-                .take()
-                .map(Blob::into_inner)
-                .unwrap_or_default(),
-        );
-        if plaintext.len() != KEY_LEN {
-            return Err(TdeError::corrupt(
-                "AWS KMS-unwrapped TEK",
-                ctx.tek_id().to_string(),
-                format!("{} bytes, expected {KEY_LEN}", plaintext.len()),
-            ));
-        }
-        Ok(TableKey::new(
-            ctx.tek_id(),
-            wrapped.algorithm,
-            KeyBytes::from_slice(&plaintext)?,
-        ))
+        self.kms_decrypt(wrapped, ctx).await
     }
 
     async fn rewrap_tek(
@@ -352,29 +300,7 @@ impl MekProvider for AwsKmsMekProvider {
         ctx: &WrapContext,
         new_mek: &MekRef,
     ) -> Result<WrappedTek> {
-        let (old_key, old_state) = self.version(&wrapped.mek).await?;
-        let blob = Self::check_envelope(wrapped, ctx, &old_key)?;
-        old_state.ensure_can_decrypt(&format!("mek:{}", wrapped.mek), "re-wrap a TEK")?;
-        let (new_key, new_state) = self.version(new_mek).await?;
-        new_state.ensure_can_encrypt(&format!("mek:{new_mek}"), "re-wrap a TEK")?;
-        let out = self
-            .client
-            .re_encrypt()
-            .ciphertext_blob(Blob::new(blob))
-            .source_key_id(&old_key.arn)
-            .set_source_encryption_context(Some(Self::context(ctx, &wrapped.mek)))
-            .destination_key_id(&new_key.arn)
-            .set_destination_encryption_context(Some(Self::context(ctx, new_mek)))
-            .send()
-            .await
-            .map_err(|e| errors::map(&self.call("ReEncrypt", &old_key.arn), e))?;
-        self.envelope(
-            new_mek,
-            &new_key,
-            "ReEncrypt",
-            out.ciphertext_blob,
-            out.key_id.as_deref(),
-        )
+        self.kms_re_encrypt(wrapped, ctx, new_mek).await
     }
 
     async fn mek_info(&self, mek_id: &MekId) -> Result<MekInfo> {

@@ -439,7 +439,8 @@ pub fn run(root: &Path, report_only: bool, filter: &[String]) -> Result {
     // Results older than this run are not reported as measured by it.
     let started = std::time::SystemTime::now();
     if !report_only {
-        // The provider rows need their services, as the tests do: SoftHSM2, OpenBao and moto.
+        // The provider rows need their services, as the tests do: SoftHSM2, OpenBao, moto and the
+        // Key Vault test server.
         let env = crate::services::provision(
             root,
             &[
@@ -449,6 +450,8 @@ pub fn run(root: &Path, report_only: bool, filter: &[String]) -> Result {
                 "heliosdb-tde-vault".into(),
                 "-p".into(),
                 "heliosdb-tde-aws-kms".into(),
+                "-p".into(),
+                "heliosdb-tde-azure-kv".into(),
             ],
         )?;
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));

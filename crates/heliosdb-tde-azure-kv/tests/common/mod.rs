@@ -1,0 +1,506 @@
+//! The Key Vault test server as `cargo xtask test` provisions it, and the set-up every test
+//! shares: a fresh vault namespace per test (`https://<label>.kv.localhost:<port>` or
+//! `https://<label>.hsm.localhost:<port>`), an SDK `KeyClient` talking to it directly (the
+//! operator's view), the server's control calls (request log, injected answers, vault
+//! settings, minted tokens) and a parser of the provider's payload. Every test takes the server
+//! through [`server`], so a missing server is a loud skip, or a failure under
+//! `HELIOSDB_REQUIRE_SERVICES=1`.
+#![allow(dead_code, unreachable_pub)]
+
+use async_trait::async_trait;
+use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions};
+use azure_core::http::{ClientOptions, RequestContent, RetryOptions, Transport};
+use azure_security_keyvault_keys::models::{
+    CreateKeyParameters, JsonWebKey, Key, KeyOperation, KeyType, UpdateKeyPropertiesParameters,
+};
+use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
+use heliosdb_tde_conformance::provider::fresh_mek_id;
+use heliosdb_tde_conformance::services;
+use heliosdb_tde_core::{
+    AzureKeyVaultConfig, EncryptionAlgorithm, MekId, MekRef, MekVersion, TableKey, TekId,
+    WrapContext,
+};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const URL_ENV: &str = "HELIOSDB_TEST_AZURE_URL";
+pub const CA_ENV: &str = "HELIOSDB_TEST_AZURE_CA";
+pub const TENANT_ENV: &str = "HELIOSDB_TEST_AZURE_TENANT";
+pub const CLIENT_ID_ENV: &str = "HELIOSDB_TEST_AZURE_CLIENT_ID";
+pub const CLIENT_SECRET_ENV: &str = "HELIOSDB_TEST_AZURE_CLIENT_SECRET";
+pub const CONTROL_ENV: &str = "HELIOSDB_TEST_AZURE_CONTROL";
+pub const SERVICE: &str = "Key Vault test server (Azure)";
+
+/// The test server's addresses and test credentials.
+#[derive(Clone, Debug)]
+pub struct Server {
+    /// `https://127.0.0.1:<port>`.
+    pub url: String,
+    /// The TLS port.
+    pub port: u16,
+    /// The CA that signed the server's certificate (PEM file).
+    pub ca: PathBuf,
+    pub tenant: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// `http://127.0.0.1:<control port>`.
+    pub control: String,
+}
+
+/// The shared test server, or `None` after a loud skip (a panic under
+/// `HELIOSDB_REQUIRE_SERVICES=1`).
+pub fn server() -> Option<Server> {
+    services::require(SERVICE, probe())
+}
+
+fn probe() -> Result<Server, String> {
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("{name} is not set (run `cargo xtask test`)"))
+    };
+    let url = var(URL_ENV)?.trim_end_matches('/').to_string();
+    let port = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .ok_or_else(|| format!("{URL_ENV}={url} is not https://<host>:<port>"))?;
+    Ok(Server {
+        url,
+        port,
+        ca: PathBuf::from(var(CA_ENV)?),
+        tenant: var(TENANT_ENV)?,
+        client_id: var(CLIENT_ID_ENV)?,
+        client_secret: var(CLIENT_SECRET_ENV)?,
+        control: var(CONTROL_ENV)?.trim_end_matches('/').to_string(),
+    })
+}
+
+/// A random lowercase hex string of 12 characters.
+pub fn random() -> String {
+    fresh_mek_id("r")
+        .as_str()
+        .trim_start_matches("r_")
+        .to_string()
+}
+
+/// Resolves every `*.localhost` name to 127.0.0.1 (the machine's resolver does not), so the
+/// vault URLs can carry a host name that ends in the challenge's resource host.
+#[derive(Debug)]
+pub struct LoopbackResolver;
+
+impl reqwest::dns::Resolve for LoopbackResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let ok = name.as_str().ends_with(".localhost") || name.as_str() == "localhost";
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            if !ok {
+                return Err(format!("{host} is not a test host").into());
+            }
+            let addrs: reqwest::dns::Addrs =
+                Box::new(std::iter::once(SocketAddr::from(([127, 0, 0, 1], 0))));
+            Ok(addrs)
+        })
+    }
+}
+
+/// The resolver as the provider's builder takes it.
+pub fn resolver() -> Arc<dyn reqwest::dns::Resolve> {
+    Arc::new(LoopbackResolver)
+}
+
+/// A fixed bearer token (minted by the server's control API), as an `Arc<dyn TokenCredential>`.
+#[derive(Debug)]
+pub struct StaticToken(pub Secret);
+
+#[async_trait]
+impl TokenCredential for StaticToken {
+    async fn get_token(
+        &self,
+        _scopes: &[&str],
+        _options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        Ok(AccessToken::new(
+            self.0.clone(),
+            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
+        ))
+    }
+}
+
+/// One request as the server logged it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Logged {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}
+
+impl Server {
+    /// A reqwest client trusting the server's CA, resolving `*.localhost` to loopback.
+    pub fn http(&self) -> reqwest::Client {
+        let pem = std::fs::read(&self.ca)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", self.ca.display()));
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("the CA is PEM");
+        reqwest::Client::builder()
+            .tls_certs_merge(certs)
+            .dns_resolver(resolver())
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(60))
+            .no_proxy()
+            .build()
+            .expect("reqwest client")
+    }
+
+    /// A fresh standard vault (`<label>.kv.localhost`).
+    pub fn vault(&self) -> Vault {
+        self.vault_of(false)
+    }
+
+    /// A fresh Managed HSM (`<label>.hsm.localhost`).
+    pub fn hsm(&self) -> Vault {
+        self.vault_of(true)
+    }
+
+    fn vault_of(&self, hsm: bool) -> Vault {
+        Vault {
+            server: self.clone(),
+            label: format!("t{}", random()),
+            hsm,
+        }
+    }
+
+    async fn control_post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.control))
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = r.status();
+        let v: serde_json::Value = r.json().await.expect("JSON answer");
+        assert!(status.is_success(), "POST {path} {body}: {status} {v}");
+        v
+    }
+
+    /// A bearer token the server accepts (for every vault when `vault` is `None`).
+    pub async fn mint_token(&self, vault: Option<&str>) -> String {
+        let body = match vault {
+            Some(v) => serde_json::json!({ "vault": v }),
+            None => serde_json::json!({}),
+        };
+        let v = self.control_post("/_test/token", body).await;
+        v["access_token"].as_str().expect("a token").to_string()
+    }
+
+    /// Requests to the token endpoint, as the server logged them.
+    pub async fn token_requests(&self) -> Vec<Logged> {
+        self.requests_of("_entra").await
+    }
+
+    async fn requests_of(&self, label: &str) -> Vec<Logged> {
+        let r = reqwest::Client::new()
+            .get(format!("{}/_test/requests?vault={label}", self.control))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /_test/requests: {e}"));
+        let v: serde_json::Value = r.json().await.expect("JSON answer");
+        v["requests"]
+            .as_array()
+            .expect("a request list")
+            .iter()
+            .map(|r| Logged {
+                method: r["method"].as_str().unwrap_or_default().to_string(),
+                path: r["path"].as_str().unwrap_or_default().to_string(),
+                status: r["status"].as_u64().unwrap_or_default() as u16,
+            })
+            .collect()
+    }
+}
+
+/// One vault namespace of the server, fresh per test.
+#[derive(Clone, Debug)]
+pub struct Vault {
+    pub server: Server,
+    pub label: String,
+    pub hsm: bool,
+}
+
+impl Vault {
+    /// `https://<label>.kv.localhost:<port>` (or `.hsm.localhost`).
+    pub fn url(&self) -> String {
+        self.url_at(self.server.port)
+    }
+
+    /// The vault's URL on another port (a fault proxy in front of the server).
+    pub fn url_at(&self, port: u16) -> String {
+        let zone = if self.hsm { "hsm" } else { "kv" };
+        format!("https://{}.{zone}.localhost:{port}", self.label)
+    }
+
+    /// The server's TLS address (for a fault proxy in front of it).
+    pub fn upstream(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.server.port))
+    }
+
+    /// An SDK client for this vault with a bearer token minted for it, the server's CA, the
+    /// loopback resolver, the challenge check on and no retries: the operator's view.
+    pub async fn key_client(&self) -> KeyClient {
+        let token = self.server.mint_token(Some(&self.label)).await;
+        self.key_client_with(Arc::new(StaticToken(Secret::new(token))))
+    }
+
+    /// An SDK client for this vault with `credential`.
+    pub fn key_client_with(&self, credential: Arc<dyn TokenCredential>) -> KeyClient {
+        let options = KeyClientOptions {
+            client_options: ClientOptions {
+                transport: Some(Transport::new(Arc::new(self.server.http()))),
+                retry: RetryOptions::none(),
+                ..Default::default()
+            },
+            verify_challenge_resource: Some(true),
+            ..Default::default()
+        };
+        KeyClient::new(&self.url(), credential, Some(options)).expect("KeyClient")
+    }
+
+    /// Settings for `key_name` in this vault: development mode values the tests share
+    /// (`client_secret` against the server's token endpoint, its CA, the challenge check on,
+    /// short timeouts and few retries).
+    pub fn config(&self, key_name: &str) -> AzureKeyVaultConfig {
+        let mut c = AzureKeyVaultConfig::new(self.url(), key_name);
+        c.credential = "client_secret".into();
+        c.tenant_id = Some(self.server.tenant.clone());
+        c.client_id = Some(self.server.client_id.clone());
+        c.client_secret_env_var = CLIENT_SECRET_ENV.into();
+        c.authority_host = Some(self.server.url.clone());
+        c.ca_cert = Some(self.server.ca.clone());
+        c.verify_challenge_resource = true;
+        c.timeout_secs = 10;
+        c.max_retries = 2;
+        c.max_retry_secs = 10;
+        if self.hsm {
+            c.wrap_algorithm = Some("A256GCM".into());
+        } else {
+            c.wrap_algorithm = Some("RSA-OAEP-256".into());
+            c.key_size = 2048;
+        }
+        c
+    }
+
+    /// Requests to this vault, as the server logged them (challenges included).
+    pub async fn requests(&self) -> Vec<Logged> {
+        self.server.requests_of(&self.label).await
+    }
+
+    /// The logged requests that change state (create, import, update, rotate, delete).
+    pub async fn writes(&self) -> Vec<Logged> {
+        self.requests()
+            .await
+            .into_iter()
+            .filter(|r| r.status != 401 && is_write(r))
+            .collect()
+    }
+
+    /// Answers the next `count` authenticated requests of `op` (`wrapkey`, `unwrapkey`,
+    /// `encrypt`, `decrypt`, `get`, `create`, `update`, `versions`, `*`) with `status`, and a
+    /// `Retry-After` when given.
+    pub async fn inject(&self, op: &str, count: u32, status: u16, retry_after: Option<u64>) {
+        self.server
+            .control_post(
+                "/_test/inject",
+                serde_json::json!({
+                    "vault": self.label, "op": op, "count": count, "status": status,
+                    "retry_after": retry_after,
+                }),
+            )
+            .await;
+    }
+
+    /// Sets the vault's recovery level (purge protection) and list page size.
+    pub async fn set(&self, recovery_level: Option<&str>, page_size: Option<u32>) {
+        self.server
+            .control_post(
+                "/_test/vault",
+                serde_json::json!({
+                    "vault": self.label, "recovery_level": recovery_level, "page_size": page_size,
+                }),
+            )
+            .await;
+    }
+
+    /// Creates `name` (or a new version of it) as an operator would.
+    pub async fn create_key(&self, name: &str, params: CreateKeyParameters) -> Key {
+        let kc = self.key_client().await;
+        kc.create_key(name, content(params), None)
+            .await
+            .unwrap_or_else(|e| panic!("create_key({name}): {e:?}"))
+            .into_model()
+            .expect("a key")
+    }
+
+    /// An RSA key of `bits` with wrapKey and unwrapKey, as an operator would create it.
+    pub async fn create_rsa(&self, name: &str, bits: i32) -> Key {
+        self.create_key(
+            name,
+            CreateKeyParameters {
+                kty: Some(KeyType::Rsa),
+                key_size: Some(bits),
+                key_ops: Some(vec![KeyOperation::WrapKey, KeyOperation::UnwrapKey]),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// An oct-HSM 256-bit key with `ops` (Managed HSM only).
+    pub async fn create_oct(&self, name: &str, ops: Vec<KeyOperation>) -> Key {
+        self.create_key(
+            name,
+            CreateKeyParameters {
+                kty: Some(KeyType::OctHsm),
+                key_size: Some(256),
+                key_ops: Some(ops),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Every version of `name`: (version id, enabled, key_ops, tags), oldest first.
+    pub async fn versions(&self, name: &str) -> Vec<VersionView> {
+        use futures_util::TryStreamExt as _;
+        let kc = self.key_client().await;
+        let mut pager = kc
+            .list_key_properties_versions(name, None)
+            .unwrap_or_else(|e| panic!("list versions({name}): {e:?}"));
+        let mut out = Vec::new();
+        while let Some(p) = pager
+            .try_next()
+            .await
+            .unwrap_or_else(|e| panic!("list versions({name}): {e:?}"))
+        {
+            let kid = p.kid.clone().unwrap_or_default();
+            let version = kid.rsplit('/').next().unwrap_or_default().to_string();
+            let key = kc
+                .get_key(
+                    name,
+                    Some(
+                        azure_security_keyvault_keys::models::KeyClientGetKeyOptions {
+                            key_version: Some(version.clone()),
+                            ..Default::default()
+                        },
+                    ),
+                )
+                .await
+                .ok()
+                .and_then(|r| r.into_model().ok());
+            out.push(VersionView {
+                enabled: p
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.enabled)
+                    .unwrap_or(true),
+                ops: key
+                    .and_then(|k| k.key.and_then(|j| j.key_ops))
+                    .unwrap_or_default(),
+                tags: p.tags.clone().unwrap_or_default(),
+                version,
+            });
+        }
+        out
+    }
+
+    /// Sets tags, operations and the enabled flag of one version, as an operator would.
+    pub async fn update(&self, name: &str, version: &str, params: UpdateKeyPropertiesParameters) {
+        let kc = self.key_client().await;
+        kc.update_key_properties(
+            name,
+            content(params),
+            Some(
+                azure_security_keyvault_keys::models::KeyClientUpdateKeyPropertiesOptions {
+                    key_version: Some(version.to_string()),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("update_key_properties({name}/{version}): {e:?}"));
+    }
+
+    /// Imports `jwk` as `name` (a new version when the name exists).
+    pub async fn import(&self, name: &str, jwk: JsonWebKey) -> Key {
+        let kc = self.key_client().await;
+        let params = azure_security_keyvault_keys::models::ImportKeyParameters {
+            key: Some(jwk),
+            hsm: Some(self.hsm),
+            ..Default::default()
+        };
+        kc.import_key(name, content(params), None)
+            .await
+            .unwrap_or_else(|e| panic!("import_key({name}): {e:?}"))
+            .into_model()
+            .expect("a key")
+    }
+}
+
+/// One key version as the operator sees it.
+#[derive(Clone, Debug)]
+pub struct VersionView {
+    pub version: String,
+    pub enabled: bool,
+    /// Empty when the version cannot be read (a disabled version answers 403).
+    pub ops: Vec<String>,
+    pub tags: HashMap<String, String>,
+}
+
+/// Whether a logged request changes state.
+pub fn is_write(r: &Logged) -> bool {
+    match r.method.as_str() {
+        "PUT" | "PATCH" | "DELETE" => true,
+        "POST" => r.path.ends_with("/create") || r.path.ends_with("/rotate"),
+        _ => false,
+    }
+}
+
+/// Serializes an SDK parameter struct as a request body.
+pub fn content<T>(params: T) -> RequestContent<T>
+where
+    T: TryInto<RequestContent<T>, Error = azure_core::Error>,
+{
+    params.try_into().expect("JSON body")
+}
+
+/// The version id (last path segment) of a key's `kid`.
+pub fn version_of(key: &Key) -> String {
+    key.key
+        .as_ref()
+        .and_then(|k| k.kid.as_deref())
+        .and_then(|kid| kid.rsplit('/').next())
+        .expect("a kid with a version")
+        .to_string()
+}
+
+pub fn tek(id: &str) -> TableKey {
+    TableKey::generate(id.parse::<TekId>().unwrap(), EncryptionAlgorithm::Aes256Gcm).unwrap()
+}
+
+pub fn ctx(id: &str) -> WrapContext {
+    WrapContext::table_key(&id.parse::<TekId>().unwrap())
+}
+
+pub fn fresh(prefix: &str) -> MekId {
+    fresh_mek_id(prefix)
+}
+
+pub fn mek_ref(id: &MekId, version: u32) -> MekRef {
+    MekRef::new(id.clone(), MekVersion::new(version).unwrap())
+}
+
+/// A fresh key name (letters, digits and `-`).
+pub fn key_name(prefix: &str) -> String {
+    format!("{prefix}-{}", random())
+}

@@ -1,0 +1,153 @@
+//! `security mek info`, `security keys stats` and the key list: MEK versions, TEK cache and
+//! provider statistics, table keys.
+
+use super::rotation::{rotation_cell, rotation_json, service_rotation_note};
+use super::{Out, outln, table};
+use heliosdb_security::tde::{KeyMetadata, KeyStats, MekInfo};
+use serde_json::json;
+
+impl Out {
+    pub(crate) fn mek_info(&self, info: &MekInfo) {
+        if self.is_json() {
+            let versions: Vec<_> = info
+                .versions
+                .iter()
+                .map(|v| {
+                    json!({
+                        "mek": v.mek.to_string(),
+                        "version": v.mek.version.get(),
+                        "state": v.state.to_string(),
+                        "algorithm": v.algorithm.name(),
+                        "created_at": v.created_at.to_string(),
+                        "key_location": v.key_location,
+                        "service_rotation": rotation_json(v.service_rotation.as_ref()),
+                    })
+                })
+                .collect();
+            self.json(json!({
+                "id": info.id.to_string(),
+                "provider": info.provider.name(),
+                "location": info.location,
+                "active_version": info.active_version().map(|v| v.get()),
+                "versions": versions,
+            }));
+            return;
+        }
+        outln!(self, "MEK:       {}", info.id);
+        outln!(self, "Provider:  {}", info.provider);
+        outln!(self, "Location:  {}", info.location);
+        // Key and service-rotation columns only for providers that keep one service key per
+        // version (AWS KMS).
+        let per_key = info.versions.iter().any(|v| v.key_location.is_some());
+        let rotates = info.versions.iter().any(|v| v.service_rotation.is_some());
+        let mut head: Vec<String> = vec![
+            "VERSION".into(),
+            "STATE".into(),
+            "ALGORITHM".into(),
+            "CREATED".into(),
+        ];
+        if rotates {
+            head.push("KMS ROTATION".into());
+        }
+        if per_key {
+            head.push("KEY".into());
+        }
+        let mut rows = vec![head];
+        for v in &info.versions {
+            let mut row = vec![
+                v.mek.version.to_string(),
+                v.state.to_string(),
+                v.algorithm.to_string(),
+                v.created_at.to_string(),
+            ];
+            if rotates {
+                row.push(rotation_cell(v.service_rotation.as_ref()));
+            }
+            if per_key {
+                row.push(v.key_location.clone().unwrap_or_else(|| "-".into()));
+            }
+            rows.push(row);
+        }
+        self.write_stdout(&table(&rows));
+        for note in info.versions.iter().filter_map(service_rotation_note) {
+            outln!(self, "{note}");
+        }
+    }
+
+    pub(crate) fn key_stats(&self, s: &KeyStats) {
+        if self.is_json() {
+            self.json(serde_json::to_value(s).unwrap_or_default());
+            return;
+        }
+        let c = &s.cache;
+        outln!(
+            self,
+            "TEK cache:     {} / {} entries, {} hits, {} misses, {} evictions",
+            c.entries,
+            c.limit,
+            c.hits,
+            c.misses,
+            c.evictions
+        );
+        let p = &s.provider;
+        outln!(
+            self,
+            "MEK provider:  {} calls ({} failed), mean {} us, max {} us - {}",
+            p.calls,
+            p.errors,
+            p.mean_latency_us,
+            p.max_latency_us,
+            p.provider
+        );
+        let states: Vec<String> = s
+            .teks_by_state
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
+        outln!(
+            self,
+            "Table keys:    {} tables; {}",
+            s.tables,
+            if states.is_empty() {
+                "none".into()
+            } else {
+                states.join(", ")
+            }
+        );
+        outln!(
+            self,
+            "Usage:         {} encryptions, {} decryptions recorded{}",
+            s.usage.encryptions,
+            s.usage.decryptions,
+            s.usage
+                .last_used
+                .map(|t| format!(", last {t}"))
+                .unwrap_or_default()
+        );
+    }
+
+    pub(crate) fn keys(&self, keys: &[KeyMetadata]) {
+        if self.is_json() {
+            self.json(serde_json::to_value(keys).unwrap_or_default());
+            return;
+        }
+        let mut rows = vec![vec![
+            "KEY".into(),
+            "STATE".into(),
+            "WRAPPED BY".into(),
+            "CREATED".into(),
+        ]];
+        for k in keys {
+            rows.push(vec![
+                k.key_id.to_string(),
+                k.state.to_string(),
+                k.wrapped_by
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                k.created_at.to_string(),
+            ]);
+        }
+        self.write_stdout(&table(&rows));
+    }
+}

@@ -201,9 +201,15 @@ impl MekProvider for VaultMekProvider {
             self.client.settings.mount,
             self.address()
         );
-        self.lifecycle(mek_id, &stored)
+        let mut info = self
+            .lifecycle(mek_id, &stored)
             .mek_info(mek_id, ProviderKind::Vault, location)
-            .ok_or_else(|| self.not_found(mek_id))
+            .ok_or_else(|| self.not_found(mek_id))?;
+        info.deletion_protection = stored
+            .key
+            .as_ref()
+            .map(|k| crate::transit::deletion_protection(&self.name(mek_id), k));
+        Ok(info)
     }
 
     async fn list_meks(&self) -> Result<Vec<MekId>> {

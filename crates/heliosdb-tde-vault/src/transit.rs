@@ -1,6 +1,6 @@
 //! Transit keys: their properties, the adoption rules, and the `vault:v<N>:` payload.
 
-use heliosdb_tde_core::{MekId, Result, SecurityMode, TdeError};
+use heliosdb_tde_core::{DeletionProtection, MekId, Result, SecurityMode, TdeError};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -18,6 +18,25 @@ pub(crate) struct KeyProps {
     pub(crate) versions: BTreeMap<u32, u64>,
     pub(crate) min_decryption_version: u32,
     pub(crate) min_encryption_version: u32,
+}
+
+/// Whether Vault would let someone delete the Transit key `name`, and so every table key
+/// wrapped under it.
+pub(crate) fn deletion_protection(name: &str, key: &KeyProps) -> DeletionProtection {
+    if key.deletion_allowed {
+        DeletionProtection::new(
+            false,
+            format!(
+                "the Transit key {name:?} has deletion_allowed=true; turn it off with \
+                 `vault write transit/keys/{name}/config deletion_allowed=false`"
+            ),
+        )
+    } else {
+        DeletionProtection::new(
+            true,
+            format!("the Transit key {name:?} has deletion_allowed=false"),
+        )
+    }
 }
 
 fn flag(d: &Value, name: &str) -> bool {
@@ -223,5 +242,20 @@ mod tests {
         assert!(payload_version(&[0xff, 0xfe]).is_err());
         assert!(payload_version(format!("vault:v0:{}", "A".repeat(80)).as_bytes()).is_err());
         assert!(payload_version(format!("vault:v1:{}", "!".repeat(80)).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn deletion_protection_follows_deletion_allowed() {
+        let p = deletion_protection("heliosdb-mek", &props());
+        assert!(p.protected, "{p:?}");
+        let p = deletion_protection(
+            "heliosdb-mek",
+            &KeyProps {
+                deletion_allowed: true,
+                ..props()
+            },
+        );
+        assert!(!p.protected);
+        assert!(p.detail.contains("deletion_allowed=false"), "{}", p.detail);
     }
 }

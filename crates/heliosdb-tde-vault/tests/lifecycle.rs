@@ -28,6 +28,21 @@ async fn a_derived_key_made_with_the_cli_is_adopted() {
     let info = p.mek_info(&id).await.unwrap();
     assert_eq!(info.versions.len(), 1);
     assert_eq!(info.versions[0].state, KeyState::Active);
+    let protection = info
+        .deletion_protection
+        .expect("Vault reports deletion protection");
+    assert!(protection.protected, "{protection:?}");
+    // Once the operator allows deletion, the provider reports the key as unprotected.
+    s.bao(&[
+        "write",
+        &format!("transit/keys/{id}/config"),
+        "deletion_allowed=true",
+    ])
+    .unwrap();
+    let p2 = s.provider().await;
+    let protection = p2.mek_info(&id).await.unwrap().deletion_protection.unwrap();
+    assert!(!protection.protected, "{protection:?}");
+    assert!(protection.detail.contains("deletion_allowed=false"));
     assert!(
         p.list_meks().await.unwrap().contains(&id),
         "a record was written"

@@ -3,8 +3,8 @@
 use super::Result;
 use super::config::TdeConfig;
 use heliosdb_tde_core::{
-    AwsKmsConfig, HsmConfig, KmsConfig, MekId, SecureFileConfig, SecurityMode, TdeError,
-    VaultTransitConfig,
+    AwsKmsConfig, AzureKeyVaultConfig, HsmConfig, KmsConfig, MekId, SecureFileConfig, SecurityMode,
+    TdeError, VaultTransitConfig,
 };
 
 impl TdeConfig {
@@ -89,6 +89,7 @@ impl TdeConfig {
         match &self.kms_config {
             Some(KmsConfig::Vault(v)) => check_vault(v)?,
             Some(KmsConfig::Aws(a)) => check_aws(a, security_mode)?,
+            Some(KmsConfig::Azure(a)) => check_azure(a, security_mode)?,
             _ => {}
         }
         let provider = match (&self.kms_config, &self.secure_file_config, &self.hsm_config) {
@@ -263,6 +264,32 @@ pub(crate) fn check_aws(a: &AwsKmsConfig, mode: Option<SecurityMode>) -> Result<
     #[cfg(not(feature = "aws-kms"))]
     {
         let _ = (a, mode);
+        Ok(())
+    }
+}
+
+/// Checks the fields of an Azure Key Vault configuration; errors name the field
+/// (`kms_config.<field>`). Production mode refuses an `http://` vault URL and
+/// `verify_challenge_resource = false` (the subsystem calls this again with the resolved mode).
+/// The rules are the provider crate's (`heliosdb_tde_azure_kv::check_config`); a build without
+/// the `azure-kv` feature checks that the two required fields are present and refuses the
+/// configuration at start-up, naming the feature.
+pub(crate) fn check_azure(a: &AzureKeyVaultConfig, mode: Option<SecurityMode>) -> Result<()> {
+    #[cfg(feature = "azure-kv")]
+    {
+        heliosdb_tde_azure_kv::check_config(a, mode.unwrap_or(SecurityMode::Development))
+    }
+    #[cfg(not(feature = "azure-kv"))]
+    {
+        let _ = mode;
+        for (name, value) in [("vault_url", &a.vault_url), ("key_name", &a.key_name)] {
+            if value.trim().is_empty() {
+                return Err(TdeError::config(
+                    format!("kms_config.{name}"),
+                    "is empty; it is required for provider = \"azure\"",
+                ));
+            }
+        }
         Ok(())
     }
 }

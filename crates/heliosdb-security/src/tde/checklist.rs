@@ -240,24 +240,50 @@ pub async fn security_checklist(tde: &TdeSubsystem) -> Vec<CheckItem> {
         )
     });
 
-    out.push(item(
-        "MEK backup procedure established",
-        CheckStatus::NotApplicable,
-        match (provider.kind(), file) {
-            (ProviderKind::SecureFile, Some(f)) => format!(
-                "cannot be verified by software: back up {} (encrypted) and the passphrase \
-                 separately, as the README describes",
-                f.storage_path.display()
+    let mek_info = km.mek_info().await;
+    let protection = mek_info
+        .as_ref()
+        .ok()
+        .and_then(|i| i.deletion_protection.clone());
+    out.push(match protection {
+        // A KMS key that can be deleted for good is a backup gap software can see.
+        Some(p) if !p.protected => item(
+            "MEK backup procedure established",
+            CheckStatus::Fail,
+            format!(
+                "the MEK's key in {} can be deleted for good: {}",
+                provider.description(),
+                p.detail
             ),
-            (ProviderKind::InMemory, _) => {
-                "in-memory MEKs cannot be backed up: they are lost at exit".to_string()
-            }
-            _ => "cannot be verified by software: follow your provider's key backup procedure"
-                .to_string(),
-        },
-    ));
+        ),
+        Some(p) => item(
+            "MEK backup procedure established",
+            CheckStatus::Pass,
+            format!(
+                "the service protects the MEK's key against permanent deletion: {}",
+                p.detail
+            ),
+        ),
+        None => item(
+            "MEK backup procedure established",
+            CheckStatus::NotApplicable,
+            match (provider.kind(), file) {
+                (ProviderKind::SecureFile, Some(f)) => format!(
+                    "cannot be verified by software: back up {} (encrypted) and the passphrase \
+                     separately, as the README describes",
+                    f.storage_path.display()
+                ),
+                (ProviderKind::InMemory, _) => {
+                    "in-memory MEKs cannot be backed up: they are lost at exit".to_string()
+                }
+                _ => "cannot be verified by software: follow your provider's key backup \
+                      procedure"
+                    .to_string(),
+            },
+        ),
+    });
 
-    out.push(match km.mek_info().await {
+    out.push(match mek_info {
         Ok(info) => {
             // The later of the version's creation and the service's last rotation of its key
             // material (KMS automatic rotation makes new material without a new version).

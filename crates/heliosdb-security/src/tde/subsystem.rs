@@ -33,7 +33,7 @@ impl fmt::Debug for TdeSubsystem {
 
 fn missing_feature(what: &str, feature: &str) -> TdeError {
     // Features of this crate that exist but may be switched off.
-    const KNOWN: &[&str] = &["secure-file", "pkcs11-hsm", "vault", "aws-kms"];
+    const KNOWN: &[&str] = &["secure-file", "pkcs11-hsm", "vault", "aws-kms", "azure-kv"];
     let hint = if KNOWN.contains(&feature) {
         format!(
             "build heliosdb-security with the cargo feature `{feature}` (features = \
@@ -77,6 +77,9 @@ async fn build_provider(
         }
         ConfiguredProvider::Kms(heliosdb_tde_core::KmsConfig::Aws(aws)) => {
             build_aws(aws, default_mek, mode).await
+        }
+        ConfiguredProvider::Kms(heliosdb_tde_core::KmsConfig::Azure(azure)) => {
+            build_azure(azure, default_mek, mode).await
         }
         ConfiguredProvider::Kms(kms) => Err(missing_feature(kms.name(), kms.feature())),
         ConfiguredProvider::Hsm(hsm) => build_hsm(hsm, mode).await,
@@ -159,6 +162,30 @@ async fn build_aws(
     {
         let _ = (aws, default_mek, mode);
         Err(missing_feature("AWS KMS", "aws-kms"))
+    }
+}
+
+async fn build_azure(
+    azure: &heliosdb_tde_core::AzureKeyVaultConfig,
+    default_mek: &MekId,
+    mode: SecurityMode,
+) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
+    // The resolved mode may refuse what the configured one allowed (http://, no challenge
+    // check).
+    super::checked::check_azure(azure, Some(mode))?;
+    #[cfg(feature = "azure-kv")]
+    {
+        let p = heliosdb_tde_azure_kv::AzureKvMekProvider::open(azure, default_mek, mode).await?;
+        let facts = ProviderFacts {
+            warnings: p.warnings(),
+            pin_source: None,
+        };
+        Ok((Arc::new(p), facts))
+    }
+    #[cfg(not(feature = "azure-kv"))]
+    {
+        let _ = (azure, default_mek, mode);
+        Err(missing_feature("Azure Key Vault", "azure-kv"))
     }
 }
 
@@ -520,67 +547,4 @@ impl PageOpener {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::time::Duration;
-
-    fn outage() -> TdeError {
-        TdeError::ProviderUnavailable {
-            provider: "test".into(),
-            reason: "connection refused".into(),
-            retryable: true,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_start_waits_for_a_provider_that_comes_back() {
-        let calls = AtomicU32::new(0);
-        let r = with_startup_retry(Duration::from_secs(30), "Vault at http://x", || async {
-            if calls.fetch_add(1, Ordering::SeqCst) < 3 {
-                Err(outage())
-            } else {
-                Ok(7)
-            }
-        })
-        .await;
-        assert_eq!(r.unwrap(), 7);
-        assert_eq!(calls.load(Ordering::SeqCst), 4);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_start_gives_up_after_the_wait_and_names_the_provider() {
-        let calls = AtomicU32::new(0);
-        let e = with_startup_retry(
-            Duration::from_secs(10),
-            "Vault at http://x:8200",
-            || async {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Err::<(), _>(outage())
-            },
-        )
-        .await
-        .unwrap_err();
-        assert!(e.is_retryable());
-        let text = e.to_string();
-        assert!(text.contains("Vault at http://x:8200"), "{text}");
-        assert!(text.contains("provider_startup_wait_secs"), "{text}");
-        let n = calls.load(Ordering::SeqCst);
-        assert!((3..=8).contains(&n), "{n} attempts in 10 s of paused time");
-
-        // 0: fail at once; a non-retryable error is never retried.
-        let e = with_startup_retry(Duration::ZERO, "p", || async { Err::<(), _>(outage()) })
-            .await
-            .unwrap_err();
-        assert!(e.to_string().contains("1 attempt"), "{e}");
-        calls.store(0, Ordering::SeqCst);
-        let e = with_startup_retry(Duration::from_secs(30), "p", || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err::<(), _>(TdeError::config("x", "bad"))
-        })
-        .await
-        .unwrap_err();
-        assert!(!e.is_retryable());
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-    }
-}
+mod tests;

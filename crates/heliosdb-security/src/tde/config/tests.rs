@@ -1,0 +1,365 @@
+//! Tests of the config module.
+use super::*;
+use std::collections::HashMap;
+
+#[test]
+fn toml_round_trip_with_the_guides_fields() {
+    let text = r#"
+        enabled = true
+        algorithm = "Aes256Gcm"
+        key_storage_path = "/var/lib/heliosdb/keys"
+        default_mek_id = "prod_mek_001"
+        cache_limit = 10000
+        security_mode = "production"
+
+        [secure_file_config]
+        storage_path = "/var/lib/heliosdb/mek"
+        passphrase_env_var = "HELIOSDB_MEK_PASSPHRASE"
+    "#;
+    let c = TdeConfig::from_toml_str(text).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.default_mek_id, "prod_mek_001");
+    assert_eq!(c.cache_limit, 10000);
+    let f = c.secure_file_config.as_ref().unwrap();
+    assert_eq!(f.storage_path, PathBuf::from("/var/lib/heliosdb/mek"));
+    let back = TdeConfig::from_toml_str(&toml::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+}
+
+#[test]
+fn kms_and_hsm_sections_parse() {
+    let c = TdeConfig::from_toml_str(
+        "[kms_config]\nprovider = \"aws\"\nregion = \"us-east-1\"\nkey_id = \"alias/x\"\n",
+    )
+    .unwrap();
+    assert!(matches!(c.kms_config, Some(KmsConfig::Aws(_))));
+    let c = TdeConfig::from_toml_str(
+        "[hsm_config]\npkcs11_library_path = \"/usr/lib/softhsm/libsofthsm2.so\"\n\
+         token_label = \"heliosdb\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.hsm_config.unwrap().timeout_secs, 30);
+}
+
+#[test]
+fn errors_name_the_field() {
+    let e = TdeConfig::from_toml_str("cache_limt = 5")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cache_limt"), "{e}");
+    let e = TdeConfig::from_toml_str("cache_limit = \"lots\"")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cache_limit"), "{e}");
+    let e = TdeConfig::from_toml_str("algorithm = \"des\"")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("algorithm") || e.contains("des"), "{e}");
+    for (c, field) in [
+        (
+            TdeConfig {
+                cache_limit: 0,
+                ..Default::default()
+            },
+            "cache_limit",
+        ),
+        (
+            TdeConfig {
+                default_mek_id: "a b".into(),
+                ..Default::default()
+            },
+            "default_mek_id",
+        ),
+        (
+            TdeConfig {
+                key_storage_path: "".into(),
+                ..Default::default()
+            },
+            "key_storage_path",
+        ),
+        (
+            TdeConfig {
+                security_mode: Some("prod".into()),
+                ..Default::default()
+            },
+            "security_mode",
+        ),
+        (
+            TdeConfig {
+                secure_file_config: Some(SecureFileConfig::new("")),
+                ..Default::default()
+            },
+            "secure_file_config.storage_path",
+        ),
+    ] {
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains(field), "{field}: {e}");
+    }
+    let two = TdeConfig {
+        secure_file_config: Some(SecureFileConfig::new("/x")),
+        hsm_config: Some(HsmConfig {
+            pkcs11_library_path: "/lib.so".into(),
+            slot_id: 0,
+            token_label: None,
+            timeout_secs: 30,
+            enable_logging: false,
+            pin: String::new(),
+            pin_file: None,
+            session_pool_size: None,
+        }),
+        ..Default::default()
+    };
+    assert!(
+        two.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("exactly one")
+    );
+}
+
+/// Issue 9, item 21: a TOML error is one line naming the file, line, column and the field
+/// as the parser knows it (never a stray `"`, `=` or `-1`), then the parser's detail.
+#[test]
+fn toml_errors_are_one_line_with_file_line_column_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tde.toml");
+    let cases: [(&str, &str, &str, &str); 6] = [
+        // A stray quote: the string never ends.
+        (
+            "cache_limit = 5\nkey_storage_path = \"/var/lib/keys\n",
+            "2:34",
+            "key_storage_path",
+            "invalid basic string",
+        ),
+        // A stray quote after a value.
+        (
+            "cache_limit = 5\"\n",
+            "1:15",
+            "cache_limit",
+            "missing opening quote",
+        ),
+        // A missing `=`: the parser read no key-value pair, so no field is named.
+        (
+            "enabled = true\ncache_limit 5\n",
+            "2:13",
+            "",
+            "key with no value, expected `=`",
+        ),
+        // A value out of range.
+        (
+            "enabled = true\ncache_limit = -1\n",
+            "2:15",
+            "cache_limit",
+            "invalid value: integer `-1`, expected usize",
+        ),
+        // An unknown field in a section.
+        (
+            "[secure_file_config]\nstorage_pat = \"/x\"\n",
+            "2:1",
+            "secure_file_config.storage_pat",
+            "unknown field `storage_pat`",
+        ),
+        // A wrong type in a section.
+        (
+            "[hsm_config]\npkcs11_library_path = \"/l.so\"\ntimeout_secs = \"soon\"\n",
+            "3:16",
+            "hsm_config.timeout_secs",
+            "invalid type",
+        ),
+    ];
+    // (document, line:column, field as the parser knows it or "", the parser's detail)
+    for (text, at, field, detail) in cases {
+        let field_part = if field.is_empty() {
+            String::new()
+        } else {
+            format!("{field}: ")
+        };
+        std::fs::write(&file, text).unwrap();
+        let e = TdeConfig::from_toml_file(&file).unwrap_err();
+        let TdeError::InvalidConfig { field: got, .. } = &e else {
+            panic!("{text:?}: {e:?}");
+        };
+        let message = e.to_string();
+        assert!(
+            !message.contains('\n'),
+            "{text:?}: more than one line: {message}"
+        );
+        let prefix = format!(
+            "invalid configuration: {}:{at}: {field_part}{detail}",
+            file.display()
+        );
+        assert!(
+            message.starts_with(&prefix),
+            "{text:?}: {message}\nexpected it to start with {prefix}"
+        );
+        assert_eq!(
+            got,
+            format!("{}:{at}: {field_part}", file.display()).trim_end_matches([':', ' '])
+        );
+        // Without a file, the location is the line and column.
+        let e = TdeConfig::from_toml_str(text).unwrap_err().to_string();
+        let (line, column) = at.split_once(':').unwrap();
+        assert!(
+            e.starts_with(&format!(
+                "invalid configuration: line {line}, column {column}: {field_part}{detail}"
+            )),
+            "{text:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn line_columns_count_characters() {
+    assert_eq!(line_column("", 0), (1, 1));
+    assert_eq!(line_column("ab\ncd", 3), (2, 1));
+    assert_eq!(line_column("é = 1", 3), (1, 3));
+    // Past the end, and inside a character: no panic.
+    assert_eq!(line_column("ab", 5), (1, 6));
+    assert_eq!(line_column("é", 1), (1, 1));
+}
+
+#[test]
+fn environment_overrides() {
+    let env: HashMap<&str, &str> = HashMap::from([
+        ("HELIOSDB_TDE_CACHE_LIMIT", "42"),
+        ("HELIOSDB_TDE_KEY_STORAGE_PATH", "/tmp/k"),
+        ("HELIOSDB_TDE_DEFAULT_MEK_ID", "env_mek"),
+        ("HELIOSDB_TDE_MEK_STORAGE_PATH", "/tmp/m"),
+        ("HELIOSDB_TDE_PASSPHRASE_FILE", "/tmp/p"),
+        ("HELIOSDB_TDE_ENABLED", "false"),
+        ("HELIOSDB_TDE_PROVIDER_STARTUP_WAIT_SECS", "5"),
+    ]);
+    assert_eq!(TdeConfig::default().provider_startup_wait_secs, 30);
+    let mut c = TdeConfig::default();
+    c.apply_env_with(|k| env.get(k).map(|v| v.to_string()))
+        .unwrap();
+    assert_eq!(c.cache_limit, 42);
+    assert_eq!(c.key_storage_path, PathBuf::from("/tmp/k"));
+    assert_eq!(c.default_mek_id, "env_mek");
+    assert!(!c.enabled);
+    assert_eq!(c.provider_startup_wait_secs, 5);
+    let f = c.secure_file_config.unwrap();
+    assert_eq!(f.storage_path, PathBuf::from("/tmp/m"));
+    assert_eq!(f.passphrase_file, Some(PathBuf::from("/tmp/p")));
+
+    let mut c = TdeConfig::default();
+    let e = c
+        .apply_env_with(|k| (k == "HELIOSDB_TDE_CACHE_LIMIT").then(|| "many".to_string()))
+        .unwrap_err();
+    assert!(e.to_string().contains("HELIOSDB_TDE_CACHE_LIMIT"), "{e}");
+
+    let mut c = TdeConfig::from_toml_str(
+        "[kms_config]\nprovider = \"aws\"\nregion = \"us-east-1\"\nkey_id = \"k\"\n",
+    )
+    .unwrap();
+    c.apply_env_with(|k| match k {
+        "HELIOSDB_KMS_KEY_ID" => Some("arn:aws:kms:eu-west-1:1:key/x".into()),
+        "AWS_REGION" => Some("eu-west-1".into()),
+        _ => None,
+    })
+    .unwrap();
+    let Some(KmsConfig::Aws(aws)) = c.kms_config else {
+        panic!()
+    };
+    assert_eq!(aws.region, "eu-west-1");
+    assert_eq!(aws.key_id, "arn:aws:kms:eu-west-1:1:key/x");
+}
+
+#[test]
+fn vault_fields_are_checked_and_named() {
+    let vault = |edit: &dyn Fn(&mut heliosdb_tde_core::VaultTransitConfig)| {
+        let mut v = heliosdb_tde_core::VaultTransitConfig::new("https://vault.example.com:8200");
+        edit(&mut v);
+        TdeConfig {
+            kms_config: Some(KmsConfig::Vault(v)),
+            ..Default::default()
+        }
+    };
+    vault(&|_| {}).validate().unwrap();
+    vault(&|v| v.address = "http://127.0.0.1:8200".into())
+        .validate()
+        .unwrap();
+    type Edit = fn(&mut heliosdb_tde_core::VaultTransitConfig);
+    let cases: [(Edit, &str); 9] = [
+        (|v| v.address = String::new(), "kms_config.address"),
+        (
+            |v| v.address = "vault.example.com".into(),
+            "kms_config.address",
+        ),
+        (|v| v.address = "https://".into(), "kms_config.address"),
+        (|v| v.timeout_secs = 0, "kms_config.timeout_secs"),
+        (|v| v.max_retries = 1000, "kms_config.max_retries"),
+        (|v| v.mount = Some("/transit".into()), "kms_config.mount"),
+        (|v| v.state_path = String::new(), "kms_config.state_path"),
+        (
+            |v| v.key_prefix = Some("a/b".into()),
+            "kms_config.key_prefix",
+        ),
+        (
+            |v| v.token_file = Some(String::new()),
+            "kms_config.token_file",
+        ),
+    ];
+    for (edit, field) in cases {
+        let e = vault(&edit).validate().unwrap_err().to_string();
+        assert!(e.contains(field), "{field}: {e}");
+    }
+}
+
+#[test]
+fn vault_environment_overrides() {
+    let env: HashMap<&str, &str> = HashMap::from([
+        ("VAULT_ADDR", "https://other:8200"),
+        ("VAULT_NAMESPACE", "team-a"),
+        ("VAULT_CACERT", "/etc/ssl/vault-ca.pem"),
+    ]);
+    let mut c = TdeConfig::from_toml_str(
+        "[kms_config]\nprovider = \"vault\"\naddress = \"https://vault:8200\"\n",
+    )
+    .unwrap();
+    c.apply_env_with(|k| env.get(k).map(|v| v.to_string()))
+        .unwrap();
+    let Some(KmsConfig::Vault(v)) = &c.kms_config else {
+        panic!()
+    };
+    assert_eq!(v.address, "https://other:8200");
+    assert_eq!(v.namespace.as_deref(), Some("team-a"));
+    assert_eq!(v.ca_cert.as_deref(), Some("/etc/ssl/vault-ca.pem"));
+    // Other providers ignore the Vault variables.
+    let mut c = TdeConfig::default();
+    c.apply_env_with(|k| env.get(k).map(|v| v.to_string()))
+        .unwrap();
+    assert_eq!(c.kms_config, None);
+}
+
+#[test]
+fn azure_environment_overrides() {
+    let env: HashMap<&str, &str> = HashMap::from([
+        ("AZURE_KEYVAULT_URL", "https://other.vault.azure.net"),
+        ("AZURE_TENANT_ID", "tenant-a"),
+        ("AZURE_CLIENT_ID", "client-a"),
+    ]);
+    let mut c = TdeConfig::from_toml_str(
+        "[kms_config]\nprovider = \"azure\"\nvault_url = \"https://v.vault.azure.net\"\n\
+         key_name = \"mek\"\ncredential = \"client_secret\"\n",
+    )
+    .unwrap();
+    c.apply_env_with(|k| env.get(k).map(|v| v.to_string()))
+        .unwrap();
+    let Some(KmsConfig::Azure(a)) = &c.kms_config else {
+        panic!("not an Azure configuration")
+    };
+    assert_eq!(a.vault_url, "https://other.vault.azure.net");
+    assert_eq!(a.tenant_id.as_deref(), Some("tenant-a"));
+    assert_eq!(a.client_id.as_deref(), Some("client-a"));
+    assert_eq!(a.key_name, "mek");
+    // Other providers ignore the Azure variables.
+    let mut c = TdeConfig::from_toml_str(
+        "[kms_config]\nprovider = \"vault\"\naddress = \"https://vault:8200\"\n",
+    )
+    .unwrap();
+    let before = c.kms_config.clone();
+    c.apply_env_with(|k| env.get(k).map(|v| v.to_string()))
+        .unwrap();
+    assert_eq!(c.kms_config, before);
+}

@@ -92,18 +92,20 @@ mod tests {
     #[test]
     fn every_facade_feature_alone_and_all_together() {
         let features = facade_features().unwrap();
-        for backend in ["secure-file", "pkcs11-hsm", "vault", "aws-kms"] {
+        for backend in ["secure-file", "pkcs11-hsm", "vault", "aws-kms", "azure-kv"] {
             assert!(features.iter().any(|f| f == backend), "{features:?}");
         }
-        // The AWS KMS backend is checked alone and with every other feature.
+        // The cloud backends are checked alone and with every other feature.
         let lines: Vec<String> = facade_feature_checks(&features)
             .iter()
             .map(|a| a.join(" "))
             .collect();
-        assert!(
-            lines.contains(&"--no-default-features --features aws-kms".to_string()),
-            "{lines:?}"
-        );
+        for backend in ["aws-kms", "azure-kv"] {
+            assert!(
+                lines.contains(&format!("--no-default-features --features {backend}")),
+                "{lines:?}"
+            );
+        }
         assert_eq!(lines.last().map(String::as_str), Some("--all-features"));
         let checks = facade_feature_checks(&["a".into(), "b".into()]);
         let lines: Vec<String> = checks.iter().map(|a| a.join(" ")).collect();

@@ -38,6 +38,10 @@ pub struct MekVersionInfo {
     /// automatic rotation), which HeliosDB does not see as a new version; `None` for providers
     /// without it.
     pub service_rotation: Option<ServiceRotation>,
+    /// What the service itself records about this version, for operators (Azure Key Vault:
+    /// the version's tags and enabled flag); `None` when there is nothing beyond the state.
+    /// Never a secret.
+    pub service_detail: Option<String>,
 }
 
 impl MekVersionInfo {
@@ -46,7 +50,7 @@ impl MekVersionInfo {
         Self::new(mek, KeyState::Active, algorithm, created_at)
     }
 
-    /// A version in `state`, with no key location and no service rotation.
+    /// A version in `state`, with no key location, service rotation or service detail.
     pub fn new(
         mek: MekRef,
         state: KeyState,
@@ -60,6 +64,7 @@ impl MekVersionInfo {
             created_at,
             key_location: None,
             service_rotation: None,
+            service_detail: None,
         }
     }
 

@@ -5,12 +5,19 @@
 //! crate needs to be packaged on its own. Each rule is a function over a small model of the
 //! workspace, so that the unit tests below can feed it broken workspaces and see it fail.
 //! The rules about public types (`#[non_exhaustive]`) parse the sources, in [`api`].
+//! The workspace model is loaded in `model`; the dependency-tree rules are in `deps`.
 
 pub mod api;
+mod deps;
+mod model;
+
+pub use deps::{
+    BACKEND_ONLY_CRATES, LEAN_BY_DEFAULT, LEGACY_HTTP_STACK, check_http_stack, check_tree,
+    dependency_names, dependency_tree,
+};
+pub use model::{CrateInfo, InternalDep, load};
 
 use crate::Result;
-use cargo_metadata::{DependencyKind, MetadataCommand};
-use std::collections::BTreeSet;
 use std::path::Path;
 
 /// What a crate is for, which decides what it may depend on.
@@ -62,178 +69,6 @@ pub const UNPUBLISHED: &[&str] = &["heliosdb-tde-conformance", "xtask", "heliosd
 /// The role of a crate, if it is on the map.
 pub fn role_of(name: &str) -> Option<Role> {
     CRATE_MAP.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
-}
-
-/// A dependency edge between two workspace crates.
-#[derive(Clone, Debug)]
-pub struct InternalDep {
-    /// The dependency's crate name.
-    pub name: String,
-    /// Whether it is a dev-dependency.
-    pub dev: bool,
-    /// Whether it carries a version requirement (needed to package the dependent crate).
-    pub has_version: bool,
-}
-
-/// What the rules need to know about one workspace crate.
-#[derive(Clone, Debug, Default)]
-pub struct CrateInfo {
-    /// The package name.
-    pub name: String,
-    /// The directory of its manifest, relative to the workspace root, with `/` separators.
-    pub dir: String,
-    /// Whether `cargo publish` may publish it.
-    pub publishable: bool,
-    /// Dependencies on other workspace crates.
-    pub internal_deps: Vec<InternalDep>,
-    /// Whether description, license, repository, readme and rust-version are all set.
-    pub missing_metadata: Vec<&'static str>,
-    /// Whether the manifest opts into `[lints] workspace = true`.
-    pub uses_workspace_lints: bool,
-    /// Whether its sources contain `unsafe` blocks, functions or impls.
-    pub has_unsafe: bool,
-    /// Whether its `lib.rs` or `main.rs` allows `unsafe_code` at crate level.
-    pub allows_unsafe: bool,
-}
-
-/// Loads the model of the workspace at `root`.
-pub fn load(root: &Path) -> Result<Vec<CrateInfo>> {
-    let meta = MetadataCommand::new()
-        .current_dir(root)
-        .no_deps()
-        .exec()
-        .map_err(|e| format!("cargo metadata failed: {e}"))?;
-    let members: BTreeSet<String> = meta
-        .workspace_packages()
-        .iter()
-        .map(|p| p.name.to_string())
-        .collect();
-    let mut out = Vec::new();
-    for p in meta.workspace_packages() {
-        let manifest_dir = p
-            .manifest_path
-            .parent()
-            .map(|d| d.as_std_path().to_path_buf())
-            .unwrap_or_default();
-        let dir = manifest_dir
-            .strip_prefix(root)
-            .unwrap_or(&manifest_dir)
-            .to_string_lossy()
-            .replace('\\', "/");
-        let manifest = std::fs::read_to_string(p.manifest_path.as_std_path())
-            .map_err(|e| format!("cannot read {}: {e}", p.manifest_path))?;
-        let mut missing = Vec::new();
-        if p.description.is_none() {
-            missing.push("description");
-        }
-        if p.license.is_none() && p.license_file.is_none() {
-            missing.push("license");
-        }
-        if p.repository.is_none() {
-            missing.push("repository");
-        }
-        match &p.readme {
-            Some(r) if manifest_dir.join(r.as_std_path()).exists() => {}
-            _ => missing.push("readme"),
-        }
-        if p.rust_version.is_none() {
-            missing.push("rust-version");
-        }
-        let internal_deps = p
-            .dependencies
-            .iter()
-            .filter(|d| members.contains(&d.name) && d.name != p.name.as_str())
-            .map(|d| InternalDep {
-                name: d.name.clone(),
-                dev: d.kind == DependencyKind::Development,
-                has_version: d.req.to_string() != "*",
-            })
-            .collect();
-        let (has_unsafe, allows_unsafe) = scan_unsafe(&manifest_dir.join("src"));
-        out.push(CrateInfo {
-            name: p.name.to_string(),
-            dir,
-            publishable: p.publish.as_ref().is_none_or(|v| !v.is_empty()),
-            internal_deps,
-            missing_metadata: missing,
-            uses_workspace_lints: uses_workspace_lints(&manifest),
-            has_unsafe,
-            allows_unsafe,
-        });
-    }
-    Ok(out)
-}
-
-fn uses_workspace_lints(manifest: &str) -> bool {
-    let mut in_lints = false;
-    for line in manifest.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_lints = line == "[lints]";
-        } else if in_lints && line.replace(' ', "") == "workspace=true" {
-            return true;
-        }
-    }
-    manifest.contains("lints.workspace = true")
-}
-
-fn scan_unsafe(src: &Path) -> (bool, bool) {
-    let mut has = false;
-    let mut allows = false;
-    let mut stack = vec![src.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|x| x == "rs") {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                for line in text.lines() {
-                    let code = strip_strings(line.split("//").next().unwrap_or(""));
-                    if uses_unsafe_keyword(&code) {
-                        has = true;
-                    }
-                }
-                let root_file = path
-                    .file_name()
-                    .is_some_and(|n| n == "lib.rs" || n == "main.rs");
-                if root_file
-                    && text
-                        .lines()
-                        .any(|l| l.trim_start().starts_with("#![allow(unsafe_code)]"))
-                {
-                    allows = true;
-                }
-            }
-        }
-    }
-    (has, allows)
-}
-
-/// Whether a line of code (comments and strings removed) has an `unsafe` block, fn, impl or
-/// extern block.
-fn uses_unsafe_keyword(code: &str) -> bool {
-    code.match_indices("unsafe").any(|(i, _)| {
-        let before = code[..i].chars().next_back();
-        let after = code[i + "unsafe".len()..].trim_start();
-        !before.is_some_and(|c| c.is_alphanumeric() || c == '_')
-            && (after.starts_with('{')
-                || after.starts_with("fn")
-                || after.starts_with("impl")
-                || after.starts_with("extern"))
-    })
-}
-
-/// The line without the contents of string literals (crudely: text between double quotes).
-fn strip_strings(line: &str) -> String {
-    line.replace("\\\\", "")
-        .replace("\\\"", "")
-        .split('"')
-        .step_by(2)
-        .collect::<Vec<_>>()
-        .join("\"\"")
 }
 
 /// Checks every rule; returns one line per violation.
@@ -366,130 +201,6 @@ fn check_unsafe(c: &CrateInfo, architecture_md: &str, problems: &mut Vec<String>
         }
     }
 }
-
-/// Crates that belong to the cloud KMS and HSM backends: a build that does not ask for those
-/// backends must not compile them. (aws-lc-rs and aws-lc-sys are the cipher engine, not AWS
-/// KMS, and are allowed.)
-pub const BACKEND_ONLY_CRATES: &[&str] = &[
-    "aws-sdk-",
-    "aws-config",
-    "aws-smithy-",
-    "aws-types",
-    "aws-runtime",
-    "aws-sigv4",
-    "aws-credential-types",
-    "azure_",
-    "vaultrs",
-    "cryptoki",
-    "pkcs11",
-];
-
-/// The crates whose default-feature dependency tree must stay free of backend-only crates.
-pub const LEAN_BY_DEFAULT: &[&str] = &["heliosdb-tde-file", "heliosdb-security"];
-
-/// Problems in the dependency tree (`names`, normal and build edges) of `package`.
-pub fn check_tree(package: &str, names: &[String]) -> Vec<String> {
-    let mut problems = Vec::new();
-    if LEAN_BY_DEFAULT.contains(&package) {
-        for n in names {
-            if BACKEND_ONLY_CRATES.iter().any(|b| n.starts_with(b)) {
-                problems.push(format!(
-                    "{package}: with default features its dependency tree contains {n}, which \
-                     belongs to a cloud KMS or HSM backend; put it behind that backend's feature"
-                ));
-            }
-        }
-    }
-    if role_of(package) == Some(Role::Backend) {
-        for n in names {
-            if n != package && role_of(n) == Some(Role::Backend) {
-                problems.push(format!(
-                    "{package}: its dependency tree contains the backend {n}; no backend may \
-                     depend on another"
-                ));
-            }
-        }
-    }
-    problems
-}
-
-/// Crate versions of a second, legacy HTTP/TLS stack (`name`, version prefix): the AWS SDK with
-/// its default features compiles hyper 0.14 and rustls 0.21 next to hyper 1 and rustls 0.23.
-/// No crate of ours may pull them in: every HTTP client here shares one stack.
-pub const LEGACY_HTTP_STACK: &[(&str, &str)] = &[("hyper", "0.14."), ("rustls", "0.21.")];
-
-/// Problems in the dependency tree of `package` given as (name, version) pairs: a crate of the
-/// legacy HTTP stack ([`LEGACY_HTTP_STACK`]).
-pub fn check_http_stack(package: &str, tree: &[(String, String)]) -> Vec<String> {
-    tree.iter()
-        .filter(|(n, v)| {
-            LEGACY_HTTP_STACK
-                .iter()
-                .any(|(name, prefix)| n == name && v.starts_with(prefix))
-        })
-        .map(|(n, v)| {
-            format!(
-                "{package}: its dependency tree contains {n} v{v}, a second HTTP stack; turn off \
-                 the default features of the dependency that brings it (for the AWS SDK: \
-                 default-features = false with default-https-client)"
-            )
-        })
-        .collect()
-}
-
-/// The crate names in `package`'s dependency tree (normal and build edges, its own default
-/// features), from `cargo tree`, which resolves features for that package alone.
-pub fn dependency_names(root: &Path, package: &str) -> Result<Vec<String>> {
-    let mut names: Vec<String> = dependency_tree(root, package)?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    names.dedup();
-    Ok(names)
-}
-
-/// The (name, version) pairs in `package`'s dependency tree (normal and build edges, its own
-/// default features), sorted, each once.
-pub fn dependency_tree(root: &Path, package: &str) -> Result<Vec<(String, String)>> {
-    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root)
-        .args([
-            "tree",
-            "-p",
-            package,
-            "-e",
-            "normal,build",
-            "--prefix",
-            "none",
-            "--format",
-            "{p}",
-        ])
-        .output()
-        .map_err(|e| format!("cannot run cargo tree: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "cargo tree -p {package} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let mut tree: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            let name = words.next()?.to_string();
-            let version = words
-                .next()
-                .unwrap_or("")
-                .trim_start_matches('v')
-                .to_string();
-            Some((name, version))
-        })
-        .collect();
-    tree.sort();
-    tree.dedup();
-    Ok(tree)
-}
-
 /// `cargo xtask tidy`: checks the workspace and reports every problem.
 pub fn run(root: &Path) -> Result {
     let problems = check_workspace(root)?;

@@ -1,5 +1,6 @@
 //! Tests of the workspace rules on hand-made crate descriptions.
 
+use super::model::{scan_unsafe, uses_unsafe_keyword, uses_workspace_lints};
 use super::*;
 
 fn krate(name: &str, deps: &[(&str, bool)]) -> CrateInfo {

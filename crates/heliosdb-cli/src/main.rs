@@ -206,11 +206,19 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
                     detail: e.to_string(),
                 });
             let mek = match tde.config().kms_config {
-                Some(tde::KmsConfig::Aws(_)) => km.mek_info().await.ok(),
+                Some(tde::KmsConfig::Aws(_) | tde::KmsConfig::Azure(_)) => km.mek_info().await.ok(),
                 _ => None,
             };
             let kms = output::KmsView::new(tde, mek.as_ref(), Some(&health));
-            out.status(tde, &checklist, Some(&keys), Some(&health), kms.as_ref());
+            let azure = output::AzureView::new(tde, mek.as_ref());
+            out.status(
+                tde,
+                &checklist,
+                Some(&keys),
+                Some(&health),
+                kms.as_ref(),
+                azure.as_ref(),
+            );
             if !keys.all_readable() || checklist.iter().any(|c| c.status == CheckStatus::Fail) {
                 return Ok(ExitCode::from(EXIT_CHECKLIST_FAILED));
             }

@@ -21,6 +21,7 @@ impl Out {
                         "created_at": v.created_at.to_string(),
                         "key_location": v.key_location,
                         "service_rotation": rotation_json(v.service_rotation.as_ref()),
+                        "service_detail": v.service_detail,
                     })
                 })
                 .collect();
@@ -30,6 +31,10 @@ impl Out {
                 "location": info.location,
                 "active_version": info.active_version().map(|v| v.get()),
                 "versions": versions,
+                "deletion_protection": info.deletion_protection.as_ref().map(|p| json!({
+                    "protected": p.protected,
+                    "detail": p.detail,
+                })),
             }));
             return;
         }
@@ -71,6 +76,19 @@ impl Out {
         self.write_stdout(&table(&rows));
         for note in info.versions.iter().filter_map(service_rotation_note) {
             outln!(self, "{note}");
+        }
+        for v in &info.versions {
+            if let Some(detail) = &v.service_detail {
+                outln!(self, "Version {}: {detail}", v.mek.version.get());
+            }
+        }
+        if let Some(p) = &info.deletion_protection {
+            outln!(
+                self,
+                "Deletion protection: {}: {}",
+                if p.protected { "on" } else { "OFF" },
+                p.detail
+            );
         }
     }
 

@@ -6,7 +6,7 @@ mod keys;
 mod rotation;
 mod status;
 
-pub(crate) use status::KmsView;
+pub(crate) use status::{AzureView, KmsView};
 
 use clap::ValueEnum;
 use serde_json::json;

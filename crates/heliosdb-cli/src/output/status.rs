@@ -1,11 +1,12 @@
-//! `security status`: the provider, its health and security level, the AWS KMS view, key
+//! `security status`: the provider, its health and security level, the AWS KMS and Azure Key
+//! Vault views, key
 //! availability and the Security Checklist, as a table or one JSON document.
 
 use super::rotation::{rotation_json, service_rotation_note};
 use super::{Out, outln, table};
 use heliosdb_security::tde::{
-    CheckItem, KeyAvailability, KmsConfig, MekInfo, ProviderHealth, ProviderKind, ServiceRotation,
-    TdeSubsystem,
+    CheckItem, DeletionProtection, KeyAvailability, KmsConfig, MekInfo, ProviderHealth,
+    ProviderKind, ServiceRotation, TdeSubsystem,
 };
 use serde_json::json;
 
@@ -79,6 +80,90 @@ impl KmsView {
     }
 }
 
+/// What `security status` shows about an Azure Key Vault provider: the vault, the key, the
+/// wrap algorithm and the credential type from the configuration, the active version's key id
+/// and purge protection from the default MEK's info, and, for RSA, what RSA wrapping cannot
+/// prove.
+pub(crate) struct AzureView {
+    vault_url: String,
+    key_name: String,
+    wrap_algorithm: String,
+    credential: String,
+    active_key: Option<String>,
+    purge_protection: Option<DeletionProtection>,
+    rsa_limitation: Option<&'static str>,
+}
+
+/// The limitation of RSA wrapping, shown by `security status` (and documented in
+/// `docs/providers/azure-key-vault.md`).
+const RSA_LIMITATION: &str = "RSA wraps use the public key, which anyone allowed to read the \
+     key can fetch: the binding stops a wrapped table key from being moved to another table or \
+     version, but it does not prove HeliosDB made the wrap (someone who can write the key store \
+     could plant a table key of their choosing). Symmetric Managed HSM keys (A256GCM, A256KW) do \
+     not have this gap";
+
+impl AzureView {
+    /// The view for `tde` when its provider is Azure Key Vault; `mek` is the default MEK's
+    /// info, if it could be read.
+    pub(crate) fn new(tde: &TdeSubsystem, mek: Option<&MekInfo>) -> Option<Self> {
+        let Some(KmsConfig::Azure(azure)) = &tde.config().kms_config else {
+            return None;
+        };
+        let active = mek.and_then(|m| {
+            let v = m.active_version()?;
+            m.versions.iter().find(|x| x.mek.version == v)
+        });
+        let wrap_algorithm = azure.effective_wrap_algorithm().to_string();
+        Some(Self {
+            vault_url: azure.vault_url.clone(),
+            key_name: azure.key_name.clone(),
+            rsa_limitation: wrap_algorithm.starts_with("RSA").then_some(RSA_LIMITATION),
+            wrap_algorithm,
+            credential: azure.credential.clone(),
+            active_key: active.and_then(|v| v.key_location.clone()),
+            purge_protection: mek.and_then(|m| m.deletion_protection.clone()),
+        })
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "vault_url": self.vault_url,
+            "key_name": self.key_name,
+            "wrap_algorithm": self.wrap_algorithm,
+            "credential": self.credential,
+            "active_key": self.active_key,
+            "purge_protection": self.purge_protection.as_ref().map(|p| json!({
+                "protected": p.protected,
+                "detail": p.detail,
+            })),
+            "rsa_limitation": self.rsa_limitation,
+        })
+    }
+
+    fn print(&self, out: &Out) {
+        outln!(out, "Azure vault:     {}", self.vault_url);
+        outln!(
+            out,
+            "Azure key:       {} ({}; credential {})",
+            self.key_name,
+            self.wrap_algorithm,
+            self.credential
+        );
+        match &self.active_key {
+            Some(kid) => outln!(out, "Active version:  {kid}"),
+            None => outln!(out, "Active version:  none (no active MEK version yet)"),
+        }
+        match &self.purge_protection {
+            Some(p) if p.protected => outln!(out, "Purge protection: on ({})", p.detail),
+            Some(p) => outln!(out, "Purge protection: OFF: {}", p.detail),
+            None => outln!(out, "Purge protection: unknown (the MEK could not be read)"),
+        }
+        if let Some(limit) = self.rsa_limitation {
+            outln!(out, "RSA limitation:  {limit}");
+        }
+    }
+}
+
 impl Out {
     /// The JSON form of `security status`.
     pub(crate) fn status_value(
@@ -87,10 +172,12 @@ impl Out {
         keys: Option<&KeyAvailability>,
         health: Option<&ProviderHealth>,
         kms: Option<&KmsView>,
+        azure: Option<&AzureView>,
     ) -> serde_json::Value {
         let p = &tde.key_manager().mek_provider;
         json!({
             "aws_kms": kms.map(KmsView::json),
+            "azure_key_vault": azure.map(AzureView::json),
             "provider_health": health.map(|h| json!({
                 "healthy": h.healthy,
                 "detail": h.detail,
@@ -126,9 +213,10 @@ impl Out {
         keys: Option<&KeyAvailability>,
         health: Option<&ProviderHealth>,
         kms: Option<&KmsView>,
+        azure: Option<&AzureView>,
     ) {
         if self.is_json() {
-            self.json(Self::status_value(tde, checklist, keys, health, kms));
+            self.json(Self::status_value(tde, checklist, keys, health, kms, azure));
             return;
         }
         let p = &tde.key_manager().mek_provider;
@@ -169,6 +257,9 @@ impl Out {
             if let Some(note) = &k.rotation_note {
                 outln!(self, "Key rotation:    {note}");
             }
+        }
+        if let Some(a) = azure {
+            a.print(self);
         }
         outln!(
             self,

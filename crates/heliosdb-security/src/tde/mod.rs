@@ -22,10 +22,11 @@ pub use heliosdb_tde_cipher::{
     sealed_tek_version,
 };
 pub use heliosdb_tde_core::{
-    AwsKmsConfig, AzureKeyVaultConfig, ConfigSecret, EncryptionAlgorithm, HsmConfig, KdfParams,
-    KeyId, KeyMetadata, KeyState, KeyType, KmsConfig, MekId, MekInfo, MekProvider, MekRef,
-    MekVersionInfo, ModeSource, ProviderHealth, ProviderKind, SecureFileConfig, SecurityMode,
-    ServiceRotation, TableId, TableKey, TdeError, TekId, TekVersion, Timestamp, VaultTransitConfig,
+    AwsKmsConfig, AzureKeyVaultConfig, ConfigSecret, DeletionProtection, EncryptionAlgorithm,
+    HsmConfig, KdfParams, KeyId, KeyMetadata, KeyState, KeyType, KmsConfig, MekId, MekInfo,
+    MekProvider, MekRef, MekVersionInfo, ModeSource, ProviderHealth, ProviderKind,
+    SecureFileConfig, SecurityMode, ServiceRotation, TableId, TableKey, TdeError, TekId,
+    TekVersion, Timestamp, VaultTransitConfig,
 };
 pub use heliosdb_tde_manager::{
     AuditVerification, EmergencyRotation, FileAuditSink, KeyAvailability, KeyManager,
@@ -46,6 +47,10 @@ pub use heliosdb_tde_vault::VaultMekProvider;
 /// The AWS KMS provider (feature `aws-kms`).
 #[cfg(feature = "aws-kms")]
 pub use heliosdb_tde_aws_kms::AwsKmsMekProvider;
+
+/// The Azure Key Vault / Managed HSM provider (feature `azure-kv`).
+#[cfg(feature = "azure-kv")]
+pub use heliosdb_tde_azure_kv::AzureKvMekProvider;
 
 /// The PKCS#11 HSM provider (feature `pkcs11-hsm`).
 #[cfg(feature = "pkcs11-hsm")]

@@ -14,11 +14,12 @@ use azure_security_keyvault_keys::models::{
     CreateKeyParameters, JsonWebKey, Key, KeyOperation, KeyType, UpdateKeyPropertiesParameters,
 };
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
+use heliosdb_tde_azure_kv::AzureKvMekProvider;
 use heliosdb_tde_conformance::provider::fresh_mek_id;
 use heliosdb_tde_conformance::services;
 use heliosdb_tde_core::{
-    AzureKeyVaultConfig, EncryptionAlgorithm, MekId, MekRef, MekVersion, TableKey, TekId,
-    WrapContext,
+    AzureKeyVaultConfig, EncryptionAlgorithm, MekId, MekRef, MekVersion, Result, SecurityMode,
+    TableKey, TekId, WrapContext,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -136,6 +137,7 @@ impl TokenCredential for StaticToken {
 pub struct Logged {
     pub method: String,
     pub path: String,
+    pub query: String,
     pub status: u16,
 }
 
@@ -215,6 +217,7 @@ impl Server {
             .map(|r| Logged {
                 method: r["method"].as_str().unwrap_or_default().to_string(),
                 path: r["path"].as_str().unwrap_or_default().to_string(),
+                query: r["query"].as_str().unwrap_or_default().to_string(),
                 status: r["status"].as_u64().unwrap_or_default() as u16,
             })
             .collect()
@@ -503,4 +506,199 @@ pub fn mek_ref(id: &MekId, version: u32) -> MekRef {
 /// A fresh key name (letters, digits and `-`).
 pub fn key_name(prefix: &str) -> String {
     format!("{prefix}-{}", random())
+}
+
+/// The three wrap algorithms and the vault kind each runs on.
+pub const RSA: &str = "RSA-OAEP-256";
+pub const KW: &str = "A256KW";
+pub const GCM: &str = "A256GCM";
+
+impl Server {
+    /// A fresh vault of the kind `algorithm` needs (a standard vault for RSA, a Managed HSM
+    /// otherwise) and a fixture for it: a fresh key name and default MEK id, settings for
+    /// `algorithm`.
+    pub fn fixture(&self, algorithm: &str) -> Fixture {
+        let vault = if algorithm == RSA {
+            self.vault()
+        } else {
+            self.hsm()
+        };
+        vault.fixture(algorithm)
+    }
+}
+
+impl Vault {
+    /// A fresh key name and default MEK id in this vault, with settings for `algorithm`.
+    pub fn fixture(&self, algorithm: &str) -> Fixture {
+        let key_name = key_name("dflt");
+        let mut config = self.config(&key_name);
+        config.wrap_algorithm = Some(algorithm.to_string());
+        Fixture {
+            vault: self.clone(),
+            key_name,
+            config,
+            default_mek: fresh("dflt"),
+        }
+    }
+}
+
+/// A vault, a fresh default key name and MEK id, and the provider's settings for them.
+#[derive(Clone, Debug)]
+pub struct Fixture {
+    pub vault: Vault,
+    pub key_name: String,
+    pub config: AzureKeyVaultConfig,
+    pub default_mek: MekId,
+}
+
+impl Fixture {
+    /// The provider over these settings in development mode, with the loopback resolver.
+    pub async fn open(&self) -> AzureKvMekProvider {
+        self.try_open()
+            .await
+            .unwrap_or_else(|e| panic!("open failed: {e}"))
+    }
+
+    /// The provider over these settings, or its error.
+    pub async fn try_open(&self) -> Result<AzureKvMekProvider> {
+        self.try_open_with(&self.config, SecurityMode::Development)
+            .await
+    }
+
+    /// The provider over `config` in `mode`, with this fixture's default MEK id.
+    pub async fn try_open_with(
+        &self,
+        config: &AzureKeyVaultConfig,
+        mode: SecurityMode,
+    ) -> Result<AzureKvMekProvider> {
+        AzureKvMekProvider::builder(config, &self.default_mek, mode)
+            .dns_resolver(resolver())
+            .open()
+            .await
+    }
+
+    /// The provider over `config` (development mode), or a panic.
+    pub async fn open_with(&self, config: &AzureKeyVaultConfig) -> AzureKvMekProvider {
+        self.try_open_with(config, SecurityMode::Development)
+            .await
+            .unwrap_or_else(|e| panic!("open failed: {e}"))
+    }
+
+    /// The provider with its vault URL on `port` (a fault proxy in front of the server), short
+    /// timeouts and one retry per call, so that a cut call returns in seconds.
+    pub async fn open_at(&self, port: u16) -> AzureKvMekProvider {
+        let mut c = self.config.clone();
+        c.vault_url = self.vault.url_at(port);
+        c.timeout_secs = 5;
+        c.max_retries = 1;
+        c.max_retry_secs = 5;
+        self.open_with(&c).await
+    }
+}
+
+/// The provider's payload, parsed as the crate lays it out (`docs/formats/wrapped-tek.md`): a
+/// format byte, the algorithm byte (1 RSA-OAEP-256, 2 A256KW, 3 A256GCM), the Key Vault
+/// version id (u8 length, ASCII), the ciphertext (u16 big-endian length) and, for A256GCM,
+/// the iv (u8 length) and the tag (u8 length).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payload {
+    pub format: u8,
+    pub algorithm: u8,
+    pub version_id: String,
+    pub ciphertext: Vec<u8>,
+    pub iv: Option<Vec<u8>>,
+    pub tag: Option<Vec<u8>>,
+}
+
+impl Payload {
+    pub fn parse(bytes: &[u8]) -> Payload {
+        let mut at = 0usize;
+        let mut take = |n: usize| {
+            let out = bytes[at..at + n].to_vec();
+            at += n;
+            out
+        };
+        let format = take(1)[0];
+        let algorithm = take(1)[0];
+        let vlen = take(1)[0] as usize;
+        let version_id = String::from_utf8(take(vlen)).unwrap();
+        let clen = take(2);
+        let clen = u16::from_be_bytes([clen[0], clen[1]]) as usize;
+        let ciphertext = take(clen);
+        let (iv, tag) = if algorithm == 3 {
+            let n = take(1)[0] as usize;
+            let iv = take(n);
+            let n = take(1)[0] as usize;
+            (Some(iv), Some(take(n)))
+        } else {
+            (None, None)
+        };
+        assert_eq!(at, bytes.len(), "trailing bytes after the payload");
+        Payload {
+            format,
+            algorithm,
+            version_id,
+            ciphertext,
+            iv,
+            tag,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![self.format, self.algorithm, self.version_id.len() as u8];
+        out.extend_from_slice(self.version_id.as_bytes());
+        out.extend_from_slice(&(self.ciphertext.len() as u16).to_be_bytes());
+        out.extend_from_slice(&self.ciphertext);
+        if let (Some(iv), Some(tag)) = (&self.iv, &self.tag) {
+            out.push(iv.len() as u8);
+            out.extend_from_slice(iv);
+            out.push(tag.len() as u8);
+            out.extend_from_slice(tag);
+        }
+        out
+    }
+}
+
+impl Vault {
+    /// RSA-OAEP-256 encryption of `plaintext` with the public key of `name`/`version` as
+    /// `get_key` gives it (aws-lc-rs): what anyone with `keys/get` can do.
+    pub async fn rsa_encrypt(&self, name: &str, version: &str, plaintext: &[u8]) -> Vec<u8> {
+        use aws_lc_rs::rsa::{
+            OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicKeyComponents,
+        };
+        let kc = self.key_client().await;
+        let key = kc
+            .get_key(
+                name,
+                Some(
+                    azure_security_keyvault_keys::models::KeyClientGetKeyOptions {
+                        key_version: Some(version.to_string()),
+                        ..Default::default()
+                    },
+                ),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("get_key({name}/{version}): {e:?}"))
+            .into_model()
+            .unwrap();
+        let jwk = key.key.expect("a JWK");
+        let strip = |b: &[u8]| b[b.iter().position(|&x| x != 0).unwrap_or(b.len())..].to_vec();
+        let public = PublicKeyComponents {
+            n: strip(&jwk.n.expect("n")),
+            e: strip(&jwk.e.expect("e")),
+        }
+        .try_into()
+        .expect("an RSA public key");
+        let oaep = OaepPublicEncryptingKey::new(public).unwrap();
+        let mut buf = vec![0u8; oaep.ciphertext_size()];
+        oaep.encrypt(&OAEP_SHA256_MGF1SHA256, plaintext, &mut buf, None)
+            .unwrap()
+            .to_vec()
+    }
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).into()
 }

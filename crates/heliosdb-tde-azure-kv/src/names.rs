@@ -123,7 +123,10 @@ mod tests {
         assert_ne!(a.to_ascii_lowercase(), c.to_ascii_lowercase());
         // Known answer: SHA-256("a_b") starts with these 4 bytes.
         let digest = Sha256::digest(b"a_b");
-        assert!(a.ends_with(&format!("{:02x}{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2], digest[3])));
+        assert!(a.ends_with(&format!(
+            "{:02x}{:02x}{:02x}{:02x}",
+            digest[0], digest[1], digest[2], digest[3]
+        )));
     }
 
     #[test]

@@ -117,7 +117,6 @@ impl fmt::Display for WrapAlgorithm {
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
     pub(crate) vault_url: String,
-    pub(crate) host: String,
     pub(crate) key_name: String,
     pub(crate) algorithm: WrapAlgorithm,
     pub(crate) key_size: u32,
@@ -201,7 +200,7 @@ impl Settings {
                 ),
             ));
         }
-        check_credential(config, mode, &mut warnings)?;
+        check_credential(config)?;
         if let Some(a) = &config.authority_host {
             let ok = reqwest::Url::parse(a)
                 .map(|u| u.scheme() == "https" && u.host_str().is_some())
@@ -229,7 +228,10 @@ impl Settings {
         if config.timeout_secs == 0 || config.timeout_secs > 600 {
             return Err(TdeError::config(
                 "kms_config.timeout_secs",
-                format!("{} is out of range; use 1 to 600 seconds", config.timeout_secs),
+                format!(
+                    "{} is out of range; use 1 to 600 seconds",
+                    config.timeout_secs
+                ),
             ));
         }
         if config.max_retries > 20 {
@@ -241,12 +243,14 @@ impl Settings {
         if config.max_retry_secs == 0 || config.max_retry_secs > 3600 {
             return Err(TdeError::config(
                 "kms_config.max_retry_secs",
-                format!("{} is out of range; use 1 to 3600 seconds", config.max_retry_secs),
+                format!(
+                    "{} is out of range; use 1 to 3600 seconds",
+                    config.max_retry_secs
+                ),
             ));
         }
         Ok(Self {
             vault_url: url.as_str().trim_end_matches('/').to_string(),
-            host,
             key_name: config.key_name.clone(),
             algorithm,
             key_size: config.key_size,
@@ -283,11 +287,7 @@ pub(crate) fn client_id(config: &AzureKeyVaultConfig) -> Option<String> {
         .filter(|t| !t.trim().is_empty())
 }
 
-fn check_credential(
-    config: &AzureKeyVaultConfig,
-    _mode: SecurityMode,
-    _warnings: &mut [String],
-) -> Result<()> {
+fn check_credential(config: &AzureKeyVaultConfig) -> Result<()> {
     let cred = config.credential.as_str();
     if !CREDENTIALS.contains(&cred) {
         return Err(TdeError::config(
@@ -349,4 +349,5 @@ pub fn check_config(config: &AzureKeyVaultConfig, mode: SecurityMode) -> Result<
 
 #[cfg(test)]
 #[path = "settings_tests.rs"]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests;

@@ -40,7 +40,7 @@ impl Payload {
         if !valid_version_id(&self.version)
             || self.ciphertext.is_empty()
             || self.ciphertext.len() > MAX_CIPHERTEXT
-            || gcm != !self.iv.is_empty()
+            || gcm == self.iv.is_empty()
             || gcm != (self.tag.len() == TAG_LEN)
             || (!gcm && !self.tag.is_empty())
             || self.iv.len() > 32

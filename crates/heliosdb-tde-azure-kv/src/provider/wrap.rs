@@ -68,11 +68,11 @@ fn body(alg: WrapAlgorithm, value: &[u8], aad: Option<&[u8]>) -> Zeroizing<Strin
     s.push_str("{\"alg\":\"");
     s.push_str(alg.name());
     s.push_str("\",\"value\":\"");
-    URL_SAFE_NO_PAD.encode_string(value, &mut *s);
+    URL_SAFE_NO_PAD.encode_string(value, &mut s);
     s.push('"');
     if let Some(aad) = aad {
         s.push_str(",\"aad\":\"");
-        URL_SAFE_NO_PAD.encode_string(aad, &mut *s);
+        URL_SAFE_NO_PAD.encode_string(aad, &mut s);
         s.push('"');
     }
     s.push('}');

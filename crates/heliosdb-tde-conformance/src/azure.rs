@@ -144,6 +144,12 @@ impl reqwest::dns::Resolve for LoopbackResolver {
 }
 
 impl AzureTestEnv {
+    /// The same as [`azure`]: the server, or `None` after a loud skip (a panic when services
+    /// are required).
+    pub fn require() -> Option<Self> {
+        azure()
+    }
+
     /// The data-plane (TLS) port.
     pub fn port(&self) -> u16 {
         self.port
@@ -301,19 +307,18 @@ impl AzureTestEnv {
     }
 
     /// A bearer token the data plane accepts for 1 hour: for every vault, or only for the
-    /// vault `label` when given (another vault answers it with the 401 challenge).
-    pub fn mint_token(&self, label: Option<&str>) -> SecretString {
+    /// vault `label` when given (another vault answers it with the 401 challenge). A test
+    /// token: never print it (tests check that providers don't either).
+    pub fn mint_token(&self, label: Option<&str>) -> String {
         let v = self.control_json(
             "POST",
             "/_test/token",
             &serde_json::json!({ "vault": label }),
         );
-        SecretString::from(
-            v["access_token"]
-                .as_str()
-                .unwrap_or_else(|| panic!("/_test/token answered no access_token"))
-                .to_string(),
-        )
+        v["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("/_test/token answered no access_token"))
+            .to_string()
     }
 
     /// Forgets the vault `label`: its keys, settings, queued injections and request log.

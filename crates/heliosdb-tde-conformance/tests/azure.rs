@@ -89,7 +89,7 @@ async fn an_unauthenticated_request_gets_the_challenge() {
         &az,
         reqwest::Method::GET,
         format!("{}/keys/k1/?{API}", az.vault_url(&label)),
-        other.expose_secret(),
+        &other,
         None,
     )
     .await;
@@ -162,7 +162,7 @@ async fn an_rsa_key_wraps_and_unwraps() {
     let Some(az) = azure() else { return };
     let label = fresh_label();
     let token = az.mint_token(Some(&label));
-    let token = token.expose_secret();
+    let token = token.as_str();
     let base = az.vault_url(&label);
     let (status, created) = send(
         &az,
@@ -245,7 +245,7 @@ async fn injected_throttling_shows_in_the_request_log() {
         let resp = az
             .http_client()
             .get(&url)
-            .bearer_auth(token.expose_secret())
+            .bearer_auth(&token)
             .send()
             .await
             .unwrap();
@@ -280,7 +280,7 @@ async fn versions_page_through_next_links() {
     let label = fresh_label();
     az.set_vault(&label, Some("Recoverable"), Some(2));
     let token = az.mint_token(Some(&label));
-    let token = token.expose_secret();
+    let token = token.as_str();
     let base = az.hsm_url(&label);
     let mut made = Vec::new();
     for _ in 0..5 {
@@ -322,4 +322,98 @@ async fn versions_page_through_next_links() {
         log.iter().filter(|r| r.1 == "/keys/paged/versions").count(),
         3
     );
+}
+
+#[tokio::test]
+async fn managed_hsm_keys_encrypt_with_aad_and_versions_keep_their_state() {
+    let Some(az) = azure() else { return };
+    let label = fresh_label();
+    let token = az.mint_token(Some(&label));
+    let token = token.as_str();
+    let base = az.hsm_url(&label);
+    let post = |path: &str, body: Value| {
+        send(
+            &az,
+            reqwest::Method::POST,
+            format!("{base}{path}?{API}"),
+            token,
+            Some(body),
+        )
+    };
+    let (status, key) = post(
+        "/keys/gcm/create",
+        json!({"kty": "oct-HSM", "key_size": 256, "key_ops": ["encrypt", "decrypt"],
+               "tags": {"heliosdb-mek-version": "1"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{key}");
+    assert_eq!(key["attributes"]["exportable"], false);
+    let v1 = key["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let pt = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+    let (status, ct) = post(
+        &format!("/keys/gcm/{v1}/encrypt"),
+        json!({"alg": "A256GCM", "value": pt, "aad": "Y3R4"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{ct}");
+    assert_eq!(ct["iv"].as_str().unwrap().len(), 16, "a 12-byte iv: {ct}");
+    assert_eq!(ct["tag"].as_str().unwrap().len(), 22, "a 16-byte tag: {ct}");
+    let decrypt = |aad: &str| json!({"alg": "A256GCM", "value": ct["value"], "iv": ct["iv"], "tag": ct["tag"], "aad": aad});
+    let (status, back) = post(&format!("/keys/gcm/{v1}/decrypt"), decrypt("Y3R4")).await;
+    assert_eq!((status, back["value"].as_str()), (200, Some(pt)), "{back}");
+    let (status, refused) = post(&format!("/keys/gcm/{v1}/decrypt"), decrypt("Y3R5")).await;
+    assert_eq!(status, 400, "another aad opened the value: {refused}");
+    // The service makes the iv; RSA1_5 is refused.
+    let (status, _) = post(
+        &format!("/keys/gcm/{v1}/encrypt"),
+        json!({"alg": "A256GCM", "value": pt, "iv": "AAAAAAAAAAAAAAAA"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Rotation makes an untagged version; tags on update replace the whole map.
+    let (status, rotated) = send(
+        &az,
+        reqwest::Method::POST,
+        format!("{base}/keys/gcm/rotate?{API}"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    assert!(rotated.get("tags").is_none(), "{rotated}");
+    assert_eq!(rotated["key"]["key_ops"], json!(["encrypt", "decrypt"]));
+    let (status, updated) = send(
+        &az,
+        reqwest::Method::PATCH,
+        format!("{base}/keys/gcm/{v1}?{API}"),
+        token,
+        Some(json!({"attributes": {"enabled": false}, "tags": {"heliosdb-state": "Deactivated"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["tags"], json!({"heliosdb-state": "Deactivated"}));
+    assert_eq!(updated["attributes"]["enabled"], false);
+    let (status, disabled) = post(
+        &format!("/keys/gcm/{v1}/encrypt"),
+        json!({"alg": "A256GCM", "value": pt}),
+    )
+    .await;
+    assert_eq!(status, 403, "{disabled}");
+    assert_eq!(disabled["error"]["code"], "Forbidden");
+    assert_eq!(disabled["error"]["innererror"]["code"], "KeyDisabled");
+    assert_eq!(
+        disabled["error"]["message"],
+        "Operation encrypt is not allowed on a disabled key."
+    );
+    // The latest version (empty version segment) still works.
+    let (status, latest) = post("/keys/gcm//encrypt", json!({"alg": "A256GCM", "value": pt})).await;
+    assert_eq!(status, 200, "{latest}");
+    assert_eq!(latest["kid"], rotated["key"]["kid"]);
 }

@@ -20,6 +20,25 @@ the standard vault ``<label>`` (challenge resource ``https://kv.localhost``),
 allowed), ``127.0.0.1``/``localhost`` the shared standard vault ``default``
 (``https://localhost``). Every test uses a fresh label, so it starts with an empty vault.
 
+Control API (plain HTTP, JSON bodies, 200 on success, 400 with a JSON error otherwise):
+* ``GET /healthz`` -> ``{"status": "ok"}``.
+* ``POST /_test/inject {"vault", "op", "count", "status", "retry_after"?, "delay_ms"?, "body"?}``:
+  the next ``count`` authenticated data-plane requests of vault ``vault`` whose operation is
+  ``op`` (create, import, get, update, list, versions, rotate, delete, wrapkey, unwrapkey,
+  encrypt, decrypt, or ``*``) wait ``delay_ms``, then get ``status`` (with ``Retry-After`` and
+  ``body`` when given; a Key Vault JSON error by default). ``status`` 0 only delays. The vault
+  ``_entra`` with op ``token`` applies to the token endpoint.
+* ``GET /_test/requests?vault=<label>`` -> ``{"requests": [{"method", "path", "query",
+  "status"}]}``: every data-plane request of that vault in order (401 challenges and injected
+  answers included); ``_entra`` logs the token endpoint.
+* ``POST /_test/reset {"vault"}``: forgets that vault (keys, settings, injections, log).
+* ``POST /_test/token {"vault"?}`` -> ``{"access_token"}``: a bearer token valid for 1 hour, for
+  every vault or only ``vault``.
+* ``POST /_test/vault {"vault", "recovery_level"?, "page_size"?}`` (and ``GET
+  /_test/vault?vault=``) -> ``{"vault", "recovery_level", "page_size"}``: the vault's
+  ``recoveryLevel`` (default ``Recoverable+Purgeable``; ``Recoverable`` = purge protection on)
+  and list page size (default 25).
+
 Logs go to stderr: one line per request (method, path, status); never a token, secret or key.
 """
 
@@ -55,6 +74,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 DEFAULT_RECOVERY_LEVEL = "Recoverable+Purgeable"
 DEFAULT_PAGE_SIZE = 25
 TOKEN_LIFETIME = 3600
+# The control label of the Entra ID token endpoint (its request log and injections, op "token").
+ENTRA = "_entra"
 RSA_OPS = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]
 EC_OPS = ["sign", "verify"]
 OCT_OPS = ["wrapKey", "unwrapKey", "encrypt", "decrypt"]
@@ -796,29 +817,10 @@ class DataHandler(Handler):
                 return self.answer(401, body, {"WWW-Authenticate": challenge})
             r = route(self.command, parts)
             op = r[0] if r else "unknown"
-            rule = None
-            with LOCK:
-                v = vault(label)
-                for rl in v.inject:
-                    if rl["op"] in ("*", op) and rl["count"] > 0:
-                        rl["count"] -= 1
-                        rule = dict(rl)
-                        break
-                while v.inject and v.inject[0]["count"] <= 0:
-                    v.inject.popleft()
-            if rule:
-                if rule.get("delay_ms"):
-                    time.sleep(rule["delay_ms"] / 1000.0)
-                if rule.get("status"):
-                    status = rule["status"]
-                    headers = {}
-                    if rule.get("retry_after") is not None:
-                        headers["Retry-After"] = str(rule["retry_after"])
-                    body = rule.get("body")
-                    if body is None:
-                        code, msg = DEFAULT_ERROR.get(status, ("Injected", f"Injected status {status}."))
-                        body = {"error": {"code": code, "message": msg}}
-                    return self.answer(status, body, headers)
+            injected = self.injected(label, op)
+            if injected:
+                status = injected
+                return
             if r is None:
                 status = 400
                 raise bad(f"The test server does not implement {self.command} {url.path}.")
@@ -840,12 +842,49 @@ class DataHandler(Handler):
                 vault(label).log.append(
                     {"method": self.command, "path": url.path, "query": url.query, "status": status})
 
+    def injected(self, label, op):
+        """Applies the next injection rule queued for (label, op): sleeps its delay, and answers
+        with its status when it has one. Returns the status answered, or 0."""
+        rule = None
+        with LOCK:
+            v = vault(label)
+            for rl in v.inject:
+                if rl["op"] in ("*", op) and rl["count"] > 0:
+                    rl["count"] -= 1
+                    rule = dict(rl)
+                    break
+            while v.inject and v.inject[0]["count"] <= 0:
+                v.inject.popleft()
+        if not rule:
+            return 0
+        if rule.get("delay_ms"):
+            time.sleep(rule["delay_ms"] / 1000.0)
+        status = rule.get("status")
+        if not status:
+            return 0
+        headers = {}
+        if rule.get("retry_after") is not None:
+            headers["Retry-After"] = str(rule["retry_after"])
+        body = rule.get("body")
+        if body is None:
+            code, msg = DEFAULT_ERROR.get(status, ("Injected", f"Injected status {status}."))
+            body = {"error": {"code": code, "message": msg}}
+            if label == ENTRA:
+                body = {"error": "temporarily_unavailable", "error_description": msg,
+                        "error_codes": [status]}
+        self.answer(status, body, headers)
+        return status
+
     def token(self, tenant, raw):
         form = urllib.parse.parse_qs(raw.decode("utf-8", "replace"))
         one = lambda k: (form.get(k) or [""])[0]
         srv = self.server
         status = 200
         try:
+            injected = self.injected(ENTRA, "token")
+            if injected:
+                status = injected
+                return
             if tenant != srv.tenant:
                 status = 400
                 return self.answer(400, {
@@ -878,7 +917,7 @@ class DataHandler(Handler):
                 "ext_expires_in": TOKEN_LIFETIME, "access_token": new_token()})
         finally:
             with LOCK:
-                vault("_entra").log.append(
+                vault(ENTRA).log.append(
                     {"method": "POST", "path": f"/{tenant}/oauth2/v2.0/token", "query": "", "status": status})
 
 

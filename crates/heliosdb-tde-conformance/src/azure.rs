@@ -36,6 +36,10 @@ pub const CLIENT_SECRET_ENV: &str = "HELIOSDB_TEST_AZURE_CLIENT_SECRET";
 /// The variable holding the control URL, `http://127.0.0.1:<port>`.
 pub const CONTROL_ENV: &str = "HELIOSDB_TEST_AZURE_CONTROL";
 
+/// The control label of the Entra ID token endpoint: [`AzureTestEnv::requests`] of it lists the
+/// token requests, and [`AzureTestEnv::inject`] with it and the op `token` fails them.
+pub const ENTRA_LABEL: &str = "_entra";
+
 /// The request log entry of one data-plane request: method, path (no query), status.
 pub type Request = (String, String, u16);
 
@@ -272,7 +276,7 @@ impl AzureTestEnv {
 
     /// Every data-plane request the vault `label` received, in order (the 401 challenges and
     /// injected answers included): `(method, path without query, status)`. The label
-    /// `_entra` holds the token endpoint's requests.
+    /// [`ENTRA_LABEL`] holds the token endpoint's requests.
     pub fn requests(&self, label: &str) -> Vec<Request> {
         let v = self.control_json(
             "GET",

@@ -189,6 +189,9 @@ class Vault:
         self.keys = {}
         self.inject = collections.deque()
         self.log = []
+        # Answer with `Connection: close` (one TCP connection per request, as moto does), so
+        # a TCP fault proxy's cut_after_requests counts requests.
+        self.close_connections = False
 
 
 VAULTS = {}
@@ -760,6 +763,8 @@ class Handler(BaseHTTPRequestHandler):
         if data:
             self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
+        if getattr(self, "close_after", False):
+            self.send_header("Connection", "close")
         for k, val in (headers or {}).items():
             self.send_header(k, val)
         self.end_headers()
@@ -804,6 +809,8 @@ class DataHandler(Handler):
             return self.token(parts[0], raw)
         host = self.headers.get("Host") or ""
         label, hsm, resource = classify(host)
+        with LOCK:
+            self.close_after = vault(label).close_connections
         status = 500
         try:
             if not token_ok(self.headers.get("Authorization"), label):
@@ -973,6 +980,8 @@ class ControlHandler(Handler):
                     v = vault(label)
                     if body.get("recovery_level") is not None:
                         v.recovery_level = str(body["recovery_level"])
+                    if body.get("close_connections") is not None:
+                        v.close_connections = bool(body["close_connections"])
                     if body.get("page_size") is not None:
                         ps = int(body["page_size"])
                         if ps < 1:

@@ -97,8 +97,16 @@ async fn single_flight_cold_cache() {
 
 /// A provider reaching its vault through a fresh TCP fault proxy (TLS passes through: the URL
 /// keeps the `*.kv.localhost` name, on the proxy's port), with short timeouts and one retry.
-async fn behind_proxy(s: &common::Server) -> (Arc<dyn MekProvider>, FaultProxy) {
+/// With `per_request_connections`, the server closes the connection after every answer, so
+/// the proxy (which counts connections, not requests, in TCP mode) can cut after N requests.
+async fn behind_proxy(
+    s: &common::Server,
+    per_request_connections: bool,
+) -> (Arc<dyn MekProvider>, FaultProxy) {
     let f = s.fixture(common::RSA);
+    if per_request_connections {
+        f.vault.close_connections().await;
+    }
     let proxy = FaultProxy::start(f.vault.upstream()).await.unwrap();
     let p = f.open_at(proxy.addr().port()).await;
     (Arc::new(p), proxy)
@@ -107,13 +115,13 @@ async fn behind_proxy(s: &common::Server) -> (Arc<dyn MekProvider>, FaultProxy) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn outage_and_recovery() {
     let Some(s) = common::server() else { return };
-    let (p, proxy) = behind_proxy(&s).await;
+    let (p, proxy) = behind_proxy(&s, false).await;
     manager::outage_and_recovery(p, &proxy).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotation_survives_outage() {
     let Some(s) = common::server() else { return };
-    let (p, proxy) = behind_proxy(&s).await;
+    let (p, proxy) = behind_proxy(&s, true).await;
     manager::rotation_survives_outage(p, &proxy).await;
 }

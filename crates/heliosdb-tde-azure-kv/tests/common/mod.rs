@@ -335,6 +335,17 @@ impl Vault {
             .await;
     }
 
+    /// Makes the server close the connection after every answer to this vault (one TCP
+    /// connection per request), so that a TCP fault proxy counts requests.
+    pub async fn close_connections(&self) {
+        self.server
+            .control_post(
+                "/_test/vault",
+                serde_json::json!({ "vault": self.label, "close_connections": true }),
+            )
+            .await;
+    }
+
     /// Creates `name` (or a new version of it) as an operator would.
     pub async fn create_key(&self, name: &str, params: CreateKeyParameters) -> Key {
         let kc = self.key_client().await;

@@ -340,8 +340,8 @@ async fn purge_protection_is_read_from_the_recovery_level() {
         "names the level: {d:?}"
     );
     assert!(
-        d.detail
-            .contains("az keyvault update --enable-purge-protection true"),
+        d.detail.contains("az keyvault update")
+            && d.detail.contains("--enable-purge-protection true"),
         "says how to turn it on: {d:?}"
     );
 

@@ -184,7 +184,94 @@ fn wrap_unwrap(c: &mut Criterion) {
     softhsm(&rt, &mut g, &tek, &ctx);
     openbao(&rt, &mut g, &tek, &ctx);
     moto(&rt, &mut g, &tek, &ctx);
+    azure(&rt, &mut g, &tek, &ctx);
     g.finish();
+}
+
+/// The Azure Key Vault provider (RSA-OAEP-256, 3072-bit key) on the Key Vault test server
+/// (when `cargo xtask bench` provisioned it), against the raw SDK calls it makes: one
+/// `wrap_key` of 64 bytes (the TEK and its binding hash) and one `unwrap_key`, with the same
+/// `KeyClient` settings, key and key version.
+fn azure(
+    rt: &tokio::runtime::Runtime,
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    tek: &heliosdb_tde_core::TableKey,
+    ctx: &heliosdb_tde_core::WrapContext,
+) {
+    use azure_security_keyvault_keys::models::{
+        EncryptionAlgorithm, KeyClientWrapKeyOptions, KeyOperationParameters,
+    };
+    use heliosdb_tde_core::MekProvider;
+    let Some(server) = heliosdb_benches::azure() else {
+        eprintln!(
+            "Key Vault test server not provisioned: skipping the Azure rows (run `cargo xtask bench`)"
+        );
+        return;
+    };
+    let url = server.vault_url("wrap");
+    let config = server.config(&url, "bench-wrap");
+    let p = server.provider(rt, &config, "w");
+    let mek = rt
+        .block_on(p.generate_mek(
+            &"w".parse().unwrap(),
+            heliosdb_tde_core::EncryptionAlgorithm::Aes256Gcm,
+        ))
+        .unwrap()
+        .mek;
+    g.bench_function("provider_azure_test_server", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let w = p.wrap_tek(&mek, tek, ctx).await.unwrap();
+                p.unwrap_tek(&w, ctx).await.unwrap()
+            })
+        })
+    });
+    // The same two calls, made directly: same key, same version (the one the provider wraps
+    // under), same 64-byte value size.
+    let info = rt.block_on(p.mek_info(&mek.id)).unwrap();
+    let kid = info.versions[0].key_location.clone().unwrap();
+    let version = kid.rsplit('/').next().unwrap().to_string();
+    let name = p.key_name_for(&mek.id);
+    let client = rt.block_on(async { server.raw_key_client(&config) });
+    let params = || KeyOperationParameters {
+        algorithm: Some(EncryptionAlgorithm::RsaOaep256),
+        value: Some(vec![7u8; 64]),
+        ..Default::default()
+    };
+    g.bench_function("raw_sdk_azure_test_server", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let ct = client
+                    .wrap_key(
+                        &name,
+                        params().try_into().unwrap(),
+                        Some(KeyClientWrapKeyOptions {
+                            key_version: Some(version.clone()),
+                            ..Default::default()
+                        }),
+                    )
+                    .await
+                    .unwrap()
+                    .into_model()
+                    .unwrap()
+                    .result
+                    .unwrap();
+                let unwrap = KeyOperationParameters {
+                    algorithm: Some(EncryptionAlgorithm::RsaOaep256),
+                    value: Some(ct),
+                    ..Default::default()
+                };
+                client
+                    .unwrap_key(&name, &version, unwrap.try_into().unwrap(), None)
+                    .await
+                    .unwrap()
+                    .into_model()
+                    .unwrap()
+                    .result
+                    .unwrap()
+            })
+        })
+    });
 }
 
 /// The AWS KMS provider on the moto server (when `cargo xtask bench` provisioned one), against

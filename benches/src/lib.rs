@@ -185,3 +185,158 @@ pub fn moto_provider(
         .unwrap();
     Arc::new(p)
 }
+
+/// The Key Vault test server `cargo xtask bench` provisions (`HELIOSDB_TEST_AZURE_*`), or
+/// `None` when it was not provisioned.
+#[derive(Clone, Debug)]
+pub struct AzureTestServer {
+    /// The TLS port.
+    pub port: u16,
+    /// The server's CA (PEM file).
+    pub ca: std::path::PathBuf,
+    /// `https://127.0.0.1:<port>`: the Entra ID token endpoint's authority.
+    pub authority: String,
+    /// The test identity.
+    pub tenant: String,
+    /// The test identity.
+    pub client_id: String,
+}
+
+/// The provisioned Key Vault test server, or `None`.
+pub fn azure() -> Option<AzureTestServer> {
+    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    let url = var("HELIOSDB_TEST_AZURE_URL")?;
+    let port = url.trim_end_matches('/').rsplit(':').next()?.parse().ok()?;
+    var("HELIOSDB_TEST_AZURE_CLIENT_SECRET")?;
+    Some(AzureTestServer {
+        port,
+        ca: var("HELIOSDB_TEST_AZURE_CA")?.into(),
+        authority: url.trim_end_matches('/').to_string(),
+        tenant: var("HELIOSDB_TEST_AZURE_TENANT")?,
+        client_id: var("HELIOSDB_TEST_AZURE_CLIENT_ID")?,
+    })
+}
+
+/// Resolves `*.localhost` to 127.0.0.1, so the vault URL can be `https://<label>.kv.localhost`
+/// and the SDK's challenge check stays on, as against Azure.
+#[derive(Debug)]
+pub struct LoopbackResolver;
+
+impl reqwest::dns::Resolve for LoopbackResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let ok = name.as_str().ends_with(".localhost");
+        Box::pin(async move {
+            if !ok {
+                return Err("not a test host".into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(
+                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            ));
+            Ok(addrs)
+        })
+    }
+}
+
+impl AzureTestServer {
+    /// A vault of its own for this process: `https://bench-<tag>-<pid>.kv.localhost:<port>`.
+    pub fn vault_url(&self, tag: &str) -> String {
+        format!(
+            "https://bench-{tag}-{}.kv.localhost:{}",
+            std::process::id(),
+            self.port
+        )
+    }
+
+    /// The provider's settings: RSA-OAEP-256 with the default 3072-bit keys, `client_secret`
+    /// against the server's token endpoint, its CA, the challenge check on, default timeouts
+    /// and retries.
+    pub fn config(&self, vault_url: &str, key_name: &str) -> heliosdb_tde_core::AzureKeyVaultConfig {
+        let mut c = heliosdb_tde_core::AzureKeyVaultConfig::new(vault_url, key_name);
+        c.wrap_algorithm = Some("RSA-OAEP-256".into());
+        c.credential = "client_secret".into();
+        c.tenant_id = Some(self.tenant.clone());
+        c.client_id = Some(self.client_id.clone());
+        c.client_secret_env_var = "HELIOSDB_TEST_AZURE_CLIENT_SECRET".into();
+        c.authority_host = Some(self.authority.clone());
+        c.ca_cert = Some(self.ca.clone());
+        c
+    }
+
+    /// The Azure provider on the test server. Build it inside the runtime that uses it.
+    pub fn provider(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        config: &heliosdb_tde_core::AzureKeyVaultConfig,
+        default_mek: &str,
+    ) -> Arc<heliosdb_tde_azure_kv::AzureKvMekProvider> {
+        let p = rt
+            .block_on(
+                heliosdb_tde_azure_kv::AzureKvMekProvider::builder(
+                    config,
+                    &MekId::new(default_mek).unwrap(),
+                    SecurityMode::Development,
+                )
+                .dns_resolver(Arc::new(LoopbackResolver))
+                .open(),
+            )
+            .unwrap();
+        Arc::new(p)
+    }
+
+    /// A raw SDK `KeyClient` for `vault_url`: the baseline of the Azure row. The same HTTP
+    /// stack as the provider's (reqwest with the CA, the provider's default timeout, no
+    /// redirects, the loopback resolver), the same credential type (`ClientSecretCredential`
+    /// against the server's token endpoint), the challenge check on, 3 retries.
+    pub fn raw_key_client(
+        &self,
+        config: &heliosdb_tde_core::AzureKeyVaultConfig,
+    ) -> azure_security_keyvault_keys::KeyClient {
+        use azure_core::http::{ClientOptions, RetryOptions, Transport};
+        let pem = std::fs::read(&self.ca).unwrap();
+        let timeout = std::time::Duration::from_secs(config.timeout_secs);
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+            .dns_resolver(Arc::new(LoopbackResolver))
+            .build()
+            .unwrap();
+        let transport = Transport::new(Arc::new(http));
+        let retry = RetryOptions::exponential(azure_core::http::ExponentialRetryOptions {
+            max_retries: config.max_retries,
+            ..Default::default()
+        });
+        let mut cloud = azure_core::cloud::CustomConfiguration::default();
+        cloud.authority_host = self.authority.clone();
+        let secret = std::env::var("HELIOSDB_TEST_AZURE_CLIENT_SECRET").unwrap();
+        let credential = azure_identity::ClientSecretCredential::new(
+            &self.tenant,
+            self.client_id.clone(),
+            azure_core::credentials::Secret::new(secret),
+            Some(azure_identity::ClientSecretCredentialOptions {
+                client_options: ClientOptions {
+                    transport: Some(transport.clone()),
+                    retry: retry.clone(),
+                    cloud: Some(Arc::new(cloud.into())),
+                    ..Default::default()
+                },
+            }),
+        )
+        .unwrap();
+        azure_security_keyvault_keys::KeyClient::new(
+            &config.vault_url,
+            credential,
+            Some(azure_security_keyvault_keys::KeyClientOptions {
+                client_options: ClientOptions {
+                    transport: Some(transport),
+                    retry,
+                    ..Default::default()
+                },
+                verify_challenge_resource: Some(true),
+                ..Default::default()
+            }),
+        )
+        .unwrap()
+    }
+}

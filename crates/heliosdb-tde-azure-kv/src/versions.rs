@@ -63,6 +63,24 @@ impl KeyVersion {
         })
     }
 
+    /// What Key Vault records about this version, for `mek-info`: its id, enabled flag and
+    /// tags.
+    pub(crate) fn detail(&self) -> String {
+        let enabled = if self.enabled { "enabled" } else { "disabled" };
+        let tags: Vec<String> = self.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let tags = if tags.is_empty() {
+            "no tags".to_string()
+        } else {
+            format!("tags {}", tags.join(", "))
+        };
+        let origin = if self.number().is_none() {
+            " (made outside HeliosDB: no version tag)"
+        } else {
+            ""
+        };
+        format!("Key Vault version {}; {enabled}; {tags}{origin}", self.id)
+    }
+
     pub(crate) fn mek_id_tag(&self) -> Option<&str> {
         self.tags.get(TAG_MEK_ID).map(String::as_str)
     }
@@ -196,6 +214,7 @@ impl View {
                 kv.created,
             );
             info.key_location = Some(kv.kid.clone());
+            info.service_detail = Some(kv.detail());
             Some(info)
         }));
         lc.normalize_active();

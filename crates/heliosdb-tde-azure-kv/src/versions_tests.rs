@@ -164,3 +164,15 @@ fn the_cache_expires_and_forgets() {
     inv.forget(&id());
     assert!(inv.cached(&id()).is_none());
 }
+
+#[test]
+fn the_detail_names_the_version_its_flag_and_tags() {
+    let d = tagged(0, 1, "2", "DecryptOnly").detail();
+    assert!(d.contains("enabled"), "{d}");
+    assert!(d.contains("heliosdb-mek-version=2"), "{d}");
+    assert!(d.contains("heliosdb-state=DecryptOnly"), "{d}");
+    assert!(!d.contains("outside"), "{d}");
+    let d = kv(1, 2, &[], false).detail();
+    assert!(d.contains("disabled") && d.contains("no tags"), "{d}");
+    assert!(d.contains("made outside HeliosDB"), "{d}");
+}

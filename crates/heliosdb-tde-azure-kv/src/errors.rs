@@ -103,6 +103,21 @@ fn http_parts(e: &azure_core::Error) -> Option<(u16, String, String, String)> {
     None
 }
 
+/// Whether any error in the chain is a credential failure (the token request failed; its own
+/// HTTP answer is inside, in Entra ID's format, not Key Vault's).
+fn credential_failed(e: &azure_core::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(az) = err.downcast_ref::<azure_core::Error>()
+            && matches!(az.kind(), ErrorKind::Credential)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Reads `{"error":{"code","message","innererror":{"code"}}}` (Key Vault's error body).
 pub(crate) fn parse_body(body: &[u8]) -> (String, String, String) {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
@@ -118,6 +133,9 @@ pub(crate) fn parse_body(body: &[u8]) -> (String, String, String) {
 /// Maps a failed SDK call.
 pub(crate) fn map(call: &Call<'_>, e: &azure_core::Error) -> TdeError {
     let text = chain(e);
+    if credential_failed(e) {
+        return credential_refused(call, &text);
+    }
     if let Some((status, code, inner, message)) = http_parts(e) {
         return http_error(call, status, &code, &inner, &message);
     }

@@ -100,7 +100,10 @@ impl AzureKvBuilder {
         })?;
         let provider = AzureKvMekProvider {
             client: Arc::new(client),
-            description: format!("Azure Key Vault ({})", settings.vault_url),
+            description: format!(
+                "Azure Key Vault ({}, key {}, {}, credential {credential_kind})",
+                settings.vault_url, settings.key_name, settings.algorithm
+            ),
             managed_hsm: config.is_managed_hsm() || !settings.algorithm.is_rsa(),
             tenant: settings::tenant_id(config),
             settings,

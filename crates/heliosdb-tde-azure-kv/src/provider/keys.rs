@@ -130,7 +130,7 @@ impl AzureKvMekProvider {
             return Err(TdeError::config(
                 "kms_config.wrap_algorithm",
                 format!(
-                    "the Key Vault key {name} (version {version}) is a {kty_name} key, but kms_config.wrap_algorithm {alg} needs {need}; choose another key name or algorithm"
+                    "the Key Vault key {name} (version {version}) has key type {kty_name}, but kms_config.wrap_algorithm {alg} needs {need}; choose another key name or algorithm"
                 ),
             ));
         }

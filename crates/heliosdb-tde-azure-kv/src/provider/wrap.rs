@@ -212,7 +212,8 @@ impl AzureKvMekProvider {
             return Err(TdeError::AuthenticationFailed {
                 what: format!(
                     "{what}: the payload was made under Key Vault version {} of key {name}, which is not MEK version {}",
-                    p.version, mek.version
+                    p.version,
+                    mek.version.get()
                 ),
             });
         }

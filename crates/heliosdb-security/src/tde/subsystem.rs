@@ -1,15 +1,17 @@
 //! `TdeSubsystem`: builds the provider, store and key manager from a [`TdeConfig`].
 
-use super::checked::{CheckedConfig, ConfiguredProvider};
+use super::checked::CheckedConfig;
 use super::{Result, TdeConfig};
 use heliosdb_tde_cipher::{Backend, SealedParts, TableCipher, UsageLimits};
 use heliosdb_tde_core::{MekId, MekProvider, ModeSource, SecurityMode, TdeError};
 use heliosdb_tde_keystore::{RedbKeyStore, STORE_FILE_NAME};
 use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, RotationConfig, UsagePolicy};
-use heliosdb_tde_memory::InMemoryMekProvider;
 use std::fmt;
 use std::sync::Arc;
 use zeroize::Zeroize;
+
+mod providers;
+use providers::build_provider;
 
 /// The running TDE subsystem.
 pub struct TdeSubsystem {
@@ -28,184 +30,6 @@ impl fmt::Debug for TdeSubsystem {
             .field("mode", &self.mode)
             .field("key_manager", &self.key_manager)
             .finish_non_exhaustive()
-    }
-}
-
-fn missing_feature(what: &str, feature: &str) -> TdeError {
-    // Features of this crate that exist but may be switched off.
-    const KNOWN: &[&str] = &["secure-file", "pkcs11-hsm", "vault", "aws-kms", "azure-kv"];
-    let hint = if KNOWN.contains(&feature) {
-        format!(
-            "build heliosdb-security with the cargo feature `{feature}` (features = \
-             [\"{feature}\"]), or configure another MEK provider"
-        )
-    } else {
-        format!(
-            "the `{feature}` backend (cargo feature `{feature}`) is not part of this release of \
-             heliosdb-security; configure the secure file provider instead"
-        )
-    };
-    TdeError::Unsupported {
-        what: format!(
-            "{what} is configured, but this build of heliosdb-security has no {what} backend"
-        ),
-        hint,
-    }
-}
-
-/// What the provider set-up found out, for the checklist.
-#[derive(Default)]
-struct ProviderFacts {
-    warnings: Vec<String>,
-    /// Where the HSM PIN came from (`environment`, `file`, `configuration file`).
-    pin_source: Option<&'static str>,
-}
-
-/// Builds the MEK provider the configuration names.
-async fn build_provider(
-    selected: &ConfiguredProvider,
-    default_mek: &MekId,
-    mode: SecurityMode,
-) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
-    match selected {
-        ConfiguredProvider::InMemory => Ok((
-            Arc::new(InMemoryMekProvider::new()),
-            ProviderFacts::default(),
-        )),
-        ConfiguredProvider::Kms(heliosdb_tde_core::KmsConfig::Vault(vault)) => {
-            build_vault(vault, mode).await
-        }
-        ConfiguredProvider::Kms(heliosdb_tde_core::KmsConfig::Aws(aws)) => {
-            build_aws(aws, default_mek, mode).await
-        }
-        ConfiguredProvider::Kms(heliosdb_tde_core::KmsConfig::Azure(azure)) => {
-            build_azure(azure, default_mek, mode).await
-        }
-        ConfiguredProvider::Kms(kms) => Err(missing_feature(kms.name(), kms.feature())),
-        ConfiguredProvider::Hsm(hsm) => build_hsm(hsm, mode).await,
-        ConfiguredProvider::SecureFile(file) => build_secure_file(file, mode),
-    }
-}
-
-async fn build_hsm(
-    hsm: &heliosdb_tde_core::HsmConfig,
-    mode: SecurityMode,
-) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
-    #[cfg(feature = "pkcs11-hsm")]
-    {
-        use heliosdb_tde_pkcs11::{PinSource, Pkcs11MekProvider, Pkcs11Settings, resolve_pin};
-        let (pin, source) = resolve_pin(hsm, mode)?;
-        let p = Pkcs11MekProvider::open(Pkcs11Settings::from_config(hsm, pin)).await?;
-        let mut facts = ProviderFacts {
-            warnings: Vec::new(),
-            pin_source: Some(match source {
-                PinSource::Environment => "environment",
-                PinSource::File => "file",
-                PinSource::ConfigFile => "configuration file",
-                _ => "another source",
-            }),
-        };
-        if source == PinSource::ConfigFile {
-            facts.warnings.push(
-                "the HSM PIN is written in the configuration file; use HELIOSDB_HSM_PIN or \
-                     hsm_config.pin_file (production mode refuses a PIN in the configuration file)"
-                    .into(),
-            );
-        }
-        Ok((Arc::new(p), facts))
-    }
-    #[cfg(not(feature = "pkcs11-hsm"))]
-    {
-        let _ = (hsm, mode);
-        Err(missing_feature("PKCS#11 HSM", "pkcs11-hsm"))
-    }
-}
-
-async fn build_vault(
-    vault: &heliosdb_tde_core::VaultTransitConfig,
-    mode: SecurityMode,
-) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
-    #[cfg(feature = "vault")]
-    {
-        let p = heliosdb_tde_vault::VaultMekProvider::open(vault, mode).await?;
-        let facts = ProviderFacts {
-            warnings: p.warnings(),
-            pin_source: None,
-        };
-        Ok((Arc::new(p), facts))
-    }
-    #[cfg(not(feature = "vault"))]
-    {
-        let _ = (vault, mode);
-        Err(missing_feature("HashiCorp Vault Transit", "vault"))
-    }
-}
-
-async fn build_aws(
-    aws: &heliosdb_tde_core::AwsKmsConfig,
-    default_mek: &MekId,
-    mode: SecurityMode,
-) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
-    // The configured mode was checked with the fields; this is the resolved one (environment,
-    // build type), which may turn an http:// endpoint into an error.
-    super::checked::check_aws(aws, Some(mode))?;
-    #[cfg(feature = "aws-kms")]
-    {
-        let p = heliosdb_tde_aws_kms::AwsKmsMekProvider::open(aws, default_mek, mode).await?;
-        let facts = ProviderFacts {
-            warnings: p.warnings(),
-            pin_source: None,
-        };
-        Ok((Arc::new(p), facts))
-    }
-    #[cfg(not(feature = "aws-kms"))]
-    {
-        let _ = (aws, default_mek, mode);
-        Err(missing_feature("AWS KMS", "aws-kms"))
-    }
-}
-
-async fn build_azure(
-    azure: &heliosdb_tde_core::AzureKeyVaultConfig,
-    default_mek: &MekId,
-    mode: SecurityMode,
-) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
-    // The resolved mode may refuse what the configured one allowed (http://, no challenge
-    // check).
-    super::checked::check_azure(azure, Some(mode))?;
-    #[cfg(feature = "azure-kv")]
-    {
-        let p = heliosdb_tde_azure_kv::AzureKvMekProvider::open(azure, default_mek, mode).await?;
-        let facts = ProviderFacts {
-            warnings: p.warnings(),
-            pin_source: None,
-        };
-        Ok((Arc::new(p), facts))
-    }
-    #[cfg(not(feature = "azure-kv"))]
-    {
-        let _ = (azure, default_mek, mode);
-        Err(missing_feature("Azure Key Vault", "azure-kv"))
-    }
-}
-
-fn build_secure_file(
-    file: &heliosdb_tde_core::SecureFileConfig,
-    mode: SecurityMode,
-) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
-    #[cfg(feature = "secure-file")]
-    {
-        let p = heliosdb_tde_file::SecureFileMekProvider::open(file, mode)?;
-        let facts = ProviderFacts {
-            warnings: p.warnings(),
-            pin_source: None,
-        };
-        Ok((Arc::new(p), facts))
-    }
-    #[cfg(not(feature = "secure-file"))]
-    {
-        let _ = (file, mode);
-        Err(missing_feature("secure file", "secure-file"))
     }
 }
 

@@ -25,7 +25,8 @@ pub enum WrapAlgorithm {
     /// choice on a standard vault. The wrapped value is `TEK || SHA-256(associated data)`.
     RsaOaep256,
     /// `wrapKey` with AES key wrap (RFC 3394) under an `oct-HSM` key (Managed HSM). The wrapped
-    /// value is `TEK || SHA-256(associated data)`.
+    /// value is `TEK || SHA-256(associated data) || 16 random bytes` (AES key wrap is
+    /// deterministic; the salt makes two wraps of one TEK differ).
     A256Kw,
     /// `encrypt` with AES-256-GCM and the associated data under an `oct-HSM` key (Managed HSM):
     /// a native binding.

@@ -22,6 +22,18 @@ use zeroize::Zeroizing;
 
 /// The length of a bound value: the TEK and the SHA-256 of its associated data.
 pub(crate) const BOUND_LEN: usize = KEY_LEN + 32;
+/// Random bytes appended to the bound value under `A256KW`: AES key wrap is deterministic,
+/// and without them wrapping one TEK twice would give the same ciphertext.
+pub(crate) const KW_SALT_LEN: usize = 16;
+
+/// The length of the value wrapped with `alg`: 64 bytes for `RSA-OAEP-256`, 80 for `A256KW`.
+pub(crate) fn bound_len(alg: WrapAlgorithm) -> usize {
+    if alg == WrapAlgorithm::A256Kw {
+        BOUND_LEN + KW_SALT_LEN
+    } else {
+        BOUND_LEN
+    }
+}
 
 fn az_alg(a: WrapAlgorithm) -> AzAlg {
     match a {
@@ -31,25 +43,37 @@ fn az_alg(a: WrapAlgorithm) -> AzAlg {
     }
 }
 
-/// `TEK || SHA-256(aad)`, in a buffer wiped on drop.
-pub(crate) fn bind(tek: &[u8; KEY_LEN], aad: &[u8]) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(BOUND_LEN));
+/// `TEK || SHA-256(aad)`, then `salt` (empty except under `A256KW`), in a buffer wiped on
+/// drop.
+pub(crate) fn bind(tek: &[u8; KEY_LEN], aad: &[u8], salt: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(BOUND_LEN + salt.len()));
     out.extend_from_slice(tek);
     out.extend_from_slice(&Sha256::digest(aad));
+    out.extend_from_slice(salt);
     out
 }
 
-/// Checks an unwrapped bound value against `aad` (the hash half in constant time) and returns
-/// the TEK half; `Err` with what is wrong.
-pub(crate) fn unbind<'a>(value: &'a [u8], aad: &[u8]) -> std::result::Result<&'a [u8], String> {
-    if value.len() != BOUND_LEN {
+/// Checks an unwrapped bound value of `expected_len` bytes against `aad` (the hash half in
+/// constant time; a salt after it is ignored) and returns the TEK half; `Err` with what is
+/// wrong.
+pub(crate) fn unbind<'a>(
+    value: &'a [u8],
+    aad: &[u8],
+    expected_len: usize,
+) -> std::result::Result<&'a [u8], String> {
+    if value.len() != expected_len {
         return Err(format!(
-            "the unwrapped value has {} bytes, not {BOUND_LEN} (TEK and binding hash)",
-            value.len()
+            "the unwrapped value has {} bytes, not {expected_len} (TEK, binding hash{})",
+            value.len(),
+            if expected_len > BOUND_LEN {
+                ", salt"
+            } else {
+                ""
+            }
         ));
     }
     let expected = Sha256::digest(aad);
-    let diff = value[KEY_LEN..]
+    let diff = value[KEY_LEN..BOUND_LEN]
         .iter()
         .zip(expected.iter())
         .fold(0u8, |acc, (a, b)| acc | (a ^ b));
@@ -103,7 +127,16 @@ impl AzureKvMekProvider {
         let (op, json) = if alg.uses_encrypt() {
             (Op::Encrypt, body(alg, secret, Some(&aad)))
         } else {
-            (Op::Wrap, body(alg, &bind(secret, &aad), None))
+            let salt = if alg == WrapAlgorithm::A256Kw {
+                KeyBytes::generate()?
+                    .expose_secret()
+                    .get(..KW_SALT_LEN)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            (Op::Wrap, body(alg, &bind(secret, &aad, &salt), None))
         };
         // The SDK takes its own copy of the body (see the crate docs); ours is wiped.
         let content: RequestContent<KeyOperationParameters> =
@@ -257,8 +290,10 @@ impl AzureKvMekProvider {
             }
             &value[..]
         } else {
-            unbind(&value, &aad).map_err(|d| TdeError::AuthenticationFailed {
-                what: format!("{what}: {d}"),
+            unbind(&value, &aad, bound_len(p.algorithm)).map_err(|d| {
+                TdeError::AuthenticationFailed {
+                    what: format!("{what}: {d}"),
+                }
             })?
         };
         Ok(TableKey::new(
@@ -277,12 +312,27 @@ mod tests {
     #[test]
     fn the_binding_checks_the_hash_half() {
         let tek = [7u8; KEY_LEN];
-        let b = bind(&tek, b"aad-1");
+        let b = bind(&tek, b"aad-1", &[]);
         assert_eq!(b.len(), BOUND_LEN);
-        assert_eq!(unbind(&b, b"aad-1").unwrap(), &tek[..]);
-        assert!(unbind(&b, b"aad-2").unwrap_err().contains("binding hash"));
-        assert!(unbind(&b[..63], b"aad-1").unwrap_err().contains("63 bytes"));
-        assert!(unbind(&[0u8; 32], b"aad-1").is_err());
+        assert_eq!(unbind(&b, b"aad-1", BOUND_LEN).unwrap(), &tek[..]);
+        assert!(
+            unbind(&b, b"aad-2", BOUND_LEN)
+                .unwrap_err()
+                .contains("binding hash")
+        );
+        assert!(
+            unbind(&b[..63], b"aad-1", BOUND_LEN)
+                .unwrap_err()
+                .contains("63 bytes")
+        );
+        assert!(unbind(&[0u8; 32], b"aad-1", BOUND_LEN).is_err());
+        // A256KW: the salt follows the hash and is not checked; the length is.
+        let k = bind(&tek, b"aad-1", &[9u8; KW_SALT_LEN]);
+        assert_eq!(k.len(), bound_len(WrapAlgorithm::A256Kw));
+        assert_eq!(unbind(&k, b"aad-1", 80).unwrap(), &tek[..]);
+        assert!(unbind(&k, b"aad-2", 80).is_err());
+        assert!(unbind(&b, b"aad-1", 80).unwrap_err().contains("64 bytes"));
+        assert_eq!(bound_len(WrapAlgorithm::RsaOaep256), 64);
     }
 
     #[test]

@@ -98,7 +98,7 @@ impl AzureKvBuilder {
                 ),
             )
         })?;
-        let provider = AzureKvMekProvider {
+        let mut provider = AzureKvMekProvider {
             client: Arc::new(client),
             description: format!(
                 "Azure Key Vault ({}, key {}, {}, credential {credential_kind})",
@@ -114,7 +114,9 @@ impl AzureKvBuilder {
             inventory: Inventory::default(),
             changes: tokio::sync::Mutex::new(()),
         };
-        provider.check_default_key().await?;
+        if let Some(w) = provider.check_default_key().await? {
+            provider.warnings.push(w);
+        }
         Ok(provider)
     }
 }
@@ -309,8 +311,9 @@ impl AzureKvMekProvider {
     }
 
     /// At open: the default MEK's key is this MEK's, and the version that serves new wraps
-    /// fits the algorithm.
-    async fn check_default_key(&self) -> Result<()> {
+    /// fits the algorithm. Returns a development-mode warning for an exportable key
+    /// (production mode refuses it).
+    async fn check_default_key(&self) -> Result<Option<String>> {
         let id = self.default_mek.clone();
         let view = self.view(&id, true).await?;
         let lc = view.lifecycle(&id);
@@ -325,8 +328,14 @@ impl AzureKvMekProvider {
             if !kv.enabled {
                 return Err(self.disabled(&self.settings.key_name, &kv.id));
             }
+            if key.attributes.as_ref().and_then(|a| a.exportable) == Some(true) {
+                return Ok(Some(format!(
+                    "the Key Vault key {} (version {}) is exportable: its material can leave the vault (development mode only; production mode refuses it)",
+                    self.settings.key_name, kv.id
+                )));
+            }
         }
-        Ok(())
+        Ok(None)
     }
 
     pub(crate) fn disabled(&self, key: &str, version: &str) -> TdeError {

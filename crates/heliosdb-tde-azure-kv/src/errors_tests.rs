@@ -167,3 +167,20 @@ fn sdk_errors_map_by_kind_and_keep_the_chain() {
     );
     assert!(matches!(map(&c, &e), TdeError::InvalidKeyState { .. }));
 }
+
+#[test]
+fn a_tls_error_is_recognised_by_type_however_deeply_it_is_wrapped() {
+    use std::io::{Error, ErrorKind as IoKind};
+    let tls = || rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+    // hyper-rustls's shape: an I/O error wrapping an I/O error wrapping the rustls error.
+    assert!(io_holds_tls(&Error::other(Error::new(
+        IoKind::InvalidData,
+        tls()
+    ))));
+    assert!(io_holds_tls(&Error::new(IoKind::InvalidData, tls())));
+    assert!(!io_holds_tls(&Error::from(IoKind::ConnectionRefused)));
+    // Text that merely mentions a certificate is not a TLS error.
+    assert!(!io_holds_tls(&Error::other(
+        "invalid peer certificate: UnknownIssuer"
+    )));
+}

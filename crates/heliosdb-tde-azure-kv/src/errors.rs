@@ -103,37 +103,6 @@ fn http_parts(e: &azure_core::Error) -> Option<(u16, String, String, String)> {
     None
 }
 
-/// Whether the chain holds a TLS error (`rustls::Error`, directly or inside an I/O error): an
-/// untrusted certificate, a name mismatch, a failed handshake. Recognised by type, never by
-/// text.
-fn tls_failed(e: &azure_core::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        if err
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(io_holds_tls)
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// Whether an I/O error wraps a `rustls::Error`, however deeply (hyper wraps rustls's error in
-/// an I/O error inside another one, and `io::Error::source` skips the wrapped error itself).
-fn io_holds_tls(io: &std::io::Error) -> bool {
-    io.get_ref().is_some_and(|inner| {
-        inner.downcast_ref::<rustls::Error>().is_some()
-            || inner
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(io_holds_tls)
-    })
-}
-
 /// Whether any error in the chain is a credential failure (the token request failed; its own
 /// HTTP answer is inside, in Entra ID's format, not Key Vault's).
 fn credential_failed(e: &azure_core::Error) -> bool {
@@ -173,7 +142,7 @@ pub(crate) fn map(call: &Call<'_>, e: &azure_core::Error) -> TdeError {
     match e.kind() {
         ErrorKind::Credential => credential_refused(call, &text),
         ErrorKind::Connection | ErrorKind::Io => {
-            if tls_failed(e) {
+            if heliosdb_tde_core::chain_contains::<rustls::Error>(e) {
                 TdeError::ProviderUnavailable {
                     provider: call.provider.to_string(),
                     reason: format!(

@@ -312,6 +312,35 @@ impl TdeError {
     }
 }
 
+/// Whether an error of type `T` is anywhere in `e`'s chain: the error itself, its sources, and
+/// errors wrapped inside `std::io::Error`s, however deeply (`io::Error::source` skips the error
+/// it wraps, and HTTP clients wrap TLS errors in I/O errors inside I/O errors). Providers use
+/// it to classify failures by type (a TLS certificate error, for example), never by their text.
+pub fn chain_contains<T: std::error::Error + 'static>(
+    e: &(dyn std::error::Error + 'static),
+) -> bool {
+    fn io_holds<T: std::error::Error + 'static>(io: &std::io::Error) -> bool {
+        io.get_ref().is_some_and(|inner| {
+            inner.downcast_ref::<T>().is_some()
+                || inner
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(io_holds::<T>)
+        })
+    }
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<T>().is_some()
+            || err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(io_holds::<T>)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,5 +395,39 @@ mod tests {
         assert!(!outage(false).is_retryable());
         assert!(!TdeError::Random("x".into()).is_retryable());
         assert!(outage(true).to_string().contains("retried"));
+    }
+
+    #[test]
+    fn chain_contains_finds_a_type_through_sources_and_nested_io_errors() {
+        use std::io::{Error, ErrorKind};
+        #[derive(Debug)]
+        struct Marker;
+        impl std::fmt::Display for Marker {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("certificate marker")
+            }
+        }
+        impl std::error::Error for Marker {}
+        #[derive(Debug)]
+        struct Outer(Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("request failed")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let nested = Outer(Error::other(Error::new(ErrorKind::InvalidData, Marker)));
+        assert!(chain_contains::<Marker>(&nested));
+        assert!(chain_contains::<Marker>(&Marker));
+        let refused = Outer(Error::from(ErrorKind::ConnectionRefused));
+        assert!(!chain_contains::<Marker>(&refused));
+        // Text that merely mentions the cause is not the cause.
+        assert!(!chain_contains::<Marker>(&Outer(Error::other(
+            "certificate marker"
+        ))));
     }
 }

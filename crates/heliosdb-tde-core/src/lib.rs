@@ -23,7 +23,7 @@ pub use config::{
     SecureFileConfig, VaultTransitConfig,
 };
 pub use envelope::{ProviderKind, WrappedTek};
-pub use error::{Result, TdeError};
+pub use error::{Result, TdeError, chain_contains};
 pub use ids::{AsMekId, AsTableId, KeyId, MekId, MekRef, MekVersion, TableId, TekId, TekVersion};
 pub use lifecycle::MekLifecycle;
 pub use material::{KEY_LEN, KeyBytes, MasterKey, TableKey};

@@ -19,6 +19,9 @@ pub(crate) enum CallError {
     /// The server could not be reached, or kept failing transiently (connection error,
     /// timeout, 429, 5xx) through every retry.
     Unavailable(String),
+    /// The TLS handshake failed (an untrusted certificate, a name mismatch): not retried, and
+    /// not an outage that waiting fixes.
+    Tls(String),
     /// The server answered with this status and these error messages.
     Status(StatusCode, Vec<String>),
     /// The answer was not what the Vault API returns.
@@ -34,7 +37,7 @@ impl CallError {
     /// The server's error messages joined, for matching and for error text.
     pub(crate) fn text(&self) -> String {
         match self {
-            CallError::Unavailable(r) | CallError::Protocol(r) => r.clone(),
+            CallError::Unavailable(r) | CallError::Tls(r) | CallError::Protocol(r) => r.clone(),
             CallError::Status(s, errs) if errs.is_empty() => format!("HTTP {s}"),
             CallError::Status(s, errs) => format!("HTTP {}: {}", s.as_u16(), errs.join("; ")),
         }
@@ -125,6 +128,11 @@ impl Client {
                 "{what}: {r}: Vault is sealed; unseal it with `bao operator unseal`"
             )),
             CallError::Unavailable(r) => self.unavailable(format!("{what}: {r}")),
+            CallError::Tls(r) => TdeError::ProviderUnavailable {
+                provider: format!("{PROVIDER} at {}", self.settings.address),
+                reason: format!("{what}: {r}"),
+                retryable: false,
+            },
             CallError::Status(s, _) if s == StatusCode::FORBIDDEN => self.forbidden(what),
             e @ CallError::Status(StatusCode::SERVICE_UNAVAILABLE, _) => {
                 self.unavailable(format!("{what}: {}", e.text()))
@@ -239,15 +247,9 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| CallError::Unavailable(describe(&e)))?;
+        let resp = req.send().await.map_err(|e| transport_error(&e))?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| CallError::Unavailable(describe(&e)))?;
+        let bytes = resp.bytes().await.map_err(|e| transport_error(&e))?;
         if status.is_success() {
             if bytes.is_empty() {
                 return Ok(Value::Null);
@@ -394,8 +396,9 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base + jitter)
 }
 
-/// A reqwest error in one line, with the TLS or connection cause.
-fn describe(e: &reqwest::Error) -> String {
+/// A reqwest error as a call error, in one line with its causes: a TLS failure (recognised by
+/// type) says which field fixes it and is not retried; anything else is an outage.
+fn transport_error(e: &reqwest::Error) -> CallError {
     let mut text = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
@@ -403,11 +406,12 @@ fn describe(e: &reqwest::Error) -> String {
         text.push_str(&s.to_string());
         src = s.source();
     }
-    let lower = text.to_lowercase();
-    if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("tls") {
+    if heliosdb_tde_core::chain_contains::<rustls::Error>(e) {
         text.push_str(" (TLS: the server certificate is not trusted; set kms_config.ca_cert (or VAULT_CACERT) to the PEM bundle of the CA that signed it)");
-    } else if e.is_timeout() {
+        return CallError::Tls(text);
+    }
+    if e.is_timeout() {
         text.push_str(" (timed out; see kms_config.timeout_secs)");
     }
-    text
+    CallError::Unavailable(text)
 }

@@ -302,6 +302,17 @@ async fn tls_with_ca_cert_and_production_rules() {
         e.contains("certificate") && e.contains("kms_config.ca_cert"),
         "{e}"
     );
+    // Recognised by type: not an outage that waiting (or exit code 5) would suggest.
+    assert!(
+        matches!(
+            err,
+            TdeError::ProviderUnavailable {
+                retryable: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // Production refuses an exportable key.
     let exp = fresh("exportable");
     srv.cli(

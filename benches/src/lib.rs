@@ -229,9 +229,9 @@ impl reqwest::dns::Resolve for LoopbackResolver {
             if !ok {
                 return Err("not a test host".into());
             }
-            let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(
-                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            ));
+            let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(std::net::SocketAddr::from(
+                ([127, 0, 0, 1], 0),
+            )));
             Ok(addrs)
         })
     }
@@ -250,7 +250,11 @@ impl AzureTestServer {
     /// The provider's settings: RSA-OAEP-256 with the default 3072-bit keys, `client_secret`
     /// against the server's token endpoint, its CA, the challenge check on, default timeouts
     /// and retries.
-    pub fn config(&self, vault_url: &str, key_name: &str) -> heliosdb_tde_core::AzureKeyVaultConfig {
+    pub fn config(
+        &self,
+        vault_url: &str,
+        key_name: &str,
+    ) -> heliosdb_tde_core::AzureKeyVaultConfig {
         let mut c = heliosdb_tde_core::AzureKeyVaultConfig::new(vault_url, key_name);
         c.wrap_algorithm = Some("RSA-OAEP-256".into());
         c.credential = "client_secret".into();

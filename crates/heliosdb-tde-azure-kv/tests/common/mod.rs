@@ -15,25 +15,17 @@ use azure_security_keyvault_keys::models::{
 };
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
 use heliosdb_tde_azure_kv::AzureKvMekProvider;
+use heliosdb_tde_conformance::azure as shared;
 use heliosdb_tde_conformance::provider::fresh_mek_id;
-use heliosdb_tde_conformance::services;
 use heliosdb_tde_core::{
     AzureKeyVaultConfig, EncryptionAlgorithm, MekId, MekRef, MekVersion, Result, SecurityMode,
     TableKey, TekId, WrapContext,
 };
+use secrecy::ExposeSecret as _;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
-
-pub const URL_ENV: &str = "HELIOSDB_TEST_AZURE_URL";
-pub const CA_ENV: &str = "HELIOSDB_TEST_AZURE_CA";
-pub const TENANT_ENV: &str = "HELIOSDB_TEST_AZURE_TENANT";
-pub const CLIENT_ID_ENV: &str = "HELIOSDB_TEST_AZURE_CLIENT_ID";
-pub const CLIENT_SECRET_ENV: &str = "HELIOSDB_TEST_AZURE_CLIENT_SECRET";
-pub const CONTROL_ENV: &str = "HELIOSDB_TEST_AZURE_CONTROL";
-pub const SERVICE: &str = "Key Vault test server (Azure)";
 
 /// The test server's addresses and test credentials.
 #[derive(Clone, Debug)]
@@ -49,35 +41,25 @@ pub struct Server {
     pub client_secret: String,
     /// `http://127.0.0.1:<control port>`.
     pub control: String,
+    /// The shared settings (`heliosdb_tde_conformance::azure`).
+    pub env: shared::AzureTestEnv,
 }
 
-/// The shared test server, or `None` after a loud skip (a panic under
-/// `HELIOSDB_REQUIRE_SERVICES=1`).
+/// The shared test server (read by `heliosdb_tde_conformance::azure`), or `None` after a loud
+/// skip (a panic under `HELIOSDB_REQUIRE_SERVICES=1`).
 pub fn server() -> Option<Server> {
-    services::require(SERVICE, probe())
-}
-
-fn probe() -> Result<Server, String> {
-    let var = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| format!("{name} is not set (run `cargo xtask test`)"))
-    };
-    let url = var(URL_ENV)?.trim_end_matches('/').to_string();
-    let port = url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse::<u16>().ok())
-        .ok_or_else(|| format!("{URL_ENV}={url} is not https://<host>:<port>"))?;
-    Ok(Server {
-        url,
-        port,
-        ca: PathBuf::from(var(CA_ENV)?),
-        tenant: var(TENANT_ENV)?,
-        client_id: var(CLIENT_ID_ENV)?,
-        client_secret: var(CLIENT_SECRET_ENV)?,
-        control: var(CONTROL_ENV)?.trim_end_matches('/').to_string(),
+    let env = shared::azure()?;
+    let control = std::env::var(shared::CONTROL_ENV)
+        .unwrap_or_else(|_| panic!("{} is not set", shared::CONTROL_ENV));
+    Some(Server {
+        url: env.authority_url(),
+        port: env.port(),
+        ca: env.ca_path().to_path_buf(),
+        tenant: env.tenant().to_string(),
+        client_id: env.client_id().to_string(),
+        client_secret: env.client_secret().expose_secret().to_string(),
+        control: control.trim_end_matches('/').to_string(),
+        env,
     })
 }
 
@@ -89,29 +71,9 @@ pub fn random() -> String {
         .to_string()
 }
 
-/// Resolves every `*.localhost` name to 127.0.0.1 (the machine's resolver does not), so the
-/// vault URLs can carry a host name that ends in the challenge's resource host.
-#[derive(Debug)]
-pub struct LoopbackResolver;
-
-impl reqwest::dns::Resolve for LoopbackResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let ok = name.as_str().ends_with(".localhost") || name.as_str() == "localhost";
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            if !ok {
-                return Err(format!("{host} is not a test host").into());
-            }
-            let addrs: reqwest::dns::Addrs =
-                Box::new(std::iter::once(SocketAddr::from(([127, 0, 0, 1], 0))));
-            Ok(addrs)
-        })
-    }
-}
-
 /// The resolver as the provider's builder takes it.
 pub fn resolver() -> Arc<dyn reqwest::dns::Resolve> {
-    Arc::new(LoopbackResolver)
+    shared::loopback_resolver()
 }
 
 /// A fixed bearer token (minted by the server's control API), as an `Arc<dyn TokenCredential>`.
@@ -144,17 +106,7 @@ pub struct Logged {
 impl Server {
     /// A reqwest client trusting the server's CA, resolving `*.localhost` to loopback.
     pub fn http(&self) -> reqwest::Client {
-        let pem = std::fs::read(&self.ca)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", self.ca.display()));
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("the CA is PEM");
-        reqwest::Client::builder()
-            .tls_certs_merge(certs)
-            .dns_resolver(resolver())
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(60))
-            .no_proxy()
-            .build()
-            .expect("reqwest client")
+        self.env.http_client()
     }
 
     /// A fresh standard vault (`<label>.kv.localhost`).
@@ -170,7 +122,7 @@ impl Server {
     fn vault_of(&self, hsm: bool) -> Vault {
         Vault {
             server: self.clone(),
-            label: format!("t{}", random()),
+            label: shared::fresh_label(),
             hsm,
         }
     }
@@ -278,7 +230,7 @@ impl Vault {
         c.credential = "client_secret".into();
         c.tenant_id = Some(self.server.tenant.clone());
         c.client_id = Some(self.server.client_id.clone());
-        c.client_secret_env_var = CLIENT_SECRET_ENV.into();
+        c.client_secret_env_var = shared::CLIENT_SECRET_ENV.into();
         c.authority_host = Some(self.server.url.clone());
         c.ca_cert = Some(self.server.ca.clone());
         c.verify_challenge_resource = true;

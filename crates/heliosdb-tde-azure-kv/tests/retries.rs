@@ -162,3 +162,33 @@ async fn an_unreachable_vault_is_tried_exactly_one_plus_max_retries_times() {
         );
     }
 }
+
+/// A `Retry-After` of an hour is not waited out: `max_retry_secs` caps the time spent retrying
+/// one call, so the call returns the retryable error (the deadline below only catches a
+/// provider that waits the hour; it measures nothing).
+#[tokio::test]
+async fn a_huge_retry_after_is_capped_by_max_retry_secs() {
+    let Some(s) = common::server() else { return };
+    let mut f = s.fixture(common::RSA);
+    f.config.max_retries = 3;
+    f.config.max_retry_secs = 2;
+    let p = f.open().await;
+    let mek = p
+        .generate_mek(&common::fresh("cap"), EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap()
+        .mek;
+    f.vault.inject("wrapkey", 10, 429, Some(3600)).await;
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(600),
+        p.wrap_tek(&mek, &tek("c@v1"), &ctx("c@v1")),
+    )
+    .await
+    .expect("the provider waited out a Retry-After of an hour");
+    assert_retryable(r, "wrap throttled with Retry-After: 3600");
+    let served = statuses(&f.vault, "wrapkey").await;
+    assert!(
+        !served.is_empty() && served.len() <= 4 && served.iter().all(|s| *s == 429),
+        "{served:?}"
+    );
+}

@@ -20,6 +20,7 @@ const RSA_SIZES: [u32; 3] = [2048, 3072, 4096];
 
 /// How TEKs are wrapped in Key Vault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum WrapAlgorithm {
     /// `wrapKey` with RSA-OAEP (SHA-256, MGF1-SHA-256) under an `RSA` / `RSA-HSM` key: the only
     /// choice on a standard vault. The wrapped value is `TEK || SHA-256(associated data)`.

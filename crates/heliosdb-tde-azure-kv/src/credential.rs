@@ -78,13 +78,13 @@ pub(crate) fn build(
         }
         "managed_identity" => {
             ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
-                user_assigned_id: config.client_id.clone().map(UserAssignedId::ClientId),
+                user_assigned_id: client_id(config).map(UserAssignedId::ClientId),
                 client_options: options,
             }))
             .map_err(|e| sdk("managed_identity", e))?
         }
         "azure_cli" => AzureCliCredential::new(Some(azure_identity::AzureCliCredentialOptions {
-            tenant_id: config.tenant_id.clone(),
+            tenant_id: tenant_id(config),
             ..Default::default()
         }))
         .map_err(|e| sdk("azure_cli", e))?,

@@ -217,7 +217,8 @@ pub(crate) fn http_error(
     message: &str,
 ) -> TdeError {
     let op = call.op.name();
-    let disabled = inner == "KeyDisabled" || message.to_ascii_lowercase().contains("disabled");
+    // Decided by Key Vault's error code, never by the message text.
+    let disabled = inner == "KeyDisabled";
     match status {
         401 => credential_refused(call, &format!("HTTP 401 {code}: {message}")),
         403 if disabled => TdeError::InvalidKeyState {

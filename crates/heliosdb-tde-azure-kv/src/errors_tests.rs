@@ -40,6 +40,17 @@ fn statuses_and_inner_codes_map_to_typed_errors() {
         ),
         "{e}"
     );
+    // The code decides, not the words: an RBAC denial that mentions "disabled" is a missing
+    // permission.
+    let e = http_error(
+        &c,
+        403,
+        "Forbidden",
+        "ForbiddenByRbac",
+        "Caller is not authorized; public network access is disabled for this identity.",
+    );
+    assert!(!matches!(e, TdeError::InvalidKeyState { .. }), "{e}");
+    assert!(e.to_string().contains("Key Vault Crypto"), "{e}");
     let e = http_error(
         &c,
         403,

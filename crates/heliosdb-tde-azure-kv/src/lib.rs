@@ -10,5 +10,5 @@ mod settings;
 mod versions;
 
 pub use names::mek_key_name;
-pub use provider::{AzureKvBuilder, AzureKvMekProvider};
+pub use provider::{AzureKvBuilder, AzureKvMekProvider, RSA_LIMITATION};
 pub use settings::{WrapAlgorithm, check_config};

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// The limitation of RSA wraps, shown by `security status`.
-pub(crate) const RSA_LIMITATION: &str = "RSA-OAEP-256 wraps use the key's public half, which anyone with keys/get can read: the binding stops a wrapped TEK from being moved to another table, TEK version or MEK version, but it does not prove that HeliosDB made the wrap (someone who can write the key store and read the public key can plant a TEK of their choosing); Managed HSM keys (A256GCM, A256KW) do not have this gap";
+/// What RSA wrapping cannot prove, in one line ([`AzureKvMekProvider::rsa_limitation`], and
+/// `security status` for an RSA key).
+pub const RSA_LIMITATION: &str = "RSA-OAEP-256 wraps use the key's public half, which anyone with keys/get can read: the binding stops a wrapped TEK from being moved to another table, TEK version or MEK version, but it does not prove that HeliosDB made the wrap (someone who can write the key store and read the public key can plant a TEK of their choosing); Managed HSM keys (A256GCM, A256KW) do not have this gap";
 
 /// Builds an [`AzureKvMekProvider`]: [`AzureKvMekProvider::builder`], optional parts, then
 /// [`AzureKvBuilder::open`].

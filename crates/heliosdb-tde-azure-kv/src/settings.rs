@@ -85,7 +85,7 @@ impl WrapAlgorithm {
     }
 
     /// Whether the algorithm uses an RSA key (else an `oct-HSM` key).
-    pub(crate) fn is_rsa(self) -> bool {
+    pub fn is_rsa(self) -> bool {
         self == Self::RsaOaep256
     }
 

@@ -1,7 +1,7 @@
 //! The conformance suite against a real Azure Key Vault or Managed HSM. Ignored: CI never runs
 //! it. To run it, with an identity allowed the data-plane operations listed in
-//! `docs/providers/azure-key-vault.md` (get, create, update, wrap and unwrap keys; encrypt and
-//! decrypt for A256GCM):
+//! `docs/providers/azure-key-vault.md` (get, list, create, update, wrap and unwrap keys;
+//! encrypt and decrypt for A256GCM):
 //!
 //! ```sh
 //! AZURE_KEYVAULT_URL=https://my-vault.vault.azure.net \

@@ -5,8 +5,8 @@
 use super::rotation::{rotation_json, service_rotation_note};
 use super::{Out, outln, table};
 use heliosdb_security::tde::{
-    CheckItem, DeletionProtection, KeyAvailability, KmsConfig, MekInfo, ProviderHealth,
-    ProviderKind, ServiceRotation, TdeSubsystem,
+    AZURE_RSA_LIMITATION, AzureWrapAlgorithm, CheckItem, DeletionProtection, KeyAvailability,
+    KmsConfig, MekInfo, ProviderHealth, ProviderKind, ServiceRotation, TdeSubsystem,
 };
 use serde_json::json;
 
@@ -94,14 +94,6 @@ pub(crate) struct AzureView {
     rsa_limitation: Option<&'static str>,
 }
 
-/// The limitation of RSA wrapping, shown by `security status` (and documented in
-/// `docs/providers/azure-key-vault.md`).
-const RSA_LIMITATION: &str = "RSA wraps use the public key, which anyone allowed to read the \
-     key can fetch: the binding stops a wrapped table key from being moved to another table or \
-     version, but it does not prove HeliosDB made the wrap (someone who can write the key store \
-     could plant a table key of their choosing). Symmetric Managed HSM keys (A256GCM, A256KW) do \
-     not have this gap";
-
 impl AzureView {
     /// The view for `tde` when its provider is Azure Key Vault; `mek` is the default MEK's
     /// info, if it could be read.
@@ -113,12 +105,19 @@ impl AzureView {
             let v = m.active_version()?;
             m.versions.iter().find(|x| x.mek.version == v)
         });
-        let wrap_algorithm = azure.effective_wrap_algorithm().to_string();
+        // The provider's own parsing and text (the configuration was checked at start-up, so
+        // the algorithm parses).
+        let algorithm = AzureWrapAlgorithm::parse(azure.effective_wrap_algorithm()).ok();
         Some(Self {
             vault_url: azure.vault_url.clone(),
             key_name: azure.key_name.clone(),
-            rsa_limitation: wrap_algorithm.starts_with("RSA").then_some(RSA_LIMITATION),
-            wrap_algorithm,
+            rsa_limitation: algorithm
+                .filter(|a| a.is_rsa())
+                .map(|_| AZURE_RSA_LIMITATION),
+            wrap_algorithm: algorithm.map_or_else(
+                || azure.effective_wrap_algorithm().to_string(),
+                |a| a.to_string(),
+            ),
             credential: azure.credential.clone(),
             active_key: active.and_then(|v| v.key_location.clone()),
             purge_protection: mek.and_then(|m| m.deletion_protection.clone()),

@@ -288,11 +288,12 @@ impl TdeConfig {
             if let Some(v) = get("AZURE_KEYVAULT_URL") {
                 azure.vault_url = v;
             }
-            if let Some(v) = get("AZURE_TENANT_ID") {
-                azure.tenant_id = Some(v);
+            // The identity variables fill only what the configuration leaves unset.
+            if azure.tenant_id.is_none() {
+                azure.tenant_id = get("AZURE_TENANT_ID");
             }
-            if let Some(v) = get("AZURE_CLIENT_ID") {
-                azure.client_id = Some(v);
+            if azure.client_id.is_none() {
+                azure.client_id = get("AZURE_CLIENT_ID");
             }
         }
         if let Some(KmsConfig::Aws(aws)) = &mut self.kms_config {

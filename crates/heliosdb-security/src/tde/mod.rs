@@ -50,7 +50,9 @@ pub use heliosdb_tde_aws_kms::AwsKmsMekProvider;
 
 /// The Azure Key Vault / Managed HSM provider (feature `azure-kv`).
 #[cfg(feature = "azure-kv")]
-pub use heliosdb_tde_azure_kv::AzureKvMekProvider;
+pub use heliosdb_tde_azure_kv::{
+    AzureKvMekProvider, RSA_LIMITATION as AZURE_RSA_LIMITATION, WrapAlgorithm as AzureWrapAlgorithm,
+};
 
 /// The PKCS#11 HSM provider (feature `pkcs11-hsm`).
 #[cfg(feature = "pkcs11-hsm")]

@@ -353,6 +353,20 @@ fn azure_environment_overrides() {
     assert_eq!(a.tenant_id.as_deref(), Some("tenant-a"));
     assert_eq!(a.client_id.as_deref(), Some("client-a"));
     assert_eq!(a.key_name, "mek");
+    // A configured tenant or client id wins over the variables.
+    let mut c = TdeConfig::from_toml_str(
+        "[kms_config]\nprovider = \"azure\"\nvault_url = \"https://v.vault.azure.net\"\n\
+         key_name = \"mek\"\ntenant_id = \"configured-t\"\nclient_id = \"configured-c\"\n",
+    )
+    .unwrap();
+    c.apply_env_with(|k| env.get(k).map(|v| v.to_string()))
+        .unwrap();
+    let Some(KmsConfig::Azure(a)) = &c.kms_config else {
+        panic!("not an Azure configuration")
+    };
+    assert_eq!(a.tenant_id.as_deref(), Some("configured-t"));
+    assert_eq!(a.client_id.as_deref(), Some("configured-c"));
+    assert_eq!(a.vault_url, "https://other.vault.azure.net");
     // Other providers ignore the Azure variables.
     let mut c = TdeConfig::from_toml_str(
         "[kms_config]\nprovider = \"vault\"\naddress = \"https://vault:8200\"\n",

@@ -757,7 +757,20 @@ class Handler(BaseHTTPRequestHandler):
             n = 0
         return self.rfile.read(n) if n > 0 else b""
 
+    def record(self, status):
+        """Writes the pending request-log entry (set by the data plane and the token endpoint)
+        with its status, once. Called before the answer is sent, so a client never sees an
+        answer whose log entry is not there yet."""
+        target = getattr(self, "log_target", None)
+        if target is None:
+            return
+        self.log_target = None
+        label, entry = target
+        with LOCK:
+            vault(label).log.append(dict(entry, status=status))
+
     def answer(self, status, obj, headers=None, raw=None):
+        self.record(status)
         data = raw if raw is not None else (b"" if obj is None else json.dumps(obj).encode())
         self.send_response(status)
         if data:
@@ -811,6 +824,7 @@ class DataHandler(Handler):
         label, hsm, resource = classify(host)
         with LOCK:
             self.close_after = vault(label).close_connections
+        self.log_target = (label, {"method": self.command, "path": url.path, "query": url.query})
         status = 500
         try:
             if not token_ok(self.headers.get("Authorization"), label):
@@ -845,9 +859,8 @@ class DataHandler(Handler):
             return self.answer(500, {"error": {"code": "InternalServerError",
                                                "message": f"test server bug: {type(e).__name__}"}})
         finally:
-            with LOCK:
-                vault(label).log.append(
-                    {"method": self.command, "path": url.path, "query": url.query, "status": status})
+            # Answered already (the entry was written before the answer), or not at all.
+            self.record(status)
 
     def injected(self, label, op):
         """Applies the next injection rule queued for (label, op): sleeps its delay, and answers
@@ -887,6 +900,7 @@ class DataHandler(Handler):
         one = lambda k: (form.get(k) or [""])[0]
         srv = self.server
         status = 200
+        self.log_target = (ENTRA, {"method": "POST", "path": f"/{tenant}/oauth2/v2.0/token", "query": ""})
         try:
             injected = self.injected(ENTRA, "token")
             if injected:
@@ -923,9 +937,7 @@ class DataHandler(Handler):
                 "token_type": "Bearer", "expires_in": TOKEN_LIFETIME,
                 "ext_expires_in": TOKEN_LIFETIME, "access_token": new_token()})
         finally:
-            with LOCK:
-                vault(ENTRA).log.append(
-                    {"method": "POST", "path": f"/{tenant}/oauth2/v2.0/token", "query": "", "status": status})
+            self.record(status)
 
 
 class ControlHandler(Handler):

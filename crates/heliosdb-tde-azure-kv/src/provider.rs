@@ -325,11 +325,13 @@ impl AzureKvMekProvider {
             None => None,
         };
         if let Some(kv) = serving {
-            let key = self.get_key(&self.settings.key_name, &kv.id).await?;
-            self.check_key(&self.settings.key_name, &key, &kv.id)?;
+            // The listing already says whether it is enabled; Key Vault refuses a `get` of a
+            // disabled version, which would hide which version and what to do.
             if !kv.enabled {
                 return Err(self.disabled(&self.settings.key_name, &kv.id));
             }
+            let key = self.get_key(&self.settings.key_name, &kv.id).await?;
+            self.check_key(&self.settings.key_name, &key, &kv.id)?;
             if key.attributes.as_ref().and_then(|a| a.exportable) == Some(true) {
                 return Ok(Some(format!(
                     "the Key Vault key {} (version {}) is exportable: its material can leave the vault (development mode only; production mode refuses it)",

@@ -223,8 +223,8 @@ async fn a_disabled_serving_version_is_refused_at_open() {
         .await;
     let from = mark(&f.vault, "PATCH", &active, 1).await;
 
-    // The vault refuses `get` of a disabled version (403 KeyDisabled): open's check of the
-    // serving version stops there, before it reads the listed enabled flag.
+    // open() sees the disabled flag in the version listing, before any `get` (which the vault
+    // refuses for a disabled version), so the error names the version and the exact fix.
     let e = f
         .try_open()
         .await
@@ -244,6 +244,10 @@ async fn a_disabled_serving_version_is_refused_at_open() {
     assert!(
         text.contains("az keyvault key set-attributes") && text.contains("--enabled true"),
         "gives the fix: {text}"
+    );
+    assert!(
+        text.contains(&format!("--version {active}")) && text.contains("serve new wraps"),
+        "names the version that serves new wraps: {text}"
     );
     assert!(!text.contains('\n'), "one line: {text}");
     // Nothing written: the version stays disabled and tagged as it was.

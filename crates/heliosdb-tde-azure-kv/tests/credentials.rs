@@ -244,3 +244,38 @@ async fn a_token_for_another_vault_is_refused() {
     .unwrap();
     works(&p).await;
 }
+
+/// A token the vault accepts never shows in the provider's `Debug`, description, warnings or
+/// errors, while it is in use.
+#[tokio::test]
+async fn a_working_token_never_shows() {
+    let Some(s) = common::server() else { return };
+    let f = s.fixture(common::RSA);
+    let token = s.mint_token(Some(&f.vault.label)).await;
+    let p = heliosdb_tde_azure_kv::AzureKvMekProvider::builder(
+        &f.config,
+        &f.default_mek,
+        SecurityMode::Development,
+    )
+    .credential(Arc::new(StaticToken(Secret::new(token.clone()))))
+    .dns_resolver(common::resolver())
+    .open()
+    .await
+    .unwrap();
+    p.generate_mek(&f.default_mek, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap();
+    let mut seen = vec![format!("{p:?}"), p.description(), p.warnings().join("\n")];
+    // Errors made while the token works: a missing MEK, and an MEK generated twice.
+    let missing = common::fresh("absent");
+    let e = p.mek_info(&missing).await.unwrap_err();
+    seen.push(format!("{e} {e:?}"));
+    let e = p
+        .generate_mek(&f.default_mek, EncryptionAlgorithm::Aes256Gcm)
+        .await
+        .unwrap_err();
+    seen.push(format!("{e} {e:?}"));
+    for text in seen {
+        assert!(!text.contains(&token), "the token leaked: {text}");
+    }
+}

@@ -180,11 +180,6 @@ pub(super) fn start_azure_kv(state_dir: &Path, env: &mut Environment) -> Result 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::provision;
-
-    fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| x.to_string()).collect()
-    }
 
     #[test]
     fn azure_environment_is_exactly_the_promised_variables() {
@@ -246,23 +241,13 @@ mod tests {
     /// the environment stops the server.
     #[test]
     fn azure_kv_is_provisioned_and_stopped() {
-        let root = crate::workspace_root();
-        let env = match provision(&root, &s(&["-p", "heliosdb-tde-azure-kv"])) {
-            Ok(env) => env,
-            Err(e) if std::env::var("HELIOSDB_REQUIRE_SERVICES").as_deref() != Ok("1") => {
-                eprintln!(
-                    "\n!!!!!!!! SKIPPED: the Key Vault test server could not be provisioned: {e}\n"
-                );
-                return;
-            }
-            Err(e) => panic!("the Key Vault test server could not be provisioned: {e}"),
+        let Some(env) = crate::services::provision_for_test(
+            "the Key Vault test server",
+            "heliosdb-tde-azure-kv",
+        ) else {
+            return;
         };
-        let var = |k: &str| {
-            env.vars()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-                .unwrap_or_else(|| panic!("{k} not exported"))
-        };
+        let var = |k: &str| env.var(k);
         let control: std::net::SocketAddr = var("HELIOSDB_TEST_AZURE_CONTROL")
             .trim_start_matches("http://")
             .parse()

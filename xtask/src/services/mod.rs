@@ -187,6 +187,33 @@ pub fn apt_install_if_missing(packages: &[&str]) -> Result {
     )
 }
 
+/// Provisions the services `cargo xtask test -p <package>` would, for a test of that
+/// provisioning: `None` after a loud skip when it cannot be done and services are not required
+/// (`HELIOSDB_REQUIRE_SERVICES` unset), a panic when they are.
+#[cfg(test)]
+pub(crate) fn provision_for_test(what: &str, package: &str) -> Option<Environment> {
+    let args = ["-p".to_string(), package.to_string()];
+    match provision(&crate::workspace_root(), &args) {
+        Ok(env) => Some(env),
+        Err(e) if std::env::var("HELIOSDB_REQUIRE_SERVICES").as_deref() != Ok("1") => {
+            eprintln!("\n!!!!!!!! SKIPPED: {what} could not be provisioned: {e}\n");
+            None
+        }
+        Err(e) => panic!("{what} could not be provisioned: {e}"),
+    }
+}
+
+#[cfg(test)]
+impl Environment {
+    /// The exported value of `name`; panics when it is not exported.
+    pub(crate) fn var(&self, name: &str) -> String {
+        self.vars()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| panic!("{name} not exported"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,7 +159,6 @@ pub(super) fn start_moto(state_dir: &Path, env: &mut Environment) -> Result {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::provision;
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
     }
@@ -232,21 +231,10 @@ mod tests {
     /// variables, the empty config files; and that dropping the environment stops the server.
     #[test]
     fn moto_is_provisioned_and_stopped() {
-        let root = crate::workspace_root();
-        let env = match provision(&root, &s(&["-p", "heliosdb-tde-aws-kms"])) {
-            Ok(env) => env,
-            Err(e) if std::env::var("HELIOSDB_REQUIRE_SERVICES").as_deref() != Ok("1") => {
-                eprintln!("\n!!!!!!!! SKIPPED: moto could not be provisioned: {e}\n");
-                return;
-            }
-            Err(e) => panic!("moto could not be provisioned: {e}"),
+        let Some(env) = crate::services::provision_for_test("moto", "heliosdb-tde-aws-kms") else {
+            return;
         };
-        let var = |k: &str| {
-            env.vars()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-                .unwrap_or_else(|| panic!("{k} not exported"))
-        };
+        let var = |k: &str| env.var(k);
         let endpoint = var("HELIOSDB_TEST_AWS_ENDPOINT");
         let listen: std::net::SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
         assert_eq!(

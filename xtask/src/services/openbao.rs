@@ -120,31 +120,15 @@ pub(super) fn start_openbao(state_dir: &Path, env: &mut Environment) -> Result {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::provision;
-    fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| x.to_string()).collect()
-    }
-
     /// Provisions OpenBao as `cargo xtask test -p heliosdb-tde-vault` does and checks what the
     /// tests are promised: a healthy server, Transit enabled, a renewable token with only the
     /// documented policy, a root token; and that dropping the environment stops the server.
     #[test]
     fn openbao_is_provisioned_and_stopped() {
-        let root = crate::workspace_root();
-        let env = match provision(&root, &s(&["-p", "heliosdb-tde-vault"])) {
-            Ok(env) => env,
-            Err(e) if std::env::var("HELIOSDB_REQUIRE_SERVICES").as_deref() != Ok("1") => {
-                eprintln!("\n!!!!!!!! SKIPPED: OpenBao could not be provisioned: {e}\n");
-                return;
-            }
-            Err(e) => panic!("OpenBao could not be provisioned: {e}"),
+        let Some(env) = crate::services::provision_for_test("OpenBao", "heliosdb-tde-vault") else {
+            return;
         };
-        let var = |k: &str| {
-            env.vars()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-                .unwrap_or_else(|| panic!("{k} not exported"))
-        };
+        let var = |k: &str| env.var(k);
         let addr = var("HELIOSDB_TEST_VAULT_ADDR");
         let token = var("HELIOSDB_TEST_VAULT_TOKEN");
         let root_token = var("HELIOSDB_TEST_VAULT_ROOT_TOKEN");

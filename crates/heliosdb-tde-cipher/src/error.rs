@@ -31,10 +31,13 @@ pub enum CipherError {
         found: TekVersion,
     },
 
-    /// The key reached its hard invocation limit.
+    /// The key reached its hard invocation limit, or the cipher the end of its reserved block
+    /// of invocation numbers.
     #[error(
-        "this key has performed {invocations} encryptions, the limit for random 96-bit nonces \
-         (NIST SP 800-38D 8.3); rotate the table key. Decryption still works"
+        "this cipher has used invocation numbers up to {invocations}, the end of its budget \
+         (the key's hard limit, at most 2^32 for the 32-bit invocation field of the nonce, NIST \
+         SP 800-38D 8.2.1, or the end of the block reserved for it); rotate the table key or \
+         reserve a new block. Decryption still works"
     )]
     NonceBudgetExhausted {
         /// Encryptions performed.

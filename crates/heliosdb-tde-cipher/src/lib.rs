@@ -1,4 +1,7 @@
 #![doc = include_str!("../README.md")]
+// Unsafe code: one block, the `pthread_atfork` registration in `fork.rs` (the only module that
+// allows it). See its SAFETY comment and ARCHITECTURE.md, "Unsafe code".
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(not(any(feature = "aws-lc", feature = "ring", feature = "rustcrypto")))]
 compile_error!(
@@ -7,8 +10,12 @@ compile_error!(
 
 pub mod aead;
 mod error;
+mod fork;
 mod keyring;
+mod nonce;
 mod page;
+#[cfg(feature = "test-hooks")]
+pub mod testing;
 mod usage;
 pub mod wrap;
 

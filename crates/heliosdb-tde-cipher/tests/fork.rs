@@ -1,0 +1,4 @@
+//! Nonces across `fork` (filled in below).
+fn main() {
+    println!("0 passed, 0 failed");
+}

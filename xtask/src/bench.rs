@@ -1,4 +1,8 @@
-//! `cargo xtask bench`: runs the criterion benchmarks and writes `docs/benchmarks.md`.
+//! `cargo xtask bench`: runs the benchmarks and writes `docs/benchmarks.md`.
+//!
+//! The rows are declared in `bench/rows.rs` and the notes under the table in `bench/notes.rs`; this module
+//! reads the results (criterion's, and the JSON the `harness = false` benchmarks write) and
+//! renders the report.
 
 use crate::Result;
 use std::collections::BTreeMap;
@@ -54,6 +58,60 @@ pub fn read_results(
     Ok(out)
 }
 
+/// The results the `harness = false` benchmarks write to `extra_dir` (`target/bench-extra`),
+/// added to `out` (replacing a criterion result of the same id): each file is
+/// `{"results": [{"id": "group/function", "value": 12.5, "unit": "ns"}, ...]}`, where `unit` is
+/// `ns` (a median time) or `bytes`. With `since`, only files written at or after it count.
+pub fn read_extra(
+    extra_dir: &Path,
+    since: Option<std::time::SystemTime>,
+    out: &mut BTreeMap<String, f64>,
+) -> Result {
+    let Ok(entries) = std::fs::read_dir(extra_dir) else {
+        return Ok(());
+    };
+    let mut files: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    for path in files {
+        let fresh = since.is_none_or(|t| {
+            std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m >= t)
+        });
+        if !fresh {
+            continue;
+        }
+        let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let results = v["results"].as_array().ok_or_else(|| {
+            format!(
+                "{}: no \"results\" array; delete the file and rerun its benchmark",
+                path.display()
+            )
+        })?;
+        for r in results {
+            match (r["id"].as_str(), r["value"].as_f64(), r["unit"].as_str()) {
+                (Some(id), Some(value), Some("ns" | "bytes")) => {
+                    out.insert(id.to_string(), value);
+                }
+                _ => {
+                    return Err(format!(
+                        "{}: a result needs an id, a numeric value and the unit ns or bytes: \
+                         {r}; delete the file and rerun its benchmark",
+                        path.display()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn human(ns: f64) -> String {
     if ns >= 1e9 {
         format!("{:.2} s", ns / 1e9)
@@ -66,36 +124,24 @@ fn human(ns: f64) -> String {
     }
 }
 
+fn human_bytes(bytes: f64) -> String {
+    if bytes >= f64::from(1u32 << 30) {
+        format!("{:.2} GiB", bytes / f64::from(1u32 << 30))
+    } else if bytes >= f64::from(1u32 << 20) {
+        format!("{:.1} MiB", bytes / f64::from(1u32 << 20))
+    } else if bytes >= 1024.0 {
+        format!("{:.1} KiB", bytes / 1024.0)
+    } else {
+        format!("{bytes:.0} B")
+    }
+}
+
 fn sh(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)
         .args(args)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
-}
-
-/// One row of the report.
-struct Row {
-    what: String,
-    ours: Option<f64>,
-    base: Option<f64>,
-    base_name: String,
-    target: String,
-    verdict: String,
-}
-
-/// "met" when `ours` is within `limit` times `base`, else "MISSED" with the excess.
-fn ratio_verdict(ours: Option<f64>, base: Option<f64>, limit: f64) -> String {
-    match (ours, base) {
-        (Some(o), Some(b)) if b > 0.0 => {
-            if o / b <= limit {
-                "met".into()
-            } else {
-                format!("MISSED ({:+.1}%)", (o / b - 1.0) * 100.0)
-            }
-        }
-        _ => "not run".into(),
-    }
 }
 
 /// The words before the date of the oldest kept row, in the note under the table.
@@ -133,201 +179,39 @@ fn previous_rows(previous: &str) -> (BTreeMap<String, String>, String) {
     (rows, date)
 }
 
-/// Renders the report from criterion results. With `previous` (the last report), a row this
-/// run did not measure keeps its measured line from there, marked †, so that a partial run
-/// (`cargo xtask bench wrap_unwrap`) does not erase the other rows.
-pub fn render(r: &BTreeMap<String, f64>, previous: Option<&str>) -> String {
-    let get = |k: &str| r.get(k).copied();
-    let mut rows = Vec::new();
-    for op in ["seal", "open"] {
-        for backend in ["aws-lc", "ring", "rustcrypto"] {
-            for size in [4096u64, 8192, 16384, 1 << 20] {
-                let ours = get(&format!("page_{op}/{backend}/ours/{size}"));
-                let base = get(&format!("page_{op}/{backend}/raw/{size}"));
-                let gate = op == "seal" && size == 8192;
-                let verdict = match (ours, base, gate) {
-                    (Some(o), Some(b), true) => {
-                        if o / b <= 1.05 {
-                            "met".into()
-                        } else {
-                            format!("MISSED ({:+.1}%)", (o / b - 1.0) * 100.0)
-                        }
-                    }
-                    (Some(_), Some(_), false) => "report".into(),
-                    _ => "not run".into(),
-                };
-                let gbps = ours
-                    .map(|o| format!(" ({:.1} GB/s)", size as f64 / o))
-                    .unwrap_or_default();
-                rows.push(Row {
-                    what: format!("page {op}, {backend}, {} KiB{gbps}", size / 1024),
-                    ours,
-                    base,
-                    base_name: format!("raw {backend} {op}"),
-                    target: if gate {
-                        "≤ 1.05× raw".into()
-                    } else {
-                        "report".into()
-                    },
-                    verdict,
-                });
+/// The verdict of one row: "met" or "MISSED (...)" against its target, "report" without one,
+/// "not run" when ours (or the baseline of a ratio) was not measured.
+fn verdict(target: rows::Target, ours: Option<f64>, base: Option<f64>) -> String {
+    use rows::Target;
+    match (target, ours) {
+        (_, None) => "not run".into(),
+        (Target::Report | Target::Bytes, Some(_)) => "report".into(),
+        (Target::RatioAtMost(limit), Some(o)) => match base {
+            Some(b) if b > 0.0 => {
+                if o / b <= limit {
+                    "met".into()
+                } else {
+                    format!("MISSED ({:+.1}%)", (o / b - 1.0) * 100.0)
+                }
+            }
+            _ => "not run".into(),
+        },
+        (Target::AtMostNs(limit), Some(o)) => {
+            if o <= limit {
+                "met".into()
+            } else {
+                "MISSED".into()
             }
         }
     }
-    for t in ["1t", "2t"] {
-        let ours = get(&format!("get_table_key_hit/ours_{t}"));
-        rows.push(Row {
-            what: format!("get_table_key cache hit, {} thread(s)", &t[..1]),
-            ours,
-            base: get(&format!("get_table_key_hit/hashmap_{t}")),
-            base_name: "HashMap lookup".into(),
-            target: "≤ 100 ns median".into(),
-            verdict: ours
-                .map(|o| {
-                    if o <= 100.0 {
-                        "met".into()
-                    } else {
-                        "MISSED".into()
-                    }
-                })
-                .unwrap_or_else(|| "not run".into()),
-        });
-    }
-    for p in ["memory", "file"] {
-        let ours = get(&format!("get_table_key_miss/ours_{p}"));
-        rows.push(Row {
-            what: format!("get_table_key miss, {p} provider"),
-            ours,
-            base: get("get_table_key_miss/raw_aes_gcm_open_32"),
-            base_name: "raw AES-GCM open of 32 bytes".into(),
-            target: "≤ 5 µs".into(),
-            verdict: ours
-                .map(|o| {
-                    if o <= 5000.0 {
-                        "met".into()
-                    } else {
-                        "MISSED".into()
-                    }
-                })
-                .unwrap_or_else(|| "not run".into()),
-        });
-    }
-    for p in ["memory", "file"] {
-        rows.push(Row {
-            what: format!("wrap + unwrap, {p} provider"),
-            ours: get(&format!("wrap_unwrap/provider_{p}")),
-            base: get("wrap_unwrap/raw_local_wrap_unwrap"),
-            base_name: "raw local AES-GCM wrap + unwrap".into(),
-            target: "report".into(),
-            verdict: "report".into(),
-        });
-    }
-    rows.push(Row {
-        what: "wrap + unwrap, SoftHSM2 (PKCS#11)".into(),
-        ours: get("wrap_unwrap/provider_softhsm"),
-        base: get("wrap_unwrap/raw_cryptoki_softhsm"),
-        base_name: "raw cryptoki CKM_AES_GCM encrypt + decrypt".into(),
-        target: "report".into(),
-        verdict: if get("wrap_unwrap/provider_softhsm").is_some() {
-            "report".into()
-        } else {
-            "not run".into()
-        },
-    });
-    let ours = get("wrap_unwrap/provider_openbao");
-    let base = get("wrap_unwrap/raw_vaultrs_openbao");
-    rows.push(Row {
-        what: "wrap + unwrap, OpenBao (Vault Transit)".into(),
-        ours,
-        base,
-        base_name: "raw vaultrs Transit encrypt + decrypt (same key, same context)".into(),
-        target: "≤ 1.10× raw (report)".into(),
-        verdict: ratio_verdict(ours, base, 1.10),
-    });
-    let ours = get("wrap_unwrap/provider_moto");
-    let base = get("wrap_unwrap/raw_sdk_moto");
-    rows.push(Row {
-        what: "wrap + unwrap, moto (AWS KMS)".into(),
-        ours,
-        base,
-        base_name: "raw aws-sdk-kms Encrypt + Decrypt (same key, same encryption context)".into(),
-        target: "≤ 1.10× raw (report)".into(),
-        verdict: ratio_verdict(ours, base, 1.10),
-    });
-    let ours = get("wrap_unwrap/provider_azure_test_server");
-    let base = get("wrap_unwrap/raw_sdk_azure_test_server");
-    rows.push(Row {
-        what: "wrap + unwrap, Key Vault test server (Azure SDK)".into(),
-        ours,
-        base,
-        base_name: "raw KeyClient wrap_key + unwrap_key, RSA-OAEP-256 (same key and version)"
-            .into(),
-        target: "≤ 1.10× raw (report)".into(),
-        verdict: ratio_verdict(ours, base, 1.10),
-    });
-    let ours = get("mek_rotation_openbao_10k/ours_openbao_server_side_rewrap");
-    let base = get("mek_rotation_openbao_10k/raw_vaultrs_rewrap");
-    rows.push(Row {
-        what: "MEK rotation of 10,000 TEKs, OpenBao, server-side rewrap".into(),
-        ours,
-        base,
-        base_name: "10,000 raw vaultrs Transit rewrap calls at the same concurrency".into(),
-        target: "≤ 1.20× raw".into(),
-        verdict: ratio_verdict(ours, base, 1.20),
-    });
-    let ours = get("mek_rotation_moto_1k/ours_moto_reencrypt");
-    let base = get("mek_rotation_moto_1k/raw_sdk_reencrypt");
-    rows.push(Row {
-        what: "MEK rotation of 1,000 TEKs, moto, ReEncrypt".into(),
-        ours,
-        base,
-        base_name: "1,000 raw aws-sdk-kms ReEncrypt calls at the same concurrency".into(),
-        target: "≤ 1.20× raw".into(),
-        verdict: ratio_verdict(ours, base, 1.20),
-    });
-    let ours = get("mek_rotation_100k/ours_file_provider_durable");
-    rows.push(Row {
-        what: "MEK rotation of 100,000 TEKs, file provider, durable".into(),
-        ours,
-        base: get("mek_rotation_100k/baseline_unwrap_wrap_in_memory"),
-        base_name: "unwrap + wrap of 100,000 keys in memory".into(),
-        target: "≤ 3 s".into(),
-        verdict: ours
-            .map(|o| {
-                if o <= 3e9 {
-                    "met".into()
-                } else {
-                    "MISSED".into()
-                }
-            })
-            .unwrap_or_else(|| "not run".into()),
-    });
-    rows.push(Row {
-        what: "wrap self-check: unwrap + wrap + check of 100,000 keys in memory".into(),
-        ours: get("mek_rotation_100k/wrap_self_check_unwrap_wrap_check_in_memory"),
-        base: get("mek_rotation_100k/baseline_unwrap_wrap_in_memory"),
-        base_name: "unwrap + wrap of 100,000 keys in memory".into(),
-        target: "report".into(),
-        verdict: "report".into(),
-    });
-    let ours = get("store_open/ours_1m_teks");
-    rows.push(Row {
-        what: "key store open with 1,000,000 TEKs (no eager unwrap)".into(),
-        ours,
-        base: get("store_open/baseline_empty"),
-        base_name: "empty store open".into(),
-        target: "≤ 100 ms".into(),
-        verdict: ours
-            .map(|o| {
-                if o <= 1e8 {
-                    "met".into()
-                } else {
-                    "MISSED".into()
-                }
-            })
-            .unwrap_or_else(|| "not run".into()),
-    });
+}
 
+/// Renders the report from the results ([`read_results`] and [`read_extra`]). With `previous`
+/// (the last report), a row this run did not measure keeps its measured line from there,
+/// marked †, so that a partial run (`cargo xtask bench wrap_unwrap`) does not erase the other
+/// rows.
+pub fn render(r: &BTreeMap<String, f64>, previous: Option<&str>) -> String {
+    let get = |k: &str| r.get(k).copied();
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
@@ -359,9 +243,17 @@ pub fn render(r: &BTreeMap<String, f64>, previous: Option<&str>) -> String {
     let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- |");
     let (kept, kept_date) = previous.map(previous_rows).unwrap_or_default();
     let mut kept_any = false;
-    for row in rows {
-        if row.ours.is_none()
-            && let Some(old) = kept.get(row_key(&row.what))
+    for spec in rows::specs() {
+        let ours = get(&spec.ours);
+        let base = spec.base.as_deref().and_then(get);
+        let what = match (spec.throughput, ours) {
+            (Some(bytes), Some(o)) if o > 0.0 => {
+                format!("{} ({:.1} GB/s)", spec.label, bytes as f64 / o)
+            }
+            _ => spec.label.clone(),
+        };
+        if ours.is_none()
+            && let Some(old) = kept.get(row_key(&what))
         {
             // The old line with its label marked: "| what | ..." -> "| what † | ...".
             let mut cells: Vec<String> = old.split('|').map(str::to_string).collect();
@@ -371,20 +263,23 @@ pub fn render(r: &BTreeMap<String, f64>, previous: Option<&str>) -> String {
             kept_any = true;
             continue;
         }
-        let ratio = match (row.ours, row.base) {
+        let ratio = match (ours, base) {
             (Some(o), Some(b)) if b > 0.0 => format!("{:.2}×", o / b),
             _ => "-".into(),
         };
+        let value = |v: Option<f64>| match (v, spec.target) {
+            (Some(v), rows::Target::Bytes) => human_bytes(v),
+            (Some(v), _) => human(v),
+            (None, _) => "-".into(),
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            row.what,
-            row.ours.map(human).unwrap_or_else(|| "-".into()),
-            row.base.map(human).unwrap_or_else(|| "-".into()),
-            row.base_name,
-            ratio,
-            row.target,
-            row.verdict
+            "| {what} | {} | {} | {} | {ratio} | {} | {} |",
+            value(ours),
+            value(base),
+            spec.base_name,
+            spec.target_text,
+            verdict(spec.target, ours, base)
         );
     }
     if kept_any {
@@ -394,51 +289,14 @@ pub fn render(r: &BTreeMap<String, f64>, previous: Option<&str>) -> String {
              <filter>`): {KEPT_FROM}{kept_date}."
         );
     }
-    let _ = writeln!(
-        md,
-        "\nReproduce with `cargo xtask bench` (about 15 minutes on 2 cores; it provisions a \
-         SoftHSM2 token for the PKCS#11 row, an OpenBao dev server for the Vault rows, a moto \
-         server for the AWS KMS rows and the Key Vault test server for the Azure row, and builds the 1,000,000-key store once under `target/bench-data/`). `cargo xtask bench \
-         --report` rewrites this file from the last results without running anything.\n\n## Notes on the misses\n\n* **Page seal at 8 KiB.** \
-         Every seal draws its 96-bit nonce from the kernel (one `getrandom` system call, about \
-         0.3 µs here), as the design requires; the raw baseline reuses a fixed nonce and makes no \
-         call. The cost is constant per page, so it fades at larger pages (1.03× at 1 MiB), and \
-         opening, which draws no nonce, costs 1.00-1.03×.\n* **Cache hit on 2 threads.** The \
-         hit path takes a shard read lock in quick_cache and clones an `Arc`; the counters are \
-         striped per thread. The `HashMap` baseline, with no locking at all, also slows down \
-         from 1 to 2 threads on this 2-core machine, where the two benchmark threads share the \
-         cores with everything else.\n* **SoftHSM2 wrap + unwrap** (report only): each call \
-         looks the MEK version and its lifecycle record up on the token before using it, so that \
-         a version deactivated by another process is never used; those searches, not the \
-         AES-GCM, dominate.\n* **OpenBao wrap + unwrap** (report): one Transit encrypt and one \
-         decrypt over HTTP keep-alive, the same two calls as the raw vaultrs baseline; the \
-         provider's lifecycle record comes from its 10-second cache, so the extra cost is the \
-         envelope and context handling, well below the round-trip noise.\n* **OpenBao MEK rotation \
-         of 10,000 TEKs**: both sides make the same 10,000 Transit rewrap calls with the \
-         rotation's concurrency (8 in flight), so the server's work dominates and the rotation's \
-         durable store commits hide under the round trips; a ratio below 1.00 is noise of the \
-         shared 2-core machine.\n* **moto wrap + unwrap** (report): one `Encrypt` and one \
-         `Decrypt`, the same two calls as the raw aws-sdk-kms baseline, with the same key and \
-         encryption context. moto itself takes about 3 ms per call (a Python server that closes \
-         the connection after every answer, so each call also opens a new TCP connection), which \
-         dominates both sides; the ratio shows the provider's own share on top of it (the \
-         envelope, the encryption context, the cached version lookup). Real AWS KMS latency is a network round trip, not moto's.\n* **moto MEK \
-         rotation of 1,000 TEKs**: both sides make the same 1,000 `ReEncrypt` calls with the \
-         rotation's concurrency (8 in flight), v1 to v2; each sample rotates a fresh MEK, set up \
-         untimed. The rotation also creates the new version's key, alias and tags, and commits \
-         the store. moto's ~3 ms per call, serialised by its \
-         Python interpreter, dominates both.\n* **Key Vault test server wrap + unwrap** (report): \
-         one `wrap_key` (RSA-OAEP-256, 3072-bit key) of the 64-byte TEK-and-binding value and one \
-         `unwrap_key`, the same two calls as the raw `KeyClient` baseline, with the same key \
-         version, HTTP client settings and credential type. The test server's RSA private-key \
-         operation (Python `cryptography`) dominates both sides; the ratio shows the provider's \
-         own share (the binding hash, the payload, the cached version tags). Real Key Vault \
-         latency, and its throttling limits, are not the test server's."
-    );
+    let _ = writeln!(md, "\n{}\n\n## Notes on the misses\n", notes::REPRODUCE);
+    for note in notes::NOTES {
+        let _ = writeln!(md, "* {note}");
+    }
     if let Some(prev) = previous.filter(|_| kept_any) {
         // Notes written for the kept rows (by hand or by an earlier version) stay with them.
-        if let Some((_, notes)) = prev.split_once("## Notes on the misses\n") {
-            for note in notes
+        if let Some((_, old_notes)) = prev.split_once("## Notes on the misses\n") {
+            for note in old_notes
                 .split("\n* ")
                 .map(|n| n.trim().trim_start_matches("* "))
             {
@@ -487,9 +345,17 @@ pub fn run(root: &Path, report_only: bool, filter: &[String]) -> Result {
         drop(env);
     }
     let since = (!report_only).then_some(started);
-    let results = read_results(&root.join("target").join("criterion"), since)?;
+    let mut results = read_results(&root.join("target").join("criterion"), since)?;
+    read_extra(
+        &root.join("target").join("bench-extra"),
+        since,
+        &mut results,
+    )?;
     if results.is_empty() {
-        return Err("no criterion results under target/criterion; run `cargo xtask bench`".into());
+        return Err(
+            "no results under target/criterion or target/bench-extra; run `cargo xtask bench`"
+                .into(),
+        );
     }
     let path = root.join("docs").join("benchmarks.md");
     let previous = std::fs::read_to_string(&path).ok();
@@ -499,5 +365,7 @@ pub fn run(root: &Path, report_only: bool, filter: &[String]) -> Result {
     Ok(())
 }
 
+mod notes;
+mod rows;
 #[cfg(test)]
 mod tests;

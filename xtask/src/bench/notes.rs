@@ -1,0 +1,107 @@
+//! The text under the results table of `docs/benchmarks.md`: how to reproduce the run, and one
+//! note per row that misses its target or stays "report". Edit the notes here (never in
+//! `docs/benchmarks.md`, which `cargo xtask bench` rewrites); the results themselves are in the
+//! table, so a note explains a row without quoting its numbers.
+
+/// The paragraph after the table: how to reproduce the run, and how long it takes.
+pub(super) const REPRODUCE: &str = "Reproduce with `cargo xtask bench` (about 20 minutes on 2 cores; \
+it provisions a SoftHSM2 token for the PKCS#11 rows, an OpenBao dev server for the Vault rows, a \
+moto server for the AWS KMS rows and the Key Vault test server for the Azure row, builds the \
+1,000,000-key store once under `target/bench-data/`, and builds a fresh 1,000,000-TEK store for \
+the rotation row, about a third of the run). `cargo xtask bench --report` rewrites this file from \
+the last results without running anything; the rows measured by the `harness = false` \
+benchmarks (the cache hits and the 1,000,000-TEK rotation) come from `target/bench-extra/*.json`.";
+
+/// The notes, one list item each, in the order of the table.
+pub(super) const NOTES: &[&str] = &[
+    "**Page seal.** Nonces are deterministic, the construction of NIST SP 800-38D section 8.2.1: \
+     a 64-bit salt drawn from the operating system once per reserved block of invocations (and \
+     again in a forked child), followed by a 32-bit invocation number from the block the key \
+     store reserved durably before the first seal (`docs/formats/page.md` gives the uniqueness \
+     argument). A seal makes no system call. What remains over the raw seal with a fixed nonce \
+     is one atomic compare-and-swap on the invocation counter, the 17-byte page header and one \
+     more GHASH block for the header in the associated data; it is constant per page, so it \
+     fades at larger pages. The rows \"page seal vs OS-random nonce\" compare with a raw seal \
+     that draws its nonce with one `getrandom` call per page, as every seal did before: the \
+     cost this design removes. Opening draws no nonce.",
+    "**Cache hit on 1, 2 and 4 threads.** Ours and the `HashMap` baseline run in alternating \
+     chunks of about 10 ms in one harness (`benches/benches/key_cache_hit.rs`, ABBA order, the \
+     median of each side's chunks), so background noise on this shared 2-core machine hits \
+     both alike; criterion is not used because it runs one function after the other. The hit \
+     path is a per-thread front cache of weak references in front of quick_cache, which stays \
+     the authority for the bound, eviction, zeroization on eviction and single flight on a \
+     miss: a hit takes no lock and writes only the key's reference count (as the baseline's \
+     `Arc` clone does) and a per-thread counter. At 4 threads on 2 cores the threads preempt \
+     each other on both sides, and even the baseline slows from 1 to 2 threads.",
+    "**Seal 8 KiB through the facade's sealer.** This is the whole per-page cost a database \
+     pays: `TdeSubsystem::page_sealer` returns a handle that holds its table's current \
+     encryptor, so a page seal does no table lookup and no allocation; each iteration polls \
+     `PageSealer::seal_in_place` once with a no-op waker (a poll that returns `Pending`, \
+     waiting for a block reservation, is finished with `block_on` and counted on the \
+     benchmark's standard error). The run crosses block boundaries, so the amortised durable \
+     reservation (one redb write transaction with fsync per block of invocations) is included.",
+    "**SoftHSM2 wrap + unwrap.** The provider caches each MEK version's object handle and \
+     lifecycle state: its own changes invalidate the entry at once; otherwise it is re-read \
+     after `state_refresh` (default 10 s; 0 re-reads on every call) or when the token answers \
+     that the handle is invalid or the session is logged out. A steady-state wrap is then one \
+     hop to a pooled session with `C_EncryptInit`/`C_Encrypt` and the self-check decrypt, an \
+     unwrap one hop with one decrypt. If the first row still exceeds 1.5×, that is because its \
+     baseline is not like for like: it uses a session key, while the MEK is a token object \
+     (non-extractable and not copyable, so the provider cannot use a session copy), and \
+     SoftHSM2's file object store refreshes a token object on every `C_*Init` (it opens, locks \
+     and reads its generation files); and the provider's wrap decrypts the new wrap once more \
+     before returning it (the wrap self-check), a third GCM call. The like-for-like row \
+     compares with the same three calls on a token key made with the MEK template, and the hop \
+     row shows the cost of one pooled hop (`health()`, one `C_GetSessionInfo` through \
+     `spawn_blocking` and the timeout) against a raw `C_GetSessionInfo`.",
+    "**OpenBao wrap + unwrap** (report): one Transit encrypt and one decrypt over HTTP \
+     keep-alive, the same two calls as the raw vaultrs baseline; the provider's lifecycle \
+     record comes from its 10-second cache, so the extra cost is the envelope and context \
+     handling, well below the round-trip noise.",
+    "**moto wrap + unwrap** (report): one `Encrypt` and one `Decrypt`, the same two calls as \
+     the raw aws-sdk-kms baseline, with the same key and encryption context. moto itself takes \
+     about 3 ms per call (a Python server that closes the connection after every answer, so \
+     each call also opens a new TCP connection), which dominates both sides; the ratio shows \
+     the provider's own share on top of it (the envelope, the encryption context, the cached \
+     version lookup). Real AWS KMS latency is a network round trip, not moto's.",
+    "**Key Vault test server wrap + unwrap** (report): one `wrap_key` (RSA-OAEP-256, 3072-bit \
+     key) of the 64-byte TEK-and-binding value and one `unwrap_key`, the same two calls as the \
+     raw `KeyClient` baseline, with the same key version, HTTP client settings and credential \
+     type. The test server's RSA private-key operation (Python `cryptography`) dominates both \
+     sides; the ratio shows the provider's own share (the binding hash, the payload, the cached \
+     version tags). Real Key Vault latency, and its throttling limits, are not the test \
+     server's.",
+    "**OpenBao MEK rotation of 10,000 TEKs**: both sides make the same 10,000 Transit rewrap \
+     calls with the rotation's concurrency (8 in flight), so the server's work dominates and \
+     the rotation's durable store commits hide under the round trips; a ratio below 1.00 is \
+     noise of the shared 2-core machine.",
+    "**moto MEK rotation of 1,000 TEKs**: both sides make the same 1,000 `ReEncrypt` calls \
+     with the rotation's concurrency (8 in flight), v1 to v2; each sample rotates a fresh MEK, \
+     set up untimed. The rotation also creates the new version's key, alias and tags, and \
+     commits the store. moto's ~3 ms per call, serialised by its Python interpreter, dominates \
+     both.",
+    "**MEK rotation of 100,000 and 1,000,000 TEKs and the wrap self-check.** Every provider \
+     unwraps each new wrap once and compares it before the wrap is stored (the self-check row: \
+     one more unwrap and a 32-byte compare per key); each re-wrapped record is authenticated \
+     (HMAC-SHA256 under the store integrity key), each journal write is a compare-and-set, and \
+     each step first takes the store's write lock, so a durable rotation costs several times \
+     the bare unwrap + wrap in memory. The 1,000,000-TEK row is one pass measured by \
+     `benches/benches/rotation_1m.rs` (`harness = false`: criterion's ten-sample minimum \
+     would take many minutes); its baseline runs the same unwrap + wrap in chunks of 10,000 \
+     keys, so the baseline itself never holds a million keys.",
+    "**Peak memory of the 1,000,000-TEK rotation** (report): the benchmark process writes `5` \
+     to `/proc/self/clear_refs` just before the pass, which resets its peak resident set \
+     (`VmHWM`) to the current one, and reads `VmHWM` from `/proc/self/status` after it; the \
+     baseline is the resident set (`VmRSS`) at the reset, with the store built and the key \
+     manager open. The rotation re-wraps in pages of 512 TEKs per store transaction, so the \
+     pass should add little: the difference of the two is what the rotation itself holds.",
+    "**Cold start** (report): ours opens the provider, the redb store (`RedbKeyStore::open_dir`) \
+     and the key manager, checks the default MEK and unwraps 10,000 TEKs with `get_tek` (the \
+     cache holds them all); the baseline makes 10,000 raw unwraps (under an equal master key \
+     for the file provider, `C_Decrypt` on a token key for SoftHSM2). The file provider's open \
+     is dominated by the Argon2id derivation of the passphrase, a deliberate cost against \
+     guessing; the row \"the provider open alone\" shows its share. For SoftHSM2, \
+     `C_Initialize` is process-wide and never finalised, so every sample after the first \
+     starts warm at the module level (the library is loaded and initialised); a real first \
+     start also pays loading the module.",
+];

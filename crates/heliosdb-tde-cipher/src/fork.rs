@@ -7,10 +7,9 @@
 //! registered once, before the first salt is drawn. A cipher remembers the generation its salt
 //! belongs to and draws a new one when the generation has moved on.
 //!
-//! `pthread_atfork` handlers run for `fork(3)` from libc (and so for `std::process::Command`'s
-//! fallback paths and every C library that forks through libc), not for a raw `clone` or
-//! `SYS_fork` system call that bypasses libc, nor for `vfork`, whose child may only `exec` or
-//! `_exit`. A process that forks by such means must not seal in the child.
+//! `pthread_atfork` handlers run for libc's `fork` (which Rust and C libraries use), not for a
+//! raw `clone` or `SYS_fork` system call that bypasses libc, nor for `vfork`, whose child may
+//! only `exec` or `_exit`. A child created by such means must not seal pages.
 //!
 //! This is the only module of the crate with `unsafe` code: the registration call.
 

@@ -75,10 +75,13 @@ struct Store {
     counts: HashMap<u32, u64>,
 }
 
+/// Values per key (the key's number).
+type PerKey<T> = HashMap<u32, Vec<T>>;
+
 /// Runs `ops` with real ciphers over reserved blocks of `block` numbers, a "store" that
 /// reserves by raising a count, and returns every nonce sealed per key. Alongside, a counter
 /// model predicts each seal's invocation number; every seal is checked against it.
-fn run(ops: &[Op], block: u64) -> (HashMap<u32, Vec<[u8; 12]>>, HashMap<u32, Vec<u64>>) {
+fn run(ops: &[Op], block: u64) -> (PerKey<[u8; 12]>, PerKey<u64>) {
     let mut store = Store::default();
     let mut backup = store.clone();
     let mut next_key = 1u32;
@@ -310,7 +313,8 @@ fn a_reservation_must_lie_within_the_32_bit_invocation_field() {
     let make = |block| {
         TableCipher::with_reservation(&key, Backend::default(), UsageLimits::default(), block)
     };
-    for bad in [5..4, 0..HARD_LIMIT + 1, HARD_LIMIT..HARD_LIMIT + 1] {
+    let reversed = std::ops::Range { start: 5, end: 4 };
+    for bad in [reversed, 0..HARD_LIMIT + 1, HARD_LIMIT..HARD_LIMIT + 1] {
         let err = make(bad.clone()).unwrap_err();
         assert!(
             matches!(err, CipherError::InvalidArgument(_)),

@@ -1,5 +1,6 @@
-//! `get_table_key`: the cache hit against a plain `HashMap` lookup (1 and 2 threads), and the
-//! miss (store read + provider unwrap + cache insert) against one raw AES-GCM open of 32 bytes.
+//! `get_table_key` miss (store read + provider unwrap + cache insert) against one raw AES-GCM
+//! open of 32 bytes, and wrap + unwrap per provider against the raw calls it makes. The cache
+//! hit has its own harness, `key_cache_hit.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -8,82 +9,11 @@ use heliosdb_benches::{file_provider, manager};
 use heliosdb_tde_cipher::{AeadKey, Backend};
 use heliosdb_tde_core::TekId;
 use heliosdb_tde_memory::InMemoryMekProvider;
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const KEYS: usize = 1000;
-
-/// Runs `op` `iters` times on each of `threads` threads at once; returns the mean time per
-/// operation as seen by one thread (the wall time over iters).
-fn threaded(threads: usize, iters: u64, op: impl Fn(u64) + Sync) -> Duration {
-    let barrier = std::sync::Barrier::new(threads);
-    let start = std::sync::Mutex::new(None::<Instant>);
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let op = &op;
-            let barrier = &barrier;
-            let start = &start;
-            s.spawn(move || {
-                barrier.wait();
-                start.lock().unwrap().get_or_insert_with(Instant::now);
-                for i in 0..iters {
-                    op(i.wrapping_mul(7919).wrapping_add(t as u64));
-                }
-            });
-        }
-    });
-    start
-        .lock()
-        .unwrap()
-        .map(|s| s.elapsed())
-        .unwrap_or_default()
-}
-
-fn hits(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let km = Arc::new(manager(
-        &rt,
-        dir.path(),
-        Arc::new(InMemoryMekProvider::new()),
-        KEYS * 2,
-        KEYS,
-        false,
-    ));
-    let ids: Vec<TekId> = (0..KEYS)
-        .map(|i| format!("t{i:07}@v1").parse().unwrap())
-        .collect();
-    for id in &ids {
-        assert!(km.get_cached_table_key(id).is_some(), "warm cache");
-    }
-    let map: HashMap<TekId, Arc<u64>> = ids.iter().cloned().map(|i| (i, Arc::new(1))).collect();
-
-    let mut g = c.benchmark_group("get_table_key_hit");
-    g.measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500));
-    for threads in [1usize, 2] {
-        g.bench_function(format!("hashmap_{threads}t"), |b| {
-            b.iter_custom(|iters| {
-                threaded(threads, iters, |i| {
-                    black_box(map.get(&ids[(i as usize) % KEYS]).cloned());
-                })
-            })
-        });
-        g.bench_function(format!("ours_{threads}t"), |b| {
-            b.iter_custom(|iters| {
-                threaded(threads, iters, |i| {
-                    black_box(km.get_cached_table_key(&ids[(i as usize) % KEYS]));
-                })
-            })
-        });
-    }
-    g.finish();
-}
 
 fn misses(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -511,7 +441,48 @@ fn softhsm(
                 .unwrap()
         })
     });
+    // Like for like: the provider's three GCM calls (the wrap's encrypt, its self-check
+    // decrypt, the unwrap's decrypt) on a token key made with the MEK template (a token
+    // object, sensitive, not extractable, not copyable), as the MEK is.
+    let label = format!("bench_raw_{}", std::process::id());
+    let token_key = session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &heliosdb_tde_pkcs11::mek_template(label.as_bytes()),
+        )
+        .unwrap();
+    fn gcm<'a>(iv: &'a mut [u8; 12], aad: &'a [u8]) -> Mechanism<'a> {
+        Mechanism::AesGcm(GcmParams::new(iv, aad, 128.into()).unwrap())
+    }
+    g.bench_function("raw_cryptoki_token_key_3calls", |b| {
+        b.iter(|| {
+            let ct = session
+                .encrypt(&gcm(&mut [5u8; 12], &aad), token_key, &[7u8; 32])
+                .unwrap();
+            let check = session
+                .decrypt(&gcm(&mut [5u8; 12], &aad), token_key, &ct)
+                .unwrap();
+            assert_eq!(check, [7u8; 32]);
+            session
+                .decrypt(&gcm(&mut [5u8; 12], &aad), token_key, &ct)
+                .unwrap()
+        })
+    });
+    if let Err(e) = session.destroy_object(token_key) {
+        eprintln!("could not destroy the benchmark's token key {label}: {e}");
+    }
+    // Diagnostic: one hop to a pooled session (the provider's health check: one
+    // C_GetSessionInfo through spawn_blocking and the timeout) against the raw call.
+    g.bench_function("provider_health", |b| {
+        b.iter(|| {
+            let h = rt.block_on(p.health()).unwrap();
+            assert!(h.healthy, "{}", h.detail);
+        })
+    });
+    g.bench_function("raw_session_info", |b| {
+        b.iter(|| session.get_session_info().unwrap())
+    });
 }
 
-criterion_group!(benches, hits, misses, wrap_unwrap);
+criterion_group!(benches, misses, wrap_unwrap);
 criterion_main!(benches);

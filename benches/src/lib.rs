@@ -5,6 +5,8 @@
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod extra;
+
 use heliosdb_tde_core::{
     EncryptionAlgorithm, KeyBytes, KeyStore, MekId, MekProvider, SecureFileConfig, SecurityMode,
     TableKey,

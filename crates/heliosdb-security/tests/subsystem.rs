@@ -220,6 +220,7 @@ async fn backends_missing_from_the_build_name_their_feature() {
             pin: "1234".into(),
             pin_file: None,
             session_pool_size: None,
+            state_refresh_secs: 10,
         }),
         ..Default::default()
     };

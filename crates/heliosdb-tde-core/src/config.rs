@@ -137,7 +137,8 @@ impl Default for SecureFileConfig {
 }
 
 /// PKCS#11 HSM settings (`HsmConfig`: `pkcs11_library_path`, `slot_id`, `pin`, `token_label`,
-/// `timeout_secs`, `enable_logging`, plus `pin_file` and `session_pool_size`).
+/// `timeout_secs`, `enable_logging`, plus `pin_file`, `session_pool_size` and
+/// `state_refresh_secs`).
 ///
 /// `Debug` and serialization never show the PIN: they write `[REDACTED]` in its place.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +174,12 @@ pub struct HsmConfig {
     /// Sessions kept open for concurrent operations; 4 by default.
     #[serde(default)]
     pub session_pool_size: Option<usize>,
+    /// Seconds an MEK version's key handle and lifecycle state, once read from the token, are
+    /// used before the provider reads them again; 10 by default, 0 to read them on every
+    /// operation. Changes made by this process take effect at once; a state change made by
+    /// another process (another node, `heliosdb-cli` run elsewhere) is seen within this time.
+    #[serde(default = "default_hsm_state_refresh")]
+    pub state_refresh_secs: u64,
 }
 
 /// The environment variable holding the HSM user PIN.
@@ -182,13 +189,17 @@ fn default_hsm_timeout() -> u64 {
     30
 }
 
+fn default_hsm_state_refresh() -> u64 {
+    10
+}
+
 fn serialize_redacted<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("[REDACTED]")
 }
 
 impl Default for HsmConfig {
     /// No module and no PIN (both must be configured), slot 0, a 30-second timeout, no
-    /// operation logging, the default session pool.
+    /// operation logging, the default session pool, a 10-second state refresh.
     fn default() -> Self {
         Self {
             pkcs11_library_path: String::new(),
@@ -199,6 +210,7 @@ impl Default for HsmConfig {
             pin: String::new(),
             pin_file: None,
             session_pool_size: None,
+            state_refresh_secs: default_hsm_state_refresh(),
         }
     }
 }
@@ -221,6 +233,7 @@ impl fmt::Debug for HsmConfig {
             )
             .field("pin_file", &self.pin_file)
             .field("session_pool_size", &self.session_pool_size)
+            .field("state_refresh_secs", &self.state_refresh_secs)
             .finish()
     }
 }

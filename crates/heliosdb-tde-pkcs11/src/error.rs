@@ -2,23 +2,18 @@
 //! error value (its `CKR_*` return code) or on the provider's own [`OpError`] variant, never on
 //! error text.
 
-use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
 use heliosdb_tde_core::{HSM_PIN_ENV, TdeError};
 use std::fmt;
 
 /// Why an operation inside a session failed: the token returned an error (which may call for
-/// a re-login and a retry), the MEK's key object was not visible, or the provider refused to go
-/// on (a planted key, a wrap that does not check out, a PIN the token refused before). A
-/// refusal is returned as it is.
+/// a re-login and a retry), or the provider refused to go on (a planted key, a wrap that does
+/// not check out, a PIN the token refused before, a version in a state that forbids the
+/// operation). A refusal is returned as it is.
 #[derive(Debug)]
 pub(crate) enum OpError {
     /// A PKCS#11 return code.
     Hsm(CkError),
-    /// No key object carries the MEK version's label and id. A token that was reset answers
-    /// searches for private objects with nothing until the application logs in again, so this
-    /// is retried once after a re-login, like a reset.
-    KeyObjectMissing,
     /// The provider's own refusal; never retried.
     Refused(TdeError),
 }
@@ -39,7 +34,6 @@ impl fmt::Display for OpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OpError::Hsm(e) => write!(f, "{e}"),
-            OpError::KeyObjectMissing => f.write_str("the MEK's key object is not visible"),
             OpError::Refused(e) => write!(f, "{e}"),
         }
     }
@@ -50,25 +44,27 @@ impl OpError {
     pub(crate) fn is_reset(&self) -> bool {
         match self {
             OpError::Hsm(e) => is_reset(e),
-            OpError::KeyObjectMissing => true,
             OpError::Refused(_) => false,
         }
+    }
+
+    /// Whether the token refused an object handle or the login, while the session itself is
+    /// still good: a cached key handle is stale (another process destroyed the object, or the
+    /// application was logged out).
+    pub(crate) fn is_stale_handle(&self) -> bool {
+        matches!(
+            self,
+            OpError::Hsm(CkError::Pkcs11(
+                RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid | RvError::UserNotLoggedIn,
+                _
+            ))
+        )
     }
 
     /// The typed error of this failure of `what`.
     pub(crate) fn into_tde(self, what: &str) -> TdeError {
         match self {
             OpError::Hsm(e) => hsm_error(&e, what),
-            // Worded as the return code this case has always been reported with.
-            OpError::KeyObjectMissing => TdeError::Provider {
-                provider: "HSM".into(),
-                message: format!(
-                    "{:?} in {}",
-                    RvError::KeyHandleInvalid,
-                    Function::FindObjects
-                ),
-                hint: what.to_string(),
-            },
             OpError::Refused(e) => e,
         }
     }
@@ -165,6 +161,7 @@ pub(crate) fn is_gone(e: &CkError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cryptoki::context::Function;
 
     fn rv(code: RvError) -> CkError {
         CkError::Pkcs11(code, Function::Decrypt)
@@ -280,27 +277,6 @@ mod tests {
         }
         match hsm_error(&CkError::NotSupported, "listing slots") {
             TdeError::Provider { hint, .. } => assert_eq!(hint, "listing slots"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_missing_key_object_is_retried_once_then_reported_as_before() {
-        let e = OpError::KeyObjectMissing;
-        assert!(e.is_reset(), "a reset hides private objects: log in again");
-        match e.into_tde("unwrapping a TEK") {
-            TdeError::Provider { message, hint, .. } => {
-                assert_eq!(message, "KeyHandleInvalid in Function::FindObjects");
-                assert_eq!(
-                    message,
-                    format!(
-                        "{:?} in {}",
-                        RvError::KeyHandleInvalid,
-                        Function::FindObjects
-                    )
-                );
-                assert_eq!(hint, "unwrapping a TEK");
-            }
             other => panic!("{other:?}"),
         }
     }

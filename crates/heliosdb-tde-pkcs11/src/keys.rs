@@ -8,8 +8,6 @@ use cryptoki::error::Error as CkError;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use heliosdb_tde_core::{KEY_LEN, MekRef, TdeError};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 /// The template of a new MEK version: every attribute that matters is set explicitly, so
 /// that no token default decides it. `label` is both `CKA_LABEL` and `CKA_ID`.
@@ -35,9 +33,6 @@ pub fn mek_template(label: &[u8]) -> Vec<Attribute> {
         Attribute::Id(label.to_vec()),
     ]
 }
-
-/// Key objects already checked in this process, by MEK version: the handle that passed.
-pub(crate) type Checked = Arc<Mutex<HashMap<MekRef, ObjectHandle>>>;
 
 /// Finds the one secret key that carries `mek`'s `CKA_ID` or label. `Ok(None)` when there is
 /// none; an error when there are several (naming their handles) or when the one found carries
@@ -95,29 +90,6 @@ pub(crate) fn lookup_key(
                 .join(" and "),
         )))),
     }
-}
-
-/// Finds `mek`'s key object for an operation and, on its first use in this process, checks
-/// that it is a key HeliosDB could have generated.
-pub(crate) fn find_key(
-    s: &Session,
-    mek: &MekRef,
-    checked: &Checked,
-) -> std::result::Result<ObjectHandle, OpError> {
-    let h = lookup_key(s, mek)?.ok_or(OpError::KeyObjectMissing)?;
-    let known = checked
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(mek)
-        .copied();
-    if known != Some(h) {
-        check_key(s, h, mek, false)?;
-        checked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(mek.clone(), h);
-    }
-    Ok(h)
 }
 
 /// Attributes a MEK object must have, whichever release generated it.

@@ -4,8 +4,10 @@
 // in `pin.rs`). ARCHITECTURE.md's "Unsafe code" section names this crate and this reason.
 #![allow(unsafe_code)]
 
+mod cache;
 mod context;
 mod error;
+mod gcm;
 mod hooks;
 mod inventory;
 mod keys;
@@ -14,11 +16,12 @@ mod pool;
 mod provider;
 mod record;
 mod settings;
+mod version;
 
 pub use keys::mek_template;
 pub use pin::{PinSource, resolve_pin};
 pub use provider::Pkcs11MekProvider;
-pub use settings::{DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT, Pkcs11Settings};
+pub use settings::{DEFAULT_POOL_SIZE, DEFAULT_STATE_REFRESH, DEFAULT_TIMEOUT, Pkcs11Settings};
 
 use heliosdb_tde_core::KEY_LEN;
 

@@ -10,6 +10,32 @@ use heliosdb_tde_core::{HSM_PIN_ENV, Result, TdeError};
 use secrecy::SecretString;
 use std::sync::{Condvar, Mutex, OnceLock};
 
+/// What an operation on the fast path ([`SessionPool::run_fast`]) came to.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Fast<T> {
+    /// It ran.
+    Done(T),
+    /// The token refused the cached handle, the login or the session: look the key up again.
+    Stale {
+        /// The session itself is gone (not just the handle or the login): the pool drops its
+        /// idle sessions.
+        session_lost: bool,
+    },
+}
+
+/// Sorts the result of a fast-path operation: a reset-class error ([`OpError::is_reset`]:
+/// an invalid key or object handle, a lost login or session, a removed token) is
+/// [`Fast::Stale`]; any other error (a GCM tag mismatch, a refusal) is returned as it is.
+fn fast_outcome<T>(r: std::result::Result<T, OpError>) -> std::result::Result<Fast<T>, OpError> {
+    match r {
+        Ok(v) => Ok(Fast::Done(v)),
+        Err(e) if e.is_reset() => Ok(Fast::Stale {
+            session_lost: !e.is_stale_handle(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
 /// Logged-in sessions on one token, at most `size` open at once.
 pub(crate) struct SessionPool {
     ctx: Pkcs11,
@@ -138,6 +164,42 @@ impl SessionPool {
         self.freed.notify_all();
     }
 
+    /// Runs `f` with a session and nothing else: no login check (the fast path of an MEK
+    /// version whose key handle is cached; it makes no object search, which is what a lost
+    /// login would silently empty, and a token answers an operation on a private key while
+    /// logged out with `CKR_USER_NOT_LOGGED_IN`). `Ok(Fast::Stale)` when the token refused the
+    /// session, the login or the handle ([`OpError::is_reset`]): the caller forgets the handle
+    /// and goes through [`SessionPool::run`], which logs in again and looks the key up.
+    pub(crate) fn run_fast<T>(
+        &self,
+        what: &str,
+        f: &dyn Fn(&Session) -> std::result::Result<T, OpError>,
+    ) -> Result<Fast<T>> {
+        let s = self.take().map_err(|e| e.into_tde(what))?;
+        crate::hooks::holding_session();
+        let r = f(&s);
+        match fast_outcome(r) {
+            Ok(Fast::Stale { session_lost }) => {
+                tracing::debug!(target: "heliosdb::tde::hsm", "{what}: the token refused a cached handle or the session; looking the key up again");
+                if session_lost {
+                    self.discard(s);
+                    self.reset();
+                } else {
+                    self.put(s);
+                }
+                Ok(Fast::Stale { session_lost })
+            }
+            Ok(done) => {
+                self.put(s);
+                Ok(done)
+            }
+            Err(e) => {
+                self.put(s);
+                Err(e.into_tde(what))
+            }
+        }
+    }
+
     /// Runs `f` with a session; on a reset-type error, re-opens, logs in and retries once.
     pub(crate) fn run<T>(
         &self,
@@ -172,5 +234,58 @@ impl SessionPool {
             reason: format!("{what}: the token kept failing after a re-login"),
             retryable: true,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cryptoki::context::Function;
+
+    fn rv(code: RvError) -> std::result::Result<(), OpError> {
+        Err(OpError::Hsm(CkError::Pkcs11(code, Function::EncryptInit)))
+    }
+
+    #[test]
+    fn an_invalid_handle_or_lost_login_is_stale_and_other_errors_are_returned() {
+        for code in [
+            RvError::KeyHandleInvalid,
+            RvError::ObjectHandleInvalid,
+            RvError::UserNotLoggedIn,
+        ] {
+            assert_eq!(
+                fast_outcome(rv(code)).unwrap(),
+                Fast::Stale {
+                    session_lost: false
+                },
+                "{code:?}: the session is still good"
+            );
+        }
+        for code in [
+            RvError::SessionHandleInvalid,
+            RvError::SessionClosed,
+            RvError::DeviceRemoved,
+            RvError::TokenNotPresent,
+            RvError::CryptokiNotInitialized,
+        ] {
+            assert_eq!(
+                fast_outcome(rv(code)).unwrap(),
+                Fast::Stale { session_lost: true },
+                "{code:?}"
+            );
+        }
+        // A GCM tag mismatch (SoftHSM's CKR_GENERAL_ERROR), a failure and a refusal are not
+        // cured by a new lookup.
+        for code in [
+            RvError::GeneralError,
+            RvError::EncryptedDataInvalid,
+            RvError::FunctionFailed,
+        ] {
+            assert!(fast_outcome(rv(code)).is_err(), "{code:?}");
+        }
+        let refused: std::result::Result<(), OpError> =
+            Err(OpError::Refused(TdeError::SecurityPolicy("no".into())));
+        assert!(fast_outcome(refused).is_err());
+        assert_eq!(fast_outcome(Ok::<_, OpError>(5)).unwrap(), Fast::Done(5));
     }
 }

@@ -1,30 +1,29 @@
 //! [`Pkcs11MekProvider`]: the [`MekProvider`] over a token, built from the pieces of this
 //! crate (the session pool, the key objects, the inventory and the lifecycle records).
 
+use crate::cache::VersionCache;
 use crate::context::{connect, token_write};
-use crate::error::{OpError, is_gcm_tag_mismatch};
-use crate::hooks;
+use crate::error::OpError;
 use crate::inventory::{self, Entry, create_record, key_label, state_label};
-use crate::keys::{Checked, check_key, find_key, lookup_key, mek_template};
-use crate::pool::SessionPool;
+use crate::keys::{check_key, lookup_key, mek_template};
+use crate::pool::{Fast, SessionPool};
 use crate::record::Record;
 use crate::settings::Pkcs11Settings;
-use crate::{IV_LEN, PAYLOAD_LEN, TAG_LEN};
+use crate::version::{Need, not_found, resolve};
+use crate::{IV_LEN, PAYLOAD_LEN, gcm};
 use async_trait::async_trait;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
-use heliosdb_tde_core::lifecycle::{MekLifecycle, Transition, mek_not_found};
+use heliosdb_tde_core::lifecycle::{MekLifecycle, Transition};
 use heliosdb_tde_core::{
-    EncryptionAlgorithm, KEY_LEN, KeyBytes, KeyState, MekId, MekInfo, MekProvider, MekRef,
-    MekVersionInfo, ProviderHealth, ProviderKind, Result, TableKey, TdeError, Timestamp,
-    WrapContext, WrappedTek,
+    EncryptionAlgorithm, KeyBytes, KeyState, MekId, MekInfo, MekProvider, MekRef, MekVersionInfo,
+    ProviderHealth, ProviderKind, Result, TableKey, TdeError, Timestamp, WrapContext, WrappedTek,
 };
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 /// Master keys inside a PKCS#11 token.
@@ -32,8 +31,9 @@ pub struct Pkcs11MekProvider {
     pool: Arc<SessionPool>,
     settings: Pkcs11Settings,
     token: String,
-    /// Key objects that passed [`check_key`] in this provider.
-    checked: Checked,
+    /// Key handles and lifecycle states per MEK version, and the key objects that passed
+    /// [`check_key`] in this provider.
+    cache: Arc<VersionCache>,
 }
 
 impl fmt::Debug for Pkcs11MekProvider {
@@ -60,7 +60,7 @@ impl Pkcs11MekProvider {
             pool: Arc::new(pool),
             settings,
             token,
-            checked: Arc::default(),
+            cache: Arc::default(),
         })
     }
 
@@ -71,10 +71,29 @@ impl Pkcs11MekProvider {
         what: &'static str,
         f: impl Fn(&Session) -> std::result::Result<T, OpError> + Send + Sync + 'static,
     ) -> Result<T> {
+        self.hop(what, self.deadline(), move |pool| pool.run(what, &f))
+            .await
+    }
+
+    /// When an operation that starts now must have finished (`timeout`).
+    fn deadline(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        now.checked_add(self.settings.timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+    }
+
+    /// Runs `job` on the pool on a blocking thread, abandoning it at `deadline`; logs the
+    /// operation when `enable_logging` is set.
+    async fn hop<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        deadline: tokio::time::Instant,
+        job: impl FnOnce(&SessionPool) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let start = Instant::now();
         let pool = self.pool.clone();
-        let job = tokio::task::spawn_blocking(move || pool.run(what, &f));
-        let r = match tokio::time::timeout(self.settings.timeout, job).await {
+        let job = tokio::task::spawn_blocking(move || job(&pool));
+        let r = match tokio::time::timeout_at(deadline, job).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(TdeError::ProviderUnavailable {
                 provider: "HSM".into(),
@@ -104,42 +123,55 @@ impl Pkcs11MekProvider {
         r
     }
 
+    /// Runs `op` with `mek`'s key object, if the version's state allows `need`, within one
+    /// timeout:
+    /// * with a handle and state read less than `state_refresh` ago: the state is checked in
+    ///   the process and `op` is the only thing the session does (no login check, no search);
+    /// * otherwise, or when the token refuses the cached handle or the login: one hop that
+    ///   checks the login, looks the version up ([`resolve`]) and runs `op`.
+    async fn with_version<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        mek: &MekRef,
+        need: Need,
+        op: impl Fn(&Session, ObjectHandle) -> std::result::Result<T, OpError> + Send + Sync + 'static,
+    ) -> Result<T> {
+        let deadline = self.deadline();
+        let op = Arc::new(op);
+        if let Some(c) = self.cache.fresh(mek, self.settings.state_refresh) {
+            need.check(c.state, mek)?;
+            let f = op.clone();
+            let fast = self
+                .hop(what, deadline, move |pool| {
+                    pool.run_fast(what, &|s| f(s, c.key))
+                })
+                .await?;
+            match fast {
+                Fast::Done(v) => return Ok(v),
+                Fast::Stale { .. } => self.cache.forget(mek),
+            }
+        }
+        let epoch = self.cache.epoch();
+        let cache = self.cache.clone();
+        let token = self.token.clone();
+        let mek = mek.clone();
+        self.hop(what, deadline, move |pool| {
+            pool.run(what, &|s| {
+                let key = resolve(s, &mek, need, &cache, epoch, &token)?;
+                op(s, key)
+            })
+        })
+        .await
+    }
+
     /// Every MEK version and its newest lifecycle record on the token
     /// ([`inventory::scan`]).
     async fn inventory(&self) -> Result<BTreeMap<MekRef, Entry>> {
         self.with_session("listing MEKs", inventory::scan).await
     }
 
-    /// One MEK version, looked up by its labels ([`inventory::lookup`]).
-    async fn entry(&self, mek: &MekRef) -> Result<Option<Entry>> {
-        let mek = mek.clone();
-        self.with_session("looking up an MEK", move |s| inventory::lookup(s, &mek))
-            .await
-    }
-
-    /// The key object and state of a version that still has its key.
-    async fn version(&self, mek: &MekRef) -> Result<(ObjectHandle, KeyState)> {
-        match self.entry(mek).await? {
-            Some(e @ Entry { key: Some(h), .. }) => Ok((h, e.state())),
-            Some(e) => Err(TdeError::InvalidKeyState {
-                key: format!("mek:{mek}"),
-                state: e.state(),
-                operation: "use it".into(),
-                hint: "its key object was destroyed in the HSM".into(),
-            }),
-            None => Err(self.not_found(mek)),
-        }
-    }
-
     fn not_found(&self, mek: &dyn fmt::Display) -> TdeError {
-        mek_not_found(
-            mek,
-            format!(
-                "no such key on HSM token {:?}; generate it with `heliosdb-cli security mek \
-                 generate`",
-                self.token
-            ),
-        )
+        not_found(&self.token, mek)
     }
 
     /// Generates one MEK version in the token with [`mek_template`], reads the attributes back
@@ -154,31 +186,31 @@ impl Pkcs11MekProvider {
             seq: 1,
         }
         .encode();
-        let mek = mek.clone();
-        let checked = self.checked.clone();
-        self.with_session("generating an MEK", move |s| {
-            // A key object that already claims this label or id was not made by us.
-            if let Some(h) = lookup_key(s, &mek)? {
-                return Err(OpError::Refused(TdeError::SecurityPolicy(format!(
-                    "a secret key labelled as MEK {mek} is already on the HSM token (handle \
-                     {h}) although HeliosDB never generated that version: someone planted \
-                     it. Nothing was generated; remove it (e.g. `pkcs11-tool --delete-object`)"
-                ))));
-            }
-            let h = token_write(|| s.generate_key(&Mechanism::AesKeyGen, &mek_template(&label)))?;
-            // Read back what the token actually made; refuse a key that could leave it.
-            if let Err(e) = check_key(s, h, &mek, true) {
-                let _ = token_write(|| s.destroy_object(h));
-                return Err(e);
-            }
-            checked
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(mek.clone(), h);
-            token_write(|| create_record(s, &record_label, &record))?;
-            Ok(())
-        })
-        .await?;
+        let target = mek.clone();
+        let made = self
+            .with_session("generating an MEK", move |s| {
+                let mek = &target;
+                // A key object that already claims this label or id was not made by us.
+                if let Some(h) = lookup_key(s, mek)? {
+                    return Err(OpError::Refused(TdeError::SecurityPolicy(format!(
+                        "a secret key labelled as MEK {mek} is already on the HSM token (handle \
+                         {h}) although HeliosDB never generated that version: someone planted \
+                         it. Nothing was generated; remove it (e.g. `pkcs11-tool --delete-object`)"
+                    ))));
+                }
+                let h =
+                    token_write(|| s.generate_key(&Mechanism::AesKeyGen, &mek_template(&label)))?;
+                // Read back what the token actually made; refuse a key that could leave it.
+                if let Err(e) = check_key(s, h, mek, true) {
+                    let _ = token_write(|| s.destroy_object(h));
+                    return Err(e);
+                }
+                token_write(|| create_record(s, &record_label, &record))?;
+                Ok(h)
+            })
+            .await;
+        self.cache.invalidate(mek);
+        self.cache.mark_checked(mek, made?);
         Ok(created)
     }
 
@@ -195,11 +227,14 @@ impl Pkcs11MekProvider {
         if let Some((h, _)) = entry.record {
             old.push(h);
         }
-        let mek = mek.clone();
-        self.with_session("updating an MEK state", move |s| {
-            inventory::replace_record(s, &mek, &value, &old)
-        })
-        .await
+        let target = mek.clone();
+        let r = self
+            .with_session("updating an MEK state", move |s| {
+                inventory::replace_record(s, &target, &value, &old)
+            })
+            .await;
+        self.cache.invalidate(mek);
+        r
     }
 }
 
@@ -238,8 +273,6 @@ impl MekProvider for Pkcs11MekProvider {
         ctx: &WrapContext,
     ) -> Result<WrappedTek> {
         ctx.ensure_names(tek)?;
-        let (_, state) = self.version(mek).await?;
-        state.ensure_can_encrypt(&format!("mek:{}", mek), "wrap a TEK")?;
         let header = WrappedTek::new(
             tek.algorithm(),
             ProviderKind::Pkcs11,
@@ -250,56 +283,9 @@ impl MekProvider for Pkcs11MekProvider {
         let plain = Zeroizing::new(tek.bytes().expose_secret().to_vec());
         let what = format!("TEK {} under {mek}", ctx.tek_id());
         let target = mek.clone();
-        let checked = self.checked.clone();
         let (iv, ct) = self
-            .with_session("wrapping a TEK", move |s| {
-                let handle = find_key(s, &target, &checked)?;
-                // A fresh IV on every attempt (a retry after a reset draws a new one).
-                let mut iv = [0u8; IV_LEN];
-                getrandom::fill(&mut iv).map_err(|e| TdeError::Random(e.to_string()))?;
-                hooks::token_writes_iv(&target, &mut iv);
-                let mut ct = {
-                    let params = GcmParams::new(&mut iv, &aad, 128.into())?;
-                    s.encrypt(&Mechanism::AesGcm(params), handle, &plain)?
-                };
-                // `iv` is now the buffer the token saw: a token that generates its own IV
-                // writes it there, and that is the IV the wrap needs.
-                hooks::corrupt_wrap(&target, &mut ct);
-                if ct.len() != KEY_LEN + TAG_LEN {
-                    return Err(OpError::Refused(TdeError::Provider {
-                        provider: "HSM".into(),
-                        message: format!(
-                            "CKM_AES_GCM returned {} bytes, expected {}",
-                            ct.len(),
-                            KEY_LEN + TAG_LEN
-                        ),
-                        hint: "the token's AES-GCM does not behave as PKCS#11 specifies; \
-                               nothing was stored"
-                            .into(),
-                    }));
-                }
-                // Unwrap the new wrap once, in the HSM, before anyone stores it.
-                let mut check_iv = iv;
-                let back = {
-                    let params = GcmParams::new(&mut check_iv, &aad, 128.into())?;
-                    match s.decrypt(&Mechanism::AesGcm(params), handle, &ct) {
-                        Ok(p) => Some(Zeroizing::new(p)),
-                        Err(e) if is_gcm_tag_mismatch(&e) => None,
-                        Err(e) => return Err(e.into()),
-                    }
-                };
-                if !back.is_some_and(|b| same_bytes(&b, &plain)) {
-                    return Err(OpError::Refused(TdeError::Provider {
-                        provider: "HSM".into(),
-                        message: format!("the new wrap of {what} does not unwrap to the same key"),
-                        hint: "the token's CKM_AES_GCM returned a wrap that fails its check \
-                               (for example it used another IV than it reported); nothing \
-                               was stored. Check the HSM's firmware and its AES-GCM IV \
-                               settings"
-                            .into(),
-                    }));
-                }
-                Ok((iv, ct))
+            .with_version("wrapping a TEK", mek, Need::Encrypt, move |s, key| {
+                gcm::encrypt_checked(s, key, &target, &aad, &plain, &what)
             })
             .await?;
         let mut payload = Vec::with_capacity(PAYLOAD_LEN);
@@ -320,30 +306,17 @@ impl MekProvider for Pkcs11MekProvider {
                 ),
             ));
         }
-        let (_, state) = self.version(&wrapped.mek).await?;
-        state.ensure_can_decrypt(&format!("mek:{}", &wrapped.mek), "unwrap a TEK")?;
         let mut iv = [0u8; IV_LEN];
         iv.copy_from_slice(&wrapped.payload[..IV_LEN]);
         let ct = wrapped.payload[IV_LEN..].to_vec();
         let aad = ctx.aad_for(wrapped);
-        let target = wrapped.mek.clone();
-        let checked = self.checked.clone();
         let plain = self
-            .with_session("unwrapping a TEK", move |s| {
-                let mut iv = iv;
-                let handle = find_key(s, &target, &checked)?;
-                let params = GcmParams::new(&mut iv, &aad, 128.into())?;
-                match s.decrypt(&Mechanism::AesGcm(params), handle, &ct) {
-                    Ok(p) => Ok(Zeroizing::new(p)),
-                    // The data or its binding is wrong, and retrying cannot help.
-                    Err(e) if is_gcm_tag_mismatch(&e) => {
-                        Err(OpError::Refused(TdeError::AuthenticationFailed {
-                            what: what.clone(),
-                        }))
-                    }
-                    Err(e) => Err(e.into()),
-                }
-            })
+            .with_version(
+                "unwrapping a TEK",
+                &wrapped.mek,
+                Need::Decrypt,
+                move |s, key| gcm::decrypt(s, key, iv, &aad, &ct, &what),
+            )
             .await?;
         let bytes = KeyBytes::from_slice(&plain)?;
         Ok(TableKey::new(ctx.tek_id(), wrapped.algorithm, bytes))
@@ -394,13 +367,16 @@ impl MekProvider for Pkcs11MekProvider {
         self.write_state(mek, entry, next).await?;
         if transition.destroys_material() && entry.key.is_some() {
             let target = mek.clone();
-            self.with_session("destroying an MEK", move |s| {
-                if let Some(h) = lookup_key(s, &target)? {
-                    token_write(|| s.destroy_object(h))?;
-                }
-                Ok(())
-            })
-            .await?;
+            let r = self
+                .with_session("destroying an MEK", move |s| {
+                    if let Some(h) = lookup_key(s, &target)? {
+                        token_write(|| s.destroy_object(h))?;
+                    }
+                    Ok(())
+                })
+                .await;
+            self.cache.invalidate(mek);
+            r?;
         }
         Ok(())
     }
@@ -432,9 +408,4 @@ fn lifecycle(inv: &BTreeMap<MekRef, Entry>) -> MekLifecycle {
             e.created_at(),
         )
     }))
-}
-
-/// Compares two byte strings in time independent of where they differ.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -12,6 +12,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The number of pooled sessions unless set otherwise (as `hsm_config.session_pool_size`).
 pub const DEFAULT_POOL_SIZE: usize = 4;
 
+/// How long an MEK version's key handle and lifecycle state, once read from the token, are
+/// used before they are read again, unless set otherwise (as `hsm_config.state_refresh_secs`):
+/// 10 seconds, like the Vault, AWS KMS and Azure Key Vault providers' state caches.
+pub const DEFAULT_STATE_REFRESH: Duration = Duration::from_secs(10);
+
 /// How to reach the token.
 ///
 /// Built with [`Pkcs11Settings::new`] (or [`Pkcs11Settings::from_config`]) and the `with_*`
@@ -49,6 +54,13 @@ pub struct Pkcs11Settings {
     pub enable_logging: bool,
     /// Sessions kept for concurrent operations.
     pub pool_size: usize,
+    /// How long an MEK version's key handle and lifecycle state, once read from the token, are
+    /// used before they are read again. This process's own changes (a new version, a state
+    /// change, a destruction, a rotation) take effect at once; another process's state change,
+    /// or a key planted next to the MEK, is seen within this interval; a key another process
+    /// destroyed is seen at its next use (the token refuses its handle). Zero reads the token
+    /// on every operation.
+    pub state_refresh: Duration,
 }
 
 impl fmt::Debug for Pkcs11Settings {
@@ -59,13 +71,15 @@ impl fmt::Debug for Pkcs11Settings {
             .field("slot_id", &self.slot_id)
             .field("pin", &"[REDACTED]")
             .field("timeout", &self.timeout)
+            .field("state_refresh", &self.state_refresh)
             .finish_non_exhaustive()
     }
 }
 
 impl Pkcs11Settings {
     /// Settings for the module at `library_path`, logging in with `pin`: slot 0 and no token
-    /// label, [`DEFAULT_TIMEOUT`], no operation logging, [`DEFAULT_POOL_SIZE`] sessions.
+    /// label, [`DEFAULT_TIMEOUT`], no operation logging, [`DEFAULT_POOL_SIZE`] sessions,
+    /// [`DEFAULT_STATE_REFRESH`].
     pub fn new(library_path: impl Into<PathBuf>, pin: SecretString) -> Self {
         Self {
             library_path: library_path.into(),
@@ -75,6 +89,7 @@ impl Pkcs11Settings {
             timeout: DEFAULT_TIMEOUT,
             enable_logging: false,
             pool_size: DEFAULT_POOL_SIZE,
+            state_refresh: DEFAULT_STATE_REFRESH,
         }
     }
 
@@ -88,6 +103,7 @@ impl Pkcs11Settings {
             timeout: Duration::from_secs(config.timeout_secs.max(1)),
             enable_logging: config.enable_logging,
             pool_size: config.session_pool_size.unwrap_or(DEFAULT_POOL_SIZE).max(1),
+            state_refresh: Duration::from_secs(config.state_refresh_secs),
         }
     }
 
@@ -125,6 +141,14 @@ impl Pkcs11Settings {
         self.pool_size = size.max(1);
         self
     }
+
+    /// How long a key handle and lifecycle state read from the token are used before they are
+    /// read again ([`Pkcs11Settings::state_refresh`]); zero reads them on every operation.
+    #[must_use]
+    pub fn with_state_refresh(mut self, refresh: Duration) -> Self {
+        self.state_refresh = refresh;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -138,13 +162,17 @@ mod tests {
             .with_slot_id(7)
             .with_timeout(Duration::from_secs(3))
             .with_logging(true)
-            .with_pool_size(0);
+            .with_pool_size(0)
+            .with_state_refresh(Duration::ZERO);
         assert_eq!(s.library_path, PathBuf::from("/lib/m.so"));
         assert_eq!(s.token_label.as_deref(), Some("t"));
         assert_eq!(s.slot_id, 7);
         assert_eq!(s.timeout, Duration::from_secs(3));
         assert!(s.enable_logging);
         assert_eq!(s.pool_size, 1, "at least one session");
+        assert_eq!(s.state_refresh, Duration::ZERO);
+        let d = Pkcs11Settings::new("/lib/m.so", SecretString::from("1234"));
+        assert_eq!(d.state_refresh, DEFAULT_STATE_REFRESH);
     }
 
     #[test]
@@ -159,6 +187,20 @@ mod tests {
         assert_eq!(s.timeout, Duration::from_secs(1), "at least one second");
         assert_eq!(s.pool_size, DEFAULT_POOL_SIZE);
         assert_eq!(s.slot_id, 3);
+        assert_eq!(s.state_refresh, DEFAULT_STATE_REFRESH);
+        assert_eq!(
+            DEFAULT_STATE_REFRESH,
+            Duration::from_secs(HsmConfig::default().state_refresh_secs)
+        );
+        let zero = HsmConfig {
+            state_refresh_secs: 0,
+            ..c.clone()
+        };
+        assert_eq!(
+            Pkcs11Settings::from_config(&zero, SecretString::from("1")).state_refresh,
+            Duration::ZERO,
+            "0 reads the token on every operation"
+        );
         let c = HsmConfig {
             session_pool_size: Some(0),
             ..c

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use heliosdb_tde_conformance::provider;
 use heliosdb_tde_core::{
     EncryptionAlgorithm, MekProvider, MekRef, MekVersion, ProviderKind, TableKey, TdeError,
@@ -16,10 +16,11 @@ use heliosdb_tde_core::{
 };
 use heliosdb_tde_pkcs11::Pkcs11MekProvider;
 use std::sync::Arc;
+use std::time::Duration;
 
 mod common;
 
-use common::{pin, settings};
+use common::{pin, plant, settings};
 
 /// The provider on the test token, or a loud skip / failure per the service policy.
 async fn hsm() -> Option<Arc<dyn MekProvider>> {
@@ -142,39 +143,14 @@ async fn the_mek_never_leaves_the_token() {
     );
 }
 
-/// Creates, through an independent session, an AES key that anyone holding the PIN could
-/// create: extractable and readable, with the given label and id.
-fn plant(
-    session: &cryptoki::session::Session,
-    label: Option<&[u8]>,
-    id: Option<&[u8]>,
-) -> ObjectHandle {
-    let mut template = vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::ValueLen(32u64.into()),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
-        Attribute::Encrypt(true),
-        Attribute::Decrypt(true),
-    ];
-    if let Some(l) = label {
-        template.push(Attribute::Label(l.to_vec()));
-    }
-    if let Some(i) = id {
-        template.push(Attribute::Id(i.to_vec()));
-    }
-    session
-        .generate_key(&Mechanism::AesKeyGen, &template)
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_planted_key_next_to_the_mek_is_refused_naming_both_handles() {
     let _serial = common::serial().await;
-    let Some(p) = hsm().await else { return };
+    // Reading the token on every operation: the planted key is seen at the next call.
+    let Some(p) = common::provider_with_refresh(Duration::ZERO).await else {
+        return;
+    };
+    let p: Arc<dyn MekProvider> = Arc::new(p);
     let id = provider::fresh_mek_id("hsm_plant");
     let mek = p
         .generate_mek(&id, EncryptionAlgorithm::Aes256Gcm)

@@ -71,6 +71,13 @@ fn config_secrets_are_redacted() {
         "{text}"
     );
     assert_eq!(h.timeout_secs, 30);
+    assert_eq!(
+        h.state_refresh_secs, 10,
+        "absent from the file: the default"
+    );
+    let h: HsmConfig =
+        serde_json::from_str(r#"{"pkcs11_library_path":"/x.so","state_refresh_secs":0}"#).unwrap();
+    assert_eq!(h.state_refresh_secs, 0);
 }
 
 #[test]

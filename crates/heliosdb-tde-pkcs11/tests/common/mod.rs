@@ -26,6 +26,66 @@ pub async fn provider() -> Option<Pkcs11MekProvider> {
     services::require(softhsm::SERVICE, p.map_err(|e| e.to_string()))
 }
 
+/// A provider on the test token that reads key handles and states again after `refresh`
+/// (`Pkcs11Settings::state_refresh`), under the same policy.
+pub async fn provider_with_refresh(refresh: std::time::Duration) -> Option<Pkcs11MekProvider> {
+    token_present()?;
+    let p = Pkcs11MekProvider::open(settings(&pin()).with_state_refresh(refresh)).await;
+    services::require(softhsm::SERVICE, p.map_err(|e| e.to_string()))
+}
+
+/// Polls `attempt` until it returns `Some`, at most [`WAIT`]: for a change that becomes
+/// visible within an interval, without assuming how fast the machine is.
+pub async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = attempt().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not seen within {WAIT:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The generous deadline of [`wait_for`].
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Creates, through an independent session, an AES key that anyone holding the PIN could
+/// create: extractable and readable, with the given label and id.
+pub fn plant(
+    session: &cryptoki::session::Session,
+    label: Option<&[u8]>,
+    id: Option<&[u8]>,
+) -> cryptoki::object::ObjectHandle {
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    let mut template = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32u64.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+    ];
+    if let Some(l) = label {
+        template.push(Attribute::Label(l.to_vec()));
+    }
+    if let Some(i) = id {
+        template.push(Attribute::Id(i.to_vec()));
+    }
+    session
+        .generate_key(&cryptoki::mechanism::Mechanism::AesKeyGen, &template)
+        .unwrap()
+}
+
 /// A session of this process on the test token, independent of any provider's pool, logged
 /// in as the user (the process may be logged in already through a provider). The module is
 /// never finalised: providers of this process still use it.

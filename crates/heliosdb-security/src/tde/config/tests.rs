@@ -106,6 +106,7 @@ fn errors_name_the_field() {
             pin: String::new(),
             pin_file: None,
             session_pool_size: None,
+            state_refresh_secs: 10,
         }),
         ..Default::default()
     };

@@ -1,11 +1,23 @@
 //! Reading TEKs: the bounded cache with single-flight misses and the synchronous hit path.
+//!
+//! The cache has two levels. The shared level is a quick_cache `Cache`: the authority for the
+//! bound, eviction (an evicted key is dropped, and zeroized once nobody holds it) and single
+//! flight on misses. In front of it each thread keeps its own small map of weak references
+//! ([`front`]), so a repeat hit takes no lock and writes nothing shared but the key's reference
+//! count, which a plain `HashMap<TekId, Arc<_>>` lookup also pays.
 
+mod front;
+
+use crate::stats::{CacheCounts, ThreadCounts, bump};
 use crate::{KeyManager, not_found};
+use front::{FRONT_MAX, Front, Local};
 use heliosdb_tde_core::{AsTableId, Result, TableKey, TdeError, TekId, TekVersion, WrapContext};
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
-use std::sync::Arc;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use thread_local::ThreadLocal;
 
 impl KeyManager {
     /// A table's TEK: the given version, or the newest one.
@@ -41,23 +53,28 @@ impl KeyManager {
         }
     }
 
-    /// The cached TEK `id`, if it is in the cache. Synchronous: no await, no I/O.
+    /// The cached TEK `id`, if it is in the cache. Synchronous: no await, no I/O. A repeat
+    /// hit on the same thread is answered by that thread's front map without a lock.
+    ///
+    /// A key the cache evicted may still be returned while another caller holds it (the front
+    /// keeps only a weak reference to it); eviction only bounds memory, it is not revocation.
     pub fn get_cached_table_key(&self, id: &TekId) -> Option<Arc<TableKey>> {
-        let hit = self.cache.get(id);
-        if hit.is_some() {
-            self.counters.cache_hits.add(1);
-        }
-        hit
+        self.cache.get(id)
     }
 
     /// One TEK version: from the cache, or unwrapped through the provider. Concurrent misses
     /// on the same key wait for a single unwrap.
     pub async fn get_tek(&self, id: &TekId) -> Result<Arc<TableKey>> {
-        if let Some(hit) = self.get_cached_table_key(id) {
+        if let Some(hit) = self.cache.get(id) {
             return Ok(hit);
         }
-        self.counters.cache_misses.add(1);
-        self.cache
+        self.cache.count_miss();
+        // Loaded before the shared cache is read, so that an invalidation that races with this
+        // load keeps the result out of the front.
+        let epoch = self.cache.epoch();
+        let key = self
+            .cache
+            .shared
             .get_or_insert_async(id, async {
                 let rec = self.store.get_tek(id).await?.ok_or_else(|| not_found(id))?;
                 if !rec.metadata.state.can_decrypt() {
@@ -76,7 +93,9 @@ impl KeyManager {
                     .await?;
                 Ok(Arc::new(tek))
             })
-            .await
+            .await?;
+        self.cache.fill_front(id, &key, epoch);
+        Ok(key)
     }
 }
 
@@ -93,5 +112,128 @@ impl Lifecycle<TekId, Arc<TableKey>> for EvictionCounter {
     }
 }
 
-pub(crate) type TekCache =
-    Cache<TekId, Arc<TableKey>, UnitWeighter, DefaultHashBuilder, EvictionCounter>;
+type SharedCache = Cache<TekId, Arc<TableKey>, UnitWeighter, DefaultHashBuilder, EvictionCounter>;
+
+/// Every this many front hits, a thread also looks the key up in the shared cache, so that the
+/// shared cache's frequency estimate still sees keys served from fronts, and a key it evicted
+/// stops being served from this front (a held key is otherwise served from it until dropped).
+const TOUCH_EVERY: u64 = 64;
+
+/// The TEK cache: the shared quick_cache and the per-thread fronts.
+///
+/// Invalidation: every change to an entry of the shared cache (today only
+/// [`TekCache::insert`]; any future removal must be written the same way) is followed by a bump
+/// of `epoch`. A front serves an entry only if the epoch it loaded before reading that entry
+/// from the shared cache is still the current one, so an entry changed on purpose is never
+/// served from a front once the change has returned. The epoch is loaded once per lookup
+/// (Acquire, a plain load on x86 and a cheap one elsewhere).
+pub(crate) struct TekCache {
+    shared: SharedCache,
+    locals: ThreadLocal<Local>,
+    /// Every thread's counters, for the statistics.
+    all_counts: Mutex<Vec<Arc<ThreadCounts>>>,
+    epoch: Epoch,
+    front_cap: usize,
+}
+
+/// The invalidation epoch, read by every lookup and written only by invalidations: on a cache
+/// line of its own, so that no other write (a lock next to it in the manager) disturbs it.
+#[repr(align(128))]
+struct Epoch(AtomicU64);
+
+impl TekCache {
+    /// A cache of at most `limit` keys; evictions are counted in `evictions`.
+    pub(crate) fn new(limit: usize, evictions: Arc<AtomicU64>) -> Self {
+        Self {
+            shared: Cache::with(
+                limit,
+                u64::try_from(limit).unwrap_or(u64::MAX),
+                UnitWeighter,
+                DefaultHashBuilder::default(),
+                EvictionCounter(evictions),
+            ),
+            locals: ThreadLocal::new(),
+            all_counts: Mutex::new(Vec::new()),
+            epoch: Epoch(AtomicU64::new(0)),
+            front_cap: limit.min(FRONT_MAX),
+        }
+    }
+
+    /// The calling thread's front and counters, created on its first lookup.
+    fn local(&self) -> &Local {
+        self.locals.get_or(|| {
+            let counts = Arc::new(ThreadCounts::default());
+            self.all_counts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(counts.clone());
+            Local {
+                front: RefCell::new(Front::new(self.front_cap, self.epoch())),
+                counts,
+            }
+        })
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.0.load(Ordering::Acquire)
+    }
+
+    /// The hit path: the thread's front, else the shared cache (whose answer then fills the
+    /// front). Counts a hit; a `None` is not counted (the caller may count a miss).
+    pub(crate) fn get(&self, id: &TekId) -> Option<Arc<TableKey>> {
+        let local = self.local();
+        let epoch = self.epoch();
+        let front_hit = local.front.borrow_mut().lookup(id, epoch);
+        if let Some(key) = front_hit {
+            let n = bump(&local.counts.front_hits);
+            if n % TOUCH_EVERY == TOUCH_EVERY - 1 && self.shared.get(id).is_none() {
+                local.front.borrow_mut().forget(id);
+            }
+            return Some(key);
+        }
+        let key = self.shared.get(id)?;
+        bump(&local.counts.shared_hits);
+        local.front.borrow_mut().put(id, &key, epoch);
+        Some(key)
+    }
+
+    /// Counts a miss on the calling thread.
+    fn count_miss(&self) {
+        bump(&self.local().counts.misses);
+    }
+
+    /// Puts `key`, read from the shared cache after `epoch` was loaded, in the calling thread's
+    /// front.
+    fn fill_front(&self, id: &TekId, key: &Arc<TableKey>, epoch: u64) {
+        self.local().front.borrow_mut().put(id, key, epoch);
+    }
+
+    /// Adds or replaces the key `id`, then invalidates every front: a replaced key is never
+    /// served from a front again.
+    pub(crate) fn insert(&self, id: TekId, key: Arc<TableKey>) {
+        self.shared.insert(id, key);
+        self.epoch.0.fetch_add(1, Ordering::Release);
+    }
+
+    /// Keys in the shared cache now.
+    pub(crate) fn len(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// The hit and miss counters summed over all threads.
+    pub(crate) fn counts(&self) -> CacheCounts {
+        let mut sum = CacheCounts::default();
+        for t in self
+            .all_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            sum.add(t);
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests;

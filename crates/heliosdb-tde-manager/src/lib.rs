@@ -21,12 +21,11 @@ pub use provider_handle::ProviderHandle;
 pub use sealing::UsagePolicy;
 pub use stats::{CacheStats, KeyStats, ProviderStats, UsageTotals};
 
-use cache::{EvictionCounter, TekCache};
+use cache::TekCache;
 use heliosdb_tde_core::{
     AuditEvent, AuditSink, KeyStore, MekProvider, MekRef, Result, SecurityMode, TableId, TableKey,
     TdeError, TekId, TekVersion,
 };
-use quick_cache::{DefaultHashBuilder, UnitWeighter};
 use stats::Counters;
 use std::collections::HashMap;
 use std::fmt;
@@ -86,13 +85,7 @@ impl KeyManager {
             return Err(TdeError::config("cache_limit", "must be at least 1"));
         }
         let counters = Arc::new(Counters::default());
-        let cache = TekCache::with(
-            config.cache_limit,
-            u64::try_from(config.cache_limit).unwrap_or(u64::MAX),
-            UnitWeighter,
-            DefaultHashBuilder::default(),
-            EvictionCounter(counters.cache_evictions.clone()),
-        );
+        let cache = TekCache::new(config.cache_limit, counters.cache_evictions.clone());
         Ok(Self {
             mek_provider: ProviderHandle::new(provider, counters.clone()),
             store,

@@ -10,40 +10,49 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 use std::time::Duration;
 
-/// A counter split over cache-line-sized stripes, so that threads counting cache hits at the
-/// same time do not fight over one cache line.
-#[derive(Debug, Default)]
-pub(crate) struct StripedCounter([Stripe; STRIPES]);
-
-const STRIPES: usize = 16;
-
+/// One thread's cache counters. Only the owning thread writes them, each with a plain load
+/// and store ([`bump`]), so the hit path makes no locked read-modify-write; any thread may read
+/// them, and their sum over all threads is exact. One cache-line pair per thread, so threads
+/// never write the same line.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Stripe(AtomicU64);
-
-thread_local! {
-    static STRIPE: usize = {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        (NEXT.fetch_add(1, Relaxed) as usize) % STRIPES
-    };
+pub(crate) struct ThreadCounts {
+    /// Hits answered by the thread's front map, without the shared cache.
+    pub(crate) front_hits: AtomicU64,
+    /// Hits answered by the shared cache.
+    pub(crate) shared_hits: AtomicU64,
+    /// Lookups that had to load the key.
+    pub(crate) misses: AtomicU64,
 }
 
-impl StripedCounter {
-    pub(crate) fn add(&self, n: u64) {
-        let i = STRIPE.with(|s| *s);
-        self.0[i].0.fetch_add(n, Relaxed);
-    }
+/// Adds one to a counter that only the calling thread writes, and returns the old value. A
+/// relaxed load and store, not a locked read-modify-write: exact because there is one writer.
+/// Another thread reading it sees the old or the new value, never a torn one.
+pub(crate) fn bump(c: &AtomicU64) -> u64 {
+    let n = c.load(Relaxed);
+    c.store(n.wrapping_add(1), Relaxed);
+    n
+}
 
-    pub(crate) fn load(&self) -> u64 {
-        self.0.iter().map(|s| s.0.load(Relaxed)).sum()
+/// The cache counters summed over all threads.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CacheCounts {
+    pub(crate) front_hits: u64,
+    pub(crate) shared_hits: u64,
+    pub(crate) misses: u64,
+}
+
+impl CacheCounts {
+    pub(crate) fn add(&mut self, t: &ThreadCounts) {
+        self.front_hits += t.front_hits.load(Relaxed);
+        self.shared_hits += t.shared_hits.load(Relaxed);
+        self.misses += t.misses.load(Relaxed);
     }
 }
 
 /// Live counters, updated without locks.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) cache_hits: StripedCounter,
-    pub(crate) cache_misses: StripedCounter,
     pub(crate) cache_evictions: Arc<AtomicU64>,
     pub(crate) provider_calls: AtomicU64,
     pub(crate) provider_errors: AtomicU64,
@@ -68,8 +77,11 @@ impl Counters {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct CacheStats {
-    /// Lookups answered from the cache.
+    /// Lookups answered from the cache (`front_hits` included).
     pub hits: u64,
+    /// Of `hits`, those answered by the calling thread's own front map of the cache, without
+    /// touching the shared cache (no lock, no shared write but the key's reference count).
+    pub front_hits: u64,
     /// Lookups that had to unwrap the key through the provider (or wait for another caller's
     /// unwrap of the same key).
     pub misses: u64,
@@ -136,6 +148,7 @@ impl KeyManager {
     /// Cache, provider, state and usage statistics.
     pub async fn key_stats(&self) -> Result<KeyStats> {
         let c = &self.counters;
+        let cache = self.cache.counts();
         let calls = c.provider_calls.load(Ordering::Relaxed);
         let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
         let mut tables = 0u64;
@@ -159,8 +172,9 @@ impl KeyManager {
             .await?;
         Ok(KeyStats {
             cache: CacheStats {
-                hits: c.cache_hits.load(),
-                misses: c.cache_misses.load(),
+                hits: cache.front_hits + cache.shared_hits,
+                front_hits: cache.front_hits,
+                misses: cache.misses,
                 evictions: c.cache_evictions.load(Ordering::Relaxed),
                 entries: u64::try_from(self.cache.len()).unwrap_or(u64::MAX),
                 limit: u64::try_from(self.config.cache_limit).unwrap_or(u64::MAX),

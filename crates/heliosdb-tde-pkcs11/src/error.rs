@@ -48,14 +48,20 @@ impl OpError {
         }
     }
 
-    /// Whether the token refused an object handle or the login, while the session itself is
-    /// still good: a cached key handle is stale (another process destroyed the object, or the
-    /// application was logged out).
+    /// Whether the token refused a key handle or the login, while the session itself is still
+    /// good: a cached key handle may be stale (another process destroyed the object, or the
+    /// application was logged out). `CKR_KEY_FUNCTION_NOT_PERMITTED` is among them: a token
+    /// that keeps a handle to an object another process deleted (SoftHSM2's database object
+    /// store) reads its attributes as absent and answers that; the lookup that follows finds
+    /// out what happened.
     pub(crate) fn is_stale_handle(&self) -> bool {
         matches!(
             self,
             OpError::Hsm(CkError::Pkcs11(
-                RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid | RvError::UserNotLoggedIn,
+                RvError::KeyHandleInvalid
+                    | RvError::ObjectHandleInvalid
+                    | RvError::UserNotLoggedIn
+                    | RvError::KeyFunctionNotPermitted,
                 _
             ))
         )

@@ -23,15 +23,17 @@ pub(crate) enum Fast<T> {
     },
 }
 
-/// Sorts the result of a fast-path operation: a reset-class error ([`OpError::is_reset`]:
-/// an invalid key or object handle, a lost login or session, a removed token) is
-/// [`Fast::Stale`]; any other error (a GCM tag mismatch, a refusal) is returned as it is.
+/// Sorts the result of a fast-path operation: a refused handle or login
+/// ([`OpError::is_stale_handle`]) or a reset-class error ([`OpError::is_reset`]: a lost
+/// session, a removed token) is [`Fast::Stale`]; any other error (a GCM tag mismatch, a
+/// refusal) is returned as it is.
 fn fast_outcome<T>(r: std::result::Result<T, OpError>) -> std::result::Result<Fast<T>, OpError> {
     match r {
         Ok(v) => Ok(Fast::Done(v)),
-        Err(e) if e.is_reset() => Ok(Fast::Stale {
-            session_lost: !e.is_stale_handle(),
+        Err(e) if e.is_stale_handle() => Ok(Fast::Stale {
+            session_lost: false,
         }),
+        Err(e) if e.is_reset() => Ok(Fast::Stale { session_lost: true }),
         Err(e) => Err(e),
     }
 }

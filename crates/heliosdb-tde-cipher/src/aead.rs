@@ -103,9 +103,9 @@ enum Inner {
 
 /// An expanded AES-256-GCM key on one backend.
 ///
-/// Nonce handling is the caller's job: every nonce must be unique per key. The page and wrap
-/// APIs of this crate draw random nonces and count invocations; use those unless you are
-/// implementing a format.
+/// Nonce handling is the caller's job: every nonce must be unique per key. The page API of this
+/// crate builds counted deterministic nonces and the wrap API draws random ones; use those
+/// unless you are implementing a format.
 pub struct AeadKey {
     inner: Inner,
 }

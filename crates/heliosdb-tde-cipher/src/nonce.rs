@@ -160,32 +160,33 @@ mod tests {
     fn the_salt_is_drawn_once_and_reserved_numbers_are_absolute() {
         let g = NonceGen::new(true);
         assert_eq!(g.current_salt(), None, "drawn lazily");
-        let a = g.nonce(7).unwrap_or_default();
-        let b = g.nonce(8).unwrap_or_default();
+        let a = g.nonce(7).unwrap();
+        let b = g.nonce(8).unwrap();
         assert_eq!(a[..8], b[..8], "one salt per generation");
         assert_eq!(a[8..], 7u32.to_be_bytes());
         assert_eq!(b[8..], 8u32.to_be_bytes());
         assert_eq!(
             g.current_salt().map(u64::to_be_bytes),
-            Some(a[..8].try_into().unwrap_or_default())
+            Some(a[..8].try_into().unwrap())
         );
     }
 
     #[test]
-    fn concurrent_first_seals_agree_on_one_salt() {
+    fn concurrent_first_seals_agree_on_one_salt_and_base() {
         let g = std::sync::Arc::new(NonceGen::new(false));
         let salts: Vec<_> = (0..4)
             .map(|_| {
                 let g = g.clone();
-                std::thread::spawn(move || g.nonce(0).map(|n| n[..8].to_vec()))
+                std::thread::spawn(move || g.nonce(0))
             })
             .collect::<Vec<_>>()
             .into_iter()
-            .map(|h| h.join().ok().and_then(Result::ok))
+            .map(|h| h.join().unwrap().unwrap())
             .collect();
-        assert!(
-            salts.iter().all(|s| s.is_some() && *s == salts[0]),
-            "{salts:?}"
+        assert!(salts.iter().all(|s| *s == salts[0]), "{salts:?}");
+        assert_eq!(
+            g.current_salt(),
+            Some(u64::from_be_bytes(salts[0][..8].try_into().unwrap()))
         );
     }
 }

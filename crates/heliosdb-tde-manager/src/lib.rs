@@ -18,7 +18,7 @@ pub use heliosdb_tde_rotation::{Phase, Progress, RotationConfig, RotationState, 
 pub use mek::key_check_entry;
 pub use mek_rotation::{EmergencyRotation, MekRotationResult};
 pub use provider_handle::ProviderHandle;
-pub use sealing::UsagePolicy;
+pub use sealing::{TableSealer, UsagePolicy};
 pub use stats::{CacheStats, KeyStats, ProviderStats, UsageTotals};
 
 use cache::TekCache;
@@ -48,8 +48,9 @@ pub struct KeyManager {
     active_mek: RwLock<Option<MekRef>>,
     /// Serialises TEK creation and rotation (rare; reads never take it).
     mutations: tokio::sync::Mutex<()>,
-    /// Page sealers per table, with their reserved nonce budget.
-    encryptors: RwLock<HashMap<TableId, Arc<sealing::Encryptor>>>,
+    /// The sealing state of each table sealed by this process (its current encryptor over a
+    /// reserved block of nonce budget), shared with its [`TableSealer`] handles; never removed.
+    encryptors: RwLock<HashMap<TableId, Arc<sealing::TableSeal>>>,
     /// Serialises sealer creation, so that two sealers never share a reservation.
     encryptor_lock: tokio::sync::Mutex<()>,
     /// The store integrity key (held as the key check canary), once loaded.

@@ -190,15 +190,13 @@ impl KeyManager {
             }
         }
         self.store.apply(batch).await?;
-        self.encryptors
-            .write()
-            .map_err(|_| poisoned())?
-            .remove(table);
         self.cache.insert(id.clone(), Arc::new(tek));
         self.active_versions
             .write()
             .map_err(|_| poisoned())?
             .insert(table.clone(), id.version);
+        // After the new version is active here: a sealer made from then on reads it.
+        self.retire_encryptor(table)?;
         self.audit(AuditEvent::success(
             AuditAction::TekRotated,
             Some(KeyId::Table(id)),

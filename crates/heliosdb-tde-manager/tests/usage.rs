@@ -10,7 +10,7 @@ use heliosdb_tde_core::{
     TdeError, TekRecord, WrapContext,
 };
 use heliosdb_tde_keystore::RedbKeyStore;
-use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, UsagePolicy};
+use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, TableSealer, UsagePolicy};
 use heliosdb_tde_memory::InMemoryMekProvider;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -187,4 +187,185 @@ async fn concurrent_reservations_are_disjoint() {
         next = r.end;
     }
     assert_eq!(next, 500, "reservations stop at the limit");
+}
+
+/// The nonce of a sealed header (bytes 5..17: salt || invocation number).
+fn nonce(header: &[u8]) -> [u8; 12] {
+    header[5..17].try_into().unwrap()
+}
+
+/// The TEK version a sealed header names (bytes 1..5).
+fn version(header: &[u8]) -> u32 {
+    u32::from_be_bytes(header[1..5].try_into().unwrap())
+}
+
+/// Issue 14 item 2: four threads sharing one sealing handle (tiny blocks, so that they meet in
+/// the slow path too) get distinct nonces, every page opens, and the store's recorded usage
+/// covers every seal.
+#[test]
+fn four_threads_sharing_one_sealer_get_distinct_nonces() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(dir.path()).unwrap());
+    let km = KeyManager::new(
+        Arc::new(InMemoryMekProvider::new()),
+        store.clone(),
+        config(1 << 30, 7),
+    )
+    .unwrap();
+    rt.block_on(async {
+        km.ensure_default_mek().await.unwrap();
+        km.create_table_key("public.users").await.unwrap();
+    });
+    let sealer = rt.block_on(km.table_sealer("public.users")).unwrap();
+    assert_eq!(sealer.table().as_str(), "public.users");
+
+    const THREADS: u32 = 4;
+    const SEALS: u32 = 300;
+    let sealed: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (sealer, handle) = (&sealer, rt.handle().clone());
+                s.spawn(move || {
+                    (0..SEALS)
+                        .map(|i| {
+                            let aad = (t * SEALS + i).to_be_bytes();
+                            handle.block_on(sealer.seal(&aad, b"row")).unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let total = u64::from(THREADS * SEALS);
+    assert_eq!(sealed.len() as u64, total);
+    let nonces: std::collections::HashSet<[u8; 12]> = sealed.iter().map(|s| nonce(s)).collect();
+    assert_eq!(
+        nonces.len() as u64,
+        total,
+        "two seals through one shared handle used the same nonce"
+    );
+    rt.block_on(async {
+        for (i, s) in sealed.iter().enumerate() {
+            let (t, k) = (i as u32 / SEALS, i as u32 % SEALS);
+            let aad = (t * SEALS + k).to_be_bytes();
+            assert_eq!(km.open_page("public.users", &aad, s).await.unwrap(), b"row");
+        }
+        let recorded = recorded_encryptions(store.as_ref()).await;
+        assert!(
+            recorded >= total,
+            "{recorded} encryptions recorded for {total} seals"
+        );
+    });
+    assert!(sealer.invocations().unwrap() <= recorded_now(&rt, store.as_ref()));
+}
+
+fn recorded_now(rt: &tokio::runtime::Runtime, store: &dyn KeyStore) -> u64 {
+    rt.block_on(recorded_encryptions(store))
+}
+
+/// Seals `n` pages through `sealer`, checking that each names `expected_version`.
+async fn seal_some(
+    sealer: &TableSealer<'_>,
+    n: u32,
+    expected_version: u32,
+    pages: &mut Vec<(u32, Vec<u8>)>,
+) {
+    for _ in 0..n {
+        let i = pages.len() as u32;
+        let s = sealer.seal(&i.to_be_bytes(), b"page").await.unwrap();
+        assert_eq!(version(&s), expected_version, "page {i}");
+        pages.push((i, s));
+    }
+}
+
+/// Issue 14 item 2: a handle made once follows its table through spent blocks (a block of 3),
+/// a normal and an emergency MEK rotation, and table rotations; every page it sealed opens.
+#[tokio::test]
+async fn the_sealer_follows_spent_blocks_and_rotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(dir.path()).unwrap());
+    let km = KeyManager::new(
+        Arc::new(InMemoryMekProvider::new()),
+        store.clone(),
+        config(1 << 30, 3),
+    )
+    .unwrap();
+    km.ensure_default_mek().await.unwrap();
+    km.create_table_key("public.users").await.unwrap();
+    let sealer = km.table_sealer("public.users").await.unwrap();
+    let table: heliosdb_tde_core::TableId = "public.users".parse().unwrap();
+
+    let mut pages = Vec::new();
+    // Ten seals cross three spent blocks of 3.
+    seal_some(&sealer, 10, 1, &mut pages).await;
+    assert_eq!(sealer.invocations(), Some(10));
+    let rec = store
+        .get_tek(&"public.users@v1".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rec.metadata.usage.encryptions, 12,
+        "four blocks of 3 reserved"
+    );
+
+    km.rotate_table(&table).await.unwrap();
+    seal_some(&sealer, 4, 2, &mut pages).await;
+
+    // A normal MEK rotation re-wraps the TEK: the handle keeps sealing with version 2.
+    km.rotate_mek_with_dual_encryption("master_key_001")
+        .await
+        .unwrap();
+    seal_some(&sealer, 4, 2, &mut pages).await;
+
+    // An emergency rotation gives the table a new TEK version: the handle follows.
+    let e = km
+        .emergency_rotate_mek("master_key_001", None)
+        .await
+        .unwrap();
+    assert!(e.tables_rotated.contains(&table), "{e:?}");
+    seal_some(&sealer, 4, 3, &mut pages).await;
+
+    let nonces: std::collections::HashSet<(u32, [u8; 12])> =
+        pages.iter().map(|(_, s)| (version(s), nonce(s))).collect();
+    assert_eq!(
+        nonces.len(),
+        pages.len(),
+        "a nonce was used twice under one TEK"
+    );
+    for (i, s) in &pages {
+        assert_eq!(
+            km.open_page("public.users", &i.to_be_bytes(), s)
+                .await
+                .unwrap(),
+            b"page"
+        );
+    }
+}
+
+/// The handle fails early for a table without a key, like the facade's `page_sealer`.
+#[tokio::test]
+async fn a_sealer_for_a_table_without_a_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(dir.path()).unwrap());
+    let km = KeyManager::new(
+        Arc::new(InMemoryMekProvider::new()),
+        store,
+        config(1 << 30, 3),
+    )
+    .unwrap();
+    km.ensure_default_mek().await.unwrap();
+    let e = km.table_sealer("public.nothing").await.unwrap_err();
+    assert!(matches!(e, TdeError::KeyNotFound { .. }), "{e}");
+    let e = km.table_sealer("not a table!").await.unwrap_err();
+    assert!(matches!(e, TdeError::InvalidIdentifier { .. }), "{e}");
 }

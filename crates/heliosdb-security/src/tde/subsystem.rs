@@ -5,7 +5,9 @@ use super::{Result, TdeConfig};
 use heliosdb_tde_cipher::{Backend, SealedParts, TableCipher, UsageLimits};
 use heliosdb_tde_core::{MekId, MekProvider, ModeSource, SecurityMode, TdeError};
 use heliosdb_tde_keystore::{RedbKeyStore, STORE_FILE_NAME};
-use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, RotationConfig, UsagePolicy};
+use heliosdb_tde_manager::{
+    KeyManager, KeyManagerConfig, RotationConfig, TableSealer, UsagePolicy,
+};
 use std::fmt;
 use std::sync::Arc;
 use zeroize::Zeroize;
@@ -297,12 +299,14 @@ impl TdeSubsystem {
     /// counts it against the active TEK's nonce budget (reserved durably in the key store before
     /// use, so the count survives restarts) and rotates the key at its usage limit. This is the
     /// only way the facade seals pages.
+    ///
+    /// The table is resolved once, here: each seal through the handle is a lock-free load of
+    /// the table's current encryptor and the seal itself, and the handle follows the table
+    /// through key rotations.
     pub async fn page_sealer(&self, table: &str) -> Result<PageSealer<'_>> {
         // Fails early (unknown table, no active version) rather than at the first seal.
-        self.key_manager.active_table_key(table).await?;
         Ok(PageSealer {
-            km: &self.key_manager,
-            table: table.to_string(),
+            inner: self.key_manager.table_sealer(table).await?,
         })
     }
 
@@ -325,24 +329,23 @@ impl TdeSubsystem {
 /// key manager's one budget per key.
 #[derive(Debug)]
 pub struct PageSealer<'a> {
-    km: &'a KeyManager,
-    table: String,
+    inner: TableSealer<'a>,
 }
 
 impl PageSealer<'_> {
     /// The table.
     pub fn table(&self) -> &str {
-        &self.table
+        self.inner.table().as_str()
     }
 
     /// Seals `page` in place; returns the page header (naming the TEK version) and the tag.
     pub async fn seal_in_place(&self, aad: &[u8], page: &mut [u8]) -> Result<SealedParts> {
-        self.km.seal_page_in_place(&self.table, aad, page).await
+        self.inner.seal_in_place(aad, page).await
     }
 
     /// Seals `plaintext` into `header || ciphertext || tag`.
     pub async fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
-        self.km.seal_page(&self.table, aad, plaintext).await
+        self.inner.seal(aad, plaintext).await
     }
 }
 

@@ -1,0 +1,347 @@
+//! The per-table sealing handle [`TableSealer`]: a lock-free fast path over the table's current
+//! [`Encryptor`], and the slow path that reserves nonce budget and rotates the key at its usage
+//! limit.
+
+use crate::KeyManager;
+use arc_swap::ArcSwapOption;
+use heliosdb_tde_cipher::{
+    Backend, CipherError, HARD_LIMIT, HEADER_LEN, SealedParts, TableCipher, UsageLimits,
+};
+use heliosdb_tde_core::{Result, TableId, TdeError};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// A page sealer for one TEK version over one block of invocation numbers reserved durably in
+/// the key store.
+pub(crate) struct Encryptor {
+    pub(crate) cipher: TableCipher,
+    pub(crate) block_end: u64,
+    /// Set before the encryptor is swapped out (block spent, usage limit, table rotation): a
+    /// handle that still sees it takes the slow path.
+    retired: AtomicBool,
+}
+
+impl Encryptor {
+    fn is_live(&self) -> bool {
+        !self.retired.load(Ordering::Acquire)
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+}
+
+/// The sealing state of one table, shared by the manager and every handle to the table.
+///
+/// Entries are never removed from the manager's map (there is one per table sealed by this
+/// process), so a handle and the manager always agree on which encryptor is current.
+#[derive(Default)]
+pub(crate) struct TableSeal {
+    current: ArcSwapOption<Encryptor>,
+    /// Bumped by every retirement from outside the slow path (a table rotation, dropping all
+    /// sealers): the slow path re-checks it after publishing a new encryptor, so an encryptor
+    /// made from a key read before a rotation is never kept after it.
+    epoch: AtomicU64,
+}
+
+impl TableSeal {
+    /// The current encryptor, if there is one and it is not retired.
+    fn live(&self) -> Option<Arc<Encryptor>> {
+        self.current.load_full().filter(|e| e.is_live())
+    }
+
+    /// Retires `enc` and swaps it out if it is still current.
+    fn retire(&self, enc: &Arc<Encryptor>) {
+        enc.retire();
+        let _previous = self.current.compare_and_swap(&Some(enc.clone()), None);
+    }
+
+    /// Retires whatever encryptor is current: the table's key changed.
+    pub(crate) fn retire_current(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Some(e) = self.current.load().as_deref() {
+            e.retire();
+        }
+        if let Some(e) = self.current.swap(None) {
+            e.retire();
+        }
+    }
+
+    /// Encryptions counted by the current encryptor (absolute, including earlier reservations).
+    pub(crate) fn invocations(&self) -> Option<u64> {
+        self.current
+            .load()
+            .as_deref()
+            .map(|e| e.cipher.usage().invocations)
+    }
+}
+
+/// What the fast path did.
+enum Fast {
+    /// Sealed, under the soft limit.
+    Sealed(SealedParts),
+    /// Sealed, and the key reached its soft limit: rotate.
+    AtLimit(SealedParts, Arc<Encryptor>),
+    /// Not sealed: no live encryptor.
+    Slow,
+    /// Not sealed: this encryptor's block is spent.
+    Spent(Arc<Encryptor>),
+}
+
+/// The sealing handle of one table: made once by [`KeyManager::table_sealer`], then each
+/// [`TableSealer::seal_in_place`] is a lock-free load of the table's current encryptor and the
+/// seal itself, with no allocation, lookup or await on the common path. The slow path (once per
+/// reserved block, at the usage limit, after a rotation) reserves the next block durably in the
+/// key store and rotates the key when due.
+///
+/// The handle follows the table: after a table rotation, an emergency MEK rotation or a spent
+/// block, its next seal uses the new encryptor. Any number of handles to one table may exist
+/// and be shared between threads; they share the manager's one budget per key.
+pub struct TableSealer<'a> {
+    km: &'a KeyManager,
+    table: TableId,
+    seal: Arc<TableSeal>,
+}
+
+impl fmt::Debug for TableSealer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TableSealer")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TableSealer<'_> {
+    /// The table.
+    pub fn table(&self) -> &TableId {
+        &self.table
+    }
+
+    /// Encryptions counted so far by this process's current encryptor for the table's active
+    /// TEK (including the budget reserved by earlier processes), if it has one.
+    pub fn invocations(&self) -> Option<u64> {
+        self.seal.invocations()
+    }
+
+    /// Seals `page` in place with the table's active TEK; returns the page header (naming the
+    /// TEK version) and the tag. See [`KeyManager::seal_page_in_place`] for the accounting.
+    pub async fn seal_in_place(&self, aad: &[u8], page: &mut [u8]) -> Result<SealedParts> {
+        match self.fast(aad, page)? {
+            Fast::Sealed(parts) => Ok(parts),
+            Fast::AtLimit(parts, enc) => {
+                self.km
+                    .usage_limit_reached(&self.table, &self.seal, &enc)
+                    .await;
+                Ok(parts)
+            }
+            Fast::Slow => self.slow(aad, page, None).await,
+            Fast::Spent(enc) => self.slow(aad, page, Some(enc)).await,
+        }
+    }
+
+    /// Seals `plaintext` into `header || ciphertext || tag`.
+    pub async fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + 16);
+        out.extend_from_slice(&[0u8; HEADER_LEN]);
+        out.extend_from_slice(plaintext);
+        let parts = self.seal_in_place(aad, &mut out[HEADER_LEN..]).await?;
+        out[..HEADER_LEN].copy_from_slice(&parts.header);
+        out.extend_from_slice(&parts.tag);
+        Ok(out)
+    }
+
+    /// The common case, synchronous: the current encryptor seals.
+    #[inline]
+    fn fast(&self, aad: &[u8], page: &mut [u8]) -> Result<Fast> {
+        let current = self.seal.current.load();
+        let Some(enc) = current.as_ref() else {
+            return Ok(Fast::Slow);
+        };
+        if !enc.is_live() {
+            return Ok(Fast::Slow);
+        }
+        match enc.cipher.seal_in_place(aad, page) {
+            Ok(parts) if enc.cipher.usage().invocations >= self.km.config.usage.soft_limit => {
+                Ok(Fast::AtLimit(parts, enc.clone()))
+            }
+            Ok(parts) => Ok(Fast::Sealed(parts)),
+            Err(CipherError::NonceBudgetExhausted { .. }) => Ok(Fast::Spent(enc.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The slow path: reserve a block (or rotate at 2^32) until a live encryptor seals.
+    async fn slow(
+        &self,
+        aad: &[u8],
+        page: &mut [u8],
+        mut spent: Option<Arc<Encryptor>>,
+    ) -> Result<SealedParts> {
+        loop {
+            if let Some(enc) = spent.take() {
+                // The reserved block is spent: reserve the next one (or rotate at 2^32).
+                self.seal.retire(&enc);
+                if enc.block_end >= HARD_LIMIT {
+                    self.km.rotate_for_usage(&self.table, &enc).await?;
+                }
+            }
+            let enc = self.km.encryptor(&self.table, &self.seal).await?;
+            match enc.cipher.seal_in_place(aad, page) {
+                Ok(parts) => {
+                    if enc.cipher.usage().invocations >= self.km.config.usage.soft_limit {
+                        self.km
+                            .usage_limit_reached(&self.table, &self.seal, &enc)
+                            .await;
+                    }
+                    return Ok(parts);
+                }
+                Err(CipherError::NonceBudgetExhausted { .. }) => spent = Some(enc),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl KeyManager {
+    /// The sealing handle for `table`'s pages. Fails early if the table has no key or its
+    /// newest version cannot encrypt; the table id is validated once, here.
+    pub async fn table_sealer(
+        &self,
+        table: &(impl heliosdb_tde_core::AsTableId + ?Sized),
+    ) -> Result<TableSealer<'_>> {
+        let table = table.as_table_id()?.into_owned();
+        self.active_table_key(&table).await?;
+        let seal = self.table_seal_entry(&table)?;
+        Ok(TableSealer {
+            km: self,
+            table,
+            seal,
+        })
+    }
+
+    /// The handle for `table`, checking the table's key only the first time this process seals
+    /// it (the per-name sealing path).
+    pub(crate) async fn cached_table_sealer(&self, table: TableId) -> Result<TableSealer<'_>> {
+        let known = self
+            .encryptors
+            .read()
+            .map_err(|_| crate::poisoned())?
+            .get(&table)
+            .cloned();
+        let seal = match known {
+            Some(seal) => seal,
+            None => {
+                self.active_table_key(&table).await?;
+                self.table_seal_entry(&table)?
+            }
+        };
+        Ok(TableSealer {
+            km: self,
+            table,
+            seal,
+        })
+    }
+
+    fn table_seal_entry(&self, table: &TableId) -> Result<Arc<TableSeal>> {
+        let mut map = self.encryptors.write().map_err(|_| crate::poisoned())?;
+        Ok(map.entry(table.clone()).or_default().clone())
+    }
+
+    /// Retires every table's encryptor (the next seal of each reserves anew with the then
+    /// active key).
+    pub(crate) fn drop_encryptors(&self) -> Result<()> {
+        let map = self.encryptors.read().map_err(|_| crate::poisoned())?;
+        for seal in map.values() {
+            seal.retire_current();
+        }
+        Ok(())
+    }
+
+    /// Retires `table`'s encryptor: call after its active version changed.
+    pub(crate) fn retire_encryptor(&self, table: &TableId) -> Result<()> {
+        let map = self.encryptors.read().map_err(|_| crate::poisoned())?;
+        if let Some(seal) = map.get(table) {
+            seal.retire_current();
+        }
+        Ok(())
+    }
+
+    /// Encryptions counted by `table`'s current encryptor, if it has one.
+    pub(crate) fn table_invocations(&self, table: &TableId) -> Option<u64> {
+        let map = self.encryptors.read().ok()?;
+        map.get(table).and_then(|s| s.invocations())
+    }
+
+    /// The live encryptor of `table`, creating it (and reserving nonce budget) if needed.
+    async fn encryptor(&self, table: &TableId, seal: &TableSeal) -> Result<Arc<Encryptor>> {
+        if let Some(e) = seal.live() {
+            return Ok(e);
+        }
+        let _guard = self.encryptor_lock.lock().await;
+        loop {
+            if let Some(e) = seal.live() {
+                return Ok(e);
+            }
+            let epoch = seal.epoch.load(Ordering::SeqCst);
+            let enc = Arc::new(self.new_encryptor(table).await?);
+            seal.current.store(Some(enc.clone()));
+            // Either this load sees a concurrent retirement's bump, or that retirement's swap
+            // sees (and retires) the encryptor just stored: both are sequentially consistent.
+            if seal.epoch.load(Ordering::SeqCst) == epoch {
+                return Ok(enc);
+            }
+            seal.retire(&enc);
+        }
+    }
+
+    /// An encryptor for `table`'s active TEK over a freshly reserved block.
+    async fn new_encryptor(&self, table: &TableId) -> Result<Encryptor> {
+        let key = self.active_table_key(table).await?;
+        // Everything reserved before may have been used (a crash loses the exact count), so
+        // this process starts counting at the reservation and takes the next block, read and
+        // raised in one store transaction: no other sealer, here or in another process, can be
+        // handed the same invocation numbers.
+        let block = self
+            .store
+            .reserve_encryptions(
+                key.id(),
+                self.config.usage.reservation_block.max(1),
+                HARD_LIMIT,
+            )
+            .await?;
+        if block.is_empty() {
+            return Err(TdeError::NonceBudgetExhausted {
+                key: format!("tek:{}", key.id()),
+                invocations: block.start,
+            });
+        }
+        let (start, block_end) = (block.start, block.end);
+        let limits = UsageLimits::new(block_end, block_end)?;
+        let cipher = TableCipher::with_invocations(&key, Backend::default(), limits, start)?;
+        Ok(Encryptor {
+            cipher,
+            block_end,
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    /// The page is sealed and the key reached its soft limit: retire the encryptor and rotate.
+    /// Whatever happens to the rotation, the caller must get the header and tag, or the page
+    /// could never be opened: a failed rotation is logged and counted, and tried again at the
+    /// next seal (the key is still over its soft limit then).
+    async fn usage_limit_reached(&self, table: &TableId, seal: &TableSeal, enc: &Arc<Encryptor>) {
+        seal.retire(enc);
+        if let Err(e) = self.rotate_for_usage(table, enc).await {
+            self.counters
+                .usage_rotation_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                target: "heliosdb::tde",
+                tek = %enc.cipher.tek(),
+                "the table key reached its usage limit but could not be rotated ({e}); the page \
+                 was sealed, and the rotation is retried at the next seal"
+            );
+        }
+    }
+}

@@ -4,11 +4,11 @@
 //! child holds a copy of every cipher, counters included, so it must draw a new salt before it
 //! seals: otherwise parent and child would seal under the same nonces. This module keeps a
 //! process-wide *fork generation*, bumped in the child by a `pthread_atfork` handler that is
-//! registered once, before the first salt is drawn. A cipher remembers the generation its salt
+//! registered before the first salt is drawn (normally once per process). A cipher remembers the generation its salt
 //! belongs to and draws a new one when the generation has moved on.
 //!
-//! `pthread_atfork` handlers run for libc's `fork` (which Rust and C libraries use), not for a
-//! raw `clone` or `SYS_fork` system call that bypasses libc, nor for `vfork`, whose child may
+//! `pthread_atfork` handlers run for libc's `fork` (and `posix_spawn`'s, whose child execs), not
+//! for a raw `clone` or `SYS_fork` system call that bypasses libc, nor for `vfork`, whose child may
 //! only `exec` or `_exit`. A child created by such means must not seal pages.
 //!
 //! This is the only module of the crate with `unsafe` code: the registration call.
@@ -16,14 +16,15 @@
 #![allow(unsafe_code)]
 
 use crate::error::CipherError;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// The fork generation: 0 in the process that loaded the crate, +1 in the child of each fork.
+/// The fork generation: 0 in the process that loaded the crate, higher in the child of each fork.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
-/// The outcome of the one registration: `Ok` or the error number `pthread_atfork` returned.
-static REGISTERED: OnceLock<Result<(), i32>> = OnceLock::new();
+/// Whether the handler is registered. Not a `Once`/`OnceLock`: a fork while another thread is
+/// inside one would leave the child waiting for ever. Threads racing at the first seal may each
+/// register a handler; a fork then bumps the generation more than once, which is harmless.
+static REGISTERED: AtomicBool = AtomicBool::new(false);
 
 /// The current fork generation. One relaxed load: the generation changes only in a child
 /// right after `fork`, while the child runs a single thread, so there is nothing to order.
@@ -35,14 +36,17 @@ pub(crate) fn generation() -> u64 {
 /// Registers the fork handler (once per process) and returns the current generation. Call it
 /// before drawing a salt, so that any fork after the draw is seen.
 pub(crate) fn registered_generation() -> Result<u64, CipherError> {
-    match REGISTERED.get_or_init(register) {
-        Ok(()) => Ok(generation()),
-        Err(errno) => Err(CipherError::Random(format!(
-            "cannot register the fork handler that keeps page nonces unique after fork \
-             (pthread_atfork failed with error {errno}); the process is probably out of \
-             memory, retry when memory is available"
-        ))),
+    if !REGISTERED.load(Ordering::Acquire) {
+        register().map_err(|errno| {
+            CipherError::Random(format!(
+                "cannot register the fork handler that keeps page nonces unique after fork \
+                 (pthread_atfork failed with error {errno}); the process is probably out of \
+                 memory, retry when memory is available"
+            ))
+        })?;
+        REGISTERED.store(true, Ordering::Release);
     }
+    Ok(generation())
 }
 
 /// Called by libc in the child after `fork`, while the child runs only this thread. It only
@@ -59,7 +63,7 @@ fn register() -> Result<(), i32> {
     // arguments that does one atomic increment on a `static`, so it is valid for the whole
     // life of the process (handlers cannot be unregistered, and a `static` is never freed)
     // and is async-signal-safe, as POSIX requires of code run in the child of a multithreaded
-    // process. `OnceLock` guarantees the registration happens once.
+    // process. Registering it more than once only makes a fork bump the generation more.
     let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
     if rc == 0 { Ok(()) } else { Err(rc) }
 }

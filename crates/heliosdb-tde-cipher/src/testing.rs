@@ -22,9 +22,9 @@ pub(crate) fn forced_salt() -> Option<u64> {
     FORCED_SALT.with(Cell::get)
 }
 
-/// The process's fork generation: 0 in the process that first loaded the crate, one more in
-/// the child of each `fork` (counted only once a cipher has drawn a salt, or
-/// [`register_fork_handler`] ran, in an ancestor).
+/// The process's fork generation: 0 in the process that first loaded the crate, higher in the
+/// child of each `fork` (one more per registered handler; forks count only once a cipher has
+/// drawn a salt, or [`register_fork_handler`] ran, in an ancestor).
 pub fn fork_generation() -> u64 {
     crate::fork::generation()
 }

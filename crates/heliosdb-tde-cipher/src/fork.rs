@@ -4,12 +4,12 @@
 //! child holds a copy of every cipher, counters included, so it must draw a new salt before it
 //! seals: otherwise parent and child would seal under the same nonces. This module keeps a
 //! process-wide *fork generation*, bumped in the child by a `pthread_atfork` handler that is
-//! registered before the first salt is drawn (normally once per process). A cipher remembers the generation its salt
-//! belongs to and draws a new one when the generation has moved on.
+//! registered before the first salt is drawn (normally once per process). A cipher remembers
+//! the generation its salt belongs to and draws a new one when the generation has moved on.
 //!
-//! `pthread_atfork` handlers run for libc's `fork` (and `posix_spawn`'s, whose child execs), not
-//! for a raw `clone` or `SYS_fork` system call that bypasses libc, nor for `vfork`, whose child may
-//! only `exec` or `_exit`. A child created by such means must not seal pages.
+//! `pthread_atfork` handlers run for libc's `fork`, not for a raw `clone` or `SYS_fork` system
+//! call that bypasses libc, nor for `vfork` or `posix_spawn`, whose child may only `exec` or
+//! `_exit`. A child created by such a raw call must not seal pages.
 //!
 //! This is the only module of the crate with `unsafe` code: the registration call.
 

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use heliosdb_tde_cipher::testing::force_salt;
 use heliosdb_tde_conformance::instrumented::{Instrumented, Method};
 use heliosdb_tde_core::store::KeyStoreExt;
 use heliosdb_tde_core::{
@@ -14,6 +15,9 @@ use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, TableSealer, UsagePolic
 use heliosdb_tde_memory::InMemoryMekProvider;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The nonce salt forced in tests that prove uniqueness from the invocation numbers alone.
+const SALT: u64 = 0x5a17_5a17_5a17_5a17;
 
 /// The in-memory provider, with wraps that fail while `fail_wraps` is set (a provider outage
 /// at the moment a usage rotation needs a new TEK wrapped).
@@ -99,42 +103,60 @@ async fn a_failed_usage_rotation_never_loses_the_sealed_page() {
 }
 
 /// Item 11: two managers over one store, sealing the same table at the same time, never
-/// share a block of invocation numbers: the store's recorded usage covers every seal.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_managers_over_one_store_never_share_a_reservation() {
-    let dir = tempfile::tempdir().unwrap();
-    let provider: Arc<dyn MekProvider> = Arc::new(InMemoryMekProvider::new());
-    let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(dir.path()).unwrap());
-    let a = Arc::new(KeyManager::new(provider.clone(), store.clone(), config(1 << 30, 4)).unwrap());
-    let b = Arc::new(KeyManager::new(provider, store.clone(), config(1 << 30, 4)).unwrap());
-    a.ensure_default_mek().await.unwrap();
-    b.ensure_default_mek().await.unwrap();
-    a.create_table_key("public.users").await.unwrap();
+/// share a block of invocation numbers: the store's recorded usage covers every seal, and
+/// (issue 14) with one constant nonce salt forced on every thread, no two pages share a nonce.
+#[test]
+fn two_managers_over_one_store_never_share_a_reservation() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .on_thread_start(|| force_salt(Some(SALT)))
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let provider: Arc<dyn MekProvider> = Arc::new(InMemoryMekProvider::new());
+        let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(dir.path()).unwrap());
+        let a =
+            Arc::new(KeyManager::new(provider.clone(), store.clone(), config(1 << 30, 4)).unwrap());
+        let b = Arc::new(KeyManager::new(provider, store.clone(), config(1 << 30, 4)).unwrap());
+        a.ensure_default_mek().await.unwrap();
+        b.ensure_default_mek().await.unwrap();
+        a.create_table_key("public.users").await.unwrap();
 
-    const SEALS: u64 = 200;
-    let start = Arc::new(tokio::sync::Barrier::new(2));
-    let mut tasks = Vec::new();
-    for km in [a, b] {
-        let start = start.clone();
-        tasks.push(tokio::spawn(async move {
-            start.wait().await;
-            for i in 0..SEALS {
-                km.seal_page("public.users", &i.to_be_bytes(), b"row")
-                    .await
-                    .unwrap();
+        const SEALS: u64 = 200;
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        let mut tasks = Vec::new();
+        for km in [a, b] {
+            let start = start.clone();
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                let mut sealed = Vec::new();
+                for i in 0..SEALS {
+                    let s = km
+                        .seal_page("public.users", &i.to_be_bytes(), b"row")
+                        .await
+                        .unwrap();
+                    sealed.push(s);
+                }
+                sealed
+            }));
+        }
+        let mut nonces = std::collections::HashSet::new();
+        for t in tasks {
+            for s in t.await.unwrap() {
+                assert_eq!(salt(&s), SALT, "the forced salt is in the header");
+                assert!(nonces.insert(nonce(&s)), "two pages share a nonce");
             }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let recorded = recorded_encryptions(store.as_ref()).await;
-    assert!(
-        recorded >= 2 * SEALS,
-        "{recorded} encryptions recorded for {} seals: two sealers were handed the same \
-         invocation numbers",
-        2 * SEALS
-    );
+        }
+        let recorded = recorded_encryptions(store.as_ref()).await;
+        assert!(
+            recorded >= 2 * SEALS,
+            "{recorded} encryptions recorded for {} seals: two sealers were handed the same \
+             invocation numbers",
+            2 * SEALS
+        );
+    });
 }
 
 /// Item 11 at the store: concurrent reservations are disjoint and contiguous, and stop at the
@@ -194,6 +216,16 @@ fn nonce(header: &[u8]) -> [u8; 12] {
     header[5..17].try_into().unwrap()
 }
 
+/// The salt `S` of a sealed header's nonce (bytes 5..13).
+fn salt(header: &[u8]) -> u64 {
+    u64::from_be_bytes(header[5..13].try_into().unwrap())
+}
+
+/// The invocation number `N` of a sealed header's nonce (bytes 13..17).
+fn invocation(header: &[u8]) -> u32 {
+    u32::from_be_bytes(header[13..17].try_into().unwrap())
+}
+
 /// The TEK version a sealed header names (bytes 1..5).
 fn version(header: &[u8]) -> u32 {
     u32::from_be_bytes(header[1..5].try_into().unwrap())
@@ -231,6 +263,7 @@ fn four_threads_sharing_one_sealer_get_distinct_nonces() {
             .map(|t| {
                 let (sealer, handle) = (&sealer, rt.handle().clone());
                 s.spawn(move || {
+                    force_salt(Some(SALT));
                     (0..SEALS)
                         .map(|i| {
                             let aad = (t * SEALS + i).to_be_bytes();
@@ -253,6 +286,7 @@ fn four_threads_sharing_one_sealer_get_distinct_nonces() {
         total,
         "two seals through one shared handle used the same nonce"
     );
+    assert!(sealed.iter().all(|s| salt(s) == SALT));
     rt.block_on(async {
         for (i, s) in sealed.iter().enumerate() {
             let (t, k) = (i as u32 / SEALS, i as u32 % SEALS);
@@ -301,6 +335,7 @@ async fn the_sealer_follows_spent_blocks_and_rotations() {
     .unwrap();
     km.ensure_default_mek().await.unwrap();
     km.create_table_key("public.users").await.unwrap();
+    force_salt(Some(SALT));
     let sealer = km.table_sealer("public.users").await.unwrap();
     let table: heliosdb_tde_core::TableId = "public.users".parse().unwrap();
 
@@ -368,4 +403,118 @@ async fn a_sealer_for_a_table_without_a_key_is_refused() {
     assert!(matches!(e, TdeError::KeyNotFound { .. }), "{e}");
     let e = km.table_sealer("not a table!").await.unwrap_err();
     assert!(matches!(e, TdeError::InvalidIdentifier { .. }), "{e}");
+}
+
+/// Issue 14 item 1: a restart (here after a crash: nothing but the store survives) never
+/// reuses an invocation number: the new process starts at the next reserved block, so with one
+/// constant salt the nonces of both processes are still distinct.
+#[tokio::test]
+async fn a_restart_never_reuses_invocation_numbers() {
+    force_salt(Some(SALT));
+    let dir = tempfile::tempdir().unwrap();
+    let provider: Arc<dyn MekProvider> = Arc::new(InMemoryMekProvider::new());
+    let open = || {
+        let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(dir.path()).unwrap());
+        KeyManager::new(provider.clone(), store, config(1 << 30, 4)).unwrap()
+    };
+    let km = open();
+    km.ensure_default_mek().await.unwrap();
+    km.create_table_key("public.users").await.unwrap();
+    let mut sealed = Vec::new();
+    for i in 0..10u32 {
+        sealed.push(
+            km.seal_page("public.users", &i.to_be_bytes(), b"before")
+                .await
+                .unwrap(),
+        );
+    }
+    drop(km);
+    let km = open();
+    km.ensure_default_mek().await.unwrap(); // as at every start: loads the integrity key
+    let sealer = km.table_sealer("public.users").await.unwrap();
+    for i in 10..20u32 {
+        sealed.push(sealer.seal(&i.to_be_bytes(), b"after").await.unwrap());
+    }
+    let numbers: Vec<u32> = sealed.iter().map(|s| invocation(s)).collect();
+    // Blocks of 4: the first process reserved 0..12 and used 0..10; the second starts at 12.
+    let expected: Vec<u32> = (0..10).chain(12..22).collect();
+    assert_eq!(
+        numbers, expected,
+        "invocation numbers are absolute and never reused"
+    );
+    let nonces: std::collections::HashSet<[u8; 12]> = sealed.iter().map(|s| nonce(s)).collect();
+    assert_eq!(nonces.len(), sealed.len());
+    for (i, s) in sealed.iter().enumerate() {
+        let page: &[u8] = if i < 10 { b"before" } else { b"after" };
+        let aad = (i as u32).to_be_bytes();
+        assert_eq!(km.open_page("public.users", &aad, s).await.unwrap(), page);
+    }
+}
+
+/// Issue 14 item 1, the restore case: a key store restored from a copy hands out the same
+/// invocation numbers again, but every reserved block seals under a fresh random salt, so the
+/// nonces still differ (a collision needs equal 64-bit salts).
+#[tokio::test]
+async fn a_restored_store_differs_only_by_salt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, backup) = (dir.path().join("live"), dir.path().join("backup"));
+    let provider: Arc<dyn MekProvider> = Arc::new(InMemoryMekProvider::new());
+    let open = |path: &std::path::Path| {
+        let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(path).unwrap());
+        KeyManager::new(provider.clone(), store, config(1 << 30, 8)).unwrap()
+    };
+    let km = open(&live);
+    km.ensure_default_mek().await.unwrap();
+    km.create_table_key("public.users").await.unwrap();
+    drop(km);
+    copy_dir(&live, &backup);
+
+    let seal_five = async |path: &std::path::Path| {
+        let km = open(path);
+        km.ensure_default_mek().await.unwrap();
+        let sealer = km.table_sealer("public.users").await.unwrap();
+        let mut out = Vec::new();
+        for i in 0..5u32 {
+            out.push(sealer.seal(&i.to_be_bytes(), b"row").await.unwrap());
+        }
+        out
+    };
+    let before = seal_five(&live).await;
+    // The restore: the live store is replaced by the backup taken before those seals.
+    std::fs::remove_dir_all(&live).unwrap();
+    copy_dir(&backup, &live);
+    let after = seal_five(&live).await;
+
+    let n = |v: &[Vec<u8>]| v.iter().map(|s| invocation(s)).collect::<Vec<_>>();
+    assert_eq!(n(&before), [0, 1, 2, 3, 4]);
+    assert_eq!(
+        n(&after),
+        n(&before),
+        "the restored store hands out the same numbers"
+    );
+    assert_ne!(
+        salt(&before[0]),
+        salt(&after[0]),
+        "each block has its own salt"
+    );
+    assert!(
+        before.iter().all(|s| salt(s) == salt(&before[0])),
+        "one salt per block"
+    );
+    for (b, a) in before.iter().zip(&after) {
+        assert_ne!(nonce(b), nonce(a));
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }

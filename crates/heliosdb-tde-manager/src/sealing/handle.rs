@@ -161,11 +161,13 @@ impl TableSealer<'_> {
         if !enc.is_live() {
             return Ok(Fast::Slow);
         }
-        match enc.cipher.seal_in_place(aad, page) {
-            Ok(parts) if enc.cipher.usage().invocations >= self.km.config.usage.soft_limit => {
+        // The count this seal returns is its own (its invocation number + 1): no second load
+        // of the shared counter.
+        match enc.cipher.seal_in_place_counted(aad, page) {
+            Ok((parts, count)) if count >= self.km.config.usage.soft_limit => {
                 Ok(Fast::AtLimit(parts, enc.clone()))
             }
-            Ok(parts) => Ok(Fast::Sealed(parts)),
+            Ok((parts, _)) => Ok(Fast::Sealed(parts)),
             Err(CipherError::NonceBudgetExhausted { .. }) => Ok(Fast::Spent(enc.clone())),
             Err(e) => Err(e.into()),
         }
@@ -187,9 +189,9 @@ impl TableSealer<'_> {
                 }
             }
             let enc = self.km.encryptor(&self.table, &self.seal).await?;
-            match enc.cipher.seal_in_place(aad, page) {
-                Ok(parts) => {
-                    if enc.cipher.usage().invocations >= self.km.config.usage.soft_limit {
+            match enc.cipher.seal_in_place_counted(aad, page) {
+                Ok((parts, count)) => {
+                    if count >= self.km.config.usage.soft_limit {
                         self.km
                             .usage_limit_reached(&self.table, &self.seal, &enc)
                             .await;
@@ -316,9 +318,11 @@ impl KeyManager {
                 invocations: block.start,
             });
         }
-        let (start, block_end) = (block.start, block.end);
+        // The block's numbers are this encryptor's nonces (`S || N`, N absolute, S drawn for
+        // this block at its first seal): no two sealers over this store history share an N.
+        let block_end = block.end;
         let limits = UsageLimits::new(block_end, block_end)?;
-        let cipher = TableCipher::with_invocations(&key, Backend::default(), limits, start)?;
+        let cipher = TableCipher::with_reservation(&key, Backend::default(), limits, block)?;
         Ok(Encryptor {
             cipher,
             block_end,

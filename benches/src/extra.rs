@@ -86,14 +86,33 @@ impl Args {
         Self { bench, filters }
     }
 
-    /// Whether a benchmark with these row ids should run.
+    /// Whether a benchmark with these row ids should run. A filter is read as criterion's
+    /// regular expressions usually are written: alternatives separated by `|` (parentheses and
+    /// `^`/`$` ignored), each a substring of the id, where `.*` matches anything.
     pub fn selects(&self, ids: &[&str]) -> bool {
         self.filters.is_empty()
             || self
                 .filters
                 .iter()
-                .any(|f| ids.iter().any(|id| id.contains(f.as_str())))
+                .any(|f| ids.iter().any(|id| filter_matches(f, id)))
     }
+}
+
+fn filter_matches(filter: &str, id: &str) -> bool {
+    let cleaned: String = filter
+        .chars()
+        .filter(|c| !matches!(c, '(' | ')' | '^' | '$'))
+        .collect();
+    cleaned.split('|').any(|alt| {
+        let mut rest = id;
+        alt.split(".*").all(|piece| match rest.find(piece) {
+            Some(at) => {
+                rest = &rest[at + piece.len()..];
+                true
+            }
+            None => false,
+        })
+    })
 }
 
 /// The workspace's target directory (`CARGO_TARGET_DIR`, else `target/` next to `benches/`).

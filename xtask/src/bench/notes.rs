@@ -7,8 +7,8 @@
 pub(super) const REPRODUCE: &str = "Reproduce with `cargo xtask bench` (about 20 minutes on 2 cores; \
 it provisions a SoftHSM2 token for the PKCS#11 rows, an OpenBao dev server for the Vault rows, a \
 moto server for the AWS KMS rows and the Key Vault test server for the Azure row, builds the \
-1,000,000-key store once under `target/bench-data/`, and builds a fresh 1,000,000-TEK store for \
-the rotation row, about a third of the run). `cargo xtask bench --report` rewrites this file from \
+1,000,000-key store once under `target/bench-data/`, and a fresh 1,000,000-TEK store for the \
+rotation row in every run). `cargo xtask bench --report` rewrites this file from \
 the last results without running anything; the rows measured by the `harness = false` \
 benchmarks (the cache hits and the 1,000,000-TEK rotation) come from `target/bench-extra/*.json`.";
 

@@ -175,6 +175,64 @@ async fn rotations_never_change_what_a_warm_front_serves_for_an_id() {
 }
 
 #[tokio::test]
+async fn after_an_emergency_rotation_every_front_agrees_with_the_shared_cache() {
+    const TABLES: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let (provider, st, km) = cold_manager(dir.path(), TABLES, 16).await;
+    // Warm this thread's front with every v1, and remember the bytes.
+    let mut v1 = Vec::new();
+    for i in 0..TABLES {
+        let k = km.get_tek(&tek(&format!("t{i}@v1"))).await.unwrap();
+        assert!(Arc::ptr_eq(&km.get_cached_table_key(k.id()).unwrap(), &k));
+        v1.push(*k.bytes().expose_secret());
+    }
+    // New TEK versions for every table (cache inserts), the v1s marked compromised (a state
+    // change in the store: they still decrypt), the MEK rotated.
+    let e = km
+        .emergency_rotate_mek("master_key_001", None)
+        .await
+        .unwrap();
+    assert_eq!(e.tables_rotated.len(), TABLES);
+    for (i, bytes) in v1.iter().enumerate() {
+        let table: TableId = format!("t{i}").parse().unwrap();
+        assert_eq!(
+            km.active_table_key(&table)
+                .await
+                .unwrap()
+                .id()
+                .version
+                .get(),
+            2
+        );
+        for v in [1, 2] {
+            let id = tek(&format!("t{i}@v{v}"));
+            let here = km.get_tek(&id).await.unwrap();
+            let again = km.get_cached_table_key(&id).unwrap();
+            let elsewhere = std::thread::scope(|s| {
+                s.spawn(|| km.get_cached_table_key(&id).unwrap())
+                    .join()
+                    .unwrap()
+            });
+            assert!(
+                Arc::ptr_eq(&here, &again) && Arc::ptr_eq(&here, &elsewhere),
+                "{id}"
+            );
+            if v == 1 {
+                assert_eq!(here.bytes().expose_secret(), bytes, "{id}");
+            } else {
+                assert_ne!(here.bytes().expose_secret(), bytes, "{id}");
+            }
+        }
+    }
+    // A cold manager unwraps the same keys from the store.
+    let cold = KeyManager::new(provider, st, config(SecurityMode::Development, 16)).unwrap();
+    for (i, bytes) in v1.iter().enumerate() {
+        let k = cold.get_tek(&tek(&format!("t{i}@v1"))).await.unwrap();
+        assert_eq!(k.bytes().expose_secret(), bytes);
+    }
+}
+
+#[tokio::test]
 async fn an_evicted_key_is_served_while_held_and_released_once_dropped() {
     const TABLES: usize = 30;
     let dir = tempfile::tempdir().unwrap();

@@ -171,10 +171,11 @@ pub enum TdeError {
     #[error("security policy violation: {0}")]
     SecurityPolicy(String),
 
-    /// A key reached its GCM invocation limit (NIST SP 800-38D section 8.3) and must be rotated.
+    /// A key reached its GCM invocation limit (the 32-bit invocation number of its nonces, NIST
+    /// SP 800-38D section 8.2.1) and must be rotated.
     #[error(
-        "{key} has been used for {invocations} encryptions, the hard limit for random 96-bit \
-         nonces (NIST SP 800-38D 8.3). Rotate the table key; decryption still works"
+        "{key} has been used for {invocations} encryptions, the hard limit of its nonces' 32-bit \
+         invocation number (NIST SP 800-38D 8.2.1). Rotate the table key; decryption still works"
     )]
     NonceBudgetExhausted {
         /// The key.

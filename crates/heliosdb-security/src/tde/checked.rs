@@ -33,8 +33,8 @@ impl TdeConfig {
         if self.tek_usage_soft_limit == 0 || self.tek_usage_soft_limit > 1 << 32 {
             return Err(TdeError::config(
                 "tek_usage_soft_limit",
-                "must be between 1 and 2^32 (4294967296), the NIST SP 800-38D limit for random \
-                 nonces",
+                "must be between 1 and 2^32 (4294967296), the nonce's 32-bit \
+                 invocation number (NIST SP 800-38D 8.2.1)",
             ));
         }
         let security_mode = self

@@ -127,16 +127,16 @@ impl TableSealer<'_> {
     /// Seals `page` in place with the table's active TEK; returns the page header (naming the
     /// TEK version) and the tag. See [`KeyManager::seal_page_in_place`] for the accounting.
     pub async fn seal_in_place(&self, aad: &[u8], page: &mut [u8]) -> Result<SealedParts> {
+        // The rare paths are boxed, so that this future stays a few words: the common case
+        // neither allocates nor moves a large state machine.
         match self.fast(aad, page)? {
             Fast::Sealed(parts) => Ok(parts),
             Fast::AtLimit(parts, enc) => {
-                self.km
-                    .usage_limit_reached(&self.table, &self.seal, &enc)
-                    .await;
+                Box::pin(self.km.usage_limit_reached(&self.table, &self.seal, &enc)).await;
                 Ok(parts)
             }
-            Fast::Slow => self.slow(aad, page, None).await,
-            Fast::Spent(enc) => self.slow(aad, page, Some(enc)).await,
+            Fast::Slow => Box::pin(self.slow(aad, page, None)).await,
+            Fast::Spent(enc) => Box::pin(self.slow(aad, page, Some(enc))).await,
         }
     }
 

@@ -93,8 +93,9 @@ pub(super) const NOTES: &[&str] = &[
      to `/proc/self/clear_refs` just before the pass, which resets its peak resident set \
      (`VmHWM`) to the current one, and reads `VmHWM` from `/proc/self/status` after it; the \
      baseline is the resident set (`VmRSS`) at the reset, with the store built and the key \
-     manager open. The rotation re-wraps in pages of 512 TEKs per store transaction, so the \
-     pass should add little: the difference of the two is what the rotation itself holds.",
+     manager open. The rotation re-wraps in pages of 512 TEKs per store transaction and never \
+     loads every TEK at once; the difference of the two is what the pass adds, including the \
+     allocator's retained memory and redb's page cache for the transactions it commits.",
     "**Cold start** (report): ours opens the provider, the redb store (`RedbKeyStore::open_dir`) \
      and the key manager, checks the default MEK and unwraps 10,000 TEKs with `get_tek` (the \
      cache holds them all); the baseline makes 10,000 raw unwraps (under an equal master key \

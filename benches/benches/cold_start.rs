@@ -74,6 +74,17 @@ fn start(
 }
 
 fn cold_start(c: &mut Criterion) {
+    // The setup (two stores of 10,000 TEKs) is skipped when the filter selects none of these.
+    let args = heliosdb_benches::extra::Args::from_env();
+    if !args.selects(&[
+        "cold_start/raw_file_10k",
+        "cold_start/file_provider_open",
+        "cold_start/ours_file_10k",
+        "cold_start/raw_softhsm_10k",
+        "cold_start/ours_softhsm_10k",
+    ]) {
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

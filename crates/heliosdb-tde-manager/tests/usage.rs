@@ -560,3 +560,168 @@ fn a_warm_seal_is_ready_at_the_first_poll_and_its_future_is_small() {
     }
     assert_eq!(sealer.invocations(), Some(33));
 }
+
+/// Issue 14 item 2: threads that reach the soft limit together through one handle rotate the
+/// key once per limit: every version but the newest sealed at least the soft limit's worth of
+/// pages (a double rotation would leave a version with next to none).
+#[test]
+fn concurrent_seals_at_the_soft_limit_rotate_once() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(dir.path()).unwrap());
+    const SOFT: u64 = 40;
+    let km = KeyManager::new(Arc::new(InMemoryMekProvider::new()), store, config(SOFT, 7)).unwrap();
+    let sealer = rt.block_on(async {
+        km.ensure_default_mek().await.unwrap();
+        km.create_table_key("public.users").await.unwrap();
+        km.table_sealer("public.users").await.unwrap()
+    });
+    const THREADS: u32 = 4;
+    const SEALS: u32 = 80;
+    let versions: Vec<u32> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (sealer, handle) = (&sealer, rt.handle().clone());
+                s.spawn(move || {
+                    (0..SEALS)
+                        .map(|i| {
+                            version(
+                                &handle
+                                    .block_on(sealer.seal(&i.to_be_bytes(), b"r"))
+                                    .unwrap(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let mut per_version = std::collections::BTreeMap::new();
+    for v in versions {
+        *per_version.entry(v).or_insert(0u64) += 1;
+    }
+    let newest = *per_version.keys().last().unwrap();
+    assert!(newest >= 2, "no usage rotation: {per_version:?}");
+    for (v, n) in &per_version {
+        if *v != newest {
+            assert!(
+                *n >= SOFT,
+                "version {v} sealed only {n} pages: {per_version:?}"
+            );
+        }
+    }
+    let stats = rt.block_on(km.key_stats()).unwrap();
+    assert_eq!(stats.usage_rotation_failures, 0);
+    let rotated = rt
+        .block_on(km.list_keys(Some(heliosdb_tde_core::KeyType::Table)))
+        .unwrap();
+    // The last seals may have rotated to a version nothing sealed with yet.
+    let created = rotated.len() as u32;
+    assert!(
+        created == newest || created == newest + 1,
+        "{created} versions created, {newest} used: {per_version:?}"
+    );
+}
+
+/// Issue 14 item 2: sealing through a shared handle goes on while the table's key is rotated
+/// again and again: no seal fails, no nonce repeats under a version, every page opens, and the
+/// seals after the last rotation use the newest version.
+#[test]
+fn seals_go_on_during_table_rotations() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .on_thread_start(|| force_salt(Some(SALT)))
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(dir.path()).unwrap());
+    let km = KeyManager::new(
+        Arc::new(InMemoryMekProvider::new()),
+        store,
+        config(1 << 30, 3),
+    )
+    .unwrap();
+    let table: heliosdb_tde_core::TableId = "public.users".parse().unwrap();
+    let sealer = rt.block_on(async {
+        km.ensure_default_mek().await.unwrap();
+        km.create_table_key(&table).await.unwrap();
+        km.table_sealer(&table).await.unwrap()
+    });
+    const ROTATIONS: u32 = 12;
+    let done = AtomicBool::new(false);
+    let sealed: Vec<(u32, Vec<u8>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2u32)
+            .map(|t| {
+                let (sealer, done, handle) = (&sealer, &done, rt.handle().clone());
+                s.spawn(move || {
+                    force_salt(Some(SALT));
+                    let mut out = Vec::new();
+                    let mut i = t << 24;
+                    while !done.load(Ordering::SeqCst) || out.len() < 50 {
+                        let s = handle.block_on(sealer.seal(&i.to_be_bytes(), b"row"));
+                        out.push((i, s.unwrap_or_else(|e| panic!("seal {i} failed: {e}"))));
+                        i += 1;
+                    }
+                    out
+                })
+            })
+            .collect();
+        for _ in 0..ROTATIONS {
+            rt.block_on(km.rotate_table(&table)).unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let mut nonces = std::collections::HashSet::new();
+    rt.block_on(async {
+        for (i, s) in &sealed {
+            assert!(nonces.insert((version(s), nonce(s))), "a nonce repeated");
+            let opened = km.open_page(&table, &i.to_be_bytes(), s).await.unwrap();
+            assert_eq!(opened, b"row");
+        }
+        let after = sealer.seal(b"after", b"row").await.unwrap();
+        assert_eq!(version(&after), ROTATIONS + 1);
+    });
+}
+
+/// A manager whose known active version was rotated by another manager over the same store
+/// seals its next block with the store's newest version instead of failing: the version it
+/// knew is decrypt-only now.
+#[tokio::test]
+async fn a_rotation_by_another_manager_is_picked_up_at_the_next_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider: Arc<dyn MekProvider> = Arc::new(InMemoryMekProvider::new());
+    let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(dir.path()).unwrap());
+    let a = KeyManager::new(provider.clone(), store.clone(), config(1 << 30, 3)).unwrap();
+    let b = KeyManager::new(provider, store, config(1 << 30, 3)).unwrap();
+    a.ensure_default_mek().await.unwrap();
+    b.ensure_default_mek().await.unwrap();
+    a.create_table_key("public.users").await.unwrap();
+    let sealer = a.table_sealer("public.users").await.unwrap();
+    for i in 0..3u32 {
+        let s = sealer.seal(&i.to_be_bytes(), b"row").await.unwrap();
+        assert_eq!(version(&s), 1);
+    }
+    b.rotate_table(&"public.users".parse().unwrap())
+        .await
+        .unwrap();
+    // The block of 3 is spent: the next seal reserves anew, with version 2.
+    let s = sealer.seal(b"next", b"row").await.unwrap();
+    assert_eq!(version(&s), 2);
+    assert_eq!(
+        a.open_page("public.users", b"next", &s).await.unwrap(),
+        b"row"
+    );
+}

@@ -7,7 +7,7 @@ use arc_swap::ArcSwapOption;
 use heliosdb_tde_cipher::{
     Backend, CipherError, HARD_LIMIT, HEADER_LEN, SealedParts, TableCipher, UsageLimits,
 };
-use heliosdb_tde_core::{Result, TableId, TdeError};
+use heliosdb_tde_core::{Result, TableId, TableKey, TdeError};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,8 +27,9 @@ impl Encryptor {
         !self.retired.load(Ordering::Acquire)
     }
 
-    fn retire(&self) {
-        self.retired.store(true, Ordering::Release);
+    /// Marks the encryptor retired; true for the one call that retired it.
+    fn retire(&self) -> bool {
+        !self.retired.swap(true, Ordering::AcqRel)
     }
 }
 
@@ -51,10 +52,12 @@ impl TableSeal {
         self.current.load_full().filter(|e| e.is_live())
     }
 
-    /// Retires `enc` and swaps it out if it is still current.
-    fn retire(&self, enc: &Arc<Encryptor>) {
-        enc.retire();
+    /// Retires `enc` and swaps it out if it is still current; true for the one call that
+    /// retired it.
+    fn retire(&self, enc: &Arc<Encryptor>) -> bool {
+        let first = enc.retire();
         let _previous = self.current.compare_and_swap(&Some(enc.clone()), None);
+        first
     }
 
     /// Retires whatever encryptor is current: the table's key changed.
@@ -127,7 +130,7 @@ impl TableSealer<'_> {
     /// Seals `page` in place with the table's active TEK; returns the page header (naming the
     /// TEK version) and the tag. See [`KeyManager::seal_page_in_place`] for the accounting.
     pub async fn seal_in_place(&self, aad: &[u8], page: &mut [u8]) -> Result<SealedParts> {
-        // The rare paths are boxed, so that this future stays a few words: the common case
+        // The rare paths are boxed, so that this future stays small: the common case
         // neither allocates nor moves a large state machine.
         match self.fast(aad, page)? {
             Fast::Sealed(parts) => Ok(parts),
@@ -183,7 +186,7 @@ impl TableSealer<'_> {
         loop {
             if let Some(enc) = spent.take() {
                 // The reserved block is spent: reserve the next one (or rotate at 2^32).
-                self.seal.retire(&enc);
+                let _first = self.seal.retire(&enc);
                 if enc.block_end >= HARD_LIMIT {
                     self.km.rotate_for_usage(&self.table, &enc).await?;
                 }
@@ -213,7 +216,7 @@ impl KeyManager {
         table: &(impl heliosdb_tde_core::AsTableId + ?Sized),
     ) -> Result<TableSealer<'_>> {
         let table = table.as_table_id()?.into_owned();
-        self.active_table_key(&table).await?;
+        self.encrypting_key(&table).await?;
         let seal = self.table_seal_entry(&table)?;
         Ok(TableSealer {
             km: self,
@@ -234,7 +237,7 @@ impl KeyManager {
         let seal = match known {
             Some(seal) => seal,
             None => {
-                self.active_table_key(&table).await?;
+                self.encrypting_key(&table).await?;
                 self.table_seal_entry(&table)?
             }
         };
@@ -297,9 +300,26 @@ impl KeyManager {
         }
     }
 
+    /// The key that encrypts `table`'s new pages: its active version; or, during a rotation
+    /// (by this manager, in flight, or by another manager over the same store) that already
+    /// made the version this process knows decrypt-only, the store's newest version if it can
+    /// encrypt, rather than fail the page.
+    async fn encrypting_key(&self, table: &TableId) -> Result<Arc<TableKey>> {
+        match self.active_table_key(table).await {
+            Ok(key) => Ok(key),
+            Err(e @ TdeError::InvalidKeyState { .. }) => {
+                match self.store.latest_tek(table).await? {
+                    Some(r) if r.metadata.state.can_encrypt() => self.get_tek(&r.id).await,
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// An encryptor for `table`'s active TEK over a freshly reserved block.
     async fn new_encryptor(&self, table: &TableId) -> Result<Encryptor> {
-        let key = self.active_table_key(table).await?;
+        let key = self.encrypting_key(table).await?;
         // Everything reserved before may have been used (a crash loses the exact count), so
         // this process starts counting at the reservation and takes the next block, read and
         // raised in one store transaction: no other sealer, here or in another process, can be
@@ -334,8 +354,16 @@ impl KeyManager {
     /// Whatever happens to the rotation, the caller must get the header and tag, or the page
     /// could never be opened: a failed rotation is logged and counted, and tried again at the
     /// next seal (the key is still over its soft limit then).
+    ///
+    /// Of the seals that find one encryptor at its limit (several threads may), only the one
+    /// that retires it rotates; and usage rotations run under the sealer lock, so a sealer
+    /// made for the old version while a rotation was in flight sees the new version and does
+    /// not rotate a second time.
     async fn usage_limit_reached(&self, table: &TableId, seal: &TableSeal, enc: &Arc<Encryptor>) {
-        seal.retire(enc);
+        if !seal.retire(enc) {
+            return;
+        }
+        let _guard = self.encryptor_lock.lock().await;
         if let Err(e) = self.rotate_for_usage(table, enc).await {
             self.counters
                 .usage_rotation_failures

@@ -61,3 +61,49 @@ async fn a_start_gives_up_after_the_wait_and_names_the_provider() {
     assert!(!e.is_retryable());
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// Issue 14 item 2: `page_sealer` resolves the table once and fails early for a table without
+/// a key; the handle then follows its table through a rotation, and every page it sealed opens.
+#[tokio::test]
+async fn a_page_sealer_fails_early_and_follows_its_table() {
+    assert!(
+        std::env::var_os("HELIOSDB_SECURITY_MODE").is_none(),
+        "this test sets the security mode through the configuration; unset \
+         HELIOSDB_SECURITY_MODE to run it"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let tde = TdeSubsystem::new(TdeConfig {
+        key_storage_path: dir.path().join("keys"),
+        security_mode: Some("development".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let e = tde.page_sealer("public.users").await.unwrap_err();
+    assert!(matches!(e, TdeError::KeyNotFound { .. }), "{e}");
+    let e = tde.page_sealer("not a table").await.unwrap_err();
+    assert!(matches!(e, TdeError::InvalidIdentifier { .. }), "{e}");
+
+    let km = tde.key_manager();
+    km.create_table_key("public.users").await.unwrap();
+    let sealer = tde.page_sealer("public.users").await.unwrap();
+    assert_eq!(sealer.table(), "public.users");
+    let mut page = *b"page one";
+    let parts = sealer.seal_in_place(b"p/1", &mut page).await.unwrap();
+    km.rotate_table(&"public.users".parse().unwrap())
+        .await
+        .unwrap();
+    let sealed = sealer.seal(b"p/2", b"page two").await.unwrap();
+    let v2 = heliosdb_tde_cipher::sealed_tek_version(&sealed).unwrap();
+    assert_eq!(v2.get(), 2, "the handle follows the rotation");
+
+    let v1 = heliosdb_tde_cipher::PageHeader::parse(&parts.header)
+        .unwrap()
+        .tek_version;
+    assert_eq!(v1.get(), 1);
+    let old = tde.page_opener("public.users", v1).await.unwrap();
+    old.open_in_place(&parts, b"p/1", &mut page).unwrap();
+    assert_eq!(&page, b"page one");
+    let new = tde.page_opener("public.users", v2).await.unwrap();
+    assert_eq!(new.open(b"p/2", &sealed).unwrap(), b"page two");
+}

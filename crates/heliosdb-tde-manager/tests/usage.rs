@@ -725,3 +725,39 @@ async fn a_rotation_by_another_manager_is_picked_up_at_the_next_block() {
         b"row"
     );
 }
+
+/// Issue 14 item 1, with blocks of 2^20: while the usage rotation keeps failing (a provider
+/// outage), the encryptor goes on sealing from its reserved block (the key is over its soft
+/// limit, not its hard one) instead of reserving, and wasting, a new block per seal.
+#[tokio::test]
+async fn a_failing_usage_rotation_wastes_no_reserved_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let (provider, fail_wraps) = flaky_wraps();
+    let store: Arc<dyn KeyStore> = Arc::new(RedbKeyStore::open_dir(dir.path()).unwrap());
+    let km = KeyManager::new(provider, store.clone(), config(3, 100)).unwrap();
+    km.ensure_default_mek().await.unwrap();
+    km.create_table_key("public.users").await.unwrap();
+    let sealer = km.table_sealer("public.users").await.unwrap();
+    fail_wraps.store(true, Ordering::SeqCst);
+    for i in 0..20u32 {
+        let s = sealer.seal(&i.to_be_bytes(), b"row").await.unwrap();
+        assert_eq!(invocation(&s), i, "one block, numbers in order");
+    }
+    let stats = km.key_stats().await.unwrap();
+    assert_eq!(
+        stats.usage_rotation_failures, 18,
+        "seals 3..=20 each tried to rotate"
+    );
+    let rec = store
+        .get_tek(&"public.users@v1".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.metadata.usage.encryptions, 100, "one block reserved");
+
+    fail_wraps.store(false, Ordering::SeqCst);
+    let s = sealer.seal(b"x", b"rotates").await.unwrap();
+    assert_eq!(version(&s), 1, "sealed, then rotated");
+    let s = sealer.seal(b"y", b"after").await.unwrap();
+    assert_eq!(version(&s), 2);
+}

@@ -17,9 +17,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub(crate) struct Encryptor {
     pub(crate) cipher: TableCipher,
     pub(crate) block_end: u64,
-    /// Set before the encryptor is swapped out (block spent, usage limit, table rotation): a
-    /// handle that still sees it takes the slow path.
+    /// Set before the encryptor is swapped out (block spent, table rotation): a handle that
+    /// still sees it takes the slow path.
     retired: AtomicBool,
+    /// Held by the one seal that rotates the key once this encryptor reached the soft limit.
+    rotating: AtomicBool,
 }
 
 impl Encryptor {
@@ -27,9 +29,8 @@ impl Encryptor {
         !self.retired.load(Ordering::Acquire)
     }
 
-    /// Marks the encryptor retired; true for the one call that retired it.
-    fn retire(&self) -> bool {
-        !self.retired.swap(true, Ordering::AcqRel)
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
     }
 }
 
@@ -52,12 +53,10 @@ impl TableSeal {
         self.current.load_full().filter(|e| e.is_live())
     }
 
-    /// Retires `enc` and swaps it out if it is still current; true for the one call that
-    /// retired it.
-    fn retire(&self, enc: &Arc<Encryptor>) -> bool {
-        let first = enc.retire();
+    /// Retires `enc` and swaps it out if it is still current.
+    fn retire(&self, enc: &Arc<Encryptor>) {
+        enc.retire();
         let _previous = self.current.compare_and_swap(&Some(enc.clone()), None);
-        first
     }
 
     /// Retires whatever encryptor is current: the table's key changed.
@@ -186,7 +185,7 @@ impl TableSealer<'_> {
         loop {
             if let Some(enc) = spent.take() {
                 // The reserved block is spent: reserve the next one (or rotate at 2^32).
-                let _first = self.seal.retire(&enc);
+                self.seal.retire(&enc);
                 if enc.block_end >= HARD_LIMIT {
                     self.km.rotate_for_usage(&self.table, &enc).await?;
                 }
@@ -347,33 +346,54 @@ impl KeyManager {
             cipher,
             block_end,
             retired: AtomicBool::new(false),
+            rotating: AtomicBool::new(false),
         })
     }
 
-    /// The page is sealed and the key reached its soft limit: retire the encryptor and rotate.
-    /// Whatever happens to the rotation, the caller must get the header and tag, or the page
-    /// could never be opened: a failed rotation is logged and counted, and tried again at the
-    /// next seal (the key is still over its soft limit then).
+    /// The page is sealed and the key reached its soft limit: rotate the key. Whatever happens
+    /// to the rotation, the caller must get the header and tag, or the page could never be
+    /// opened: a failed rotation is logged and counted, and tried again at the next seal (the
+    /// key is still over its soft limit then).
     ///
-    /// Of the seals that find one encryptor at its limit (several threads may), only the one
-    /// that retires it rotates; and usage rotations run under the sealer lock, so a sealer
-    /// made for the old version while a rotation was in flight sees the new version and does
-    /// not rotate a second time.
+    /// Of the seals that find one encryptor at its limit (several threads may), one rotates
+    /// while the others return at once. The encryptor keeps sealing from its reserved block
+    /// (under the hard limit) until the rotation retires it, so a failing rotation wastes no
+    /// block; and usage rotations run under the sealer lock, so a seal that reaches the limit
+    /// on the old version after a rotation finds the new version and rotates no second time.
     async fn usage_limit_reached(&self, table: &TableId, seal: &TableSeal, enc: &Arc<Encryptor>) {
-        if !seal.retire(enc) {
+        if !enc.is_live() || enc.rotating.swap(true, Ordering::AcqRel) {
             return;
         }
-        let _guard = self.encryptor_lock.lock().await;
-        if let Err(e) = self.rotate_for_usage(table, enc).await {
-            self.counters
-                .usage_rotation_failures
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                target: "heliosdb::tde",
-                tek = %enc.cipher.tek(),
-                "the table key reached its usage limit but could not be rotated ({e}); the page \
-                 was sealed, and the rotation is retried at the next seal"
-            );
+        let rotated = {
+            // Released however this ends, a cancelled seal future included.
+            let _rotating = Release(&enc.rotating);
+            let _guard = self.encryptor_lock.lock().await;
+            self.rotate_for_usage(table, enc).await
+        };
+        match rotated {
+            // Rotated here (which retired the encryptor), or by someone else already, possibly
+            // another manager over the store: the next seal reserves with the newest version.
+            Ok(()) => seal.retire(enc),
+            Err(e) => {
+                self.counters
+                    .usage_rotation_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    target: "heliosdb::tde",
+                    tek = %enc.cipher.tek(),
+                    "the table key reached its usage limit but could not be rotated ({e}); the \
+                     page was sealed, and the rotation is retried at the next seal"
+                );
+            }
         }
+    }
+}
+
+/// Clears a flag when dropped.
+struct Release<'a>(&'a AtomicBool);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }

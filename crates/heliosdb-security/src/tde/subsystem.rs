@@ -300,9 +300,8 @@ impl TdeSubsystem {
     /// use, so the count survives restarts) and rotates the key at its usage limit. This is the
     /// only way the facade seals pages.
     ///
-    /// The table is resolved once, here: each seal through the handle is a lock-free load of
-    /// the table's current encryptor and the seal itself, and the handle follows the table
-    /// through key rotations.
+    /// The table is resolved once, here: each seal through the handle takes no lock, lookup or
+    /// allocation, and the handle follows the table through key rotations.
     pub async fn page_sealer(&self, table: &str) -> Result<PageSealer<'_>> {
         // Fails early (unknown table, no active version) rather than at the first seal.
         Ok(PageSealer {

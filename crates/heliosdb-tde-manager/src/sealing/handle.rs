@@ -1,5 +1,5 @@
-//! The per-table sealing handle [`TableSealer`]: a lock-free fast path over the table's current
-//! [`Encryptor`], and the slow path that reserves nonce budget and rotates the key at its usage
+//! The per-table sealing handle [`TableSealer`]: a fast path over the calling thread's copy of
+//! the table's current [`Encryptor`], and the slow path that reserves nonce budget and rotates the key at its usage
 //! limit.
 
 use crate::KeyManager;
@@ -8,9 +8,11 @@ use heliosdb_tde_cipher::{
     Backend, CipherError, HARD_LIMIT, HEADER_LEN, SealedParts, TableCipher, UsageLimits,
 };
 use heliosdb_tde_core::{Result, TableId, TableKey, TdeError};
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use thread_local::ThreadLocal;
 
 /// A page sealer for one TEK version over one block of invocation numbers reserved durably in
 /// the key store.
@@ -41,6 +43,13 @@ impl Encryptor {
 #[derive(Default)]
 pub(crate) struct TableSeal {
     current: ArcSwapOption<Encryptor>,
+    /// Each sealing thread's copy of `current`, so that a seal writes nothing shared (not even
+    /// a reference count): it is replaced when the thread finds it retired. Every replacement
+    /// of `current` retires the previous encryptor first, so the `retired` flag is all a copy
+    /// needs. The price: a thread that stops sealing this table keeps its retired copy (the
+    /// expanded key of a version the manager also still holds to open pages) until the
+    /// manager is dropped.
+    local: ThreadLocal<RefCell<Option<Arc<Encryptor>>>>,
     /// Bumped by every retirement from outside the slow path (a table rotation, dropping all
     /// sealers): the slow path re-checks it after publishing a new encryptor, so an encryptor
     /// made from a key read before a rotation is never kept after it.
@@ -92,8 +101,9 @@ enum Fast {
 }
 
 /// The sealing handle of one table: made once by [`KeyManager::table_sealer`], then each
-/// [`TableSealer::seal_in_place`] is a lock-free load of the table's current encryptor and the
-/// seal itself, with no allocation, lookup or await on the common path. The slow path (once per
+/// [`TableSealer::seal_in_place`] reads the calling thread's copy of the table's current
+/// encryptor and seals: no allocation, lock, lookup, shared write (not even a reference count)
+/// or await on the common path. The slow path (once per
 /// reserved block, at the usage limit, after a rotation) reserves the next block durably in the
 /// key store and rotates the key when due.
 ///
@@ -153,16 +163,26 @@ impl TableSealer<'_> {
         Ok(out)
     }
 
-    /// The common case, synchronous: the current encryptor seals.
+    /// The common case, synchronous: this thread's copy of the current encryptor seals.
     #[inline]
     fn fast(&self, aad: &[u8], page: &mut [u8]) -> Result<Fast> {
-        let current = self.seal.current.load();
-        let Some(enc) = current.as_ref() else {
-            return Ok(Fast::Slow);
-        };
-        if !enc.is_live() {
-            return Ok(Fast::Slow);
+        let local = self.seal.local.get_or_default();
+        if let Some(enc) = local.borrow().as_ref()
+            && enc.is_live()
+        {
+            return self.seal_with(enc, aad, page);
         }
+        // Refresh this thread's copy (dropping a retired one) from the shared current one.
+        let current = self.seal.current.load_full().filter(|e| e.is_live());
+        local.replace(current.clone());
+        match current {
+            Some(enc) => self.seal_with(&enc, aad, page),
+            None => Ok(Fast::Slow),
+        }
+    }
+
+    #[inline]
+    fn seal_with(&self, enc: &Arc<Encryptor>, aad: &[u8], page: &mut [u8]) -> Result<Fast> {
         // The count this seal returns is its own (its invocation number + 1): no second load
         // of the shared counter.
         match enc.cipher.seal_in_place_counted(aad, page) {

@@ -98,6 +98,9 @@ enum Fast {
     Slow,
     /// Not sealed: this encryptor's block is spent.
     Spent(Arc<Encryptor>),
+    /// Not sealed: the cipher refused (the error is converted off the common path, so that
+    /// the common result stays small).
+    Failed(CipherError),
 }
 
 /// The sealing handle of one table: made once by [`KeyManager::table_sealer`], then each
@@ -141,8 +144,9 @@ impl TableSealer<'_> {
     pub async fn seal_in_place(&self, aad: &[u8], page: &mut [u8]) -> Result<SealedParts> {
         // The rare paths are boxed, so that this future stays small: the common case
         // neither allocates nor moves a large state machine.
-        match self.fast(aad, page)? {
+        match self.fast(aad, page) {
             Fast::Sealed(parts) => Ok(parts),
+            Fast::Failed(e) => Err(e.into()),
             Fast::AtLimit(parts, enc) => {
                 Box::pin(self.km.usage_limit_reached(&self.table, &self.seal, &enc)).await;
                 Ok(parts)
@@ -165,7 +169,7 @@ impl TableSealer<'_> {
 
     /// The common case, synchronous: this thread's copy of the current encryptor seals.
     #[inline]
-    fn fast(&self, aad: &[u8], page: &mut [u8]) -> Result<Fast> {
+    fn fast(&self, aad: &[u8], page: &mut [u8]) -> Fast {
         let local = self.seal.local.get_or_default();
         if let Some(enc) = local.borrow().as_ref()
             && enc.is_live()
@@ -177,21 +181,21 @@ impl TableSealer<'_> {
         local.replace(current.clone());
         match current {
             Some(enc) => self.seal_with(&enc, aad, page),
-            None => Ok(Fast::Slow),
+            None => Fast::Slow,
         }
     }
 
     #[inline]
-    fn seal_with(&self, enc: &Arc<Encryptor>, aad: &[u8], page: &mut [u8]) -> Result<Fast> {
+    fn seal_with(&self, enc: &Arc<Encryptor>, aad: &[u8], page: &mut [u8]) -> Fast {
         // The count this seal returns is its own (its invocation number + 1): no second load
         // of the shared counter.
         match enc.cipher.seal_in_place_counted(aad, page) {
             Ok((parts, count)) if count >= self.km.config.usage.soft_limit => {
-                Ok(Fast::AtLimit(parts, enc.clone()))
+                Fast::AtLimit(parts, enc.clone())
             }
-            Ok((parts, _)) => Ok(Fast::Sealed(parts)),
-            Err(CipherError::NonceBudgetExhausted { .. }) => Ok(Fast::Spent(enc.clone())),
-            Err(e) => Err(e.into()),
+            Ok((parts, _)) => Fast::Sealed(parts),
+            Err(CipherError::NonceBudgetExhausted { .. }) => Fast::Spent(enc.clone()),
+            Err(e) => Fast::Failed(e),
         }
     }
 

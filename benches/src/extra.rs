@@ -171,3 +171,47 @@ pub fn proc_status_bytes(field: &str) -> u64 {
 pub fn reset_peak_rss() {
     std::fs::write("/proc/self/clear_refs", "5").unwrap();
 }
+
+/// Runs two sides in alternating chunks of `iters` calls each, in ABBA order (side 0, 1, 1, 0,
+/// ...), so background noise on a shared machine hits both alike; `chunk(side, n)` makes `n`
+/// calls of `side` (0 or 1). The first `warm_up` chunks are discarded; the median time per call
+/// of each side's remaining `chunks` (half each) is returned, in ns.
+pub fn interleave(
+    mut chunk: impl FnMut(usize, u64),
+    iters: u64,
+    chunks: usize,
+    warm_up: usize,
+) -> [f64; 2] {
+    let which = |c: usize| [0, 1, 1, 0][c % 4];
+    let mut sides = [
+        Vec::with_capacity(chunks / 2 + 1),
+        Vec::with_capacity(chunks / 2 + 1),
+    ];
+    for c in 0..warm_up + chunks {
+        let side = which(c);
+        let start = std::time::Instant::now();
+        chunk(side, iters);
+        let per_call = start.elapsed().as_nanos() as f64 / iters as f64;
+        if c >= warm_up {
+            sides[side].push(per_call);
+        }
+    }
+    let [a, b] = &mut sides;
+    [median(a), median(b)]
+}
+
+/// The number of calls of side 0 of `chunk` (as in [`interleave`]) that take about `target`:
+/// doubles a trial run until it takes a tenth of `target`, then scales.
+pub fn chunk_iters(mut chunk: impl FnMut(usize, u64), target: std::time::Duration) -> u64 {
+    let mut n = 1u64;
+    loop {
+        let start = std::time::Instant::now();
+        chunk(0, n);
+        let took = start.elapsed();
+        if took >= target / 10 || n >= 1 << 40 {
+            let per_call = took.as_nanos().max(1) as f64 / n as f64;
+            return ((target.as_nanos() as f64 / per_call) as u64).max(1);
+        }
+        n *= 2;
+    }
+}

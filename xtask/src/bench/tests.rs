@@ -174,6 +174,17 @@ fn the_issue_14_rows_have_their_targets() {
         "{md}"
     );
     assert!(line("page seal vs OS-random nonce, ring, 8 KiB").ends_with("| not run |"));
+    // The 8 KiB target rows and the facade row name their interleaved baselines.
+    assert!(
+        line("page seal, aws-lc, 8 KiB")
+            .contains("| raw aws-lc seal (fixed nonce), interleaved with ours in the same run |"),
+        "{md}"
+    );
+    assert!(
+        line("seal 8 KiB through the facade's sealer")
+            .contains("| raw aws-lc seal (fixed nonce), interleaved with ours in the same run |"),
+        "{md}"
+    );
     assert!(
         line("seal 8 KiB through the facade's sealer (12.6 GB/s)")
             .ends_with("| 1.10× | ≤ 1.08× raw | MISSED (+10.2%) |"),
@@ -209,6 +220,8 @@ fn the_issue_14_rows_have_their_targets() {
         "a third GCM call",
         "Argon2id",
         "about 20 minutes",
+        "`benches/benches/page_seal_8k.rs`",
+        "Ours and the raw aws-lc seal run interleaved",
     ] {
         assert!(md.contains(needle), "no {needle:?} in the notes: {md}");
     }
@@ -269,4 +282,48 @@ fn extra_results_are_read_with_their_units() {
     read_extra(&dir.join("missing"), None, &mut fresh).unwrap();
     assert!(fresh.is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn interleaved_page_seal_results_replace_criterions() {
+    let dir = std::env::temp_dir().join(format!("xtask-bench-seal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("page_seal_8k.json"),
+        r#"{"results":[
+            {"id":"page_seal/aws-lc/raw/8192","value":570.0,"unit":"ns"},
+            {"id":"page_seal/aws-lc/ours/8192","value":588.0,"unit":"ns"}
+        ]}"#,
+    )
+    .unwrap();
+    // A criterion run of the same ids (a fast baseline run, then ours) reads as a miss.
+    let mut r = BTreeMap::new();
+    r.insert("page_seal/aws-lc/raw/8192".to_string(), 558.0);
+    r.insert("page_seal/aws-lc/ours/8192".to_string(), 600.0);
+    r.insert("page_seal/aws-lc/raw_os_nonce/8192".to_string(), 900.0);
+    read_extra(&dir, None, &mut r).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(r["page_seal/aws-lc/raw/8192"], 570.0);
+    assert_eq!(r["page_seal/aws-lc/ours/8192"], 588.0);
+    let md = render(&r, None);
+    let line = |needle: &str| {
+        md.lines()
+            .find(|l| l.starts_with(&format!("| {needle}")))
+            .unwrap_or_else(|| panic!("no row {needle}: {md}"))
+            .to_string()
+    };
+    assert!(
+        line("page seal, aws-lc, 8 KiB").ends_with("| 1.03× | ≤ 1.05× raw | met |"),
+        "{md}"
+    );
+    // The 4 KiB row stays criterion's, against the plain raw seal.
+    assert!(
+        !line("page seal, aws-lc, 4 KiB").contains("interleaved"),
+        "{md}"
+    );
+    // The OS-random-nonce row keeps criterion's baseline against the interleaved ours.
+    assert!(
+        line("page seal vs OS-random nonce, aws-lc, 8 KiB").contains("| 0.65× |"),
+        "{md}"
+    );
 }

@@ -94,7 +94,7 @@ impl KeyManager {
                 Ok(Arc::new(tek))
             })
             .await?;
-        self.cache.fill_front(id, &key, epoch);
+        self.cache.fill_front_if_room(id, &key, epoch);
         Ok(key)
     }
 }
@@ -202,8 +202,16 @@ impl TekCache {
         bump(&self.local().counts.misses);
     }
 
+    /// Puts `key`, just loaded by a miss after `epoch` was loaded, in the calling thread's
+    /// front if the front has room: a miss never empties a full front (a scan of cold keys
+    /// does not push the hot ones out), and costs only a length check once the front is full.
+    fn fill_front_if_room(&self, id: &TekId, key: &Arc<TableKey>, epoch: u64) {
+        self.local().front.borrow_mut().put_if_room(id, key, epoch);
+    }
+
     /// Puts `key`, read from the shared cache after `epoch` was loaded, in the calling thread's
     /// front.
+    #[cfg(test)]
     fn fill_front(&self, id: &TekId, key: &Arc<TableKey>, epoch: u64) {
         self.local().front.borrow_mut().put(id, key, epoch);
     }

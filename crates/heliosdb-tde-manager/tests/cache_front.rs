@@ -251,6 +251,9 @@ async fn an_evicted_key_is_served_while_held_and_released_once_dropped() {
             });
         });
     };
+    // This thread takes its own front now, before any other thread exists: thread_local
+    // hands the slot of an exited thread (and its full front) to the next new one.
+    assert!(km.get_cached_table_key(&id0).is_none());
     // Fill the shared cache first: quick_cache admits the first keys of a cache that is
     // filling up as hot, and t0 must be an ordinary (cold) entry.
     load_on_another_thread(1..10);

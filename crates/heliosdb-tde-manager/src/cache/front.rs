@@ -5,12 +5,18 @@
 //! evicted and nobody else holds is dropped, and its bytes zeroized, exactly as without the
 //! front. An entry is served only while the cache's invalidation epoch is the one it was filled
 //! under (see [`super::TekCache`]).
+//!
+//! Entries are keyed by the hash of the [`TekId`], not by the id itself, so that filling the
+//! front copies no id (no allocation on a miss); an entry is served only if the key it points
+//! to carries the id asked for, so two ids with one hash can only cost a miss, never serve the
+//! wrong key.
 
 use crate::stats::ThreadCounts;
 use heliosdb_tde_core::{TableKey, TekId};
 use quick_cache::DefaultHashBuilder;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Weak};
 
 /// The most entries one thread's front holds (fewer if the cache limit is lower).
@@ -34,7 +40,29 @@ pub(super) struct Front {
     epoch: u64,
     /// At most this many entries; the map is emptied when it is full.
     cap: usize,
-    map: HashMap<TekId, Weak<TableKey>, DefaultHashBuilder>,
+    hasher: DefaultHashBuilder,
+    map: HashMap<u64, Weak<TableKey>, BuildHasherDefault<Prehashed>>,
+}
+
+/// The hasher of the front's map, whose keys are already hashes.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the map's keys are `u64`); fold anything else in.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl Front {
@@ -42,7 +70,8 @@ impl Front {
         Self {
             epoch,
             cap: cap.max(1),
-            map: HashMap::with_hasher(DefaultHashBuilder::default()),
+            hasher: DefaultHashBuilder::default(),
+            map: HashMap::default(),
         }
     }
 
@@ -55,11 +84,16 @@ impl Front {
             self.epoch = epoch;
             return None;
         }
-        let key = self.map.get(id)?.upgrade();
-        if key.is_none() {
-            self.map.remove(id);
+        let h = self.hasher.hash_one(id);
+        match self.map.get(&h)?.upgrade() {
+            Some(key) if key.id() == id => Some(key),
+            // Another id with the same hash: a miss (the entry stays for that id).
+            Some(_) => None,
+            None => {
+                self.map.remove(&h);
+                None
+            }
         }
-        key
     }
 
     /// Remembers `key` under `id`, read from the shared cache after the epoch `epoch` was
@@ -73,15 +107,24 @@ impl Front {
         if epoch != self.epoch {
             return;
         }
-        if self.map.len() >= self.cap && !self.map.contains_key(id) {
+        let h = self.hasher.hash_one(id);
+        if self.map.len() >= self.cap && !self.map.contains_key(&h) {
             self.map.clear();
         }
-        self.map.insert(id.clone(), Arc::downgrade(key));
+        self.map.insert(h, Arc::downgrade(key));
+    }
+
+    /// [`Front::put`], unless the front is full under the current epoch.
+    pub(super) fn put_if_room(&mut self, id: &TekId, key: &Arc<TableKey>, epoch: u64) {
+        if epoch == self.epoch && self.map.len() >= self.cap {
+            return;
+        }
+        self.put(id, key, epoch);
     }
 
     /// Drops the entry for `id`.
     pub(super) fn forget(&mut self, id: &TekId) {
-        self.map.remove(id);
+        self.map.remove(&self.hasher.hash_one(id));
     }
 
     #[cfg(test)]
@@ -121,6 +164,38 @@ mod tests {
         drop(b);
         assert!(f.lookup(&id, 1).is_none());
         assert_eq!(f.len(), 0);
+    }
+
+    #[test]
+    fn an_entry_whose_key_has_another_id_is_a_miss() {
+        let mut f = Front::new(4, 0);
+        let a = key("a@v1");
+        let b = key("b@v1");
+        // Plant `b` under the hash of `a`, as a hash collision would.
+        let h = f.hasher.hash_one(a.id());
+        f.map.insert(h, Arc::downgrade(&b));
+        assert!(f.lookup(a.id(), 0).is_none(), "never the key of another id");
+        f.put(a.id(), &a, 0);
+        assert!(Arc::ptr_eq(&f.lookup(a.id(), 0).unwrap(), &a));
+    }
+
+    #[test]
+    fn a_miss_fills_only_a_front_with_room() {
+        let mut f = Front::new(2, 0);
+        let keys: Vec<_> = (0..3).map(|i| key(&format!("t{i}@v1"))).collect();
+        f.put_if_room(keys[0].id(), &keys[0], 0);
+        f.put_if_room(keys[1].id(), &keys[1], 0);
+        f.put_if_room(keys[2].id(), &keys[2], 0);
+        assert_eq!(f.len(), 2);
+        assert!(
+            f.lookup(keys[0].id(), 0).is_some(),
+            "a full front is not emptied"
+        );
+        assert!(f.lookup(keys[2].id(), 0).is_none());
+        // Under a newer epoch the old entries are gone, so there is room again.
+        f.put_if_room(keys[2].id(), &keys[2], 1);
+        assert_eq!(f.len(), 1);
+        assert!(f.lookup(keys[2].id(), 1).is_some());
     }
 
     #[test]

@@ -155,7 +155,6 @@ fn softhsm(
 ) {
     use cryptoki::mechanism::Mechanism;
     use cryptoki::mechanism::aead::GcmParams;
-    use cryptoki::session::UserType;
     use heliosdb_tde_conformance::softhsm;
     if std::env::var_os(softhsm::CONF_ENV).is_none() {
         eprintln!(
@@ -186,20 +185,7 @@ fn softhsm(
     let first = open();
 
     // Raw: 10,000 decrypts of 32-byte wraps on one session, with a token key like the MEK.
-    let module = std::mem::ManuallyDrop::new(
-        cryptoki::context::Pkcs11::new(&settings.library_path).unwrap(),
-    );
-    let slot = module
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| {
-            module.get_token_info(*s).unwrap().label().trim()
-                == settings.token_label.as_deref().unwrap()
-        })
-        .unwrap();
-    let session = module.open_rw_session(slot).unwrap();
-    let _ = session.login(UserType::User, Some(&secrecy::SecretString::from(pin)));
+    let (_module, session) = heliosdb_benches::raw_softhsm_session(&settings, &pin);
     let label = format!("bench_cold_raw_{}", std::process::id());
     let key = session
         .generate_key(

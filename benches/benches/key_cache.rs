@@ -349,7 +349,6 @@ fn softhsm(
     use cryptoki::mechanism::Mechanism;
     use cryptoki::mechanism::aead::GcmParams;
     use cryptoki::object::{Attribute, KeyType, ObjectClass};
-    use cryptoki::session::UserType;
     use heliosdb_tde_conformance::softhsm;
     if std::env::var_os(softhsm::CONF_ENV).is_none() {
         eprintln!("SoftHSM2 not provisioned: skipping the PKCS#11 rows (run `cargo xtask bench`)");
@@ -386,20 +385,7 @@ fn softhsm(
         })
     });
     // The raw SDK calls on one session, with a session key of the same kind.
-    let module = std::mem::ManuallyDrop::new(
-        cryptoki::context::Pkcs11::new(&settings.library_path).unwrap(),
-    );
-    let slot = module
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| {
-            module.get_token_info(*s).unwrap().label().trim()
-                == settings.token_label.as_deref().unwrap()
-        })
-        .unwrap();
-    let session = module.open_rw_session(slot).unwrap();
-    let _ = session.login(UserType::User, Some(&secrecy::SecretString::from(pin)));
+    let (_module, session) = heliosdb_benches::raw_softhsm_session(&settings, &pin);
     let key = session
         .generate_key(
             &Mechanism::AesKeyGen,

@@ -346,3 +346,34 @@ impl AzureTestServer {
         .unwrap()
     }
 }
+
+/// A raw cryptoki session on the SoftHSM2 token that `settings` names, logged in with `pin`: the
+/// baseline side of the PKCS#11 rows. The module handle is never finalised (`ManuallyDrop`),
+/// because the provider under test shares the process-wide `C_Initialize`.
+pub fn raw_softhsm_session(
+    settings: &heliosdb_tde_pkcs11::Pkcs11Settings,
+    pin: &str,
+) -> (
+    std::mem::ManuallyDrop<cryptoki::context::Pkcs11>,
+    cryptoki::session::Session,
+) {
+    let module = std::mem::ManuallyDrop::new(
+        cryptoki::context::Pkcs11::new(&settings.library_path).unwrap(),
+    );
+    let slot = module
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| {
+            module.get_token_info(*s).unwrap().label().trim()
+                == settings.token_label.as_deref().unwrap()
+        })
+        .unwrap();
+    let session = module.open_rw_session(slot).unwrap();
+    // Already logged in through another session of the process is fine.
+    let _ = session.login(
+        cryptoki::session::UserType::User,
+        Some(&secrecy::SecretString::from(pin.to_owned())),
+    );
+    (module, session)
+}

@@ -50,20 +50,28 @@ pub(super) const NOTES: &[&str] = &[
      chunks of about 10 ms in ABBA order, the median of each side's chunks), because the \
      1.08× target is within the drift criterion's one-after-the-other runs showed on this \
      shared machine.",
-    "**SoftHSM2 wrap + unwrap.** The provider caches each MEK version's object handle and \
-     lifecycle state: its own changes invalidate the entry at once; otherwise it is re-read \
-     after `state_refresh` (default 10 s; 0 re-reads on every call) or when the token answers \
-     that the handle is invalid or the session is logged out. A steady-state wrap is then one \
-     hop to a pooled session with `C_EncryptInit`/`C_Encrypt` and the self-check decrypt, an \
-     unwrap one hop with one decrypt. If the first row still exceeds 1.5×, that is because its \
-     baseline is not like for like: it uses a session key, while the MEK is a token object \
-     (non-extractable and not copyable, so the provider cannot use a session copy), and \
-     SoftHSM2's file object store refreshes a token object on every `C_*Init` (it opens, locks \
-     and reads its generation files); and the provider's wrap decrypts the new wrap once more \
-     before returning it (the wrap self-check), a third GCM call. The like-for-like row \
-     compares with the same three calls on a token key made with the MEK template, and the hop \
-     row shows the cost of one pooled hop (`health()`, one `C_GetSessionInfo` through \
-     `spawn_blocking` and the timeout) against a raw `C_GetSessionInfo`.",
+    "**SoftHSM2 wrap + unwrap: both rows missed.** The provider caches each MEK version's \
+     object handle and lifecycle state: its own changes invalidate the entry at once; \
+     otherwise it is re-read after `state_refresh` (default 10 s; 0 re-reads on every call) or \
+     when the token answers that the handle is invalid or the session is logged out. A \
+     steady-state wrap is one hop to a pooled session with `C_EncryptInit`/`C_Encrypt` and the \
+     self-check decrypt, an unwrap one hop with one decrypt: no object search, no attribute \
+     read, no login check (before this change: two hops per call, three object searches, a \
+     record search and an attribute read; 395 µs, 26.85×, on 2026-11-29). What is left is the \
+     sum of two costs the rows show. (1) The GCM calls themselves: the MEK is a token object \
+     (not extractable and not copyable, so the provider cannot use a session copy), SoftHSM2's \
+     file object store re-reads two files on every `C_*Init` of a token object, and the wrap \
+     decrypts the new wrap once more before returning it (the wrap self-check, a third GCM \
+     call, which every provider makes). The same three calls on a token key made with the MEK \
+     template cost 2.7× the baseline's two session-key calls on their own, so the first row's \
+     1.5× target cannot be met without dropping the self-check or keeping the MEK in a session \
+     object; neither is done. (2) Two hops: each operation runs on a blocking thread under the \
+     call timeout (`spawn_blocking` and `timeout_at`), so that a token that stops answering \
+     fails the call instead of hanging the caller. The hop row measures one hop at about 19 µs \
+     on this virtual machine, where waking a parked thread and then the waiting task dominate; \
+     two hops are about half of the provider's time, and they are what keeps the like-for-like \
+     row above 1.5×. Running the token calls on the caller's thread would remove them but give \
+     up the timeout; a real HSM's own latency (a network round trip for most) dwarfs the hop.",
     "**OpenBao wrap + unwrap** (report): one Transit encrypt and one decrypt over HTTP \
      keep-alive, the same two calls as the raw vaultrs baseline; the provider's lifecycle \
      record comes from its 10-second cache, so the extra cost is the envelope and context \

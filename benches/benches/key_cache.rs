@@ -355,14 +355,12 @@ fn softhsm(
         return;
     }
     let pin = softhsm::pin();
-    let settings = heliosdb_tde_pkcs11::Pkcs11Settings::new(
+    let settings = heliosdb_benches::softhsm_settings(
         softhsm::module_path(),
-        secrecy::SecretString::from(pin.clone()),
-    )
-    .with_token_label(softhsm::token_label())
-    .with_timeout(Duration::from_secs(softhsm::TIMEOUT_SECS))
-    .with_logging(false)
-    .with_pool_size(2);
+        softhsm::token_label(),
+        &pin,
+        Duration::from_secs(softhsm::TIMEOUT_SECS),
+    );
     let p = rt
         .block_on(heliosdb_tde_pkcs11::Pkcs11MekProvider::open(
             settings.clone(),

@@ -347,6 +347,22 @@ impl AzureTestServer {
     }
 }
 
+/// The provider settings of the PKCS#11 rows: the SoftHSM2 token `cargo xtask bench`
+/// provisioned (`module`, `token`), logged in with `pin`, two pooled sessions, no operation
+/// logging, and the default `state_refresh`.
+pub fn softhsm_settings(
+    module: String,
+    token: String,
+    pin: &str,
+    timeout: std::time::Duration,
+) -> heliosdb_tde_pkcs11::Pkcs11Settings {
+    heliosdb_tde_pkcs11::Pkcs11Settings::new(module, secrecy::SecretString::from(pin.to_owned()))
+        .with_token_label(token)
+        .with_timeout(timeout)
+        .with_logging(false)
+        .with_pool_size(2)
+}
+
 /// A raw cryptoki session on the SoftHSM2 token that `settings` names, logged in with `pin`: the
 /// baseline side of the PKCS#11 rows. The module handle is never finalised (`ManuallyDrop`),
 /// because the provider under test shares the process-wide `C_Initialize`.

@@ -32,5 +32,7 @@ pub use mode::{ModeSource, SECURITY_MODE_ENV, SecurityMode};
 pub use provider::{
     DeletionProtection, MekInfo, MekProvider, MekVersionInfo, ProviderHealth, ServiceRotation,
 };
-pub use store::{KeyStore, StoreBatch, StoreOp, TekRecord};
+pub use store::{
+    ExportItem, ExportSummary, ImportItem, KeyStore, StoreBatch, StoreIdentity, StoreOp, TekRecord,
+};
 pub use time::Timestamp;

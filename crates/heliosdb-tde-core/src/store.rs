@@ -247,6 +247,131 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
 
     /// Where the store lives, for messages (a path, a URL). Never a secret.
     fn location(&self) -> String;
+
+    /// The store's identity and key generation (see [`StoreIdentity`]). A store that cannot
+    /// tell answers [`TdeError::Unsupported`].
+    async fn identity(&self) -> Result<StoreIdentity> {
+        Err(unsupported(self, "report its identity"))
+    }
+
+    /// Visits everything the store holds as of one read transaction, for a backup: every TEK
+    /// record in id order, then every journal entry in name order, and returns the identity as
+    /// of that transaction with the counts. Blocking (call it from a blocking thread); memory
+    /// stays bounded whatever the number of keys, because each item is handed to `visit` and
+    /// dropped. An error from `visit` stops the walk and is returned as is.
+    fn export_blocking(
+        &self,
+        visit: &mut dyn FnMut(ExportItem<'_>) -> Result<()>,
+    ) -> Result<ExportSummary> {
+        let _ = visit;
+        Err(unsupported(self, "export its contents"))
+    }
+
+    /// Loads an export into this store, which must hold no TEK and no journal entry but its own
+    /// identity, in one transaction: either everything is stored (with `identity` as the
+    /// store's identity and generation) or nothing is. `next` yields the items in the order
+    /// [`KeyStore::export_blocking`] gave them; each record is checked as it is read. Returns
+    /// the number of TEK records stored. Blocking.
+    fn import_blocking(
+        &self,
+        identity: StoreIdentity,
+        next: &mut dyn FnMut() -> Result<Option<ImportItem>>,
+    ) -> Result<u64> {
+        let _ = (identity, next);
+        Err(unsupported(self, "import a backup"))
+    }
+}
+
+fn unsupported<S: KeyStore + ?Sized>(store: &S, what: &str) -> TdeError {
+    TdeError::Unsupported {
+        what: format!("the key store {} cannot {what}", store.location()),
+        hint: "use the redb key store (heliosdb-tde-keystore)".into(),
+    }
+}
+
+/// Who a store is and how far its keys have changed: a random 128-bit id made with the store,
+/// and a generation that every [`KeyStore::apply`] (every change of a key or of the journal)
+/// raises. Nonce reservations do not change it: they change no key, and a backup that predates
+/// them is made safe by the rotation a restore performs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreIdentity {
+    /// The store id.
+    pub id: [u8; 16],
+    /// The key generation.
+    pub generation: u64,
+}
+
+impl StoreIdentity {
+    /// The id as 32 lowercase hex digits.
+    pub fn id_hex(&self) -> String {
+        self.id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 32 hex digits.
+    pub fn parse_id(hex: &str) -> Option<[u8; 16]> {
+        if hex.len() != 32 || !hex.is_ascii() {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(id)
+    }
+}
+
+/// One item of a [`KeyStore::export_blocking`] walk.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ExportItem<'a> {
+    /// A TEK record: its store key and stored bytes (the store's documented record encoding),
+    /// and the record they decode to.
+    Tek {
+        /// The store key.
+        key: &'a [u8],
+        /// The stored record bytes.
+        value: &'a [u8],
+        /// The decoded record.
+        record: &'a TekRecord,
+    },
+    /// A journal entry (its value as [`KeyStore::get_journal`] returns it).
+    Journal {
+        /// The entry's name.
+        name: &'a str,
+        /// Its value.
+        value: &'a [u8],
+    },
+}
+
+/// An item for [`KeyStore::import_blocking`], as exported.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ImportItem {
+    /// A TEK record: its store key and stored bytes.
+    Tek {
+        /// The store key.
+        key: Vec<u8>,
+        /// The stored record bytes.
+        value: Vec<u8>,
+    },
+    /// A journal entry.
+    Journal {
+        /// The entry's name.
+        name: String,
+        /// Its value.
+        value: Vec<u8>,
+    },
+}
+
+/// What a [`KeyStore::export_blocking`] walk saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExportSummary {
+    /// The identity as of the walk's read transaction.
+    pub identity: StoreIdentity,
+    /// TEK records visited.
+    pub teks: u64,
+    /// Journal entries visited.
+    pub journal: u64,
 }
 
 /// Checks that a page returned by [`KeyStore::scan_teks`] after `cursor` moves strictly forward

@@ -1,6 +1,6 @@
 //! Journal entries (checksummed frames) and the commit generation counter.
 
-use crate::{Db, GENERATION, META, RedbKeyStore};
+use crate::{Db, GENERATION, KEY_GENERATION, META, RedbKeyStore};
 use heliosdb_tde_core::{Result, TdeError};
 use redb::ReadableTable;
 use std::sync::atomic::Ordering;
@@ -35,6 +35,21 @@ impl RedbKeyStore {
             .map_err(|e| self.err("read generation", e))?
             .map(|v| v.value())
             .unwrap_or(0))
+    }
+
+    /// Counts a change of keys or journal (see
+    /// [`StoreIdentity::generation`](heliosdb_tde_core::StoreIdentity)): called inside every
+    /// `apply` and integrity-key transaction, never for a nonce reservation.
+    pub(crate) fn bump_key_generation(&self, txn: &redb::WriteTransaction) -> Result<()> {
+        let mut meta = txn.open_table(META).map_err(|e| self.err("open meta", e))?;
+        let g = meta
+            .get(KEY_GENERATION)
+            .map_err(|e| self.err("read key generation", e))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        meta.insert(KEY_GENERATION, g.saturating_add(1))
+            .map_err(|e| self.err("write key generation", e))?;
+        Ok(())
     }
 
     /// Counts a commit: called inside every write transaction.

@@ -2,6 +2,7 @@
 
 mod batch;
 mod errors;
+mod export;
 mod journal;
 mod open;
 pub mod record;
@@ -22,6 +23,9 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// The `meta` entry counting commits, so that a handle reopened for writing can tell whether
 /// another process wrote in between.
 const GENERATION: &str = "generation";
+/// The `meta` entry counting changes of keys and journal (every `apply`), not nonce
+/// reservations: the generation a backup records.
+const KEY_GENERATION: &str = "key_generation";
 /// The `meta` entry set (to 1) once every record is authenticated under the integrity key.
 const AUTHENTICATED: &str = "authenticated";
 

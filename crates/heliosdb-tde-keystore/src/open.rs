@@ -384,12 +384,7 @@ impl RedbKeyStore {
 
     /// Writes the tables, the format version and a fresh store identity into a new file.
     pub(crate) fn init_new(&self) -> Result<()> {
-        let mut id = [0u8; 16];
-        getrandom::fill(&mut id).map_err(|e| TdeError::ProviderUnavailable {
-            provider: "OS random number generator".into(),
-            reason: e.to_string(),
-            retryable: true,
-        })?;
+        let id = crate::export::random_id()?;
         self.with_write_db("initialising", |db| {
             let txn = db.begin_write().map_err(|e| self.err("begin", e))?;
             {

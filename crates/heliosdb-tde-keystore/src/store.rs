@@ -4,7 +4,8 @@ use crate::journal::frame_journal;
 use crate::{AUTHENTICATED, JOURNAL, META, RedbKeyStore, TEKS, record};
 use async_trait::async_trait;
 use heliosdb_tde_core::{
-    KeyBytes, KeyStore, Result, StoreBatch, TableId, TdeError, TekId, TekRecord,
+    ExportItem, ExportSummary, ImportItem, KeyBytes, KeyStore, Result, StoreBatch, StoreIdentity,
+    TableId, TdeError, TekId, TekRecord,
 };
 use redb::{ReadableTable, ReadableTableMetadata};
 use std::sync::atomic::Ordering;
@@ -158,6 +159,8 @@ impl KeyStore for RedbKeyStore {
         self.with_write_db("authenticating records", |db| {
             let txn = db.begin_write().map_err(|e| self.err("begin", e))?;
             self.bump_generation(&txn)?;
+            self.bump_key_generation(&txn)?;
+            self.ensure_store_id(&txn)?;
             {
                 let mut journal = txn
                     .open_table(JOURNAL)
@@ -188,5 +191,24 @@ impl KeyStore for RedbKeyStore {
 
     fn location(&self) -> String {
         self.loc()
+    }
+
+    async fn identity(&self) -> Result<StoreIdentity> {
+        self.identity_blocking()
+    }
+
+    fn export_blocking(
+        &self,
+        visit: &mut dyn FnMut(ExportItem<'_>) -> Result<()>,
+    ) -> Result<ExportSummary> {
+        self.export_inner(visit)
+    }
+
+    fn import_blocking(
+        &self,
+        identity: StoreIdentity,
+        next: &mut dyn FnMut() -> Result<Option<ImportItem>>,
+    ) -> Result<u64> {
+        self.import_inner(identity, next)
     }
 }

@@ -144,8 +144,84 @@ fn passphrase_item(file: &SecureFileConfig) -> CheckItem {
     }
 }
 
-/// Evaluates every item of the Security Checklist.
+const DAY_MS: u64 = 86_400_000;
+
+/// The UTC date of `t`, `YYYY-MM-DD`.
+fn utc_date(t: Timestamp) -> String {
+    let mut s = t.to_string();
+    s.truncate(10);
+    s
+}
+
+/// "The MEK rotation schedule defined" item: the active MEK version's key material must be at
+/// most `mek_rotation_days` old.
+fn rotation_item(
+    tde: &TdeSubsystem,
+    mek_info: &super::Result<heliosdb_tde_core::MekInfo>,
+    now: Timestamp,
+) -> CheckItem {
+    const ITEM: &str = "MEK rotation schedule defined";
+    let info = match mek_info {
+        Ok(info) => info,
+        Err(e) => return item(ITEM, CheckStatus::Fail, e.to_string()),
+    };
+    if let Err(e) = tde.config().check_schedules() {
+        return item(ITEM, CheckStatus::Fail, e.to_string());
+    }
+    let limit_days = tde.config().mek_rotation_days;
+    // The later of the version's creation and the service's last rotation of its key material
+    // (KMS automatic rotation makes new material without a new version).
+    let active = info
+        .versions
+        .iter()
+        .rev()
+        .find(|v| v.state.can_encrypt())
+        .map(|v| v.material_age_reference());
+    let Some((since, by_service)) = active else {
+        return item(ITEM, CheckStatus::Fail, "no active MEK version");
+    };
+    let age_days = now.as_millis().saturating_sub(since.as_millis()) / DAY_MS;
+    let due = Timestamp(
+        since
+            .as_millis()
+            .saturating_add(limit_days.saturating_mul(DAY_MS)),
+    );
+    let what = if by_service {
+        "the active MEK version's key material was last rotated by the provider's service"
+    } else {
+        "the active MEK version was created"
+    };
+    if now > due {
+        item(
+            ITEM,
+            CheckStatus::Fail,
+            format!(
+                "{what} {age_days} days ago, more than mek_rotation_days ({limit_days}); rotate \
+                 it with `heliosdb-cli security mek rotate`"
+            ),
+        )
+    } else {
+        item(
+            ITEM,
+            CheckStatus::Pass,
+            format!(
+                "{what} {age_days} days ago; the next rotation is due on {} (UTC), \
+                 mek_rotation_days = {limit_days}",
+                utc_date(due)
+            ),
+        )
+    }
+}
+
+/// Evaluates every item of the Security Checklist at the current time; see
+/// [`security_checklist_at`].
 pub async fn security_checklist(tde: &TdeSubsystem) -> Vec<CheckItem> {
+    security_checklist_at(tde, Timestamp::now()).await
+}
+
+/// Evaluates every item of the Security Checklist as of `now`, which the ages of the active MEK
+/// version and of the newest backup are measured against.
+pub async fn security_checklist_at(tde: &TdeSubsystem, now: Timestamp) -> Vec<CheckItem> {
     let km = tde.key_manager();
     let provider = &km.mek_provider;
     let mut out = Vec::new();
@@ -283,58 +359,7 @@ pub async fn security_checklist(tde: &TdeSubsystem) -> Vec<CheckItem> {
         ),
     });
 
-    out.push(match mek_info {
-        Ok(info) => {
-            // The later of the version's creation and the service's last rotation of its key
-            // material (KMS automatic rotation makes new material without a new version).
-            let active = info
-                .versions
-                .iter()
-                .rev()
-                .find(|v| v.state.can_encrypt())
-                .map(|v| v.material_age_reference());
-            match active {
-                Some((since, by_service)) => {
-                    let age_days = Timestamp::now()
-                        .as_millis()
-                        .saturating_sub(since.as_millis())
-                        / 86_400_000;
-                    let what = if by_service {
-                        "the active MEK version's key material was last rotated by the provider's \
-                         service"
-                    } else {
-                        "the active MEK version was created"
-                    };
-                    if age_days <= 365 {
-                        item(
-                            "MEK rotation schedule defined",
-                            CheckStatus::Pass,
-                            format!(
-                                "{what} {age_days} days ago (the guide's minimum is yearly; 90 \
-                                 days for high security)"
-                            ),
-                        )
-                    } else {
-                        item(
-                            "MEK rotation schedule defined",
-                            CheckStatus::Fail,
-                            format!("{what} {age_days} days ago; rotate it"),
-                        )
-                    }
-                }
-                None => item(
-                    "MEK rotation schedule defined",
-                    CheckStatus::Fail,
-                    "no active MEK version",
-                ),
-            }
-        }
-        Err(e) => item(
-            "MEK rotation schedule defined",
-            CheckStatus::Fail,
-            e.to_string(),
-        ),
-    });
+    out.push(rotation_item(tde, &mek_info, now));
 
     // A read-only start does not open the audit log (it writes nothing), so the configured
     // path is what counts.

@@ -1,6 +1,6 @@
 //! `TdeConfig`: the TDE configuration (`enabled`, `algorithm`, `key_storage_path`,
-//! `default_mek_id`, `cache_limit`, the provider sections and `security_mode`), from code, a
-//! TOML file and the environment.
+//! `default_mek_id`, `cache_limit`, the provider sections, `security_mode`, the rotation and
+//! backup schedules), from code, a TOML file and the environment.
 
 use super::Result;
 use heliosdb_tde_core::{EncryptionAlgorithm, HsmConfig, KmsConfig, SecureFileConfig, TdeError};
@@ -50,6 +50,16 @@ pub struct TdeConfig {
     /// retryable error (unreachable, sealed, throttled) before giving up; default 30, 0 to fail
     /// at once.
     pub provider_startup_wait_secs: u64,
+    /// The directory that receives key backups (`heliosdb-cli security backup --out-dir DIR`),
+    /// on another filesystem than `key_storage_path`. Optional; the Security Checklist fails its
+    /// backup item while it is `None`.
+    pub backup_dir: Option<PathBuf>,
+    /// Days after which the newest backup in `backup_dir` counts as stale in the Security
+    /// Checklist (default: 7).
+    pub backup_max_age_days: u64,
+    /// Days after which the active MEK version is due for rotation in the Security Checklist
+    /// (default: 365, the guide's minimum; 90 for high security). At least 1.
+    pub mek_rotation_days: u64,
 }
 
 impl Default for TdeConfig {
@@ -68,6 +78,9 @@ impl Default for TdeConfig {
             rotation_grace_days: 30,
             tek_usage_soft_limit: 1 << 31,
             provider_startup_wait_secs: 30,
+            backup_dir: None,
+            backup_max_age_days: 7,
+            mek_rotation_days: 365,
         }
     }
 }
@@ -157,6 +170,30 @@ fn toml_error(text: &str, origin: Option<&Path>, e: &toml::de::Error) -> TdeErro
 }
 
 impl TdeConfig {
+    /// Checks the rotation and backup schedule fields (`mek_rotation_days` at least 1); part of
+    /// [`TdeConfig::validate`].
+    pub(crate) fn check_schedules(&self) -> Result<()> {
+        if self.mek_rotation_days == 0 {
+            return Err(TdeError::config(
+                "mek_rotation_days",
+                "must be at least 1 (days after which the active MEK version is due for \
+                 rotation; the guide's minimum is 365, 90 for high security)",
+            ));
+        }
+        if self
+            .backup_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(TdeError::config(
+                "backup_dir",
+                "must name the directory of key backups, e.g. /mnt/backup/heliosdb-keys, \
+                 or be left out",
+            ));
+        }
+        Ok(())
+    }
+
     /// Parses a TOML document. Unknown fields are errors, so typos do not pass silently.
     ///
     /// An error is one line: [`TdeError::InvalidConfig`] whose `field` is `line L, column C:`
@@ -194,6 +231,9 @@ impl TdeConfig {
     /// | `HELIOSDB_TDE_AUDIT_LOG_PATH` | `audit_log_path` |
     /// | `HELIOSDB_TDE_ROTATION_GRACE_DAYS` | `rotation_grace_days` |
     /// | `HELIOSDB_TDE_PROVIDER_STARTUP_WAIT_SECS` | `provider_startup_wait_secs` |
+    /// | `HELIOSDB_TDE_BACKUP_DIR` | `backup_dir` |
+    /// | `HELIOSDB_TDE_BACKUP_MAX_AGE_DAYS` | `backup_max_age_days` |
+    /// | `HELIOSDB_TDE_MEK_ROTATION_DAYS` | `mek_rotation_days` |
     /// | `HELIOSDB_TDE_MEK_STORAGE_PATH` | `secure_file_config.storage_path` (enables it) |
     /// | `HELIOSDB_TDE_PASSPHRASE_FILE` | `secure_file_config.passphrase_file` |
     /// | `HELIOSDB_KMS_KEY_ID`, `AWS_REGION` | `kms_config` (AWS) `key_id`, `region` |
@@ -254,6 +294,27 @@ impl TdeConfig {
         }
         if let Some(v) = var("AUDIT_LOG_PATH") {
             self.audit_log_path = Some(v.into());
+        }
+        if let Some(v) = var("BACKUP_DIR") {
+            self.backup_dir = Some(v.into());
+        }
+        if let Some(v) = var("BACKUP_MAX_AGE_DAYS") {
+            self.backup_max_age_days = v.parse().map_err(|_| {
+                env_err(
+                    "HELIOSDB_TDE_BACKUP_MAX_AGE_DAYS",
+                    &v,
+                    "use a whole number of days, e.g. 7",
+                )
+            })?;
+        }
+        if let Some(v) = var("MEK_ROTATION_DAYS") {
+            self.mek_rotation_days = v.parse().map_err(|_| {
+                env_err(
+                    "HELIOSDB_TDE_MEK_ROTATION_DAYS",
+                    &v,
+                    "use a whole number of days, at least 1, e.g. 365",
+                )
+            })?;
         }
         if let Some(v) = var("MEK_STORAGE_PATH") {
             match &mut self.secure_file_config {

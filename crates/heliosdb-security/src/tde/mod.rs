@@ -9,7 +9,7 @@ mod checklist;
 mod config;
 mod subsystem;
 
-pub use checklist::{CheckItem, CheckStatus, security_checklist};
+pub use checklist::{CheckItem, CheckStatus, security_checklist, security_checklist_at};
 pub use config::{ENV_PREFIX, TdeConfig};
 pub use subsystem::{PageOpener, PageSealer, TdeSubsystem};
 

@@ -11,6 +11,9 @@ fn toml_round_trip_with_the_guides_fields() {
         default_mek_id = "prod_mek_001"
         cache_limit = 10000
         security_mode = "production"
+        backup_dir = "/mnt/backup/heliosdb-keys"
+        backup_max_age_days = 2
+        mek_rotation_days = 90
 
         [secure_file_config]
         storage_path = "/var/lib/heliosdb/mek"
@@ -20,6 +23,12 @@ fn toml_round_trip_with_the_guides_fields() {
     c.validate().unwrap();
     assert_eq!(c.default_mek_id, "prod_mek_001");
     assert_eq!(c.cache_limit, 10000);
+    assert_eq!(
+        c.backup_dir,
+        Some(PathBuf::from("/mnt/backup/heliosdb-keys"))
+    );
+    assert_eq!(c.backup_max_age_days, 2);
+    assert_eq!(c.mek_rotation_days, 90);
     let f = c.secure_file_config.as_ref().unwrap();
     assert_eq!(f.storage_path, PathBuf::from("/var/lib/heliosdb/mek"));
     let back = TdeConfig::from_toml_str(&toml::to_string(&c).unwrap()).unwrap();
@@ -229,8 +238,15 @@ fn environment_overrides() {
         ("HELIOSDB_TDE_PASSPHRASE_FILE", "/tmp/p"),
         ("HELIOSDB_TDE_ENABLED", "false"),
         ("HELIOSDB_TDE_PROVIDER_STARTUP_WAIT_SECS", "5"),
+        ("HELIOSDB_TDE_BACKUP_DIR", "/tmp/b"),
+        ("HELIOSDB_TDE_BACKUP_MAX_AGE_DAYS", "3"),
+        ("HELIOSDB_TDE_MEK_ROTATION_DAYS", "90"),
     ]);
-    assert_eq!(TdeConfig::default().provider_startup_wait_secs, 30);
+    let d = TdeConfig::default();
+    assert_eq!(d.provider_startup_wait_secs, 30);
+    assert_eq!(d.backup_dir, None);
+    assert_eq!(d.backup_max_age_days, 7);
+    assert_eq!(d.mek_rotation_days, 365);
     let mut c = TdeConfig::default();
     c.apply_env_with(|k| env.get(k).map(|v| v.to_string()))
         .unwrap();
@@ -239,6 +255,9 @@ fn environment_overrides() {
     assert_eq!(c.default_mek_id, "env_mek");
     assert!(!c.enabled);
     assert_eq!(c.provider_startup_wait_secs, 5);
+    assert_eq!(c.backup_dir, Some(PathBuf::from("/tmp/b")));
+    assert_eq!(c.backup_max_age_days, 3);
+    assert_eq!(c.mek_rotation_days, 90);
     let f = c.secure_file_config.unwrap();
     assert_eq!(f.storage_path, PathBuf::from("/tmp/m"));
     assert_eq!(f.passphrase_file, Some(PathBuf::from("/tmp/p")));
@@ -248,6 +267,16 @@ fn environment_overrides() {
         .apply_env_with(|k| (k == "HELIOSDB_TDE_CACHE_LIMIT").then(|| "many".to_string()))
         .unwrap_err();
     assert!(e.to_string().contains("HELIOSDB_TDE_CACHE_LIMIT"), "{e}");
+    for var in [
+        "HELIOSDB_TDE_BACKUP_MAX_AGE_DAYS",
+        "HELIOSDB_TDE_MEK_ROTATION_DAYS",
+    ] {
+        let e = TdeConfig::default()
+            .apply_env_with(|k| (k == var).then(|| "weekly".to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains(var), "{e}");
+        assert!(e.to_string().contains("whole number of days"), "{e}");
+    }
 
     let mut c = TdeConfig::from_toml_str(
         "[kms_config]\nprovider = \"aws\"\nregion = \"us-east-1\"\nkey_id = \"k\"\n",
@@ -264,6 +293,37 @@ fn environment_overrides() {
     };
     assert_eq!(aws.region, "eu-west-1");
     assert_eq!(aws.key_id, "arn:aws:kms:eu-west-1:1:key/x");
+}
+
+#[test]
+fn schedule_fields_are_checked_and_named() {
+    TdeConfig::default().check_schedules().unwrap();
+    let e = TdeConfig {
+        mek_rotation_days: 0,
+        ..Default::default()
+    }
+    .check_schedules()
+    .unwrap_err();
+    assert!(matches!(&e, TdeError::InvalidConfig { field, .. } if field == "mek_rotation_days"));
+    assert!(e.to_string().contains("at least 1"), "{e}");
+    let e = TdeConfig {
+        backup_dir: Some(PathBuf::new()),
+        ..Default::default()
+    }
+    .check_schedules()
+    .unwrap_err();
+    assert!(e.to_string().contains("backup_dir"), "{e}");
+    // The TOML names of the new fields are fixed.
+    let c = TdeConfig::from_toml_str(
+        "mek_rotation_days = 0
+",
+    )
+    .unwrap();
+    assert!(c.check_schedules().is_err());
+    let e = TdeConfig::from_toml_str("mek_rotation_days = \"yearly\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("mek_rotation_days"), "{e}");
 }
 
 #[test]

@@ -30,7 +30,8 @@ pub use material::{KEY_LEN, KeyBytes, MasterKey, TableKey};
 pub use metadata::{EncryptionAlgorithm, KeyMetadata, KeyState, KeyType, UsageCounters};
 pub use mode::{ModeSource, SECURITY_MODE_ENV, SecurityMode};
 pub use provider::{
-    DeletionProtection, MekInfo, MekProvider, MekVersionInfo, ProviderHealth, ServiceRotation,
+    DeletionProtection, MekBackupItem, MekInfo, MekProvider, MekVersionInfo, ProviderHealth,
+    ServiceRotation,
 };
 pub use store::{
     ExportItem, ExportSummary, ImportItem, KeyStore, StoreBatch, StoreIdentity, StoreOp, TekRecord,

@@ -246,6 +246,78 @@ pub trait MekProvider: Send + Sync + fmt::Debug {
 
     /// Checks that the provider is reachable and usable.
     async fn health(&self) -> Result<ProviderHealth>;
+
+    /// What a backup bundle records for each of `meks` so that a restore finds it again: a
+    /// non-secret reference, and, for a provider that keeps MEKs in its own files, the file as
+    /// stored (still encrypted under the provider's passphrase). Never a key in the clear, a
+    /// passphrase, a PIN, a token or a client secret. A version the provider does not hold is
+    /// [`crate::TdeError::KeyNotFound`] (or the provider's missing-MEK error).
+    ///
+    /// The default answers with references only, from [`MekProvider::mek_info`]: right for
+    /// every provider whose keys never leave their service.
+    async fn backup_material(&self, meks: &[MekRef]) -> Result<Vec<MekBackupItem>> {
+        let mut out = Vec::with_capacity(meks.len());
+        let mut infos: Vec<MekInfo> = Vec::new();
+        let missing = |mek: &MekRef| {
+            crate::lifecycle::mek_not_found(
+                mek,
+                format!(
+                    "the MEK provider {} does not hold this version",
+                    self.description()
+                ),
+            )
+        };
+        for mek in meks {
+            if !infos.iter().any(|i| i.id == mek.id) {
+                infos.push(self.mek_info(&mek.id).await?);
+            }
+            let info = infos
+                .iter()
+                .find(|i| i.id == mek.id)
+                .ok_or_else(|| missing(mek))?;
+            let version = info
+                .versions
+                .iter()
+                .find(|v| v.mek == *mek)
+                .ok_or_else(|| missing(mek))?;
+            let location = version.key_location.as_deref().unwrap_or(&info.location);
+            out.push(MekBackupItem {
+                mek: mek.clone(),
+                reference: format!("{location} ({mek})"),
+                file: None,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// What a backup records of one MEK version (see [`MekProvider::backup_material`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MekBackupItem {
+    /// The MEK version.
+    pub mek: MekRef,
+    /// Where the provider keeps it (a file name, a token and key label, a key ARN or id).
+    /// Never a secret.
+    pub reference: String,
+    /// For a provider that keeps the MEK in a file of its own: the file name and its bytes as
+    /// stored (encrypted under the provider's passphrase).
+    pub file: Option<(String, Vec<u8>)>,
+}
+
+impl fmt::Debug for MekBackupItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MekBackupItem")
+            .field("mek", &self.mek)
+            .field("reference", &self.reference)
+            .field(
+                "file",
+                &self
+                    .file
+                    .as_ref()
+                    .map(|(n, b)| format!("{n} ({} bytes)", b.len())),
+            )
+            .finish()
+    }
 }
 
 #[cfg(test)]

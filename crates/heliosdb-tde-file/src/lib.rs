@@ -21,9 +21,9 @@ use async_trait::async_trait;
 use heliosdb_tde_cipher::LocalKeyring;
 use heliosdb_tde_core::lifecycle::{Transition, mek_not_found};
 use heliosdb_tde_core::{
-    EncryptionAlgorithm, KdfParams, KeyBytes, KeyState, MasterKey, MekId, MekInfo, MekLifecycle,
-    MekProvider, MekRef, MekVersionInfo, ProviderHealth, ProviderKind, Result, SecureFileConfig,
-    SecurityMode, TableKey, TdeError, Timestamp, WrapContext, WrappedTek,
+    EncryptionAlgorithm, KdfParams, KeyBytes, KeyState, MasterKey, MekBackupItem, MekId, MekInfo,
+    MekLifecycle, MekProvider, MekRef, MekVersionInfo, ProviderHealth, ProviderKind, Result,
+    SecureFileConfig, SecurityMode, TableKey, TdeError, Timestamp, WrapContext, WrappedTek,
 };
 use sealing::{configured_kdf, seal_file};
 use secrecy::SecretString;
@@ -396,6 +396,36 @@ impl MekProvider for SecureFileMekProvider {
         }
         tracing::info!(target: "heliosdb::tde::file", mek = %mek, state = %next, "MEK state changed");
         Ok(())
+    }
+
+    async fn backup_material(&self, meks: &[MekRef]) -> Result<Vec<MekBackupItem>> {
+        // MEK files are only ever added (a version's file never changes but by a passphrase
+        // change, which keeps the key), so reading them after a store snapshot finds every
+        // version the snapshot references. Each file is checked to parse before it is taken.
+        let mut out = Vec::with_capacity(meks.len());
+        for mek in meks {
+            let name = format::file_name(mek);
+            let path = self.resolved.join(&name);
+            if !path.exists() {
+                return Err(mek_not_found(
+                    mek,
+                    format!(
+                        "its file {} is missing from the MEK directory; restore it from a backup \
+                         bundle that holds it",
+                        path.display()
+                    ),
+                ));
+            }
+            let mut warnings = Vec::new();
+            let bytes = fsutil::read_key_file(&path, self.mode, &mut warnings)?;
+            format::parse(&bytes, &path)?;
+            out.push(MekBackupItem {
+                mek: mek.clone(),
+                reference: name.clone(),
+                file: Some((name, bytes)),
+            });
+        }
+        Ok(out)
     }
 
     async fn health(&self) -> Result<ProviderHealth> {

@@ -2,6 +2,7 @@
 
 pub mod audit;
 mod availability;
+pub mod backup;
 mod cache;
 mod config;
 mod mek;

@@ -90,6 +90,15 @@ impl ProviderHandle {
         self.timed(self.provider.health()).await
     }
 
+    /// What a backup bundle records for each of `meks` (references, and the MEK files of a
+    /// file provider); see [`MekProvider::backup_material`].
+    pub async fn backup_material(
+        &self,
+        meks: &[heliosdb_tde_core::MekRef],
+    ) -> Result<Vec<heliosdb_tde_core::MekBackupItem>> {
+        self.timed(self.provider.backup_material(meks)).await
+    }
+
     /// Makes sure MEK `mek_id` exists: generates version 1 inside the provider if the provider
     /// does not hold it, and otherwise returns its active version unchanged. The id may be a
     /// [`MekId`] or a string (`"master_key_001"`), validated here.

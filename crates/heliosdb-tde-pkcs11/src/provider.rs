@@ -17,8 +17,9 @@ use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use heliosdb_tde_core::lifecycle::{MekLifecycle, Transition};
 use heliosdb_tde_core::{
-    EncryptionAlgorithm, KeyBytes, KeyState, MekId, MekInfo, MekProvider, MekRef, MekVersionInfo,
-    ProviderHealth, ProviderKind, Result, TableKey, TdeError, Timestamp, WrapContext, WrappedTek,
+    EncryptionAlgorithm, KeyBytes, KeyState, MekBackupItem, MekId, MekInfo, MekProvider, MekRef,
+    MekVersionInfo, ProviderHealth, ProviderKind, Result, TableKey, TdeError, Timestamp,
+    WrapContext, WrappedTek,
 };
 use std::collections::BTreeMap;
 use std::fmt;
@@ -379,6 +380,41 @@ impl MekProvider for Pkcs11MekProvider {
             r?;
         }
         Ok(())
+    }
+
+    async fn backup_material(&self, meks: &[MekRef]) -> Result<Vec<MekBackupItem>> {
+        // The key objects never leave the token: a bundle records where they are, after
+        // checking that the token holds each one.
+        let mut out = Vec::with_capacity(meks.len());
+        let mut known: Vec<MekInfo> = Vec::new();
+        for mek in meks {
+            if !known.iter().any(|i| i.id == mek.id) {
+                known.push(self.mek_info(&mek.id).await?);
+            }
+            let held = known
+                .iter()
+                .any(|i| i.id == mek.id && i.versions.iter().any(|v| v.mek == *mek));
+            if !held {
+                return Err(heliosdb_tde_core::lifecycle::mek_not_found(
+                    mek,
+                    format!(
+                        "the token {:?} holds no key object for this version",
+                        self.token
+                    ),
+                ));
+            }
+            out.push(MekBackupItem {
+                mek: mek.clone(),
+                reference: format!(
+                    "token {:?}, key object label {:?}, lifecycle record label {:?}",
+                    self.token,
+                    crate::inventory::key_label(mek),
+                    crate::inventory::state_label(mek)
+                ),
+                file: None,
+            });
+        }
+        Ok(out)
     }
 
     async fn health(&self) -> Result<ProviderHealth> {

@@ -5,10 +5,11 @@
 //! regular audits.
 
 use super::TdeSubsystem;
-use heliosdb_tde_core::{ProviderKind, SecureFileConfig, Timestamp};
+use heliosdb_tde_core::{ProviderKind, SecureFileConfig, TdeError, Timestamp};
+use heliosdb_tde_manager::backup;
 use serde::Serialize;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 /// The outcome of one checklist item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -213,6 +214,249 @@ fn rotation_item(
     }
 }
 
+/// The device of `p`, or of its nearest existing ancestor when it does not exist yet.
+fn device_of(p: &Path) -> std::io::Result<u64> {
+    let mut at = p.to_path_buf();
+    loop {
+        match std::fs::metadata(&at) {
+            Ok(m) => return Ok(m.dev()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match at.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => at = parent.to_path_buf(),
+                // A relative path: its base is the working directory.
+                Some(_) if at != Path::new(".") => at = PathBuf::from("."),
+                _ => return Err(e),
+            },
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// An age in whole days, or hours under a day.
+fn age_text(ms: u64) -> String {
+    let days = ms / DAY_MS;
+    match (days, ms / 3_600_000) {
+        (1, _) => "1 day".to_string(),
+        (0, 0) => "less than an hour".to_string(),
+        (0, 1) => "1 hour".to_string(),
+        (0, hours) => format!("{hours} hours"),
+        (days, _) => format!("{days} days"),
+    }
+}
+
+/// The newest bundle in `backup_dir`, judged against the key store and `now`.
+async fn bundle_verdict(tde: &TdeSubsystem, now: Timestamp) -> (CheckStatus, String) {
+    let config = tde.config();
+    let Some(dir) = config.backup_dir.clone() else {
+        return (
+            CheckStatus::Fail,
+            "no backup_dir is configured; set backup_dir and take backups with \
+             `heliosdb-cli security backup --out-dir DIR`"
+                .to_string(),
+        );
+    };
+    let take = format!(
+        "take one with `heliosdb-cli security backup --out-dir {}`",
+        dir.display()
+    );
+    let take_new = format!(
+        "take a new one with `heliosdb-cli security backup --out-dir {}`",
+        dir.display()
+    );
+    match (device_of(&dir), device_of(&config.key_storage_path)) {
+        (Ok(a), Ok(b)) if a == b => {
+            return (
+                CheckStatus::Fail,
+                format!(
+                    "backup_dir {} is on the same filesystem as key_storage_path {}: a disk \
+                     failure would take both the keys and their backups; put backup_dir on \
+                     another disk",
+                    dir.display(),
+                    config.key_storage_path.display()
+                ),
+            );
+        }
+        (Err(e), _) => {
+            return (
+                CheckStatus::Fail,
+                format!("cannot read backup_dir {}: {e}", dir.display()),
+            );
+        }
+        (_, Err(e)) => {
+            return (
+                CheckStatus::Fail,
+                format!(
+                    "cannot read key_storage_path {}: {e}",
+                    config.key_storage_path.display()
+                ),
+            );
+        }
+        _ => {}
+    }
+    if !dir.is_dir() {
+        return (
+            CheckStatus::Fail,
+            format!(
+                "no backup: backup_dir {} does not exist; create it and {take}",
+                dir.display()
+            ),
+        );
+    }
+    let scan_dir = dir.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let newest = backup::newest_bundle(&scan_dir)?;
+        Ok::<_, TdeError>(newest.map(|(path, _)| {
+            let verified = backup::verify_bundle_structure(&path);
+            (path, verified)
+        }))
+    })
+    .await;
+    let (path, manifest) = match found {
+        Ok(Ok(Some((path, Ok(manifest))))) => (path, manifest),
+        Ok(Ok(Some((path, Err(e))))) => {
+            return (
+                CheckStatus::Fail,
+                format!(
+                    "the newest backup {} is damaged: {e}; {take_new}",
+                    path.display()
+                ),
+            );
+        }
+        Ok(Ok(None)) => {
+            return (
+                CheckStatus::Fail,
+                format!("no backup bundle (*.hbk) in {}; {take}", dir.display()),
+            );
+        }
+        Ok(Err(e)) => {
+            return (
+                CheckStatus::Fail,
+                format!("cannot read the backups in {}: {e}", dir.display()),
+            );
+        }
+        Err(e) => {
+            return (
+                CheckStatus::Fail,
+                format!("cannot read the backups in {}: {e}", dir.display()),
+            );
+        }
+    };
+    let age = now.as_millis().saturating_sub(manifest.created_at_ms);
+    let max_days = config.backup_max_age_days;
+    if age > max_days.saturating_mul(DAY_MS) {
+        return (
+            CheckStatus::Fail,
+            format!(
+                "the newest backup {} is {} old, more than backup_max_age_days ({max_days}); \
+                 {take_new}",
+                path.display(),
+                age_text(age)
+            ),
+        );
+    }
+    let identity = match tde.key_manager().store().identity().await {
+        Ok(identity) => identity,
+        Err(e) => {
+            return (
+                CheckStatus::Fail,
+                format!("cannot read the key store's identity: {e}"),
+            );
+        }
+    };
+    if !manifest.store.id.eq_ignore_ascii_case(&identity.id_hex()) {
+        return (
+            CheckStatus::Fail,
+            format!(
+                "the newest backup {} is of another key store (id {}; this store is {}); \
+                 {take_new}",
+                path.display(),
+                manifest.store.id,
+                identity.id_hex()
+            ),
+        );
+    }
+    if manifest.store.generation < identity.generation {
+        return (
+            CheckStatus::Fail,
+            format!(
+                "a table key was created or rotated after the newest backup {} (it holds key \
+                 generation {}, the store is at {}); {take_new}",
+                path.display(),
+                manifest.store.generation,
+                identity.generation
+            ),
+        );
+    }
+    (
+        CheckStatus::Pass,
+        format!(
+            "the newest backup {} is {} old (taken {}; backup_max_age_days = {max_days}) and \
+             has every key change of the store",
+            path.display(),
+            age_text(age),
+            manifest.created_at
+        ),
+    )
+}
+
+/// The "MEK backup procedure established" item: a current, intact bundle of this key store in
+/// `backup_dir` on another filesystem, and, for a KMS key, the service's protection against
+/// permanent deletion (the bundle holds only a reference to such a key).
+async fn backup_item(
+    tde: &TdeSubsystem,
+    now: Timestamp,
+    protection: Option<heliosdb_tde_core::DeletionProtection>,
+) -> CheckItem {
+    const ITEM: &str = "MEK backup procedure established";
+    let provider = &tde.key_manager().mek_provider;
+    if provider.kind() == ProviderKind::InMemory {
+        return item(
+            ITEM,
+            CheckStatus::NotApplicable,
+            "in-memory MEKs cannot be backed up: they are lost at exit",
+        );
+    }
+    let (status, reason) = bundle_verdict(tde, now).await;
+    match protection {
+        // A KMS key that can be deleted for good is a backup gap no bundle closes: the bundle
+        // holds only a reference to it.
+        Some(p) if !p.protected => {
+            let mut text = format!(
+                "the MEK's key in {} can be deleted for good: {}",
+                provider.description(),
+                p.detail
+            );
+            if status == CheckStatus::Fail {
+                text.push_str("; also ");
+                text.push_str(&reason);
+            }
+            item(ITEM, CheckStatus::Fail, text)
+        }
+        Some(p) if status == CheckStatus::Pass => item(
+            ITEM,
+            CheckStatus::Pass,
+            format!(
+                "{reason}; the service protects the MEK's key against permanent deletion: {}",
+                p.detail
+            ),
+        ),
+        None if status == CheckStatus::Pass => {
+            let tail = if provider.kind() == ProviderKind::SecureFile {
+                "its MEK files are encrypted under the passphrase, which must be backed up \
+                 separately"
+                    .to_string()
+            } else {
+                format!(
+                    "it names the MEK versions in {} but holds none of their key material: \
+                     back them up with the provider's own procedure",
+                    provider.description()
+                )
+            };
+            item(ITEM, CheckStatus::Pass, format!("{reason}; {tail}"))
+        }
+        _ => item(ITEM, status, reason),
+    }
+}
+
 /// Evaluates every item of the Security Checklist at the current time; see
 /// [`security_checklist_at`].
 pub async fn security_checklist(tde: &TdeSubsystem) -> Vec<CheckItem> {
@@ -321,43 +565,7 @@ pub async fn security_checklist_at(tde: &TdeSubsystem, now: Timestamp) -> Vec<Ch
         .as_ref()
         .ok()
         .and_then(|i| i.deletion_protection.clone());
-    out.push(match protection {
-        // A KMS key that can be deleted for good is a backup gap software can see.
-        Some(p) if !p.protected => item(
-            "MEK backup procedure established",
-            CheckStatus::Fail,
-            format!(
-                "the MEK's key in {} can be deleted for good: {}",
-                provider.description(),
-                p.detail
-            ),
-        ),
-        Some(p) => item(
-            "MEK backup procedure established",
-            CheckStatus::Pass,
-            format!(
-                "the service protects the MEK's key against permanent deletion: {}",
-                p.detail
-            ),
-        ),
-        None => item(
-            "MEK backup procedure established",
-            CheckStatus::NotApplicable,
-            match (provider.kind(), file) {
-                (ProviderKind::SecureFile, Some(f)) => format!(
-                    "cannot be verified by software: back up {} (encrypted) and the passphrase \
-                     separately, as the README describes",
-                    f.storage_path.display()
-                ),
-                (ProviderKind::InMemory, _) => {
-                    "in-memory MEKs cannot be backed up: they are lost at exit".to_string()
-                }
-                _ => "cannot be verified by software: follow your provider's key backup \
-                      procedure"
-                    .to_string(),
-            },
-        ),
-    });
+    out.push(backup_item(tde, now, protection).await);
 
     out.push(rotation_item(tde, &mek_info, now));
 

@@ -5,6 +5,7 @@
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+mod backup;
 mod failure;
 mod output;
 mod quickstart;
@@ -59,11 +60,59 @@ enum Security {
     /// Table encryption key operations.
     #[command(subcommand)]
     Tek(Tek),
+    /// Write a backup bundle of every table key and what the MEK provider needs to find its
+    /// MEKs again (HeliosDB stopped; a running database takes it through its own API). With
+    /// `verify`, check a bundle.
+    Backup(BackupArgs),
+    /// Restore a backup bundle (HeliosDB stopped), then rotate every table's active TEK.
+    Restore {
+        /// The bundle file.
+        file: PathBuf,
+        /// Restore over a key store that holds keys or belongs to another store, and over MEK
+        /// files that differ: the existing directories are moved aside to
+        /// `<dir>.pre-restore-<time>`, never deleted.
+        #[arg(long)]
+        force: bool,
+        /// Do not rotate the table keys after the restore (not recommended).
+        #[arg(long)]
+        no_rotate: bool,
+    },
     /// Verify the hash chain of the audit log (audit_log_path, or --path).
     AuditVerify {
         /// The log file; defaults to the configured audit_log_path.
         #[arg(long)]
         path: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct BackupArgs {
+    #[command(subcommand)]
+    command: Option<BackupCommand>,
+    /// The bundle file to write.
+    #[arg(long, conflicts_with = "out_dir", required_unless_present = "out_dir")]
+    out: Option<PathBuf>,
+    /// A directory to write `heliosdb-keys-<store id>-<UTC time>.hbk` into (for cron jobs and
+    /// timers).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum BackupCommand {
+    /// Check a bundle: structure, checksums, and that the manifest matches the records; with
+    /// --with-provider also unwrap every table key in it through the configured provider
+    /// (without touching the running key store). Exits 1 on any problem.
+    Verify {
+        /// The bundle file.
+        file: PathBuf,
+        /// Also check every MEK version and unwrap every table key with the provider.
+        #[arg(long)]
+        with_provider: bool,
     },
 }
 
@@ -171,6 +220,18 @@ async fn run(cli: Cli, out: &Out) -> Result<ExitCode, TdeError> {
             if let Security::AuditVerify { path } = &cmd {
                 return audit_verify(path.as_ref().or(config.audit_log_path.as_ref()), out);
             }
+            // Backups and restores open what they need themselves.
+            if let Security::Backup(args) = cmd {
+                return backup::run(config, args, out).await;
+            }
+            if let Security::Restore {
+                file,
+                force,
+                no_rotate,
+            } = cmd
+            {
+                return backup::restore(config, &file, force, no_rotate, out).await;
+            }
             // Commands that only read open the key store read-only and write nothing.
             let read_only = matches!(
                 cmd,
@@ -219,6 +280,9 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
                 kms.as_ref(),
                 azure.as_ref(),
             );
+            if !keys.all_readable() {
+                backup::lost_mek_report(tde.config(), &keys, out);
+            }
             if !keys.all_readable() || checklist.iter().any(|c| c.status == CheckStatus::Fail) {
                 return Ok(ExitCode::from(EXIT_CHECKLIST_FAILED));
             }
@@ -243,6 +307,12 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
         Security::Mek(Mek::Deactivate) => return rotate::deactivate(tde, out).await,
         Security::AuditVerify { path } => {
             return audit_verify(path.as_ref().or(tde.config().audit_log_path.as_ref()), out);
+        }
+        Security::Backup(_) | Security::Restore { .. } => {
+            return Err(TdeError::Unsupported {
+                what: "a backup command inside a started subsystem".into(),
+                hint: "run it as `heliosdb-cli security backup` or `restore`".into(),
+            });
         }
         Security::Tek(Tek::Create { table }) => {
             let meta = km.create_table_key(&table).await?;

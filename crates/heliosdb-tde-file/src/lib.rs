@@ -99,6 +99,19 @@ impl SecureFileMekProvider {
         Self::open_with_passphrase(config, mode, resolved.passphrase, resolved.warnings)
     }
 
+    /// Reads the passphrase as [`SecureFileMekProvider::open`] does (the passphrase file, or
+    /// the environment variable, which is then removed from the environment) and checks its
+    /// strength, without opening anything: for a command that opens the provider more than
+    /// once (a restore opens a scratch copy of the MEK directory first). Returns it with any
+    /// warnings.
+    pub fn resolve_passphrase(
+        config: &SecureFileConfig,
+        mode: SecurityMode,
+    ) -> Result<(SecretString, Vec<String>)> {
+        let r = passphrase::resolve(config, mode)?;
+        Ok((r.passphrase, r.warnings))
+    }
+
     /// Like [`SecureFileMekProvider::open`], with the passphrase supplied by the caller.
     pub fn open_with_passphrase(
         config: &SecureFileConfig,

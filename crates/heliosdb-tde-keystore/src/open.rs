@@ -137,6 +137,31 @@ impl RedbKeyStore {
         Ok(store)
     }
 
+    /// An empty, writable store that exists only in memory (with a store id), named `label`
+    /// in messages: a scratch store to load a backup bundle into and check it without
+    /// touching any file.
+    pub fn scratch(label: &Path) -> Result<Self> {
+        let mut store = Self::empty_read_only(label)?;
+        store.writable = true;
+        let id = crate::export::random_id()?;
+        store.with_write_db("initialising", |db| {
+            let txn = db.begin_write().map_err(|e| store.err("begin", e))?;
+            {
+                let mut journal = txn
+                    .open_table(JOURNAL)
+                    .map_err(|e| store.err("open journal", e))?;
+                journal
+                    .insert(
+                        STORE_ID_ENTRY,
+                        frame_journal(STORE_ID_ENTRY, &id).as_slice(),
+                    )
+                    .map_err(|e| store.err("write store id", e))?;
+            }
+            txn.commit().map_err(|e| store.err("commit", e))
+        })?;
+        Ok(store)
+    }
+
     /// An empty, read-only store that exists only in memory, standing for the store that
     /// `path` would be once created: what read-only commands see before the first start.
     pub fn empty_read_only(path: &Path) -> Result<Self> {

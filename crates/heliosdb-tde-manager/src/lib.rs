@@ -131,6 +131,12 @@ impl KeyManager {
         &self.store
     }
 
+    /// Records `event` in the attached audit log, if any: for operations the embedding code
+    /// performs around the manager (a restore). A failed write is logged at error level.
+    pub async fn record_audit(&self, event: AuditEvent) {
+        self.audit(event).await;
+    }
+
     pub(crate) async fn audit(&self, event: AuditEvent) {
         if let Some(sink) = &self.audit
             && let Err(e) = sink.record(event).await

@@ -4,13 +4,19 @@
 //! TdeConfig --TdeSubsystem::new--> TdeSubsystem { KeyManager { MekProvider, KeyStore, cache } }
 //! ```
 
+mod backup;
 mod checked;
 mod checklist;
 mod config;
 mod subsystem;
 
+pub use backup::{
+    BackupTarget, BundleCheck, ProviderCheck, RESTORE_PENDING_ENTRY, RestoreOptions, RestoreReport,
+    backup_offline, bundle_holding, restore, verify_bundle, verify_bundle_with_provider,
+};
 pub use checklist::{CheckItem, CheckStatus, security_checklist, security_checklist_at};
 pub use config::{ENV_PREFIX, TdeConfig};
+pub use heliosdb_tde_manager::backup::{BackupReport, Manifest as BackupManifest};
 pub use subsystem::{PageOpener, PageSealer, TdeSubsystem};
 
 /// The cipher engine's page cipher, which does NOT persist its invocation count: a sealer built

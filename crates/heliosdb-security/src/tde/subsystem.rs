@@ -12,8 +12,8 @@ use std::fmt;
 use std::sync::Arc;
 use zeroize::Zeroize;
 
-mod providers;
-use providers::build_provider;
+pub(crate) mod providers;
+pub(crate) use providers::build_provider;
 
 /// The running TDE subsystem.
 pub struct TdeSubsystem {
@@ -156,7 +156,7 @@ impl TdeSubsystem {
                 "TDE is disabled in this configuration (enabled = false); there is nothing to start",
             ));
         }
-        let (mode, mode_source) = SecurityMode::resolve_configured(checked.security_mode)?;
+        let (mode, _) = SecurityMode::resolve_configured(checked.security_mode)?;
         let wait = std::time::Duration::from_secs(config.provider_startup_wait_secs);
         let label = checked.provider.label();
         let built = with_startup_retry(wait, &label, || {
@@ -172,6 +172,21 @@ impl TdeSubsystem {
             hsm.pin.zeroize();
         }
         let (provider, facts) = built?;
+        Self::start_with(config, checked.default_mek_id, read_only, provider, facts).await
+    }
+
+    /// Starts TDE from `config` over a provider already built from it (a restore opens the
+    /// provider once and keeps it).
+    pub(crate) async fn start_with(
+        config: TdeConfig,
+        default_mek_id: MekId,
+        read_only: bool,
+        provider: Arc<dyn MekProvider>,
+        facts: providers::ProviderFacts,
+    ) -> Result<Self> {
+        let checked: CheckedConfig = config.checked()?;
+        let (mode, mode_source) = SecurityMode::resolve_configured(checked.security_mode)?;
+        let wait = std::time::Duration::from_secs(config.provider_startup_wait_secs);
         let mut warnings = facts.warnings;
         let pin_source = facts.pin_source;
         if mode.is_production() && !provider.is_secure() {
@@ -179,7 +194,6 @@ impl TdeSubsystem {
                 provider: provider.description(),
             });
         }
-        let default_mek_id = checked.default_mek_id;
         // A remote provider is asked before anything is created or opened, so that a first
         // start with the server down leaves nothing on disk (and waits for it a while).
         let label = provider.description();

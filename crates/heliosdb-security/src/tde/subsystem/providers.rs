@@ -31,14 +31,14 @@ pub(super) fn missing_feature(what: &str, feature: &str) -> TdeError {
 
 /// What the provider set-up found out, for the checklist.
 #[derive(Default)]
-pub(super) struct ProviderFacts {
-    pub(super) warnings: Vec<String>,
+pub(crate) struct ProviderFacts {
+    pub(crate) warnings: Vec<String>,
     /// Where the HSM PIN came from (`environment`, `file`, `configuration file`).
-    pub(super) pin_source: Option<&'static str>,
+    pub(crate) pin_source: Option<&'static str>,
 }
 
 /// Builds the MEK provider the configuration names.
-pub(super) async fn build_provider(
+pub(crate) async fn build_provider(
     selected: &ConfiguredProvider,
     default_mek: &MekId,
     mode: SecurityMode,

@@ -103,7 +103,7 @@ fn two_filesystems() -> (PathBuf, PathBuf) {
 /// A bundle at `path`, as `heliosdb-cli security backup --out` writes it; returns when it was
 /// taken.
 async fn take_backup(tde: &TdeSubsystem, path: &Path) -> Timestamp {
-    let report = tde.key_manager().backup(path, false).await.unwrap();
+    let report = tde.backup(path).await.unwrap();
     assert_eq!(report.path, path);
     Timestamp(report.manifest.created_at_ms)
 }

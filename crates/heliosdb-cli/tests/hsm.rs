@@ -155,3 +155,89 @@ fn a_wrong_pin_is_reported_with_the_guides_code() {
         text(&out)
     );
 }
+
+#[test]
+fn a_bundle_holds_token_references_only_and_restores_into_a_new_key_store() {
+    let _one = serial();
+    if token().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "production", false);
+    // An MEK of its own on the shared token.
+    let own = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("_production\"", "_backup\"");
+    std::fs::write(&cfg, own).unwrap();
+    for t in ["public.a", "public.b", "public.c"] {
+        let out = cli(&cfg, true, &["security", "tek", "create", t]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let bundle = dir.path().join("hsm.hbk");
+    let out = cli(
+        &cfg,
+        true,
+        &["security", "backup", "--out", bundle.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("references only"), "{}", text(&out));
+    let bytes = std::fs::read(&bundle).unwrap();
+    let pin = softhsm::pin();
+    assert!(
+        !bytes.windows(pin.len()).any(|w| w == pin.as_bytes()),
+        "the PIN is not in the bundle"
+    );
+    let manifest: serde_json::Value = {
+        // The manifest is the first section: tag at byte 12, length at 13..21.
+        let len = u64::from_be_bytes(bytes[13..21].try_into().unwrap()) as usize;
+        serde_json::from_slice(&bytes[21..21 + len]).unwrap()
+    };
+    assert_eq!(manifest["provider"]["kind"], "pkcs11", "{manifest}");
+    assert_eq!(manifest["counts"]["material"], 0, "{manifest}");
+    let reference = manifest["mek_versions"][0]["reference"].as_str().unwrap();
+    assert!(reference.contains("heliosdb-mek:"), "{reference}");
+    let out = cli(
+        &cfg,
+        true,
+        &[
+            "security",
+            "backup",
+            "verify",
+            bundle.to_str().unwrap(),
+            "--with-provider",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("all 3 table keys unwrap"),
+        "{}",
+        text(&out)
+    );
+
+    // Another key store directory against the same token.
+    let moved = dir.path().join("hsm-elsewhere.toml");
+    std::fs::write(
+        &moved,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("keys-production", "keys-restored"),
+    )
+    .unwrap();
+    let out = cli(
+        &moved,
+        true,
+        &["security", "restore", bundle.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cli(
+        &moved,
+        true,
+        &["--format", "json", "security", "tek", "list"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Three restored versions and one new active version per table.
+    assert_eq!(keys.as_array().unwrap().len(), 6, "{keys}");
+    let out = cli(&moved, true, &["security", "status"]);
+    assert!(!text(&out).contains("CANNOT BE READ"), "{}", text(&out));
+}

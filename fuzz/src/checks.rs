@@ -117,3 +117,50 @@ pub fn audit_log(data: &[u8]) {
         Path::new("fuzz-audit.log"),
     );
 }
+
+/// `backup_bundle`: the backup bundle reader is total, and whatever it accepts is framed as
+/// `docs/formats/backup-bundle.md` says: the magic, format 1, the four sections' lengths and
+/// the trailer add up to the input, and each data section is long enough for the entries the
+/// manifest counts. Returns whether the input was accepted as a bundle.
+pub fn backup_bundle(data: &[u8]) -> bool {
+    use heliosdb_tde_manager::backup;
+    let Ok(bundle) = backup::check(&mut std::io::Cursor::new(data), data.len() as u64, "fuzz")
+    else {
+        return false;
+    };
+    assert_eq!(data[..8], backup::MAGIC, "accepted without the magic bytes");
+    let m = &bundle.manifest;
+    assert_eq!(
+        m.format,
+        u32::from(backup::FORMAT_VERSION),
+        "accepted another format"
+    );
+    // Header 12, four section headers of 9, the manifest, three data sections, trailer 32.
+    let manifest_len = u64::from_be_bytes(data[13..21].try_into().expect("8 bytes"));
+    let s = &m.sections;
+    let framed = [s.teks.length, s.journal.length, s.material.length]
+        .iter()
+        .try_fold(12 + 4 * 9 + 32 + manifest_len, |sum, l| sum.checked_add(*l));
+    assert_eq!(
+        framed,
+        Some(data.len() as u64),
+        "the accepted sections do not add up to the input"
+    );
+    // Every entry takes at least its two lengths and a one-byte name.
+    for (count, section) in [
+        (m.counts.teks, &s.teks),
+        (m.counts.journal, &s.journal),
+        (m.counts.material, &s.material),
+    ] {
+        assert!(
+            count.saturating_mul(7) <= section.length,
+            "{count} entries counted in a section of {} bytes",
+            section.length
+        );
+    }
+    assert!(m.counts.tables <= m.counts.teks, "more tables than TEKs");
+    // What the manifest exposes beyond its fields.
+    let _ = m.store_id();
+    let _ = m.meks().count();
+    true
+}

@@ -12,6 +12,7 @@ pub const FUZZ_TARGETS: &[&str] = &[
     "keystore_record",
     "config_toml",
     "audit_log",
+    "backup_bundle",
 ];
 
 /// Builds the fuzz workspace and runs the selected targets (all by default).
@@ -89,6 +90,27 @@ mod tests {
             assert!(
                 manifest.contains(&format!("name = \"{t}\"")),
                 "fuzz target {t} is not a [[bin]] of fuzz/Cargo.toml"
+            );
+        }
+    }
+
+    #[test]
+    fn every_target_has_seeds_a_check_and_a_readme_row() {
+        let fuzz = crate::workspace_root().join("fuzz");
+        let checks = std::fs::read_to_string(fuzz.join("src/checks.rs")).expect("checks.rs");
+        let readme = std::fs::read_to_string(fuzz.join("README.md")).expect("fuzz/README.md");
+        for t in FUZZ_TARGETS {
+            assert!(
+                count_files(&fuzz.join("corpus").join(t)) > 0,
+                "fuzz target {t} has no seeds in fuzz/corpus/{t}/"
+            );
+            assert!(
+                checks.contains(&format!("/// `{t}`: ")),
+                "fuzz target {t} has no documented check in fuzz/src/checks.rs"
+            );
+            assert!(
+                readme.contains(&format!("| `{t}` |")),
+                "fuzz target {t} is not listed in fuzz/README.md"
             );
         }
     }

@@ -182,7 +182,7 @@ pub(crate) async fn restore(
 /// For `security status` when tables are unreadable: the newest bundle in `backup_dir` that
 /// holds the missing MEK versions and the command to restore it, or a plain statement that the
 /// data of those tables is lost.
-pub(crate) fn lost_mek_report(config: &TdeConfig, keys: &KeyAvailability, out: &Out) {
+pub(crate) fn lost_mek_report(config: &TdeConfig, keys: &KeyAvailability) -> Option<String> {
     let missing: Vec<_> = keys
         .meks
         .iter()
@@ -190,7 +190,7 @@ pub(crate) fn lost_mek_report(config: &TdeConfig, keys: &KeyAvailability, out: &
         .map(|m| m.mek.clone())
         .collect();
     if missing.is_empty() {
-        return;
+        return None;
     }
     let names = missing
         .iter()
@@ -201,15 +201,15 @@ pub(crate) fn lost_mek_report(config: &TdeConfig, keys: &KeyAvailability, out: &
         .backup_dir
         .as_deref()
         .and_then(|d| tde::bundle_holding(d, &missing));
-    match found {
-        Some((path, m)) => out.message(&format!(
+    Some(match found {
+        Some((path, m)) => format!(
             "lost MEK: {names}. The newest backup holding it is {} (taken {}); stop HeliosDB and \
              run `heliosdb-cli security restore {}`",
             path.display(),
             m.created_at,
             path.display()
-        )),
-        None => out.message(&format!(
+        ),
+        None => format!(
             "lost MEK: {names}. No backup bundle in {} holds it: unless a copy of that MEK exists \
              elsewhere, the data of the tables listed as unreadable is lost",
             config
@@ -217,6 +217,6 @@ pub(crate) fn lost_mek_report(config: &TdeConfig, keys: &KeyAvailability, out: &
                 .as_deref()
                 .map(|d| d.display().to_string())
                 .unwrap_or_else(|| "backup_dir (not configured)".into())
-        )),
-    }
+        ),
+    })
 }

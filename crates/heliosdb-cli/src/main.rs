@@ -272,16 +272,33 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
             };
             let kms = output::KmsView::new(tde, mek.as_ref(), Some(&health));
             let azure = output::AzureView::new(tde, mek.as_ref());
-            out.status(
-                tde,
-                &checklist,
-                Some(&keys),
-                Some(&health),
-                kms.as_ref(),
-                azure.as_ref(),
-            );
-            if !keys.all_readable() {
-                backup::lost_mek_report(tde.config(), &keys, out);
+            // When tables are unreadable: the newest bundle holding the lost MEK versions.
+            let lost = (!keys.all_readable())
+                .then(|| backup::lost_mek_report(tde.config(), &keys))
+                .flatten();
+            if out.is_json() {
+                let mut v = output::Out::status_value(
+                    tde,
+                    &checklist,
+                    Some(&keys),
+                    Some(&health),
+                    kms.as_ref(),
+                    azure.as_ref(),
+                );
+                v["lost_mek"] = serde_json::json!(lost);
+                out.json(v);
+            } else {
+                out.status(
+                    tde,
+                    &checklist,
+                    Some(&keys),
+                    Some(&health),
+                    kms.as_ref(),
+                    azure.as_ref(),
+                );
+                if let Some(l) = &lost {
+                    out.message(l);
+                }
             }
             if !keys.all_readable() || checklist.iter().any(|c| c.status == CheckStatus::Fail) {
                 return Ok(ExitCode::from(EXIT_CHECKLIST_FAILED));

@@ -419,6 +419,13 @@ fn a_crash_at_each_step_of_a_restore_is_finished_by_running_it_again() {
         if d.join("keys/tek-store.redb").exists() {
             let o = cli(d, &cfg, &["security", "tek", "list"]);
             assert!(o.status.success(), "{step}: {}", text(&o));
+            // A start says the restore has a step left.
+            let o = cli(d, &cfg, &["security", "status"]);
+            assert!(
+                text(&o).contains("did not finish its last step"),
+                "{step}: {}",
+                text(&o)
+            );
         }
         let t = ok(&cli(
             d,
@@ -449,6 +456,9 @@ fn a_lost_mek_names_the_bundle_that_holds_it_and_a_restore_brings_it_back() {
         t.contains("lost MEK") && t.contains("b.hbk") && t.contains("security restore"),
         "{t}"
     );
+    let o = cli(d, &cfg, &["--format", "json", "security", "status"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["lost_mek"].as_str().unwrap().contains("b.hbk"), "{v}");
     // Start-up never generates a replacement.
     let o = cli(d, &cfg, &["security", "tek", "create", "public.z"]);
     assert!(!o.status.success(), "{}", text(&o));

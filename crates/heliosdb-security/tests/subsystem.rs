@@ -128,7 +128,10 @@ async fn secure_file_in_production_end_to_end_and_across_restarts() {
     assert_eq!(by_item("File permissions").status, CheckStatus::Pass);
     assert_eq!(by_item("rotation schedule").status, CheckStatus::Pass);
     assert_eq!(by_item("Audit logging").status, CheckStatus::Fail);
-    assert_eq!(by_item("backup").status, CheckStatus::NotApplicable);
+    // No backup_dir is configured: the backup item fails and says what to set.
+    let backup = by_item("backup");
+    assert_eq!(backup.status, CheckStatus::Fail);
+    assert!(backup.reason.contains("backup_dir"), "{}", backup.reason);
     assert_eq!(checklist.len(), 10, "every item of the guide's checklist");
 }
 

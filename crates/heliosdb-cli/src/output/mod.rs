@@ -135,7 +135,7 @@ impl Out {
         self.json(v);
     }
 
-    fn json(&self, v: serde_json::Value) {
+    pub(crate) fn json(&self, v: serde_json::Value) {
         let text = serde_json::to_string_pretty(&v).unwrap_or_else(|e| e.to_string());
         outln!(self, "{text}");
     }

@@ -37,6 +37,7 @@ impl TdeConfig {
                  invocation number (NIST SP 800-38D 8.2.1)",
             ));
         }
+        self.check_schedules()?;
         let security_mode = self
             .security_mode
             .as_deref()

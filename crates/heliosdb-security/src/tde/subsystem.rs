@@ -237,6 +237,20 @@ impl TdeSubsystem {
         } else {
             km.ensure_default_mek().await?;
         }
+        // A restore whose last step (the rotation of every table's TEK) did not finish.
+        if km
+            .store()
+            .get_journal(super::backup::RESTORE_PENDING_ENTRY)
+            .await?
+            .is_some()
+        {
+            let m = "a restore from a backup bundle did not finish its last step (a new TEK for \
+                     every table); run `heliosdb-cli security restore` with the same bundle \
+                     again to finish it"
+                .to_string();
+            tracing::warn!(target: "heliosdb::tde", "{m}");
+            warnings.push(m);
+        }
         // An interrupted rotation is resumed by running it again; say so at every start.
         if let Some(st) = km.mek_rotation_status(default_mek_id.as_str()).await? {
             use heliosdb_tde_manager::Phase;

@@ -64,6 +64,13 @@ fn errors_name_the_field() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("algorithm") || e.contains("des"), "{e}");
+    // A rotation schedule of zero days is refused where every configuration is checked.
+    let zero = TdeConfig {
+        mek_rotation_days: 0,
+        ..Default::default()
+    };
+    let e = zero.checked().unwrap_err().to_string();
+    assert!(e.contains("mek_rotation_days"), "{e}");
     for (c, field) in [
         (
             TdeConfig {

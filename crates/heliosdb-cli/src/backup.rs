@@ -150,7 +150,14 @@ pub(crate) async fn restore(
     no_rotate: bool,
     out: &Out,
 ) -> Result<ExitCode, TdeError> {
-    let r = tde::restore(&config, file, RestoreOptions { force, no_rotate }).await?;
+    let r = tde::restore(
+        &config,
+        file,
+        RestoreOptions::new()
+            .with_force(force)
+            .with_no_rotate(no_rotate),
+    )
+    .await?;
     for w in &r.warnings {
         out.message(&format!("warning: {w}"));
     }

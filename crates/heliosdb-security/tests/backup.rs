@@ -171,29 +171,22 @@ async fn restore_elsewhere_and_finish(
     expected: &[(String, u32, [u8; 32])],
 ) {
     let config = file_config(root, pass);
-    tde::restore(
-        &config,
-        bundle,
-        RestoreOptions {
-            force: false,
-            no_rotate: true,
-        },
-    )
-    .await
-    .unwrap();
+    tde::restore(&config, bundle, RestoreOptions::new().with_no_rotate(true))
+        .await
+        .unwrap();
     let tde = TdeSubsystem::new(config).await.unwrap();
     let km = tde.key_manager();
-    if let Some(st) = km.mek_rotation_status("master_key_001").await.unwrap() {
-        if !matches!(
+    if let Some(st) = km.mek_rotation_status("master_key_001").await.unwrap()
+        && !matches!(
             st.phase,
             tde::RotationPhase::DualActive
                 | tde::RotationPhase::Verified
                 | tde::RotationPhase::OldDeactivated
-        ) {
-            km.rotate_mek_with_dual_encryption("master_key_001")
-                .await
-                .unwrap();
-        }
+        )
+    {
+        km.rotate_mek_with_dual_encryption("master_key_001")
+            .await
+            .unwrap();
     }
     let st = km
         .mek_rotation_status("master_key_001")

@@ -281,11 +281,10 @@ pub trait MekProvider: Send + Sync + fmt::Debug {
                 .find(|v| v.mek == *mek)
                 .ok_or_else(|| missing(mek))?;
             let location = version.key_location.as_deref().unwrap_or(&info.location);
-            out.push(MekBackupItem {
-                mek: mek.clone(),
-                reference: format!("{location} ({mek})"),
-                file: None,
-            });
+            out.push(MekBackupItem::reference(
+                mek.clone(),
+                format!("{location} ({mek})"),
+            ));
         }
         Ok(out)
     }
@@ -293,6 +292,7 @@ pub trait MekProvider: Send + Sync + fmt::Debug {
 
 /// What a backup records of one MEK version (see [`MekProvider::backup_material`]).
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MekBackupItem {
     /// The MEK version.
     pub mek: MekRef,
@@ -302,6 +302,28 @@ pub struct MekBackupItem {
     /// For a provider that keeps the MEK in a file of its own: the file name and its bytes as
     /// stored (encrypted under the provider's passphrase).
     pub file: Option<(String, Vec<u8>)>,
+}
+
+impl MekBackupItem {
+    /// A reference to a key that stays in its service.
+    pub fn reference(mek: MekRef, reference: impl Into<String>) -> Self {
+        Self {
+            mek,
+            reference: reference.into(),
+            file: None,
+        }
+    }
+
+    /// A provider's own file of the MEK (as stored, encrypted), named `name`; the name is
+    /// also the reference.
+    pub fn file(mek: MekRef, name: impl Into<String>, bytes: Vec<u8>) -> Self {
+        let name = name.into();
+        Self {
+            mek,
+            reference: name.clone(),
+            file: Some((name, bytes)),
+        }
+    }
 }
 
 impl fmt::Debug for MekBackupItem {

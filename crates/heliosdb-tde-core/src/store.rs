@@ -294,6 +294,7 @@ fn unsupported<S: KeyStore + ?Sized>(store: &S, what: &str) -> TdeError {
 /// raises. Nonce reservations do not change it: they change no key, and a backup that predates
 /// them is made safe by the rotation a restore performs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StoreIdentity {
     /// The store id.
     pub id: [u8; 16],
@@ -302,6 +303,11 @@ pub struct StoreIdentity {
 }
 
 impl StoreIdentity {
+    /// An identity.
+    pub fn new(id: [u8; 16], generation: u64) -> Self {
+        Self { id, generation }
+    }
+
     /// The id as 32 lowercase hex digits.
     pub fn id_hex(&self) -> String {
         self.id.iter().map(|b| format!("{b:02x}")).collect()
@@ -365,6 +371,7 @@ pub enum ImportItem {
 
 /// What a [`KeyStore::export_blocking`] walk saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ExportSummary {
     /// The identity as of the walk's read transaction.
     pub identity: StoreIdentity,
@@ -372,6 +379,17 @@ pub struct ExportSummary {
     pub teks: u64,
     /// Journal entries visited.
     pub journal: u64,
+}
+
+impl ExportSummary {
+    /// A summary.
+    pub fn new(identity: StoreIdentity, teks: u64, journal: u64) -> Self {
+        Self {
+            identity,
+            teks,
+            journal,
+        }
+    }
 }
 
 /// Checks that a page returned by [`KeyStore::scan_teks`] after `cursor` moves strictly forward

@@ -432,11 +432,7 @@ impl MekProvider for SecureFileMekProvider {
             let mut warnings = Vec::new();
             let bytes = fsutil::read_key_file(&path, self.mode, &mut warnings)?;
             format::parse(&bytes, &path)?;
-            out.push(MekBackupItem {
-                mek: mek.clone(),
-                reference: name.clone(),
-                file: Some((name, bytes)),
-            });
+            out.push(MekBackupItem::file(mek.clone(), name, bytes));
         }
         Ok(out)
     }

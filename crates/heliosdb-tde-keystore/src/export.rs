@@ -63,7 +63,7 @@ impl RedbKeyStore {
             .map_err(|e| self.err("read key generation", e))?
             .map(|v| v.value())
             .unwrap_or(0);
-        Ok(StoreIdentity { id, generation })
+        Ok(StoreIdentity::new(id, generation))
     }
 
     /// The store's identity and key generation.
@@ -120,11 +120,7 @@ impl RedbKeyStore {
                 })?;
                 journal += 1;
             }
-            Ok(ExportSummary {
-                identity,
-                teks,
-                journal,
-            })
+            Ok(ExportSummary::new(identity, teks, journal))
         })
     }
 

@@ -403,16 +403,15 @@ impl MekProvider for Pkcs11MekProvider {
                     ),
                 ));
             }
-            out.push(MekBackupItem {
-                mek: mek.clone(),
-                reference: format!(
+            out.push(MekBackupItem::reference(
+                mek.clone(),
+                format!(
                     "token {:?}, key object label {:?}, lifecycle record label {:?}",
                     self.token,
                     crate::inventory::key_label(mek),
                     crate::inventory::state_label(mek)
                 ),
-                file: None,
-            });
+            ));
         }
         Ok(out)
     }

@@ -41,6 +41,7 @@ impl TdeSubsystem {
 
 /// Where [`backup_offline`] writes.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum BackupTarget {
     /// This file.
     File(PathBuf),
@@ -105,6 +106,7 @@ pub async fn backup_offline(
 
 /// What [`verify_bundle`] found.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct BundleCheck {
     /// The bundle's manifest.
     pub manifest: Manifest,
@@ -202,6 +204,7 @@ fn verify_and_load(path: &Path) -> Result<(BundleCheck, RedbKeyStore)> {
 
 /// What [`verify_bundle_with_provider`] found.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ProviderCheck {
     /// The structural check.
     pub bundle: BundleCheck,

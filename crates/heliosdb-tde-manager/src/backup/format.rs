@@ -23,6 +23,7 @@ pub const MAX_VALUE: usize = 16 << 20;
 
 /// The four sections, in the order they appear.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Section {
     /// The JSON manifest.
     Manifest = 1,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// What a bundle holds, as written in its manifest section (`docs/formats/backup-bundle.md`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Manifest {
     /// The bundle format (1).
     pub format: u32,
@@ -31,6 +32,7 @@ pub struct Manifest {
 
 /// The key store a bundle was taken from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StoreSection {
     /// The store id, 32 hex digits.
     pub id: String,
@@ -42,6 +44,7 @@ pub struct StoreSection {
 
 /// The MEK provider a bundle was taken with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ProviderSection {
     /// `secure_file`, `pkcs11`, `vault`, `aws_kms`, `azure_kv`, `in_memory`.
     pub kind: String,
@@ -51,6 +54,7 @@ pub struct ProviderSection {
 
 /// One MEK version a bundle depends on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct MekVersionEntry {
     /// `<mek id>@v<N>`.
     pub mek: String,
@@ -65,6 +69,7 @@ pub struct MekVersionEntry {
 
 /// Entry counts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Counts {
     /// TEK records.
     pub teks: u64,
@@ -78,6 +83,7 @@ pub struct Counts {
 
 /// One data section's length and checksum.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SectionDigest {
     /// Payload length in bytes.
     pub length: u64,
@@ -87,6 +93,7 @@ pub struct SectionDigest {
 
 /// The data sections' digests.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Sections {
     /// The TEK records.
     pub teks: SectionDigest,

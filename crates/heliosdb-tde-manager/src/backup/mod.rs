@@ -32,6 +32,7 @@ pub const BUNDLE_EXTENSION: &str = "hbk";
 
 /// What [`KeyManager::backup`] wrote.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct BackupReport {
     /// The bundle file.
     pub path: PathBuf,
@@ -143,10 +144,7 @@ impl Bundle {
                 "section manifest: the store id is not 32 hex digits",
             )
         })?;
-        let identity = heliosdb_tde_core::StoreIdentity {
-            id,
-            generation: self.manifest().store.generation,
-        };
+        let identity = heliosdb_tde_core::StoreIdentity::new(id, self.manifest().store.generation);
         // Records are streamed from the file (read by a second thread) into the store's one
         // transaction, so memory stays bounded.
         let loc = self.loc();
@@ -675,6 +673,7 @@ impl KeyManager {
 
 /// The result of [`KeyManager::trial_unwrap_all`].
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct TrialUnwraps {
     /// TEKs tried.
     pub total: u64,

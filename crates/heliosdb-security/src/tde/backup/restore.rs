@@ -27,6 +27,7 @@ pub const RESTORE_PENDING_ENTRY: &str = "restore/pending";
 
 /// How [`restore`] treats existing data and the post-restore rotation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RestoreOptions {
     /// Restore over a key store that holds keys or belongs to another store id, and over MEK
     /// files that differ from the bundle's: the existing directories are moved aside to
@@ -37,8 +38,28 @@ pub struct RestoreOptions {
     pub no_rotate: bool,
 }
 
+impl RestoreOptions {
+    /// The defaults: refuse to overwrite, rotate after the restore.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`RestoreOptions::force`].
+    pub fn with_force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+
+    /// Sets [`RestoreOptions::no_rotate`].
+    pub fn with_no_rotate(mut self, no_rotate: bool) -> Self {
+        self.no_rotate = no_rotate;
+        self
+    }
+}
+
 /// What [`restore`] did.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct RestoreReport {
     /// The bundle's manifest.
     pub manifest: Manifest,

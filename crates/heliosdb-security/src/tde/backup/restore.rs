@@ -78,11 +78,14 @@ pub struct RestoreReport {
 }
 
 /// A fail point for crash tests of the restore: with the environment variable
-/// `HELIOSDB_TEST_RESTORE_CRASH` set to a step name, a debug build exits at once, as a
-/// `kill -9` would, when it reaches that step. Not compiled into release builds.
+/// `HELIOSDB_TEST_RESTORE_CRASH` set to a step name, a debug build sends itself SIGKILL when it
+/// reaches that step (nothing runs after it: no destructor, no flush). Not compiled into
+/// release builds.
 fn fail_point(step: &str) {
     #[cfg(debug_assertions)]
     if std::env::var("HELIOSDB_TEST_RESTORE_CRASH").as_deref() == Ok(step) {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         std::process::abort();
     }
     #[cfg(not(debug_assertions))]

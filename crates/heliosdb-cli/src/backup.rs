@@ -68,7 +68,36 @@ async fn verify(
     out: &Out,
 ) -> Result<ExitCode, TdeError> {
     if !with_provider {
-        let c = tde::verify_bundle(file).await?;
+        let c = match tde::verify_bundle(file).await {
+            Ok(c) => c,
+            Err(e) => {
+                let event = tde::AuditEvent::failure(
+                    tde::AuditAction::Backup,
+                    None,
+                    &e,
+                    format!("backup.verified {} (structure)", file.display()),
+                );
+                tde::record_audit_event(config, event).await;
+                return Err(e);
+            }
+        };
+        tde::record_audit_event(
+            config,
+            tde::AuditEvent::success(
+                tde::AuditAction::Backup,
+                None,
+                format!(
+                    "backup.verified {} (structure{})",
+                    file.display(),
+                    if c.problems.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {} problems", c.problems.len())
+                    }
+                ),
+            ),
+        )
+        .await;
         let m = &c.manifest;
         for p in &c.problems {
             out.message(&format!("problem: {p}"));

@@ -446,8 +446,13 @@ fn scratch_dir_for(bundle: &Path) -> PathBuf {
     std::env::temp_dir().join(format!("heliosdb-verify-{stem}-{}", std::process::id()))
 }
 
-/// Records an event in the configured audit log, for commands that run without the
-/// subsystem. A failure is logged, as the key manager does.
+/// Records an event in the configured audit log (`audit_log_path`), for commands that run
+/// without the subsystem (`security backup verify`). Without an audit log it does nothing; a
+/// failed write is logged at error level, as the key manager does.
+pub async fn record_audit_event(config: &TdeConfig, event: AuditEvent) {
+    audit_direct(config, event).await;
+}
+
 pub(crate) async fn audit_direct(config: &TdeConfig, event: AuditEvent) {
     use heliosdb_tde_core::AuditSink;
     let Some(path) = config.audit_log_path.as_ref() else {

@@ -12,10 +12,12 @@ mod subsystem;
 
 pub use backup::{
     BackupTarget, BundleCheck, ProviderCheck, RESTORE_PENDING_ENTRY, RestoreOptions, RestoreReport,
-    backup_offline, bundle_holding, restore, verify_bundle, verify_bundle_with_provider,
+    backup_offline, bundle_holding, record_audit_event, restore, verify_bundle,
+    verify_bundle_with_provider,
 };
 pub use checklist::{CheckItem, CheckStatus, security_checklist, security_checklist_at};
 pub use config::{ENV_PREFIX, TdeConfig};
+pub use heliosdb_tde_core::{AuditAction, AuditEvent};
 pub use heliosdb_tde_manager::backup::{BackupReport, Manifest as BackupManifest};
 pub use subsystem::{PageOpener, PageSealer, TdeSubsystem};
 

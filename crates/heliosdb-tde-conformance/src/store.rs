@@ -15,10 +15,14 @@
 //!   strictly increasing id order, while other TEKs are inserted between pages;
 //! * journal entries: put, get, delete, and [`StoreOp::CheckJournal`] as a compare-and-set that
 //!   many tasks race on without a lost update;
-//! * durability: everything committed is there after the store is dropped and reopened.
+//! * durability: everything committed is there after the store is dropped and reopened;
+//! * backups ([`export_import`], with a second, empty store): the store id, the key generation,
+//!   the consistent export and the import into an empty store.
 
+mod backup;
 mod concurrency;
 
+pub use backup::export_import;
 pub use concurrency::{read_modify_write, reserve_encryptions};
 
 use crate::provider::fresh_mek_id;

@@ -16,3 +16,14 @@ async fn the_redb_store_passes_the_store_conformance_suite() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redb_store_exports_and_imports_as_the_suite_requires() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    heliosdb_tde_conformance::store::export_import(
+        Arc::new(RedbKeyStore::open_dir(a.path()).unwrap()),
+        Arc::new(RedbKeyStore::open_dir(b.path()).unwrap()),
+    )
+    .await;
+}

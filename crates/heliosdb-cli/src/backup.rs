@@ -240,7 +240,8 @@ pub(crate) fn lost_mek_report(config: &TdeConfig, keys: &KeyAvailability) -> Opt
     Some(match found {
         Some((path, m)) => format!(
             "lost MEK: {names}. The newest backup holding it is {} (taken {}); stop HeliosDB and \
-             run `heliosdb-cli security restore {}`",
+             run `heliosdb-cli security restore {} --force` (the current key store is moved \
+             aside and kept)",
             path.display(),
             m.created_at,
             path.display()

@@ -276,30 +276,17 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
             let lost = (!keys.all_readable())
                 .then(|| backup::lost_mek_report(tde.config(), &keys))
                 .flatten();
-            if out.is_json() {
-                let mut v = output::Out::status_value(
-                    tde,
-                    &checklist,
-                    Some(&keys),
-                    Some(&health),
-                    kms.as_ref(),
-                    azure.as_ref(),
-                );
-                v["lost_mek"] = serde_json::json!(lost);
-                out.json(v);
-            } else {
-                out.status(
-                    tde,
-                    &checklist,
-                    Some(&keys),
-                    Some(&health),
-                    kms.as_ref(),
-                    azure.as_ref(),
-                );
-                if let Some(l) = &lost {
-                    out.message(l);
-                }
-            }
+            out.status(
+                tde,
+                &checklist,
+                &output::StatusParts {
+                    keys: Some(&keys),
+                    health: Some(&health),
+                    kms: kms.as_ref(),
+                    azure: azure.as_ref(),
+                    lost_mek: lost.as_deref(),
+                },
+            );
             if !keys.all_readable() || checklist.iter().any(|c| c.status == CheckStatus::Fail) {
                 return Ok(ExitCode::from(EXIT_CHECKLIST_FAILED));
             }

@@ -296,7 +296,7 @@ pub(crate) async fn run(args: Args, out: &Out) -> Result<ExitCode, TdeError> {
     if out.is_json() {
         report.insert(
             "status".into(),
-            Out::status_value(&tde, &checklist, None, None, None, None),
+            Out::status_value(&tde, &checklist, &Default::default()),
         );
         report.insert(
             "key_stats".into(),
@@ -306,7 +306,7 @@ pub(crate) async fn run(args: Args, out: &Out) -> Result<ExitCode, TdeError> {
         out.json_value(serde_json::Value::Object(report));
     } else {
         out.say(format_args!(""));
-        out.status(&tde, &checklist, None, None, None, None);
+        out.status(&tde, &checklist, &Default::default());
         out.say(format_args!(""));
         out.key_stats(&stats);
         out.say(format_args!(

@@ -83,6 +83,16 @@ pub enum TdeError {
         key: String,
     },
 
+    /// A file or directory a command would write over holds data, and the command replaces
+    /// existing data only when asked (`--force`).
+    #[error("{what} already exists: {hint}")]
+    TargetExists {
+        /// What exists, with its path.
+        what: String,
+        /// What to do.
+        hint: String,
+    },
+
     /// The operation is not allowed in the key's lifecycle state.
     #[error("cannot {operation} with {key}: the key is {state}. {hint}")]
     InvalidKeyState {

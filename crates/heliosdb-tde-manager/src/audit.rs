@@ -54,6 +54,9 @@ struct Tail {
     file: File,
     seq: u64,
     last: String,
+    /// The file's length after this sink's last append: a different length at the next append
+    /// means another process appended meanwhile, and the chain's tail is read again.
+    len: u64,
 }
 
 /// An append-only, hash-chained JSON-lines audit log.
@@ -151,21 +154,36 @@ impl FileAuditSink {
                 .create(dir)
                 .map_err(|e| TdeError::io(dir, e))?;
         }
-        let (seq, last) = if path.exists() {
-            let v = verify_audit_log(path)?;
-            (v.lines, v.last_hash)
-        } else {
-            (0, ZERO.to_string())
-        };
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(path)
             .map_err(|e| TdeError::io(path, e))?;
+        // Read the tail under the same lock appends take, so that a concurrent writer in
+        // another process (a CLI command recording an event while the database runs) is
+        // never half-seen.
+        file.lock().map_err(|e| TdeError::io(path, e))?;
+        let tail = (|| {
+            let len = file.metadata().map_err(|e| TdeError::io(path, e))?.len();
+            let (seq, last) = if len > 0 {
+                let v = verify_audit_log(path)?;
+                (v.lines, v.last_hash)
+            } else {
+                (0, ZERO.to_string())
+            };
+            Ok::<_, TdeError>((seq, last, len))
+        })();
+        let _ = file.unlock();
+        let (seq, last, len) = tail?;
         Ok(Self {
             path: path.to_path_buf(),
-            tail: Mutex::new(Tail { file, seq, last }),
+            tail: Mutex::new(Tail {
+                file,
+                seq,
+                last,
+                len,
+            }),
         })
     }
 
@@ -186,6 +204,28 @@ impl AuditSink for FileAuditSink {
                 reason: "internal lock poisoned".into(),
                 retryable: false,
             })?;
+        // Appends from several processes (the database and a CLI command) take an exclusive
+        // lock on the file, and each writer reads the chain's tail again when the file grew
+        // behind its back, so that the chain stays whole.
+        tail.file.lock().map_err(|e| TdeError::io(&self.path, e))?;
+        let r = self.append_locked(&mut tail, event);
+        let _ = tail.file.unlock();
+        r
+    }
+}
+
+impl FileAuditSink {
+    fn append_locked(&self, tail: &mut Tail, event: AuditEvent) -> Result<()> {
+        let len = tail
+            .file
+            .metadata()
+            .map_err(|e| TdeError::io(&self.path, e))?
+            .len();
+        if len != tail.len {
+            let v = verify_audit_log(&self.path)?;
+            tail.seq = v.lines;
+            tail.last = v.last_hash;
+        }
         let (outcome, error) = match &event.outcome {
             AuditOutcome::Success => ("success".to_string(), None),
             AuditOutcome::Failure(e) => ("failure".to_string(), Some(e.clone())),
@@ -217,6 +257,11 @@ impl AuditSink for FileAuditSink {
             .map_err(|e| TdeError::io(&self.path, e))?;
         tail.seq = line.seq;
         tail.last = line.hash;
+        tail.len = tail
+            .file
+            .metadata()
+            .map_err(|e| TdeError::io(&self.path, e))?
+            .len();
         Ok(())
     }
 }
@@ -234,6 +279,28 @@ mod tests {
                 .await
                 .unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn two_writers_on_one_log_keep_one_chain() {
+        // Two sinks on one file, as the database and a CLI command in two processes: appends
+        // interleave and the chain stays whole.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let a = FileAuditSink::open(&path).unwrap();
+        let b = FileAuditSink::open(&path).unwrap();
+        for i in 0..10 {
+            let sink = if i % 3 == 0 { &b } else { &a };
+            sink.record(AuditEvent::success(
+                AuditAction::Backup,
+                None,
+                format!("e{i}"),
+            ))
+            .await
+            .unwrap();
+        }
+        let v = verify_audit_log(&path).unwrap();
+        assert_eq!(v.lines, 10);
     }
 
     #[tokio::test]

@@ -155,7 +155,7 @@ async fn an_existing_file_is_kept_unless_overwrite_is_asked() {
     let (km, out) = bundle(dir.path(), 2).await;
     let before = std::fs::read(&out).unwrap();
     let e = km.backup(&out, false).await.unwrap_err();
-    assert!(matches!(e, TdeError::AlreadyExists { .. }), "{e}");
+    assert!(matches!(e, TdeError::TargetExists { .. }), "{e}");
     assert!(e.to_string().contains("--force"), "{e}");
     assert_eq!(std::fs::read(&out).unwrap(), before);
     km.create_table_key("public.later").await.unwrap();

@@ -6,7 +6,7 @@ mod keys;
 mod rotation;
 mod status;
 
-pub(crate) use status::{AzureView, KmsView};
+pub(crate) use status::{AzureView, KmsView, StatusParts};
 
 use clap::ValueEnum;
 use serde_json::json;
@@ -135,7 +135,7 @@ impl Out {
         self.json(v);
     }
 
-    pub(crate) fn json(&self, v: serde_json::Value) {
+    fn json(&self, v: serde_json::Value) {
         let text = serde_json::to_string_pretty(&v).unwrap_or_else(|e| e.to_string());
         outln!(self, "{text}");
     }

@@ -163,16 +163,32 @@ impl AzureView {
     }
 }
 
+/// What `security status` shows beyond the mode, provider and checklist (each part where it
+/// was gathered).
+#[derive(Default)]
+pub(crate) struct StatusParts<'a> {
+    pub(crate) keys: Option<&'a KeyAvailability>,
+    pub(crate) health: Option<&'a ProviderHealth>,
+    pub(crate) kms: Option<&'a KmsView>,
+    pub(crate) azure: Option<&'a AzureView>,
+    /// The lost-MEK note: the bundle that holds a missing MEK version, or that none does.
+    pub(crate) lost_mek: Option<&'a str>,
+}
+
 impl Out {
     /// The JSON form of `security status`.
     pub(crate) fn status_value(
         tde: &TdeSubsystem,
         checklist: &[CheckItem],
-        keys: Option<&KeyAvailability>,
-        health: Option<&ProviderHealth>,
-        kms: Option<&KmsView>,
-        azure: Option<&AzureView>,
+        parts: &StatusParts<'_>,
     ) -> serde_json::Value {
+        let StatusParts {
+            keys,
+            health,
+            kms,
+            azure,
+            lost_mek,
+        } = *parts;
         let p = &tde.key_manager().mek_provider;
         json!({
             "aws_kms": kms.map(KmsView::json),
@@ -202,6 +218,7 @@ impl Out {
             "security_level": level(p.kind(), p.is_secure()),
             "warnings": tde.warnings(),
             "checklist": checklist,
+            "lost_mek": lost_mek,
         })
     }
 
@@ -209,15 +226,19 @@ impl Out {
         &self,
         tde: &TdeSubsystem,
         checklist: &[CheckItem],
-        keys: Option<&KeyAvailability>,
-        health: Option<&ProviderHealth>,
-        kms: Option<&KmsView>,
-        azure: Option<&AzureView>,
+        parts: &StatusParts<'_>,
     ) {
         if self.is_json() {
-            self.json(Self::status_value(tde, checklist, keys, health, kms, azure));
+            self.json(Self::status_value(tde, checklist, parts));
             return;
         }
+        let StatusParts {
+            keys,
+            health,
+            kms,
+            azure,
+            lost_mek,
+        } = *parts;
         let p = &tde.key_manager().mek_provider;
         let mode = tde.security_mode().to_string();
         let source = tde.mode_source().to_string();
@@ -302,6 +323,9 @@ impl Out {
                     outln!(self, "  unreadable table: {t}");
                 }
             }
+        }
+        if let Some(l) = lost_mek {
+            outln!(self, "{l}");
         }
         outln!(self, "\nSecurity checklist:");
         let rows: Vec<Vec<String>> = checklist

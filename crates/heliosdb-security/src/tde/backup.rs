@@ -31,7 +31,7 @@ impl TdeSubsystem {
     }
 
     /// Like [`TdeSubsystem::backup`], into `dir` under the name
-    /// `heliosdb-keys-<store id>-<UTC time>.hbk` (or over an existing `out` with `overwrite`).
+    /// `heliosdb-keys-<store id>-<UTC time>.hbk` (never over an existing file).
     pub async fn backup_to_dir(&self, dir: &Path) -> Result<BackupReport> {
         let id = self.key_manager().store().identity().await?;
         let name = heliosdb_tde_manager::backup::bundle_file_name(&id.id_hex(), Timestamp::now());
@@ -60,6 +60,9 @@ pub async fn backup_offline(
     overwrite: bool,
 ) -> Result<BackupReport> {
     let audit_config = config.clone();
+    let target_label = match &target {
+        BackupTarget::File(f) | BackupTarget::Dir(f) => f.clone(),
+    };
     let r = async {
         let tde = match TdeSubsystem::open_read_only(config).await {
             Err(TdeError::InUse { what, location, .. }) => {
@@ -87,19 +90,7 @@ pub async fn backup_offline(
         tde.key_manager().backup(&out, overwrite).await
     }
     .await;
-    let event = match &r {
-        Ok(rep) => AuditEvent::success(
-            AuditAction::Backup,
-            None,
-            format!(
-                "backup.written {} ({} table keys, store generation {})",
-                rep.path.display(),
-                rep.manifest.counts.teks,
-                rep.manifest.store.generation
-            ),
-        ),
-        Err(e) => AuditEvent::failure(AuditAction::Backup, None, e, "backup.written"),
-    };
+    let event = heliosdb_tde_manager::backup::backup_written_event(&r, &target_label);
     audit_direct(&audit_config, event).await;
     r
 }

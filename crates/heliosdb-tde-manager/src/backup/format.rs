@@ -359,9 +359,16 @@ pub fn check<R: Read + Seek>(r: &mut R, total: u64, loc: &str) -> Result<Checked
         Ok(())
     })?;
     let mut journal = 0u64;
+    let journal_at = checked.spans[2].offset;
     walk(r, &checked, Section::Journal, loc, &mut |name, _| {
-        std::str::from_utf8(name)
-            .map_err(|_| corrupt(loc, "section journal", 0, "an entry name is not UTF-8"))?;
+        std::str::from_utf8(name).map_err(|_| {
+            corrupt(
+                loc,
+                "section journal",
+                journal_at,
+                "an entry name is not UTF-8",
+            )
+        })?;
         journal += 1;
         Ok(())
     })?;

@@ -418,24 +418,7 @@ impl KeyManager {
     /// clear and no credential. Recorded in the audit log (`backup`, `backup.written`).
     pub async fn backup(&self, out: &Path, overwrite: bool) -> Result<BackupReport> {
         let r = self.backup_inner(out, overwrite).await;
-        let event = match &r {
-            Ok(rep) => AuditEvent::success(
-                AuditAction::Backup,
-                None,
-                format!(
-                    "backup.written {} ({} table keys, store generation {})",
-                    rep.path.display(),
-                    rep.manifest.counts.teks,
-                    rep.manifest.store.generation
-                ),
-            ),
-            Err(e) => AuditEvent::failure(
-                AuditAction::Backup,
-                None,
-                e,
-                format!("backup.written {}", out.display()),
-            ),
-        };
+        let event = backup_written_event(&r, out);
         self.audit(event).await;
         r
     }
@@ -462,12 +445,7 @@ impl KeyManager {
             ));
         }
         if !overwrite && fs::symlink_metadata(out).is_ok() {
-            return Err(TdeError::AlreadyExists {
-                key: format!(
-                    "backup file {} (pass --force to overwrite it, or choose another name)",
-                    out.display()
-                ),
-            });
+            return Err(exists(out));
         }
         // 1. The store's records and journal, spooled to a private temporary file.
         let spool_path = temp_name(&dir, &name, "spool");
@@ -627,9 +605,7 @@ impl KeyManager {
             match fs::hard_link(&tmp_path, out) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return Err(TdeError::AlreadyExists {
-                        key: format!("backup file {}", out.display()),
-                    });
+                    return Err(exists(out));
                 }
                 Err(e) => return Err(TdeError::io(out, e)),
             }
@@ -668,6 +644,37 @@ impl KeyManager {
             }
         }
         Ok(report)
+    }
+}
+
+/// The refusal to write a bundle over an existing file.
+fn exists(out: &Path) -> TdeError {
+    TdeError::TargetExists {
+        what: format!("the backup file {}", out.display()),
+        hint: "nothing was written; pass --force to overwrite it, or choose another name".into(),
+    }
+}
+
+/// The audit event of a backup to `out` (`backup`, detail `backup.written ...`), for its
+/// success or its failure.
+pub fn backup_written_event(r: &Result<BackupReport>, out: &Path) -> AuditEvent {
+    match r {
+        Ok(rep) => AuditEvent::success(
+            AuditAction::Backup,
+            None,
+            format!(
+                "backup.written {} ({} table keys, store generation {})",
+                rep.path.display(),
+                rep.manifest.counts.teks,
+                rep.manifest.store.generation
+            ),
+        ),
+        Err(e) => AuditEvent::failure(
+            AuditAction::Backup,
+            None,
+            e,
+            format!("backup.written {}", out.display()),
+        ),
     }
 }
 

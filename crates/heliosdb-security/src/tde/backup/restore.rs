@@ -280,6 +280,14 @@ async fn restore_inner(
     let mut reuse: Option<Arc<dyn MekProvider>> = None;
     if matches!(target, Target::Resume) {
         report.resumed = true;
+        // A crash between the exchange of the key store directories and moving the old one
+        // aside leaves the old store under the scratch name: move it aside now, kept.
+        let tmp_store = sibling(&store_dir, ".restore-tmp");
+        if tmp_store.exists() {
+            report
+                .moved_aside
+                .push(move_aside_as(&tmp_store, &store_dir, "pre-restore")?);
+        }
     } else {
         let bundle_id = manifest.store_id();
         let mut conflicts = Vec::new();
@@ -319,12 +327,11 @@ async fn restore_inner(
             }
         }
         if !conflicts.is_empty() && !opts.force {
-            return Err(TdeError::AlreadyExists {
-                key: format!(
-                    "data at the restore target: {}. Nothing was changed; pass --force to move \
-                     the existing directories aside (they are never deleted)",
-                    conflicts.join("; ")
-                ),
+            return Err(TdeError::TargetExists {
+                what: format!("data at the restore target ({})", conflicts.join("; ")),
+                hint: "nothing was changed; pass --force to move the existing directories aside \
+                       (they are never deleted)"
+                    .into(),
             });
         }
         // 3. Scratch store and MEK directory next to the targets.

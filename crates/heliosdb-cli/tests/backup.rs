@@ -4,24 +4,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{PASS, Unreadable, command, fails, ok, passphrase_file, text};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-const BIN: &str = env!("CARGO_BIN_EXE_heliosdb-cli");
-const PASS: &str = "a cli test passphrase, long enough for production";
-
+/// The binary run with `env` set and without a restore fail point from the outside.
 fn cli_env(dir: &Path, cfg: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(BIN);
-    c.arg("--config")
-        .arg(cfg)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("HELIOSDB_SECURITY_MODE")
-        .env_remove("HELIOSDB_CONFIG")
-        .env_remove("HELIOSDB_MEK_PASSPHRASE")
-        .env_remove("HELIOSDB_TEST_RESTORE_CRASH");
+    let mut c = command(dir, cfg, args);
+    c.env_remove("HELIOSDB_TEST_RESTORE_CRASH");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -32,27 +26,22 @@ fn cli(dir: &Path, cfg: &Path, args: &[&str]) -> Output {
     cli_env(dir, cfg, args, &[])
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+/// The permission bits of `path`.
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-fn ok(o: &Output) -> String {
-    let t = text(o);
-    assert!(o.status.success(), "{t}");
-    t
+/// Asserts that `security status` finds every table key readable; `context` leads the failure.
+fn assert_all_readable(dir: &Path, cfg: &Path, context: &str) {
+    let t = text(&cli(dir, cfg, &["security", "status"]));
+    assert!(!t.contains("CANNOT BE READ"), "{context}{t}");
 }
 
 /// A production configuration under `dir` (key store `keys`, MEKs `mek`, backups `backups`),
 /// with the passphrase `pass` in a file.
 fn config_with(dir: &Path, name: &str, pass: &str) -> PathBuf {
     let file = dir.join(format!("secrets/{name}.txt"));
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(&file, format!("{pass}\n")).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    passphrase_file(&file, pass);
     let cfg = dir.join(format!("{name}.toml"));
     std::fs::write(
         &cfg,
@@ -74,22 +63,7 @@ fn config(dir: &Path) -> PathBuf {
 
 /// Every file under the key store and MEK directories, with its bytes.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.join("keys"), dir.join("mek")];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.clone(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
+    common::snapshot(&[dir.join("keys"), dir.join("mek")], Unreadable::Skip)
 }
 
 /// Four tables, one rotated, and a bundle of them at `dir/backups/b.hbk`.
@@ -101,10 +75,11 @@ fn populated(dir: &Path) -> (PathBuf, PathBuf) {
     ok(&cli(dir, &cfg, &["security", "tek", "rotate", "public.b"]));
     std::fs::create_dir_all(dir.join("backups")).unwrap();
     let bundle = dir.join("backups/b.hbk");
+    let bundle_arg = bundle.to_str().unwrap();
     let t = ok(&cli(
         dir,
         &cfg,
-        &["security", "backup", "--out", bundle.to_str().unwrap()],
+        &["security", "backup", "--out", bundle_arg],
     ));
     assert!(t.contains("5 table keys of 4 tables"), "{t}");
     (cfg, bundle)
@@ -130,20 +105,13 @@ fn backup_wipe_restore_and_every_key_reads_with_a_new_active_version() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (cfg, bundle) = populated(d);
+    let bundle_arg = bundle.to_str().unwrap();
     let before = active_versions(d, &cfg);
     assert_eq!(before.len(), 4, "{before:?}");
-    assert_eq!(
-        std::fs::metadata(&bundle).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(mode(&bundle), 0o600);
     // An existing file is not overwritten without --force.
-    let o = cli(
-        d,
-        &cfg,
-        &["security", "backup", "--out", bundle.to_str().unwrap()],
-    );
-    assert!(!o.status.success());
-    assert!(text(&o).contains("--force"), "{}", text(&o));
+    let t = fails(&cli(d, &cfg, &["security", "backup", "--out", bundle_arg]));
+    assert!(t.contains("--force"), "{t}");
     // --out-dir names the file after the store and the time.
     let t = ok(&cli(
         d,
@@ -156,11 +124,7 @@ fn backup_wipe_restore_and_every_key_reads_with_a_new_active_version() {
         ],
     ));
     assert!(t.contains("heliosdb-keys-") && t.contains(".hbk"), "{t}");
-    let t = ok(&cli(
-        d,
-        &cfg,
-        &["security", "backup", "verify", bundle.to_str().unwrap()],
-    ));
+    let t = ok(&cli(d, &cfg, &["security", "backup", "verify", bundle_arg]));
     assert!(t.contains("verified"), "{t}");
     let t = ok(&cli(
         d,
@@ -169,7 +133,7 @@ fn backup_wipe_restore_and_every_key_reads_with_a_new_active_version() {
             "security",
             "backup",
             "verify",
-            bundle.to_str().unwrap(),
+            bundle_arg,
             "--with-provider",
         ],
     ));
@@ -178,43 +142,17 @@ fn backup_wipe_restore_and_every_key_reads_with_a_new_active_version() {
     // Lose everything, then restore.
     std::fs::remove_dir_all(d.join("keys")).unwrap();
     std::fs::remove_dir_all(d.join("mek")).unwrap();
-    let t = ok(&cli(
-        d,
-        &cfg,
-        &["security", "restore", bundle.to_str().unwrap()],
-    ));
+    let t = ok(&cli(d, &cfg, &["security", "restore", bundle_arg]));
     assert!(t.contains("restored"), "{t}");
-    assert_eq!(
-        std::fs::metadata(d.join("keys"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o700
-    );
-    assert_eq!(
-        std::fs::metadata(d.join("mek"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o700
-    );
-    assert_eq!(
-        std::fs::metadata(d.join("mek/master_key_001.v1.mek"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
+    assert_eq!(mode(&d.join("keys")), 0o700);
+    assert_eq!(mode(&d.join("mek")), 0o700);
+    assert_eq!(mode(&d.join("mek/master_key_001.v1.mek")), 0o600);
     // Every table got a new active version; the status passes the key availability check.
     let after = active_versions(d, &cfg);
     for (t, v) in &before {
         assert_eq!(after[t], v + 1, "{t}: {after:?}");
     }
-    let o = cli(d, &cfg, &["security", "status"]);
-    assert!(!text(&o).contains("CANNOT BE READ"), "{}", text(&o));
+    assert_all_readable(d, &cfg, "");
     // The audit log has the three events.
     let log = std::fs::read_to_string(d.join("audit/audit.log")).unwrap();
     for e in ["backup.written", "backup.verified", "backup.restored"] {
@@ -232,17 +170,13 @@ fn no_rotate_keeps_the_versions_and_warns() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (cfg, bundle) = populated(d);
+    let bundle_arg = bundle.to_str().unwrap();
     let before = active_versions(d, &cfg);
     std::fs::remove_dir_all(d.join("keys")).unwrap();
     let t = ok(&cli(
         d,
         &cfg,
-        &[
-            "security",
-            "restore",
-            bundle.to_str().unwrap(),
-            "--no-rotate",
-        ],
+        &["security", "restore", bundle_arg, "--no-rotate"],
     ));
     assert!(t.contains("warning") && t.contains("--no-rotate"), "{t}");
     assert_eq!(active_versions(d, &cfg), before);
@@ -253,15 +187,14 @@ fn restore_over_a_populated_store_needs_force_and_keeps_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (cfg, bundle) = populated(d);
+    let bundle_arg = bundle.to_str().unwrap();
     ok(&cli(
         d,
         &cfg,
         &["security", "tek", "create", "public.after"],
     ));
     let before = snapshot(d);
-    let o = cli(d, &cfg, &["security", "restore", bundle.to_str().unwrap()]);
-    let t = text(&o);
-    assert!(!o.status.success(), "{t}");
+    let t = fails(&cli(d, &cfg, &["security", "restore", bundle_arg]));
     assert!(
         t.contains("--force") && t.contains("holds 6 table keys"),
         "{t}"
@@ -270,7 +203,7 @@ fn restore_over_a_populated_store_needs_force_and_keeps_the_old_one() {
     let t = ok(&cli(
         d,
         &cfg,
-        &["security", "restore", bundle.to_str().unwrap(), "--force"],
+        &["security", "restore", bundle_arg, "--force"],
     ));
     assert!(t.contains("moved aside"), "{t}");
     let aside: Vec<PathBuf> = std::fs::read_dir(d)
@@ -308,12 +241,15 @@ fn a_bundle_of_another_deployment_is_refused_and_named() {
     let cfg = config_with(d, "tde", "another deployment's passphrase, long enough");
     ok(&cli(d, &cfg, &["security", "tek", "create", "public.x"]));
     let before = snapshot(d);
-    let o = cli(d, &cfg, &["security", "restore", foreign.to_str().unwrap()]);
-    assert!(!o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("another store"), "{}", text(&o));
+    let t = fails(&cli(
+        d,
+        &cfg,
+        &["security", "restore", foreign.to_str().unwrap()],
+    ));
+    assert!(t.contains("another store"), "{t}");
     assert_eq!(snapshot(d), before);
     // verify --with-provider with this deployment's passphrase: a clear failure.
-    let o = cli(
+    fails(&cli(
         d,
         &cfg,
         &[
@@ -323,8 +259,7 @@ fn a_bundle_of_another_deployment_is_refused_and_named() {
             foreign.to_str().unwrap(),
             "--with-provider",
         ],
-    );
-    assert!(!o.status.success(), "{}", text(&o));
+    ));
     assert_eq!(snapshot(d), before);
 }
 
@@ -333,6 +268,7 @@ fn a_wrong_passphrase_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (_, bundle) = populated(d);
+    let bundle_arg = bundle.to_str().unwrap();
     std::fs::remove_dir_all(d.join("keys")).unwrap();
     let wrong = config_with(d, "wrong", "this is not the passphrase, but long enough");
     let before = snapshot(d);
@@ -341,14 +277,12 @@ fn a_wrong_passphrase_changes_nothing() {
             "security",
             "backup",
             "verify",
-            bundle.to_str().unwrap(),
+            bundle_arg,
             "--with-provider",
         ],
-        vec!["security", "restore", bundle.to_str().unwrap()],
+        vec!["security", "restore", bundle_arg],
     ] {
-        let o = cli(d, &wrong, &args);
-        let t = text(&o);
-        assert!(!o.status.success(), "{t}");
+        let t = fails(&cli(d, &wrong, &args));
         assert!(t.to_lowercase().contains("passphrase"), "{t}");
         assert_eq!(snapshot(d), before, "{args:?}");
         assert!(!d.join("keys.restore-tmp").exists());
@@ -395,6 +329,7 @@ fn a_crash_at_each_step_of_a_restore_is_finished_by_running_it_again() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (cfg, bundle) = populated(d);
+    let bundle_arg = bundle.to_str().unwrap();
     let before = active_versions(d, &cfg);
     for step in [
         "after-scratch-store",
@@ -407,7 +342,7 @@ fn a_crash_at_each_step_of_a_restore_is_finished_by_running_it_again() {
         let o = cli_env(
             d,
             &cfg,
-            &["security", "restore", bundle.to_str().unwrap()],
+            &["security", "restore", bundle_arg],
             &[("HELIOSDB_TEST_RESTORE_CRASH", step)],
         );
         use std::os::unix::process::ExitStatusExt;
@@ -429,18 +364,13 @@ fn a_crash_at_each_step_of_a_restore_is_finished_by_running_it_again() {
                 text(&o)
             );
         }
-        let t = ok(&cli(
-            d,
-            &cfg,
-            &["security", "restore", bundle.to_str().unwrap()],
-        ));
+        let t = ok(&cli(d, &cfg, &["security", "restore", bundle_arg]));
         assert!(t.contains("restored"), "{step}: {t}");
         let after = active_versions(d, &cfg);
         for (table, v) in &before {
             assert!(after[table] > *v, "{step}: {table} {after:?}");
         }
-        let o = cli(d, &cfg, &["security", "status"]);
-        assert!(!text(&o).contains("CANNOT BE READ"), "{step}: {}", text(&o));
+        assert_all_readable(d, &cfg, &format!("{step}: "));
     }
 }
 
@@ -462,8 +392,7 @@ fn a_lost_mek_names_the_bundle_that_holds_it_and_a_restore_brings_it_back() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["lost_mek"].as_str().unwrap().contains("b.hbk"), "{v}");
     // Start-up never generates a replacement.
-    let o = cli(d, &cfg, &["security", "tek", "create", "public.z"]);
-    assert!(!o.status.success(), "{}", text(&o));
+    fails(&cli(d, &cfg, &["security", "tek", "create", "public.z"]));
     assert!(!d.join("mek/master_key_001.v1.mek").exists());
     // Without any bundle, it says the data is lost.
     std::fs::rename(d.join("backups"), d.join("elsewhere")).unwrap();
@@ -472,14 +401,14 @@ fn a_lost_mek_names_the_bundle_that_holds_it_and_a_restore_brings_it_back() {
     std::fs::rename(d.join("elsewhere"), d.join("backups")).unwrap();
     // The restore over the same store puts the missing MEK file back.
     let bundle = d.join("backups/b.hbk");
+    let bundle_arg = bundle.to_str().unwrap();
     let t = ok(&cli(
         d,
         &cfg,
-        &["security", "restore", bundle.to_str().unwrap(), "--force"],
+        &["security", "restore", bundle_arg, "--force"],
     ));
     assert!(t.contains("master_key_001.v1.mek"), "{t}");
-    let o = cli(d, &cfg, &["security", "status"]);
-    assert!(!text(&o).contains("CANNOT BE READ"), "{}", text(&o));
+    assert_all_readable(d, &cfg, "");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -515,13 +444,11 @@ async fn backup_and_restore_refuse_a_store_held_by_a_running_database() {
     })
     .await
     .unwrap();
-    let t = text(&o1);
-    assert!(!o1.status.success(), "{t}");
+    let t = fails(&o1);
     assert!(t.contains("database is running"), "{t}");
     assert!(!t.to_lowercase().contains("redb"), "{t}");
     assert!(!out.exists());
-    let t = text(&o2);
-    assert!(!o2.status.success(), "{t}");
+    let t = fails(&o2);
     assert!(t.contains("stop HeliosDB first"), "{t}");
     // The running database takes its backup through the API.
     let r = holder.backup(&out).await.unwrap();

@@ -4,40 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{PASS, Unreadable, cli, fails, ok, passphrase_file, text};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_heliosdb-cli");
-
-fn cli(dir: &Path, cfg: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("HELIOSDB_SECURITY_MODE")
-        .env_remove("HELIOSDB_CONFIG")
-        .env_remove("HELIOSDB_MEK_PASSPHRASE")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// A production configuration whose MEK directory is `dir/<mek>`.
 fn config(dir: &Path, mek: &str) -> PathBuf {
     let pass = dir.join("secrets/pass.txt");
-    std::fs::create_dir_all(pass.parent().unwrap()).unwrap();
-    std::fs::write(&pass, "a cli test passphrase, long enough for production\n").unwrap();
-    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    passphrase_file(&pass, PASS);
     let cfg = dir.join(format!("tde-{mek}.toml"));
     std::fs::write(
         &cfg,
@@ -56,19 +33,7 @@ fn config(dir: &Path, mek: &str) -> PathBuf {
 /// Every file under `dir` (key store, MEK directories with their lock files, audit log), with
 /// its bytes.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.clone(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
+    common::snapshot(&[dir.to_path_buf()], Unreadable::Fail)
 }
 
 fn same(a: &BTreeMap<PathBuf, Vec<u8>>, b: &BTreeMap<PathBuf, Vec<u8>>) -> Result<(), String> {
@@ -92,8 +57,7 @@ fn a_moved_mek_directory_is_reported_never_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let a = config(dir.path(), "mek-a");
     for table in ["public.users", "public.orders"] {
-        let o = cli(dir.path(), &a, &["security", "tek", "create", table]);
-        assert!(o.status.success(), "{}", text(&o));
+        ok(&cli(dir.path(), &a, &["security", "tek", "create", table]));
     }
     let b = config(dir.path(), "mek-b");
     std::fs::create_dir_all(dir.path().join("mek-b")).unwrap();
@@ -131,13 +95,11 @@ fn a_moved_mek_directory_is_reported_never_replaced() {
     assert_eq!(tables, ["public.orders", "public.users"]);
 
     // tek create: refused, naming the MEK, the provider's location and the dependent keys.
-    let o = cli(
+    let t = fails(&cli(
         dir.path(),
         &b,
         &["security", "tek", "create", "public.items"],
-    );
-    let t = text(&o);
-    assert!(!o.status.success(), "{t}");
+    ));
     assert!(t.contains("master_key_001"), "{t}");
     assert!(t.contains("mek-b"), "{t}");
     assert!(t.contains("2 table key version(s) of 2 table(s)"), "{t}");
@@ -152,12 +114,11 @@ fn a_moved_mek_directory_is_reported_never_replaced() {
 fn read_only_and_failed_commands_change_no_byte() {
     let dir = tempfile::tempdir().unwrap();
     let a = config(dir.path(), "mek-a");
-    let o = cli(
+    ok(&cli(
         dir.path(),
         &a,
         &["security", "tek", "create", "public.users"],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    ));
     let before = snapshot(dir.path());
     for args in [
         &["security", "status"][..],

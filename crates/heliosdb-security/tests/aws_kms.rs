@@ -6,9 +6,11 @@
 #![cfg(feature = "aws-kms")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::backup::{Expected, backup_verify_and_restore, three_table_keys};
 use heliosdb_security::tde::{
-    self, AwsKmsConfig, KmsConfig, ProviderKind, RestoreOptions, TdeConfig, TdeError, TdeSubsystem,
-    sealed_tek_version,
+    AwsKmsConfig, KmsConfig, ProviderKind, TdeConfig, TdeError, TdeSubsystem, sealed_tek_version,
 };
 use heliosdb_tde_conformance::fault::FaultProxy;
 use heliosdb_tde_conformance::moto::{self, Moto, unique};
@@ -355,11 +357,6 @@ async fn a_start_waits_for_the_endpoint_to_come_back() {
     assert!(dir.path().join("keys").exists());
 }
 
-/// Whether `needle` occurs anywhere in `haystack`.
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bundle_holds_key_arns_only_and_restores_into_a_new_key_store() {
     let Some(moto) = moto::moto() else { return };
@@ -375,75 +372,24 @@ async fn a_bundle_holds_key_arns_only_and_restores_into_a_new_key_store() {
         "create_keys = false",
     );
     let tde = TdeSubsystem::new(config.clone()).await.unwrap();
-    let km = tde.key_manager();
-    let mut teks = Vec::new();
-    for t in ["public.a", "public.b", "public.c"] {
-        km.create_table_key(t).await.unwrap();
-        let k = km.get_table_key(t, None).await.unwrap();
-        teks.push((t, k.id().version, *k.bytes().expose_secret()));
-    }
-    let info = km.mek_info().await.unwrap();
+    let teks = three_table_keys(&tde).await;
+    let info = tde.key_manager().mek_info().await.unwrap();
     assert_eq!(info.versions.len(), 1);
     assert_eq!(info.versions[0].key_location.as_deref(), Some(arn.as_str()));
 
-    let bundle = dir.path().join("aws.hbk");
-    let report = tde.backup(&bundle).await.unwrap();
-    assert_eq!(report.manifest.counts.teks, 3);
-
-    let check = tde::verify_bundle(&bundle).await.unwrap();
-    assert!(check.problems.is_empty(), "{:?}", check.problems);
-    let m = &check.manifest;
-    assert_eq!(m.provider.kind, "aws_kms");
-    assert_eq!(m.counts.material, 0);
-    assert_eq!(m.default_mek, mek);
-    assert_eq!(m.mek_versions.len(), 1, "{:?}", m.mek_versions);
-    for v in &m.mek_versions {
-        assert_eq!(v.mek, format!("{mek}@v1"));
-        assert_eq!(v.teks, 3);
-        assert_eq!(v.file, None);
-        // The reference names the KMS key by its full ARN.
-        assert!(v.reference.contains(&arn), "{}", v.reference);
-        assert!(v.reference.contains(&v.mek), "{}", v.reference);
-    }
-
-    // Neither the secret access key nor any table key is in the bundle.
-    let bytes = std::fs::read(&bundle).unwrap();
-    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
-    assert!(
-        !contains(&bytes, secret.as_bytes()),
-        "the secret access key is in the bundle"
-    );
+    let mut secrets = vec![(
+        "secret access key",
+        std::env::var("AWS_SECRET_ACCESS_KEY").unwrap(),
+    )];
     if let Ok(token) = std::env::var("AWS_SESSION_TOKEN") {
-        assert!(
-            !contains(&bytes, token.as_bytes()),
-            "the session token is in the bundle"
-        );
+        secrets.push(("session token", token));
     }
-    for (t, v, k) in &teks {
-        assert!(!contains(&bytes, k), "{t} v{v} is in the bundle");
-    }
-
-    let check = tde::verify_bundle_with_provider(&config, &bundle)
-        .await
-        .unwrap();
-    assert!(check.ok(), "{check:?}");
-    assert_eq!(check.unwraps.total, 3);
-
-    // Another key store directory against the same KMS key.
-    let mut moved = config.clone();
-    moved.key_storage_path = dir.path().join("keys-restored");
-    let r = tde::restore(&moved, &bundle, RestoreOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(r.teks, 3);
-    assert_eq!(r.mek_files_added, Vec::<String>::new());
-    let restored = TdeSubsystem::new(moved).await.unwrap();
-    for (t, v, k) in &teks {
-        let got = restored
-            .key_manager()
-            .get_table_key(*t, Some(*v))
-            .await
-            .unwrap();
-        assert_eq!(got.bytes().expose_secret(), k, "{t} v{v}");
-    }
+    let expected = Expected {
+        provider: "aws_kms",
+        mek: &mek,
+        // The reference names the KMS key by its full ARN.
+        reference: std::slice::from_ref(&arn),
+        secrets: &secrets,
+    };
+    backup_verify_and_restore(&tde, &config, dir.path(), "aws.hbk", &expected, &teks).await;
 }

@@ -11,9 +11,12 @@
 #![cfg(feature = "azure-kv")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::backup::{Expected, backup_verify_and_restore, three_table_keys};
 use heliosdb_security::tde::{
-    self, AzureKeyVaultConfig, CheckStatus, KmsConfig, ProviderKind, RestoreOptions, TdeConfig,
-    TdeError, TdeSubsystem, sealed_tek_version, security_checklist,
+    AzureKeyVaultConfig, CheckStatus, KmsConfig, ProviderKind, TdeConfig, TdeError, TdeSubsystem,
+    sealed_tek_version, security_checklist,
 };
 use heliosdb_tde_conformance::azure::{self, AzureTestEnv, fresh_label};
 use heliosdb_tde_conformance::fault::FaultProxy;
@@ -404,11 +407,6 @@ async fn a_start_waits_for_the_vault_to_come_back() {
     assert!(proxy.connections() >= 1);
 }
 
-/// Whether `needle` occurs anywhere in `haystack`.
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bundle_holds_key_ids_only_and_restores_into_a_new_key_store() {
     let Some(env) = azure::azure() else { return };
@@ -417,15 +415,9 @@ async fn a_bundle_holds_key_ids_only_and_restores_into_a_new_key_store() {
     let mek = "backup_azure";
     let config = config(dir.path(), &env, &env.ip_url(), &key, mek, "");
     let tde = TdeSubsystem::new(config.clone()).await.unwrap();
-    let km = tde.key_manager();
-    let mut teks = Vec::new();
-    for t in ["public.a", "public.b", "public.c"] {
-        km.create_table_key(t).await.unwrap();
-        let k = km.get_table_key(t, None).await.unwrap();
-        teks.push((t, k.id().version, *k.bytes().expose_secret()));
-    }
+    let teks = three_table_keys(&tde).await;
     // Version 1 of the MEK is one version of the Key Vault key: its key id.
-    let info = km.mek_info().await.unwrap();
+    let info = tde.key_manager().mek_info().await.unwrap();
     assert_eq!(info.versions.len(), 1);
     let kid = info.versions[0].key_location.clone().unwrap();
     let key_version = kid
@@ -434,62 +426,15 @@ async fn a_bundle_holds_key_ids_only_and_restores_into_a_new_key_store() {
         .unwrap_or_else(|| panic!("{kid} does not name /keys/{key}/<version>"));
     assert!(!key_version.is_empty(), "{kid}");
 
-    let bundle = dir.path().join("azure.hbk");
-    let report = tde.backup(&bundle).await.unwrap();
-    assert_eq!(report.manifest.counts.teks, 3);
-
-    let check = tde::verify_bundle(&bundle).await.unwrap();
-    assert!(check.problems.is_empty(), "{:?}", check.problems);
-    let m = &check.manifest;
-    assert_eq!(m.provider.kind, "azure_kv");
-    assert_eq!(m.counts.material, 0);
-    assert_eq!(m.default_mek, mek);
-    assert_eq!(m.mek_versions.len(), 1, "{:?}", m.mek_versions);
-    for v in &m.mek_versions {
-        assert_eq!(v.mek, format!("{mek}@v1"));
-        assert_eq!(v.teks, 3);
-        assert_eq!(v.file, None);
+    let expected = Expected {
+        provider: "azure_kv",
+        mek,
         // The reference is the key id: the key's name and its Key Vault version.
-        assert!(v.reference.contains(&kid), "{}", v.reference);
-        assert!(
-            v.reference.contains(&format!("/keys/{key}/{key_version}")),
-            "{}",
-            v.reference
-        );
-        assert!(v.reference.contains(&v.mek), "{}", v.reference);
-    }
-
-    // Neither the client secret nor any table key is in the bundle.
-    let bytes = std::fs::read(&bundle).unwrap();
-    assert!(
-        !contains(&bytes, env.client_secret().expose_secret().as_bytes()),
-        "the client secret is in the bundle"
-    );
-    for (t, v, k) in &teks {
-        assert!(!contains(&bytes, k), "{t} v{v} is in the bundle");
-    }
-
-    let check = tde::verify_bundle_with_provider(&config, &bundle)
-        .await
-        .unwrap();
-    assert!(check.ok(), "{check:?}");
-    assert_eq!(check.unwraps.total, 3);
-
-    // Another key store directory against the same vault and key.
-    let mut moved = config.clone();
-    moved.key_storage_path = dir.path().join("keys-restored");
-    let r = tde::restore(&moved, &bundle, RestoreOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(r.teks, 3);
-    assert_eq!(r.mek_files_added, Vec::<String>::new());
-    let restored = TdeSubsystem::new(moved).await.unwrap();
-    for (t, v, k) in &teks {
-        let got = restored
-            .key_manager()
-            .get_table_key(*t, Some(*v))
-            .await
-            .unwrap();
-        assert_eq!(got.bytes().expose_secret(), k, "{t} v{v}");
-    }
+        reference: &[kid.clone(), format!("/keys/{key}/{key_version}")],
+        secrets: &[(
+            "client secret",
+            env.client_secret().expose_secret().to_string(),
+        )],
+    };
+    backup_verify_and_restore(&tde, &config, dir.path(), "azure.hbk", &expected, &teks).await;
 }

@@ -5,9 +5,10 @@
 #![cfg(feature = "vault")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use heliosdb_security::tde::{
-    self, ProviderKind, RestoreOptions, TdeConfig, TdeError, TdeSubsystem,
-};
+mod common;
+
+use common::backup::{Expected, backup_verify_and_restore, three_table_keys};
+use heliosdb_security::tde::{ProviderKind, TdeConfig, TdeError, TdeSubsystem};
 use heliosdb_tde_conformance::fault::FaultProxy;
 use heliosdb_tde_conformance::openbao::bao;
 use std::net::SocketAddr;
@@ -179,11 +180,6 @@ async fn a_wrong_key_prefix_refuses_to_start_and_creates_no_key() {
     }
 }
 
-/// Whether `needle` occurs anywhere in `haystack`.
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bundle_holds_transit_references_only_and_restores_into_a_new_key_store() {
     let Some(bao) = bao() else { return };
@@ -191,15 +187,9 @@ async fn a_bundle_holds_transit_references_only_and_restores_into_a_new_key_stor
     let mek = unique("backup_mek");
     let config = config(dir.path(), &bao.addr, &bao.token, &mek, "");
     let tde = TdeSubsystem::new(config.clone()).await.unwrap();
-    let km = tde.key_manager();
-    let mut teks = Vec::new();
-    for t in ["public.a", "public.b", "public.c"] {
-        km.create_table_key(t).await.unwrap();
-        let k = km.get_table_key(t, None).await.unwrap();
-        teks.push((t, k.id().version, *k.bytes().expose_secret()));
-    }
+    let teks = three_table_keys(&tde).await;
     // Vault keeps the key: mek_info names the Transit key and its mount, not a key version.
-    let info = km.mek_info().await.unwrap();
+    let info = tde.key_manager().mek_info().await.unwrap();
     assert_eq!(info.versions.len(), 1);
     assert!(
         info.location.contains(&format!("Transit key {mek} ")),
@@ -207,67 +197,15 @@ async fn a_bundle_holds_transit_references_only_and_restores_into_a_new_key_stor
         info.location
     );
 
-    let bundle = dir.path().join("vault.hbk");
-    let report = tde.backup(&bundle).await.unwrap();
-    assert_eq!(report.manifest.counts.teks, 3);
-
-    let check = tde::verify_bundle(&bundle).await.unwrap();
-    assert!(check.problems.is_empty(), "{:?}", check.problems);
-    let m = &check.manifest;
-    assert_eq!(m.provider.kind, "vault");
-    assert_eq!(m.counts.material, 0);
-    assert_eq!(m.default_mek, mek);
-    assert_eq!(m.mek_versions.len(), 1, "{:?}", m.mek_versions);
-    for v in &m.mek_versions {
-        assert_eq!(v.mek, format!("{mek}@v1"));
-        assert_eq!(v.teks, 3);
-        assert_eq!(v.file, None);
-        assert!(
-            v.reference.contains(&format!("Transit key {mek} ")),
-            "{}",
-            v.reference
-        );
-        assert!(v.reference.contains("mount transit"), "{}", v.reference);
-        assert!(v.reference.contains(&v.mek), "{}", v.reference);
-    }
-
-    // Neither token nor any table key is in the bundle.
-    let bytes = std::fs::read(&bundle).unwrap();
-    assert!(
-        !contains(&bytes, bao.token.as_bytes()),
-        "the token is in the bundle"
-    );
+    let mut secrets = vec![("token", bao.token.clone())];
     if let Ok(root) = std::env::var("HELIOSDB_TEST_VAULT_ROOT_TOKEN") {
-        assert!(
-            !contains(&bytes, root.as_bytes()),
-            "the root token is in the bundle"
-        );
+        secrets.push(("root token", root));
     }
-    for (t, v, k) in &teks {
-        assert!(!contains(&bytes, k), "{t} v{v} is in the bundle");
-    }
-
-    let check = tde::verify_bundle_with_provider(&config, &bundle)
-        .await
-        .unwrap();
-    assert!(check.ok(), "{check:?}");
-    assert_eq!(check.unwraps.total, 3);
-
-    // Another key store directory against the same server.
-    let mut moved = config.clone();
-    moved.key_storage_path = dir.path().join("keys-restored");
-    let r = tde::restore(&moved, &bundle, RestoreOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(r.teks, 3);
-    assert_eq!(r.mek_files_added, Vec::<String>::new());
-    let restored = TdeSubsystem::new(moved).await.unwrap();
-    for (t, v, k) in &teks {
-        let got = restored
-            .key_manager()
-            .get_table_key(*t, Some(*v))
-            .await
-            .unwrap();
-        assert_eq!(got.bytes().expose_secret(), k, "{t} v{v}");
-    }
+    let expected = Expected {
+        provider: "vault",
+        mek: &mek,
+        reference: &[format!("Transit key {mek} "), "mount transit".to_string()],
+        secrets: &secrets,
+    };
+    backup_verify_and_restore(&tde, &config, dir.path(), "vault.hbk", &expected, &teks).await;
 }

@@ -334,11 +334,16 @@ fn a_crash_at_each_step_of_a_restore_is_finished_by_running_it_again() {
     for step in [
         "after-scratch-store",
         "after-mek-files",
+        "after-store-swap",
         "after-store-in-place",
         "during-rotation",
     ] {
         std::fs::remove_dir_all(d.join("keys")).unwrap();
         std::fs::remove_dir_all(d.join("mek")).unwrap();
+        // An existing (empty) key store directory makes the restore exchange directories,
+        // which the step after-store-swap interrupts.
+        std::fs::create_dir(d.join("keys")).unwrap();
+        std::fs::set_permissions(d.join("keys"), std::fs::Permissions::from_mode(0o700)).unwrap();
         let o = cli_env(
             d,
             &cfg,
@@ -366,6 +371,9 @@ fn a_crash_at_each_step_of_a_restore_is_finished_by_running_it_again() {
         }
         let t = ok(&cli(d, &cfg, &["security", "restore", bundle_arg]));
         assert!(t.contains("restored"), "{step}: {t}");
+        // Nothing is left under a scratch name: an old directory is kept aside instead.
+        assert!(!d.join("keys.restore-tmp").exists(), "{step}");
+        assert!(!d.join("mek.restore-tmp").exists(), "{step}");
         let after = active_versions(d, &cfg);
         for (table, v) in &before {
             assert!(after[table] > *v, "{step}: {table} {after:?}");

@@ -7,11 +7,13 @@
 pub(super) const REPRODUCE: &str = "Reproduce with `cargo xtask bench` (about 20 minutes on 2 cores; \
 it provisions a SoftHSM2 token for the PKCS#11 rows, an OpenBao dev server for the Vault rows, a \
 moto server for the AWS KMS rows and the Key Vault test server for the Azure row, builds the \
-1,000,000-key store once under `target/bench-data/`, and a fresh 1,000,000-TEK store for the \
-rotation row in every run). `cargo xtask bench --report` rewrites this file from \
+1,000,000-key store once under `target/bench-data/`, a fresh 1,000,000-TEK store for the \
+rotation row and a fresh 100,000-TEK store for the backup rows in every run). \
+`cargo xtask bench --report` rewrites this file from \
 the last results without running anything; the rows measured by the `harness = false` \
 benchmarks (the cache hits, the 8 KiB page seals against their fixed-nonce baseline, the \
-facade's sealer and the 1,000,000-TEK rotation) come from `target/bench-extra/*.json`.";
+facade's sealer, the 1,000,000-TEK rotation and the backup rows) come from \
+`target/bench-extra/*.json`.";
 
 /// The notes, one list item each, in the order of the table.
 pub(super) const NOTES: &[&str] = &[
@@ -123,4 +125,25 @@ pub(super) const NOTES: &[&str] = &[
      `C_Initialize` is process-wide and never finalised, so every sample after the first \
      starts warm at the module level (the library is loaded and initialised); a real first \
      start also pays loading the module.",
+    "**Backup of 100,000 TEKs and its check with the provider** (`benches/benches/backup.rs`, \
+     `harness = false`: one store of 100,000 TEKs is built per run through the key manager on \
+     the secure-file provider with its default Argon2id parameters, then each side runs five \
+     times, the two sides of a row alternating in ABBA order, and the medians are shown). The \
+     backup (`KeyManager::backup`) makes the same walk of the store in one read transaction as \
+     its baseline (`KeyStore::export_blocking` with a visitor that only counts); on top of it, \
+     it spools every record to a private temporary file while hashing each section, reads the \
+     provider's MEK files, copies the spool into the bundle behind the manifest, adds the \
+     trailer checksum and syncs the bundle and its directory; the ratio is that write path. \
+     The check (`verify_bundle_with_provider`, what `backup verify --with-provider` runs) reads \
+     the whole bundle to check its checksums (twice: once more when it takes the MEK files), \
+     loads every record into a scratch redb store in memory (each record checked as it is read), counts the MEK versions the records need, \
+     writes the bundle's MEK files to a private scratch directory and opens the secure-file \
+     provider there (one Argon2id derivation of the passphrase, a deliberate cost against \
+     guessing), unwraps the key check value and then every TEK through the provider, each \
+     record read back authenticated. Its baseline is the one step no check can skip: 100,000 \
+     `unwrap_tek` calls of the same wrapped keys on the secure-file provider already open (its \
+     keyring in memory, the MEK's state checked on each call, as in the check); the in-memory \
+     provider would leave out that state check, so this is the closest raw cost of the \
+     unwraps. The ratio is everything else the check does, of which the Argon2id open is a \
+     fixed part whatever the number of keys.",
 ];

@@ -290,6 +290,26 @@ fn rotation_rows(rows: &mut Vec<RowSpec>) {
     ));
 }
 
+/// Key backup and its check with the provider.
+fn backup_rows(rows: &mut Vec<RowSpec>) {
+    rows.push(row(
+        "backup of 100,000 TEKs (secure file)",
+        "backup_100k/ours_backup_secure_file",
+        "backup_100k/baseline_store_export_count",
+        "key store export alone (the same store's export_blocking, a visitor that only counts)",
+        Target::AtMostNs(5e9),
+        "≤ 5 s",
+    ));
+    rows.push(row(
+        "backup verify --with-provider, 100,000 TEKs, file provider",
+        "backup_verify_100k/ours_verify_with_provider_file",
+        "backup_verify_100k/baseline_unwraps_in_memory",
+        "100,000 unwraps in memory (unwrap_tek on the already-open secure-file provider)",
+        Target::Report,
+        "report",
+    ));
+}
+
 /// Every row, in report order.
 pub(super) fn specs() -> Vec<RowSpec> {
     let mut rows = Vec::new();
@@ -297,5 +317,6 @@ pub(super) fn specs() -> Vec<RowSpec> {
     lookup_rows(&mut rows);
     wrap_rows(&mut rows);
     rotation_rows(&mut rows);
+    backup_rows(&mut rows);
     rows
 }

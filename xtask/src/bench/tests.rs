@@ -327,3 +327,69 @@ fn interleaved_page_seal_results_replace_criterions() {
         "{md}"
     );
 }
+
+#[test]
+fn backup_rows_read_their_extra_results() {
+    let dir = std::env::temp_dir().join(format!("xtask-bench-backup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("backup.json"),
+        r#"{"results":[
+            {"id":"backup_100k/ours_backup_secure_file","value":2.5e9,"unit":"ns"},
+            {"id":"backup_100k/baseline_store_export_count","value":5.0e8,"unit":"ns"},
+            {"id":"backup_verify_100k/ours_verify_with_provider_file","value":3.0e9,"unit":"ns"},
+            {"id":"backup_verify_100k/baseline_unwraps_in_memory","value":2.0e8,"unit":"ns"}
+        ]}"#,
+    )
+    .unwrap();
+    let mut r = BTreeMap::new();
+    read_extra(&dir, None, &mut r).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let md = render(&r, None);
+    let line = |md: &str, needle: &str| {
+        md.lines()
+            .find(|l| l.starts_with(&format!("| {needle}")))
+            .unwrap_or_else(|| panic!("no row {needle}: {md}"))
+            .to_string()
+    };
+    assert!(
+        line(&md, "backup of 100,000 TEKs (secure file)").ends_with(
+            "| 2.50 s | 500.00 ms | key store export alone (the same store's export_blocking, \
+             a visitor that only counts) | 5.00× | ≤ 5 s | met |"
+        ),
+        "{md}"
+    );
+    assert!(
+        line(
+            &md,
+            "backup verify --with-provider, 100,000 TEKs, file provider"
+        )
+        .ends_with(
+            "| 3.00 s | 200.00 ms | 100,000 unwraps in memory (unwrap_tek on the \
+                        already-open secure-file provider) | 15.00× | report | report |"
+        ),
+        "{md}"
+    );
+    assert!(md.contains("`benches/benches/backup.rs`"), "{md}");
+    assert!(md.contains("the backup rows) come from"), "{md}");
+    // The target is absolute: a slow backup misses it whatever the export took.
+    r.insert("backup_100k/ours_backup_secure_file".to_string(), 5.5e9);
+    r.insert("backup_100k/baseline_store_export_count".to_string(), 5e9);
+    let md2 = render(&r, None);
+    assert!(
+        line(&md2, "backup of 100,000 TEKs").ends_with("| 1.10× | ≤ 5 s | MISSED |"),
+        "{md2}"
+    );
+    // A partial run of other rows keeps both backup rows, marked.
+    let mut other = BTreeMap::new();
+    other.insert("wrap_unwrap/provider_memory".to_string(), 800.0);
+    let kept = render(&other, Some(&md));
+    assert!(line(&kept, "backup of 100,000 TEKs (secure file) †").contains("| met |"));
+    assert!(
+        line(
+            &kept,
+            "backup verify --with-provider, 100,000 TEKs, file provider †"
+        )
+        .contains("| 15.00× |")
+    );
+}

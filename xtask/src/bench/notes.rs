@@ -135,7 +135,7 @@ pub(super) const NOTES: &[&str] = &[
      provider's MEK files, copies the spool into the bundle behind the manifest, adds the \
      trailer checksum and syncs the bundle and its directory; the ratio is that write path. \
      The check (`verify_bundle_with_provider`, what `backup verify --with-provider` runs) reads \
-     the whole bundle to check its checksums (twice: once more when it takes the MEK files), \
+     the whole bundle to check its checksums, \
      loads every record into a scratch redb store in memory (each record checked as it is read), counts the MEK versions the records need, \
      writes the bundle's MEK files to a private scratch directory and opens the secure-file \
      provider there (one Argon2id derivation of the passphrase, a deliberate cost against \

@@ -132,15 +132,21 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// [`BundleCheck::problems`]. Reads only the bundle.
 pub async fn verify_bundle(path: &Path) -> Result<BundleCheck> {
     let path = path.to_path_buf();
-    let (check, _store) = blocking(move || verify_and_load(&path)).await?;
+    let (check, _store, _) = blocking(move || verify_and_load(&path)).await?;
     Ok(check)
 }
 
-fn verify_and_load(path: &Path) -> Result<(BundleCheck, RedbKeyStore)> {
+/// What [`verify_and_load`] gives: the check, the scratch store, and the MEK files.
+type Loaded = (BundleCheck, RedbKeyStore, Vec<(String, Vec<u8>)>);
+
+/// Opens and checks the bundle once, loads it into a scratch store, and compares the manifest
+/// with the records. Blocking.
+fn verify_and_load(path: &Path) -> Result<Loaded> {
     let mut bundle = Bundle::open(path)?;
     let store = load_scratch(&mut bundle)?;
     let manifest = bundle.manifest().clone();
-    let material: Vec<String> = bundle.material()?.into_iter().map(|(n, _)| n).collect();
+    let files = bundle.material()?;
+    let material: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|e| TdeError::ProviderUnavailable {
@@ -173,7 +179,7 @@ fn verify_and_load(path: &Path) -> Result<(BundleCheck, RedbKeyStore)> {
                 }
                 if manifest.provider.kind == "secure_file" {
                     match &v.file {
-                        Some(f) if material.contains(f) => {}
+                        Some(f) if material.contains(&f.as_str()) => {}
                         _ => problems.push(format!(
                             "the MEK file of {mek} is not in the bundle; it cannot be restored \
                              with the secure-file provider"
@@ -183,14 +189,12 @@ fn verify_and_load(path: &Path) -> Result<(BundleCheck, RedbKeyStore)> {
             }
         }
     }
-    Ok((
-        BundleCheck {
-            manifest,
-            checksum: bundle.checksum(),
-            problems,
-        },
-        store,
-    ))
+    let check = BundleCheck {
+        manifest,
+        checksum: bundle.checksum(),
+        problems,
+    };
+    Ok((check, store, files))
 }
 
 /// What [`verify_bundle_with_provider`] found.
@@ -359,12 +363,7 @@ pub(crate) async fn scratch_manager(
 /// removed afterwards. A wrong passphrase is an error, with nothing changed.
 pub async fn verify_bundle_with_provider(config: &TdeConfig, path: &Path) -> Result<ProviderCheck> {
     let p = path.to_path_buf();
-    let (check, store, material) = blocking(move || {
-        let (check, store) = verify_and_load(&p)?;
-        let material = Bundle::open(&p)?.material()?;
-        Ok((check, store, material))
-    })
-    .await?;
+    let (check, store, material) = blocking(move || verify_and_load(&p)).await?;
     let secure_file = is_secure_file(config)?;
     let scratch = if secure_file {
         let dir = scratch_dir_for(path);

@@ -191,3 +191,29 @@ async fn an_export_is_one_point_in_time_even_while_keys_are_written() {
     }
     writer.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_store_without_an_id_gets_one_at_its_next_write() {
+    // A store written before stores had an id: its entry is gone.
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated(dir.path(), 2).await;
+    store
+        .apply(StoreBatch::new().delete_journal("store/id"))
+        .await
+        .unwrap();
+    let e = store.identity().await.unwrap_err();
+    assert!(matches!(e, TdeError::KeyNotFound { .. }), "{e}");
+    assert!(e.to_string().contains("start HeliosDB"), "{e}");
+    // The next write adds a fresh one, which then stays.
+    store
+        .apply(StoreBatch::new().put_journal("x", vec![1]))
+        .await
+        .unwrap();
+    let a = store.identity().await.unwrap();
+    assert_ne!(a.id, [0; 16]);
+    store
+        .apply(StoreBatch::new().put_journal("y", vec![2]))
+        .await
+        .unwrap();
+    assert_eq!(store.identity().await.unwrap().id, a.id);
+}

@@ -95,7 +95,18 @@ fn the_mek_lifecycle_against_openbao() {
     let t = text(&out);
     assert!(t.contains("HashiCorp Vault Transit at"), "{t}");
     assert!(t.contains("Provider health: healthy"), "{t}");
-    let status = json(&cli(d, &cfg, &["--format", "json", "security", "status"]));
+    let out = cli(d, &cfg, &["--format", "json", "security", "status"]);
+    // Only the backup item fails (no backup_dir is configured), which makes status exit 3.
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failing: Vec<&str> = status["checklist"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .map(|c| c["item"].as_str().unwrap())
+        .collect();
+    assert_eq!(failing, ["MEK backup procedure established"], "{status:#}");
     assert_eq!(status["provider_kind"], "vault", "{status:#}");
     assert_eq!(status["provider_health"]["healthy"], true, "{status:#}");
 

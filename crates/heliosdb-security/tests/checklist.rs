@@ -3,11 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::file_config;
 use heliosdb_security::tde::{
-    CheckItem, CheckStatus, SecureFileConfig, TdeConfig, TdeSubsystem, Timestamp,
-    security_checklist, security_checklist_at,
+    CheckItem, CheckStatus, TdeConfig, TdeSubsystem, Timestamp, security_checklist,
+    security_checklist_at,
 };
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 const DAY_MS: u64 = 86_400_000;
@@ -20,22 +23,6 @@ fn no_mode_override() {
         "these tests set the security mode through the configuration; unset \
          HELIOSDB_SECURITY_MODE to run them"
     );
-}
-
-fn file_config(root: &Path, mode: &str) -> TdeConfig {
-    let pass = root.join("secrets").join("mek-passphrase.txt");
-    std::fs::create_dir_all(pass.parent().unwrap()).unwrap();
-    std::fs::write(&pass, "a long and sufficiently random passphrase\n").unwrap();
-    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut sf = SecureFileConfig::new(root.join("mek"));
-    sf.passphrase_file = Some(pass);
-    TdeConfig {
-        key_storage_path: root.join("keys"),
-        secure_file_config: Some(sf),
-        security_mode: Some(mode.into()),
-        cache_limit: 100,
-        ..Default::default()
-    }
 }
 
 fn find(checklist: &[CheckItem], name: &str) -> CheckItem {

@@ -2,6 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::file_config;
 use heliosdb_security::tde::{
     AwsKmsConfig, CheckStatus, HsmConfig, KmsConfig, ProviderKind, SecureFileConfig, TdeConfig,
     TdeError, TdeSubsystem, sealed_tek_version, security_checklist,
@@ -21,22 +24,6 @@ fn no_mode_override() {
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
-}
-
-fn file_config(root: &Path, mode: &str) -> TdeConfig {
-    let pass = root.join("secrets").join("mek-passphrase.txt");
-    std::fs::create_dir_all(pass.parent().unwrap()).unwrap();
-    std::fs::write(&pass, "a long and sufficiently random passphrase\n").unwrap();
-    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut sf = SecureFileConfig::new(root.join("mek"));
-    sf.passphrase_file = Some(pass);
-    TdeConfig {
-        key_storage_path: root.join("keys"),
-        secure_file_config: Some(sf),
-        security_mode: Some(mode.into()),
-        cache_limit: 100,
-        ..Default::default()
-    }
 }
 
 #[tokio::test]

@@ -9,3 +9,25 @@
 )]
 
 pub mod backup;
+
+use heliosdb_security::tde::{SecureFileConfig, TdeConfig};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// The secure-file configuration under `root` (key store `keys`, MEKs `mek`, the passphrase in
+/// a 0600 file) in security mode `mode`.
+pub fn file_config(root: &Path, mode: &str) -> TdeConfig {
+    let pass = root.join("secrets").join("mek-passphrase.txt");
+    std::fs::create_dir_all(pass.parent().unwrap()).unwrap();
+    std::fs::write(&pass, "a long and sufficiently random passphrase\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut sf = SecureFileConfig::new(root.join("mek"));
+    sf.passphrase_file = Some(pass);
+    TdeConfig {
+        key_storage_path: root.join("keys"),
+        secure_file_config: Some(sf),
+        security_mode: Some(mode.into()),
+        cache_limit: 100,
+        ..Default::default()
+    }
+}

@@ -133,6 +133,10 @@ impl RedbKeyStore {
                             .map_err(|e| self.err("journal write", e))?;
                     }
                     StoreOp::DeleteJournal { name } => {
+                        if name == crate::STORE_ID_ENTRY {
+                            // The next write looks for the store id again (and adds one).
+                            self.has_store_id.store(false, Ordering::Relaxed);
+                        }
                         journal
                             .remove(name.as_str())
                             .map_err(|e| self.err("journal delete", e))?;

@@ -14,6 +14,9 @@ impl RedbKeyStore {
     /// Adds a random store id inside a write transaction if the store has none (a store created
     /// before stores had one gets it at its first write).
     pub(crate) fn ensure_store_id(&self, txn: &redb::WriteTransaction) -> Result<()> {
+        if self.has_store_id.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let mut journal = txn
             .open_table(JOURNAL)
             .map_err(|e| self.err("open journal", e))?;
@@ -21,7 +24,11 @@ impl RedbKeyStore {
             .get(STORE_ID_ENTRY)
             .map_err(|e| self.err("journal read", e))?
             .is_some();
-        if !present {
+        if present {
+            // Committed before this transaction: it stays (only a batch that deletes the entry
+            // could remove it, and then the id is gone on purpose).
+            self.has_store_id.store(true, Ordering::Relaxed);
+        } else {
             let id = random_id()?;
             journal
                 .insert(

@@ -87,6 +87,8 @@ pub struct RedbKeyStore {
     path: PathBuf,
     /// Set when the storage engine panicked on damaged data; the store then refuses all work.
     damaged: AtomicBool,
+    /// Set once a committed store id was seen, so that writes stop looking for it.
+    has_store_id: AtomicBool,
 }
 
 impl Drop for RedbKeyStore {

@@ -127,6 +127,7 @@ impl RedbKeyStore {
             authenticated: AtomicBool::new(false),
             path,
             damaged: AtomicBool::new(false),
+            has_store_id: AtomicBool::new(false),
         };
         if existed {
             store.check_format()?;
@@ -198,6 +199,7 @@ impl RedbKeyStore {
             authenticated: AtomicBool::new(false),
             path,
             damaged: AtomicBool::new(false),
+            has_store_id: AtomicBool::new(false),
         })
     }
 

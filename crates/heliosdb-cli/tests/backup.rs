@@ -462,3 +462,50 @@ async fn backup_and_restore_refuse_a_store_held_by_a_running_database() {
     let r = holder.backup(&out).await.unwrap();
     assert_eq!(r.manifest.counts.teks, 6);
 }
+
+#[test]
+fn verify_with_a_provider_that_lacks_the_mek_names_every_key_and_table() {
+    // A provider that holds none of the bundle's MEKs: a development configuration with no
+    // provider section, so the in-memory provider, which starts empty.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, bundle) = populated(d);
+    let other = d.join("other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "key_storage_path = \"{}/other-keys\"\nsecurity_mode = \"development\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let o = cli(
+        d,
+        &other,
+        &[
+            "security",
+            "backup",
+            "verify",
+            bundle.to_str().unwrap(),
+            "--with-provider",
+        ],
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("NOT verified") && t.contains("5 of 5 table keys"),
+        "{t}"
+    );
+    for table in ["public.a", "public.b", "public.c", "public.d"] {
+        assert!(t.contains(&format!("table key {table}@v1")), "{table}: {t}");
+    }
+    assert!(
+        t.contains("tables affected: public.a, public.b, public.c, public.d"),
+        "{t}"
+    );
+    assert!(t.contains("MEK version master_key_001@v1"), "{t}");
+    assert!(
+        !d.join("other-keys").exists(),
+        "the check touched no key store"
+    );
+}

@@ -346,6 +346,20 @@ impl fmt::Debug for MekBackupItem {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_backup_items_debug_shows_no_file_bytes() {
+        let mek = MekRef::new(MekId::new("k").unwrap(), MekVersion::FIRST);
+        let bytes = b"SECRET-LOOKING-FILE-CONTENT".to_vec();
+        let item = MekBackupItem::file(mek, "k.v1.mek", bytes.clone());
+        let text = format!("{item:?}");
+        assert!(
+            text.contains("k.v1.mek") && text.contains("27 bytes"),
+            "{text}"
+        );
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(!text.contains(&format!("{bytes:?}")), "{text}");
+    }
+
     fn version(created: u64, rotation: Option<ServiceRotation>) -> MekVersionInfo {
         let mek = MekRef::new(MekId::new("k").unwrap(), MekVersion::FIRST);
         let mut v = MekVersionInfo::active(mek, EncryptionAlgorithm::Aes256Gcm, Timestamp(created));

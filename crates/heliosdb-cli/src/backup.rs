@@ -72,32 +72,35 @@ async fn verify(
             Ok(c) => c,
             Err(e) => {
                 let event = tde::AuditEvent::failure(
-                    tde::AuditAction::Backup,
+                    tde::AuditAction::BackupVerified,
                     None,
                     &e,
-                    format!("backup.verified {} (structure)", file.display()),
+                    format!("{} (structure)", file.display()),
                 );
                 tde::record_audit_event(config, event).await;
                 return Err(e);
             }
         };
-        tde::record_audit_event(
-            config,
+        let event = if c.problems.is_empty() {
             tde::AuditEvent::success(
-                tde::AuditAction::Backup,
+                tde::AuditAction::BackupVerified,
                 None,
-                format!(
-                    "backup.verified {} (structure{})",
-                    file.display(),
-                    if c.problems.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {} problems", c.problems.len())
-                    }
-                ),
-            ),
-        )
-        .await;
+                format!("{} (structure)", file.display()),
+            )
+        } else {
+            let e = TdeError::corrupt(
+                "backup bundle",
+                file.display().to_string(),
+                format!("{} problems", c.problems.len()),
+            );
+            tde::AuditEvent::failure(
+                tde::AuditAction::BackupVerified,
+                None,
+                &e,
+                format!("{} (structure)", file.display()),
+            )
+        };
+        tde::record_audit_event(config, event).await;
         let m = &c.manifest;
         for p in &c.problems {
             out.message(&format!("problem: {p}"));

@@ -282,6 +282,38 @@ pub enum TdeError {
 }
 
 impl TdeError {
+    /// A stable snake_case name of the error's kind, for audit records and metrics (for
+    /// example `authentication_failed`, `provider_unavailable`). Names never change once
+    /// released; every kind has its own.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TdeError::InsecureProvider { .. } => "insecure_provider",
+            TdeError::PassphraseEnvMissing { .. } => "passphrase_env_missing",
+            TdeError::InsecurePermissions { .. } => "insecure_permissions",
+            TdeError::AuthenticationFailed { .. } => "authentication_failed",
+            TdeError::KeyNotFound { .. } => "key_not_found",
+            TdeError::AlreadyExists { .. } => "already_exists",
+            TdeError::TargetExists { .. } => "target_exists",
+            TdeError::InvalidKeyState { .. } => "invalid_key_state",
+            TdeError::RotationPhase { .. } => "rotation_phase",
+            TdeError::ProviderUnavailable { .. } => "provider_unavailable",
+            TdeError::Provider { .. } => "provider_error",
+            TdeError::Corrupt { .. } => "corrupt",
+            TdeError::InvalidIdentifier { .. } => "invalid_identifier",
+            TdeError::InvalidConfig { .. } => "invalid_config",
+            TdeError::SecurityPolicy(_) => "security_policy",
+            TdeError::NonceBudgetExhausted { .. } => "nonce_budget_exhausted",
+            TdeError::Unsupported { .. } => "unsupported",
+            TdeError::Random(_) => "random_failed",
+            TdeError::WrongKeyVersion { .. } => "wrong_key_version",
+            TdeError::InvalidArgument(_) => "invalid_argument",
+            TdeError::InUse { .. } => "in_use",
+            TdeError::MekMissing { .. } => "mek_missing",
+            TdeError::MekMismatch { .. } => "mek_mismatch",
+            TdeError::Io { .. } => "io",
+        }
+    }
+
     /// Whether retrying the same operation may succeed (a provider outage, a timeout).
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -355,6 +387,113 @@ pub fn chain_contains<T: std::error::Error + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One value of every variant (the match in `kind` makes a new variant a compile error
+    /// there; this list makes it a test failure until it is added here).
+    fn one_of_each() -> Vec<TdeError> {
+        let s = || String::from("x");
+        vec![
+            TdeError::InsecureProvider { provider: s() },
+            TdeError::PassphraseEnvMissing { var: s() },
+            TdeError::InsecurePermissions {
+                path: "p".into(),
+                mode: 0o644,
+                expected: 0o600,
+            },
+            TdeError::AuthenticationFailed { what: s() },
+            TdeError::KeyNotFound {
+                key: s(),
+                hint: s(),
+            },
+            TdeError::AlreadyExists { key: s() },
+            TdeError::TargetExists {
+                what: s(),
+                hint: s(),
+            },
+            TdeError::InvalidKeyState {
+                key: s(),
+                state: crate::KeyState::Active,
+                operation: s(),
+                hint: s(),
+            },
+            TdeError::RotationPhase {
+                mek: s(),
+                phase: s(),
+                operation: s(),
+                hint: s(),
+            },
+            TdeError::ProviderUnavailable {
+                provider: s(),
+                reason: s(),
+                retryable: true,
+            },
+            TdeError::Provider {
+                provider: s(),
+                message: s(),
+                hint: s(),
+            },
+            TdeError::corrupt("a", "b", "c"),
+            TdeError::InvalidIdentifier {
+                kind: "table id",
+                value: s(),
+                reason: s(),
+            },
+            TdeError::config("f", "r"),
+            TdeError::SecurityPolicy(s()),
+            TdeError::NonceBudgetExhausted {
+                key: s(),
+                invocations: 1,
+            },
+            TdeError::Unsupported {
+                what: s(),
+                hint: s(),
+            },
+            TdeError::Random(s()),
+            TdeError::WrongKeyVersion {
+                expected: crate::TekVersion::new(1).unwrap(),
+                found: crate::TekVersion::new(2).unwrap(),
+            },
+            TdeError::InvalidArgument(s()),
+            TdeError::InUse {
+                what: s(),
+                location: s(),
+                hint: s(),
+            },
+            TdeError::MekMissing {
+                mek: s(),
+                provider: s(),
+                store: s(),
+                teks: 1,
+                tables: 1,
+            },
+            TdeError::MekMismatch {
+                mek: s(),
+                provider: s(),
+                store: s(),
+            },
+            TdeError::io("p", std::io::Error::other("x")),
+        ]
+    }
+
+    #[test]
+    fn every_error_kind_is_distinct_stable_snake_case() {
+        let all = one_of_each();
+        let kinds: std::collections::BTreeSet<&str> = all.iter().map(TdeError::kind).collect();
+        assert_eq!(
+            kinds.len(),
+            all.len(),
+            "two variants share a kind: {kinds:?}"
+        );
+        for k in &kinds {
+            assert!(
+                k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') && !k.starts_with('_'),
+                "{k} is not snake_case"
+            );
+        }
+        // The names audit records and dashboards key on.
+        assert_eq!(all[3].kind(), "authentication_failed");
+        assert_eq!(all[9].kind(), "provider_unavailable");
+    }
 
     #[test]
     fn guide_texts_are_verbatim() {

@@ -111,7 +111,27 @@ impl TableId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The reserved table whose TEK is the audit log's key (see [`AUDIT_TABLE`]).
+    pub fn audit() -> Self {
+        Self(AUDIT_TABLE.to_string())
+    }
+
+    /// Whether the name is reserved for HeliosDB's own keys (it starts with
+    /// [`RESERVED_TABLE_PREFIX`]): such tables are refused for user tables and hidden from
+    /// table lists and counts.
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with(RESERVED_TABLE_PREFIX)
+    }
 }
+
+/// Table names starting with this are HeliosDB's own (the audit key); user tables may not use
+/// them.
+pub const RESERVED_TABLE_PREFIX: &str = "_heliosdb";
+
+/// The reserved table whose TEK is the audit log's MAC key: wrapped under the default MEK like
+/// any TEK, so that MEK rotation re-wraps it and backups carry it.
+pub const AUDIT_TABLE: &str = "_heliosdb.audit";
 
 macro_rules! string_id_impls {
     ($t:ty) => {

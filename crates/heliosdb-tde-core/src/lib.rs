@@ -24,7 +24,10 @@ pub use config::{
 };
 pub use envelope::{ProviderKind, WrappedTek};
 pub use error::{Result, TdeError, chain_contains};
-pub use ids::{AsMekId, AsTableId, KeyId, MekId, MekRef, MekVersion, TableId, TekId, TekVersion};
+pub use ids::{
+    AUDIT_TABLE, AsMekId, AsTableId, KeyId, MekId, MekRef, MekVersion, RESERVED_TABLE_PREFIX,
+    TableId, TekId, TekVersion,
+};
 pub use lifecycle::MekLifecycle;
 pub use material::{KEY_LEN, KeyBytes, MasterKey, TableKey};
 pub use metadata::{EncryptionAlgorithm, KeyMetadata, KeyState, KeyType, UsageCounters};

@@ -292,7 +292,7 @@ mod tests {
         for i in 0..10 {
             let sink = if i % 3 == 0 { &b } else { &a };
             sink.record(AuditEvent::success(
-                AuditAction::Backup,
+                AuditAction::BackupWritten,
                 None,
                 format!("e{i}"),
             ))

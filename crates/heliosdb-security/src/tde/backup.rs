@@ -402,24 +402,29 @@ pub async fn verify_bundle_with_provider(config: &TdeConfig, path: &Path) -> Res
     };
     let event = if result.ok() {
         AuditEvent::success(
-            AuditAction::Backup,
+            AuditAction::BackupVerified,
             None,
             format!(
-                "backup.verified {} ({} table keys unwrap)",
+                "{} with provider ({} table keys unwrap)",
                 path.display(),
                 result.unwraps.total
             ),
         )
     } else {
-        AuditEvent::success(
-            AuditAction::Backup,
-            None,
+        let e = TdeError::corrupt(
+            "backup bundle",
+            path.display().to_string(),
             format!(
-                "backup.verified {}: {} table keys do not unwrap, {} MEK versions missing",
-                path.display(),
+                "{} table keys do not unwrap, {} MEK versions missing",
                 result.unwraps.failed.len(),
                 result.missing_meks.len()
             ),
+        );
+        AuditEvent::failure(
+            AuditAction::BackupVerified,
+            None,
+            &e,
+            format!("{} with provider", path.display()),
         )
     };
     audit_direct(config, event).await;

@@ -415,7 +415,7 @@ impl KeyManager {
     ///
     /// The file is written mode 0600 through a temporary file, fsync and rename. An existing
     /// `out` is [`TdeError::AlreadyExists`] unless `overwrite`. The bundle holds no key in the
-    /// clear and no credential. Recorded in the audit log (`backup`, `backup.written`).
+    /// clear and no credential. Recorded in the audit log (`backup.written`).
     pub async fn backup(&self, out: &Path, overwrite: bool) -> Result<BackupReport> {
         let r = self.backup_inner(out, overwrite).await;
         let event = backup_written_event(&r, out);
@@ -655,25 +655,24 @@ fn exists(out: &Path) -> TdeError {
     }
 }
 
-/// The audit event of a backup to `out` (`backup`, detail `backup.written ...`), for its
-/// success or its failure.
+/// The audit event of a backup to `out` (`backup.written`), for its success or its failure.
 pub fn backup_written_event(r: &Result<BackupReport>, out: &Path) -> AuditEvent {
     match r {
         Ok(rep) => AuditEvent::success(
-            AuditAction::Backup,
+            AuditAction::BackupWritten,
             None,
             format!(
-                "backup.written {} ({} table keys, store generation {})",
+                "{} ({} table keys, store generation {})",
                 rep.path.display(),
                 rep.manifest.counts.teks,
                 rep.manifest.store.generation
             ),
         ),
         Err(e) => AuditEvent::failure(
-            AuditAction::Backup,
+            AuditAction::BackupWritten,
             None,
             e,
-            format!("backup.written {}", out.display()),
+            out.display().to_string(),
         ),
     }
 }

@@ -239,10 +239,10 @@ pub async fn restore(
         super::audit_direct(
             config,
             AuditEvent::failure(
-                AuditAction::Backup,
+                AuditAction::BackupRestored,
                 None,
                 e,
-                format!("backup.restored {}", path.display()),
+                path.display().to_string(),
             ),
         )
         .await;
@@ -561,10 +561,10 @@ async fn restore_inner(
         .apply(StoreBatch::new().delete_journal(RESTORE_PENDING_ENTRY))
         .await?;
     km.record_audit(AuditEvent::success(
-        AuditAction::Backup,
+        AuditAction::BackupRestored,
         None,
         format!(
-            "backup.restored {} ({} table keys, store {}, {} tables rotated{})",
+            "{} ({} table keys, store {}, {} tables rotated{})",
             path.display(),
             report.teks,
             manifest.store.id,

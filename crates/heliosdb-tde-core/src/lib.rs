@@ -37,6 +37,7 @@ pub use provider::{
     ServiceRotation,
 };
 pub use store::{
-    ExportItem, ExportSummary, ImportItem, KeyStore, StoreBatch, StoreIdentity, StoreOp, TekRecord,
+    AUDIT_JOURNAL_PREFIX, ExportItem, ExportSummary, ImportItem, KeyStore, StoreBatch,
+    StoreIdentity, StoreOp, TekRecord,
 };
 pub use time::Timestamp;

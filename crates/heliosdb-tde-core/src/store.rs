@@ -188,7 +188,24 @@ impl StoreBatch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    /// Whether the batch changes key state, and so raises the store's key generation: every
+    /// batch does except one that only touches journal entries under [`AUDIT_JOURNAL_PREFIX`]
+    /// (the audit log's checkpoint is not key state; a backup taken before it moved is not
+    /// stale).
+    pub fn changes_keys(&self) -> bool {
+        !self.ops.iter().all(|op| match op {
+            StoreOp::PutJournal { name, .. }
+            | StoreOp::DeleteJournal { name }
+            | StoreOp::CheckJournal { name, .. } => name.starts_with(AUDIT_JOURNAL_PREFIX),
+            _ => false,
+        })
+    }
 }
+
+/// Journal entries under this prefix belong to the audit log (its checkpoint, `audit/head`);
+/// writing them does not change the store's key generation ([`StoreBatch::changes_keys`]).
+pub const AUDIT_JOURNAL_PREFIX: &str = "audit/";
 
 /// Durable storage for wrapped TEKs.
 #[async_trait]

@@ -98,7 +98,9 @@ impl RedbKeyStore {
     pub(crate) fn apply_inner(&self, db: &Database, batch: StoreBatch) -> Result<()> {
         let txn = db.begin_write().map_err(|e| self.err("begin", e))?;
         self.bump_generation(&txn)?;
-        self.bump_key_generation(&txn)?;
+        if batch.changes_keys() {
+            self.bump_key_generation(&txn)?;
+        }
         self.ensure_store_id(&txn)?;
         {
             let mut teks = txn.open_table(TEKS).map_err(|e| self.err("open teks", e))?;

@@ -76,6 +76,31 @@ async fn every_apply_raises_the_key_generation_and_reservations_do_not() {
     let c = store.identity().await.unwrap();
     assert_eq!(c.id, a.id);
     assert_eq!(c.generation, a.generation + 1);
+    // The audit log's checkpoint is not key state: writing it leaves the generation alone (a
+    // backup taken before it is not stale); a batch mixing it with key state raises it.
+    store
+        .apply(StoreBatch::new().put_journal("audit/head", vec![2]))
+        .await
+        .unwrap();
+    assert_eq!(store.identity().await.unwrap(), c);
+    assert_eq!(
+        store.get_journal("audit/head").await.unwrap(),
+        Some(vec![2])
+    );
+    store
+        .apply(
+            StoreBatch::new()
+                .put_journal("audit/head", vec![3])
+                .put_journal("y", vec![1]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.identity().await.unwrap().generation, c.generation + 1);
+    store
+        .apply(StoreBatch::new().put_journal("audit/head", vec![2]))
+        .await
+        .unwrap();
+    let c = store.identity().await.unwrap();
     assert_eq!(StoreIdentity::parse_id(&c.id_hex()), Some(c.id));
     assert_eq!(StoreIdentity::parse_id("zz"), None);
 

@@ -12,6 +12,8 @@
 //! is not detected: ship the log to another host for that.) Each line is fsynced before
 //! `record` returns. Events never contain key material.
 
+pub mod format;
+
 use heliosdb_tde_core::{AuditEvent, AuditOutcome, AuditSink, Result, TdeError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -40,6 +40,15 @@ pub struct TdeConfig {
     /// A hash-chained audit log of every key operation (JSON lines, mode 0600). Optional;
     /// `None` disables audit logging, which `security status` reports.
     pub audit_log_path: Option<PathBuf>,
+    /// Size in bytes at which the audit log's current file is renamed
+    /// `<log>.<first seq>-<last seq>` and the chain continues in a new file (default 64 MiB;
+    /// at least 4096). HeliosDB never deletes an audit file.
+    pub audit_max_file_bytes: u64,
+    /// When audit records reach the disk: `always` (every record is fsynced before the
+    /// operation returns) or `batched` (the default: records that change key state are fsynced
+    /// before the operation returns; `tek.unwrapped` records of cache misses are fsynced
+    /// together at most 100 ms later).
+    pub audit_fsync: String,
     /// Days both MEK versions stay valid after a rotation before the old one may be
     /// deactivated (default: 30).
     pub rotation_grace_days: u64,
@@ -75,6 +84,8 @@ impl Default for TdeConfig {
             hsm_config: None,
             security_mode: None,
             audit_log_path: None,
+            audit_max_file_bytes: 64 * 1024 * 1024,
+            audit_fsync: "batched".into(),
             rotation_grace_days: 30,
             tek_usage_soft_limit: 1 << 31,
             provider_startup_wait_secs: 30,
@@ -173,6 +184,24 @@ impl TdeConfig {
     /// Checks the rotation and backup schedule fields (`mek_rotation_days` at least 1); part of
     /// [`TdeConfig::validate`].
     pub(crate) fn check_schedules(&self) -> Result<()> {
+        if self.audit_max_file_bytes < 4096 {
+            return Err(TdeError::config(
+                "audit_max_file_bytes",
+                format!(
+                    "{} is too small: use at least 4096 bytes (the default is 67108864, 64 MiB)",
+                    self.audit_max_file_bytes
+                ),
+            ));
+        }
+        if !matches!(self.audit_fsync.as_str(), "always" | "batched") {
+            return Err(TdeError::config(
+                "audit_fsync",
+                format!(
+                    "{:?} is not a policy: use \"always\" or \"batched\" (the default)",
+                    self.audit_fsync
+                ),
+            ));
+        }
         if self.mek_rotation_days == 0 {
             return Err(TdeError::config(
                 "mek_rotation_days",
@@ -229,6 +258,8 @@ impl TdeConfig {
     /// | `HELIOSDB_TDE_DEFAULT_MEK_ID` | `default_mek_id` |
     /// | `HELIOSDB_TDE_CACHE_LIMIT` | `cache_limit` |
     /// | `HELIOSDB_TDE_AUDIT_LOG_PATH` | `audit_log_path` |
+    /// | `HELIOSDB_TDE_AUDIT_MAX_FILE_BYTES` | `audit_max_file_bytes` |
+    /// | `HELIOSDB_TDE_AUDIT_FSYNC` | `audit_fsync` (`always` / `batched`) |
     /// | `HELIOSDB_TDE_ROTATION_GRACE_DAYS` | `rotation_grace_days` |
     /// | `HELIOSDB_TDE_PROVIDER_STARTUP_WAIT_SECS` | `provider_startup_wait_secs` |
     /// | `HELIOSDB_TDE_BACKUP_DIR` | `backup_dir` |
@@ -294,6 +325,18 @@ impl TdeConfig {
         }
         if let Some(v) = var("AUDIT_LOG_PATH") {
             self.audit_log_path = Some(v.into());
+        }
+        if let Some(v) = var("AUDIT_MAX_FILE_BYTES") {
+            self.audit_max_file_bytes = v.parse().map_err(|_| {
+                env_err(
+                    "HELIOSDB_TDE_AUDIT_MAX_FILE_BYTES",
+                    &v,
+                    "use a whole number of bytes, at least 4096, e.g. 67108864",
+                )
+            })?;
+        }
+        if let Some(v) = var("AUDIT_FSYNC") {
+            self.audit_fsync = v;
         }
         if let Some(v) = var("BACKUP_DIR") {
             self.backup_dir = Some(v.into());

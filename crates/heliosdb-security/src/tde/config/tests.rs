@@ -445,3 +445,43 @@ fn azure_environment_overrides() {
         .unwrap();
     assert_eq!(c.kms_config, before);
 }
+
+#[test]
+fn audit_fields_have_defaults_environment_variables_and_checks() {
+    let d = TdeConfig::default();
+    assert_eq!(d.audit_max_file_bytes, 64 * 1024 * 1024);
+    assert_eq!(d.audit_fsync, "batched");
+    let env: HashMap<&str, &str> = HashMap::from([
+        ("HELIOSDB_TDE_AUDIT_MAX_FILE_BYTES", "1048576"),
+        ("HELIOSDB_TDE_AUDIT_FSYNC", "always"),
+    ]);
+    let mut c = TdeConfig::default();
+    c.apply_env_with(|k| env.get(k).map(|v| v.to_string()))
+        .unwrap();
+    assert_eq!(c.audit_max_file_bytes, 1 << 20);
+    assert_eq!(c.audit_fsync, "always");
+    c.check_schedules().unwrap();
+    let e = TdeConfig::default()
+        .apply_env_with(|k| (k == "HELIOSDB_TDE_AUDIT_MAX_FILE_BYTES").then(|| "64M".into()))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("HELIOSDB_TDE_AUDIT_MAX_FILE_BYTES"),
+        "{e}"
+    );
+    for (toml, field) in [
+        ("audit_max_file_bytes = 100\n", "audit_max_file_bytes"),
+        ("audit_fsync = \"sometimes\"\n", "audit_fsync"),
+    ] {
+        let e = TdeConfig::from_toml_str(toml)
+            .unwrap()
+            .check_schedules()
+            .unwrap_err();
+        assert!(
+            matches!(&e, TdeError::InvalidConfig { field: f, .. } if f == field),
+            "{e}"
+        );
+    }
+    let c = TdeConfig::from_toml_str("audit_fsync = \"always\"\naudit_max_file_bytes = 8192\n")
+        .unwrap();
+    c.check_schedules().unwrap();
+}

@@ -4,7 +4,7 @@
 use crate::{Phase, RotationState};
 use crate::{Rotator, Step};
 use heliosdb_tde_core::store::KeyStoreExt;
-use heliosdb_tde_core::{KeyState, MekRef, Result, StoreBatch, StoreOp, TableId};
+use heliosdb_tde_core::{KeyState, MekRef, Result, StoreBatch, StoreOp, TableId, TekId};
 
 impl Rotator {
     /// Marks the old version of an emergency rotation compromised in the provider, unless it
@@ -84,7 +84,16 @@ impl Rotator {
     /// deactivated or destroyed are left as they are. Run it after the tables got new TEK
     /// versions (an emergency rotation does). Returns how many versions were marked.
     pub async fn mark_compromised_teks(&self, compromised: &MekRef) -> Result<u64> {
-        let mut marked = 0u64;
+        Ok(self.mark_compromised_tek_list(compromised).await?.len() as u64)
+    }
+
+    /// [`Rotator::mark_compromised_teks`], returning the TEK versions marked (with the state
+    /// each was in before), for the audit log.
+    pub async fn mark_compromised_tek_list(
+        &self,
+        compromised: &MekRef,
+    ) -> Result<Vec<(TekId, KeyState)>> {
+        let mut marked: Vec<(TekId, KeyState)> = Vec::new();
         let mut pages = self.store.tek_pages(None, self.config.batch_size);
         while let Some(page) = pages.next_page().await? {
             let mut batch = StoreBatch::new();
@@ -99,15 +108,15 @@ impl Rotator {
                         id: r.id.clone(),
                         state: KeyState::Compromised,
                     });
-                    marked += 1;
+                    marked.push((r.id.clone(), r.metadata.state));
                 }
             }
             if !batch.is_empty() {
                 self.store.apply(batch).await?;
             }
         }
-        if marked > 0 {
-            tracing::warn!(target: "heliosdb::tde::rotation", mek = %compromised, marked, "TEK versions marked compromised");
+        if !marked.is_empty() {
+            tracing::warn!(target: "heliosdb::tde::rotation", mek = %compromised, marked = marked.len(), "TEK versions marked compromised");
         }
         Ok(marked)
     }

@@ -22,6 +22,7 @@ mod verification;
 
 pub use config::{Progress, ProgressFn, RotationConfig, Verification};
 pub use state::{JOURNAL_FORMAT, MAX_FAILED_KEPT, Phase, RotationState};
+pub use steps::PassEnd;
 pub use verification::trial_sample_size;
 
 use heliosdb_tde_core::store::JOURNAL_CHANGED;

@@ -124,11 +124,30 @@ impl Rotator {
     /// Re-wraps every TEK still under the old version (from the saved cursor after a crash),
     /// then enters `DualActive`. Run again in `DualActive`, it re-wraps whatever is still
     /// under the old version, such as keys that failed before.
+    ///
+    /// A pass paused by the circuit breaker is the retryable
+    /// [`TdeError::ProviderUnavailable`] of [`PassEnd::Paused`]; use [`Rotator::rewrap_pass`]
+    /// to tell a pause from other failures.
     pub async fn rewrap(
         &self,
         mek_id: &MekId,
         progress: Option<ProgressFn<'_>>,
     ) -> Result<RotationState> {
+        match self.rewrap_pass(mek_id, progress).await? {
+            PassEnd::Finished(st) => Ok(st),
+            PassEnd::Paused { error, .. } => Err(error),
+        }
+    }
+
+    /// [`Rotator::rewrap`], telling how the pass ended: [`PassEnd::Finished`] in
+    /// `DualActive`, or [`PassEnd::Paused`] when the circuit breaker stopped it because the
+    /// provider kept failing with retryable errors (the work done is committed; running the
+    /// rotation again resumes it). Any other failure is the `Err`.
+    pub async fn rewrap_pass(
+        &self,
+        mek_id: &MekId,
+        progress: Option<ProgressFn<'_>>,
+    ) -> Result<PassEnd> {
         let mut step = self.begin(mek_id, "re-wrap")?;
         let mut st = self.load_existing(&mut step).await?;
         let new = st.new_mek()?;
@@ -164,9 +183,10 @@ impl Rotator {
                 .collect()
                 .await;
             if breaker.is_open() {
-                return Err(self
+                let error = self
                     .pause(&mut step, &mut st, &new, results, &breaker)
-                    .await);
+                    .await?;
+                return Ok(PassEnd::Paused { state: st, error });
             }
             let mut batch = StoreBatch::new();
             for (id, r) in results {
@@ -219,13 +239,13 @@ impl Rotator {
             old = %st.old, new = %new, reencrypted = st.reencrypted, failed = st.failed_total,
             "MEK rotation: dual-encryption period"
         );
-        Ok(st)
+        Ok(PassEnd::Finished(st))
     }
 
     /// Pauses a re-wrap pass whose breaker opened: commits the re-wraps of the current page
     /// that succeeded, keeps the cursor where it was (after the last page that ended with the
     /// provider answering, so the keys that failed since are tried again on resume and nothing
-    /// is counted as failed twice), and returns the paused error.
+    /// is counted as failed twice), and returns the paused error (`Err`: the commit failed).
     async fn pause(
         &self,
         step: &mut crate::Step,
@@ -233,7 +253,7 @@ impl Rotator {
         new: &MekRef,
         results: Vec<(TekId, Option<Result<WrappedTek>>)>,
         breaker: &Breaker,
-    ) -> TdeError {
+    ) -> Result<TdeError> {
         let mut batch = StoreBatch::new();
         for (id, r) in results {
             if let Some(Ok(wrapped)) = r {
@@ -246,16 +266,14 @@ impl Rotator {
                 st.reencrypted += 1;
             }
         }
-        if let Err(e) = self.save(step, st, batch).await {
-            return e;
-        }
+        self.save(step, st, batch).await?;
         let e = breaker.error(&self.provider.description());
         tracing::warn!(
             target: "heliosdb::tde::rotation",
             old = %st.old, new = %new, reencrypted = st.reencrypted,
             "MEK rotation paused: {e}"
         );
-        TdeError::ProviderUnavailable {
+        Ok(TdeError::ProviderUnavailable {
             provider: self.provider.description(),
             reason: format!(
                 "MEK rotation of mek:{} paused after {} consecutive retryable provider failures \
@@ -267,8 +285,25 @@ impl Rotator {
                 st.reencrypted
             ),
             retryable: true,
-        }
+        })
     }
+}
+
+/// How a re-wrap pass ([`Rotator::rewrap_pass`]) ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PassEnd {
+    /// Every TEK was handled; the rotation is in its dual-encryption period.
+    Finished(RotationState),
+    /// The circuit breaker stopped the pass: the provider failed with retryable errors
+    /// [`RotationConfig::abort_after_consecutive_failures`](crate::RotationConfig) times in a
+    /// row. The re-wraps done are committed; the same command resumes the rotation.
+    Paused {
+        /// The journaled state at the pause (phase `Rewrapping`, the cursor kept).
+        state: RotationState,
+        /// The retryable [`TdeError::ProviderUnavailable`] saying so.
+        error: TdeError,
+    },
 }
 
 /// The circuit breaker of one re-wrap pass (see

@@ -11,7 +11,9 @@ mod front;
 use crate::stats::{CacheCounts, ThreadCounts, bump};
 use crate::{KeyManager, not_found};
 use front::{FRONT_MAX, Front, Local};
-use heliosdb_tde_core::{AsTableId, Result, TableKey, TdeError, TekId, TekVersion, WrapContext};
+use heliosdb_tde_core::{
+    AsTableId, AuditAction, KeyId, Result, TableKey, TdeError, TekId, TekVersion, WrapContext,
+};
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
 use std::cell::RefCell;
@@ -63,7 +65,8 @@ impl KeyManager {
     }
 
     /// One TEK version: from the cache, or unwrapped through the provider. Concurrent misses
-    /// on the same key wait for a single unwrap.
+    /// on the same key wait for a single unwrap. Each unwrap through the provider is recorded
+    /// in the audit log (`tek.unwrapped`, success or failure); cache hits are not.
     pub async fn get_tek(&self, id: &TekId) -> Result<Arc<TableKey>> {
         if let Some(hit) = self.cache.get(id) {
             return Ok(hit);
@@ -90,8 +93,19 @@ impl KeyManager {
                         self.mek_provider
                             .unwrap_tek(&rec.wrapped, &WrapContext::table_key(id)),
                     )
-                    .await?;
-                Ok(Arc::new(tek))
+                    .await;
+                // Every miss that reached the provider, once (the single flight's leader), on
+                // success and on failure: a failed unwrap is what a tampered store looks like.
+                if self.auditing() {
+                    let ev = self.event_of(
+                        AuditAction::TekUnwrapped,
+                        Some(KeyId::Table(id.clone())),
+                        &tek,
+                        format!("under {}", rec.wrapped.mek),
+                    );
+                    self.audit(ev).await;
+                }
+                Ok(Arc::new(tek?))
             })
             .await?;
         self.cache.fill_front_if_room(id, &key, epoch);

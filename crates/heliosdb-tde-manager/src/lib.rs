@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod audit;
+mod audit_key;
 mod availability;
 pub mod backup;
 mod cache;
@@ -13,6 +14,7 @@ mod stats;
 mod tek;
 
 pub use audit::{AuditVerification, FileAuditSink, verify_audit_log};
+pub use audit_key::reserved_table_error;
 pub use availability::{KeyAvailability, MekAvailability};
 pub use config::KeyManagerConfig;
 pub use heliosdb_tde_rotation::{Phase, Progress, RotationConfig, RotationState, Verification};
@@ -24,8 +26,8 @@ pub use stats::{CacheStats, KeyStats, ProviderStats, UsageTotals};
 
 use cache::TekCache;
 use heliosdb_tde_core::{
-    AuditEvent, AuditSink, KeyStore, MekProvider, MekRef, Result, SecurityMode, TableId, TableKey,
-    TdeError, TekId, TekVersion,
+    AuditAction, AuditEvent, AuditSink, KeyId, KeyStore, MekProvider, MekRef, Result, SecurityMode,
+    TableId, TableKey, TdeError, TekId, TekVersion,
 };
 use stats::Counters;
 use std::collections::HashMap;
@@ -142,6 +144,51 @@ impl KeyManager {
             && let Err(e) = sink.record(event).await
         {
             tracing::error!(target: "heliosdb::tde::audit", "audit record failed: {e}");
+        }
+    }
+
+    /// Whether events are recorded at all (checked before building an event on a busy path).
+    pub(crate) fn auditing(&self) -> bool {
+        self.audit.is_some()
+    }
+
+    /// The event of an operation's `result` (success, or failure with the error's message and
+    /// kind), naming this manager's provider.
+    pub(crate) fn event_of<T>(
+        &self,
+        action: AuditAction,
+        key: Option<KeyId>,
+        result: &Result<T>,
+        detail: impl Into<String>,
+    ) -> AuditEvent {
+        AuditEvent::outcome_of(action, key, result, detail).with_provider(self.mek_provider.kind())
+    }
+
+    /// Records the failure of an operation with `error`, naming this manager's provider.
+    pub(crate) async fn audit_failure(
+        &self,
+        action: AuditAction,
+        key: Option<KeyId>,
+        error: &TdeError,
+        detail: impl Into<String>,
+    ) {
+        if self.auditing() {
+            let ev = AuditEvent::failure(action, key, error, detail)
+                .with_provider(self.mek_provider.kind());
+            self.audit(ev).await;
+        }
+    }
+
+    /// Records the event of an operation's `result` (see [`KeyManager::event_of`]).
+    pub(crate) async fn audit_result<T>(
+        &self,
+        action: AuditAction,
+        key: Option<KeyId>,
+        result: &Result<T>,
+        detail: impl Into<String>,
+    ) {
+        if self.auditing() {
+            self.audit(self.event_of(action, key, result, detail)).await;
         }
     }
 

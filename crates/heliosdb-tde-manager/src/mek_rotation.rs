@@ -1,12 +1,14 @@
 //! MEK rotation through the key manager, on top of `heliosdb-tde-rotation`: rotation with
 //! dual encryption, emergency rotation, status, verification, deactivation and rollback.
 
+use crate::tek::Trigger;
 use crate::{KeyManager, poisoned};
 use heliosdb_tde_core::store::KeyStoreExt;
 use heliosdb_tde_core::{
-    AsMekId, AuditAction, AuditEvent, KeyId, MekRef, Result, TableId, TdeError, Timestamp,
+    AsMekId, AuditAction, KeyId, KeyState, MekId, MekRef, Result, TableId, TdeError, TekId,
+    Timestamp,
 };
-use heliosdb_tde_rotation::{Phase, ProgressFn, RotationState, Rotator, Verification};
+use heliosdb_tde_rotation::{PassEnd, Phase, ProgressFn, RotationState, Rotator, Verification};
 
 /// What `rotate_mek_with_dual_encryption` reports. Applications print these fields by name
 /// (`old_mek_id`, `new_mek_id`, `keys_reencrypted`, `failed_keys`), so they keep them.
@@ -54,6 +56,9 @@ pub struct EmergencyRotation {
     /// Tables whose data is still encrypted under TEK versions that were wrapped by the
     /// compromised MEK: re-encrypt their pages with the new TEK versions.
     pub tables_needing_reencryption: Vec<TableId>,
+    /// The audit key's new version, if it got one in this run (it is not listed with the
+    /// tables: `_heliosdb.audit` is reserved).
+    pub audit_key: Option<TekId>,
 }
 
 impl KeyManager {
@@ -85,15 +90,100 @@ impl KeyManager {
         self.rotate_inner(current_mek_id, false, progress).await
     }
 
+    /// One rotation run (prepare, then a re-wrap pass), recorded in the audit log: the pass's
+    /// end (`mek.rotated`: started or resumed, counts, emergency), a pause by the circuit
+    /// breaker (`mek.rotation_paused`), or the failure (`mek.rotated`, failure).
     pub(crate) async fn rotate_inner(
         &self,
         current_mek_id: &(impl AsMekId + ?Sized),
         emergency: bool,
         progress: Option<ProgressFn<'_>>,
     ) -> Result<MekRotationResult> {
-        let id = current_mek_id.as_mek_id()?.into_owned();
+        let id = match current_mek_id.as_mek_id() {
+            Ok(id) => id.into_owned(),
+            Err(e) => {
+                self.audit_failure(AuditAction::MekRotated, None, &e, "rotate an MEK")
+                    .await;
+                return Err(e);
+            }
+        };
+        let mut known: Option<MekRef> = None;
+        let run = self.rotate_run(&id, emergency, progress, &mut known).await;
+        match run {
+            Ok(RunEnd::Finished {
+                result,
+                started,
+                emergency,
+            }) => {
+                let r: Result<()> = Ok(());
+                let detail = format!(
+                    "{} {} -> {}: {} re-wrapped, {} failed, emergency={emergency}",
+                    started_word(started),
+                    result.old_mek_id,
+                    result.new_mek_id,
+                    result.keys_reencrypted,
+                    result.failed_total,
+                );
+                let key = Some(KeyId::Master(result.new_mek_id.clone()));
+                self.audit_result(AuditAction::MekRotated, key, &r, detail)
+                    .await;
+                Ok(result)
+            }
+            Ok(RunEnd::Paused {
+                state,
+                error,
+                started,
+            }) => {
+                let detail = format!(
+                    "{} {} -> {}: paused by the provider's outage after {} re-wrapped,                      emergency={}; run the rotation again to resume",
+                    started_word(started),
+                    state.old,
+                    state
+                        .new
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_default(),
+                    state.reencrypted,
+                    state.emergency,
+                );
+                let key = state.new.clone().unwrap_or(state.old.clone());
+                self.audit_failure(
+                    AuditAction::MekRotationPaused,
+                    Some(KeyId::Master(key)),
+                    &error,
+                    detail,
+                )
+                .await;
+                Err(error)
+            }
+            Err(e) => {
+                let detail = format!(
+                    "rotation of mek:{id} failed{}",
+                    if emergency { ", emergency=true" } else { "" }
+                );
+                self.audit_failure(
+                    AuditAction::MekRotated,
+                    known.map(KeyId::Master),
+                    &e,
+                    detail,
+                )
+                .await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn rotate_run(
+        &self,
+        id: &MekId,
+        emergency: bool,
+        progress: Option<ProgressFn<'_>>,
+        known: &mut Option<MekRef>,
+    ) -> Result<RunEnd> {
         let rot = self.rotator();
-        if let Some(st) = rot.status(&id).await? {
+        let prior = rot.status(id).await?;
+        if let Some(st) = &prior {
+            *known = Some(st.new.clone().unwrap_or(st.old.clone()));
             // An emergency request takes over a rollback in progress (the rotator turns it
             // around); a plain request must let the rollback finish first.
             if matches!(st.phase, Phase::RollingBack) && !emergency && !st.emergency {
@@ -107,17 +197,45 @@ impl KeyManager {
                 });
             }
         }
-        let st = {
+        // The version an emergency marks compromised, and its state before, for the audit log.
+        let compromise = if emergency {
+            self.compromise_candidate(id, prior.as_ref()).await
+        } else {
+            None
+        };
+        let prepared = {
             // New TEKs must be wrapped under the new version from the moment it exists.
             let _guard = self.mutations.lock().await;
-            let st = rot.prepare(&id, emergency).await?;
-            if id == self.config.default_mek_id {
+            let st = rot.prepare(id, emergency).await;
+            if let Ok(st) = &st
+                && *id == self.config.default_mek_id
+            {
                 *self.active_mek.write().map_err(|_| poisoned())? = Some(st.new_mek()?);
             }
             st
         };
+        if let Some((old, before)) = compromise {
+            self.record_compromise(&old, before, &prepared).await;
+        }
+        let st = prepared?;
+        *known = Some(st.new_mek()?);
         let started = st.phase == Phase::NewMekReady;
-        let st = rot.rewrap(&id, progress).await?;
+        let st = match rot.rewrap_pass(id, progress).await? {
+            PassEnd::Finished(st) => st,
+            PassEnd::Paused { state, error } => {
+                return Ok(RunEnd::Paused {
+                    state,
+                    error,
+                    started,
+                });
+            }
+            other => {
+                return Err(TdeError::Unsupported {
+                    what: format!("a re-wrap pass that ended as {other:?}"),
+                    hint: "upgrade heliosdb-tde-manager to match heliosdb-tde-rotation".into(),
+                });
+            }
+        };
         // The emergency flag is sticky in the journal: a plain request that resumed an
         // emergency rotation is an emergency too.
         let emergency = emergency || st.emergency;
@@ -131,26 +249,80 @@ impl KeyManager {
         {
             self.write_key_check(&result.new_mek_id).await?;
         }
-        self.audit(AuditEvent::success(
-            AuditAction::MekRotated,
-            Some(KeyId::Master(result.new_mek_id.clone())),
-            format!(
-                "{}{} -> {}: {} re-wrapped, {} failed{}",
-                if emergency { "EMERGENCY " } else { "" },
-                result.old_mek_id,
-                result.new_mek_id,
-                result.keys_reencrypted,
-                result.failed_total,
-                if started { "" } else { " (resumed)" }
-            ),
-        ))
-        .await;
-        Ok(result)
+        Ok(RunEnd::Finished {
+            result,
+            started,
+            emergency,
+        })
+    }
+
+    /// The MEK version an emergency rotation of `id` marks compromised (the old version of the
+    /// rotation in progress, or the active version), with its state now; `None` if the
+    /// provider cannot say (the rotation then fails and is recorded as such).
+    async fn compromise_candidate(
+        &self,
+        id: &MekId,
+        prior: Option<&RotationState>,
+    ) -> Option<(MekRef, Option<KeyState>)> {
+        let info = self.call(self.mek_provider.mek_info(id)).await.ok()?;
+        let old = match prior {
+            Some(st) => st.old.clone(),
+            None => crate::mek::active_of(&info).ok()?,
+        };
+        let state = info.versions.iter().find(|v| v.mek == old).map(|v| v.state);
+        Some((old, state))
+    }
+
+    /// Records `mek.state_changed` for the compromise marking of an emergency rotation: a
+    /// success when `old` became compromised, a failure when the rotation's preparation failed
+    /// before marking it. Nothing when it was compromised (or out of service) already.
+    async fn record_compromise(
+        &self,
+        old: &MekRef,
+        before: Option<KeyState>,
+        prepared: &Result<RotationState>,
+    ) {
+        if !self.auditing()
+            || matches!(
+                before,
+                Some(KeyState::Compromised | KeyState::Deactivated | KeyState::Destroyed)
+            )
+        {
+            return;
+        }
+        let after = match self.call(self.mek_provider.mek_info(&old.id)).await {
+            Ok(info) => info
+                .versions
+                .iter()
+                .find(|v| v.mek == *old)
+                .map(|v| v.state),
+            Err(_) => None,
+        };
+        let key = Some(KeyId::Master(old.clone()));
+        let from = before.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+        if after == Some(KeyState::Compromised) {
+            let r: Result<()> = Ok(());
+            let detail = format!("{from} -> {}: emergency rotation", KeyState::Compromised);
+            self.audit_result(AuditAction::MekStateChanged, key, &r, detail)
+                .await;
+        } else if let Err(e) = prepared {
+            let detail = format!(
+                "{from} -> {}: emergency rotation; the version could not be marked",
+                KeyState::Compromised
+            );
+            self.audit_failure(AuditAction::MekStateChanged, key, e, detail)
+                .await;
+        }
     }
 
     /// Emergency rotation for a suspected MEK compromise: rotates the MEK (marking the old
     /// version compromised), re-wraps every TEK, gives every table a new TEK version (older
     /// versions become decrypt-only), and lists the tables whose data must be re-encrypted.
+    ///
+    /// The audit key (`_heliosdb.audit`) gets a new version too (the compromised MEK may have
+    /// exposed it), handed to the audit sink at once; reserved tables are not listed in
+    /// [`EmergencyRotation::tables_rotated`] or
+    /// [`EmergencyRotation::tables_needing_reencryption`].
     pub async fn emergency_rotate_mek(
         &self,
         current_mek_id: &(impl AsMekId + ?Sized),
@@ -170,17 +342,26 @@ impl KeyManager {
             })
             .await?;
         let mut rotated = Vec::new();
+        let mut audit_key = None;
         for t in &tables {
             // A table whose newest TEK was created under the new MEK needs nothing.
             let latest = self.store.latest_tek(t).await?;
             let fresh = latest.as_ref().is_some_and(|r| {
                 r.wrapped.mek == rotation.new_mek_id
                     && r.previous_wrap.is_none()
-                    && r.metadata.state == heliosdb_tde_core::KeyState::Active
+                    && r.metadata.state == KeyState::Active
             });
             if !fresh {
-                self.rotate_table(t).await?;
-                rotated.push(t.clone());
+                let meta = self.rotate_table_as(t, Trigger::Emergency).await?;
+                if t.is_reserved() {
+                    if t.as_str() == heliosdb_tde_core::AUDIT_TABLE
+                        && let KeyId::Table(id) = meta.key_id
+                    {
+                        audit_key = Some(id);
+                    }
+                } else {
+                    rotated.push(t.clone());
+                }
             }
         }
         self.drop_encryptors()?;
@@ -188,12 +369,45 @@ impl KeyManager {
         // the tables holding such versions, including those rotated by an interrupted earlier
         // run of this emergency, must have their pages re-encrypted.
         let rot = self.rotator();
-        rot.mark_compromised_teks(&rotation.old_mek_id).await?;
-        let needing = rot.tables_needing_reencryption().await?;
+        let marked = rot.mark_compromised_tek_list(&rotation.old_mek_id).await;
+        match &marked {
+            Ok(list) => {
+                for (id, before) in list {
+                    let detail = format!(
+                        "{before} -> {}: it was wrapped under the compromised {}",
+                        KeyState::Compromised,
+                        rotation.old_mek_id
+                    );
+                    self.audit_result(
+                        AuditAction::TekStateChanged,
+                        Some(KeyId::Table(id.clone())),
+                        &marked,
+                        detail,
+                    )
+                    .await;
+                }
+            }
+            Err(e) => {
+                let detail = format!(
+                    "marking the TEK versions wrapped under the compromised {} compromised",
+                    rotation.old_mek_id
+                );
+                self.audit_failure(AuditAction::TekStateChanged, None, e, detail)
+                    .await;
+            }
+        }
+        marked?;
+        let needing = rot
+            .tables_needing_reencryption()
+            .await?
+            .into_iter()
+            .filter(|t| !t.is_reserved())
+            .collect();
         Ok(EmergencyRotation {
             rotation,
             tables_needing_reencryption: needing,
             tables_rotated: rotated,
+            audit_key,
         })
     }
 
@@ -227,17 +441,30 @@ impl KeyManager {
         mek_id: &(impl AsMekId + ?Sized),
         now: Timestamp,
     ) -> Result<RotationState> {
-        let st = self
-            .rotator()
-            .deactivate_old(&*mek_id.as_mek_id()?, now)
-            .await?;
-        self.audit(AuditEvent::success(
+        let id = match mek_id.as_mek_id() {
+            Ok(id) => id.into_owned(),
+            Err(e) => {
+                self.audit_failure(AuditAction::MekStateChanged, None, &e, "deactivate")
+                    .await;
+                return Err(e);
+            }
+        };
+        let r = self.rotator().deactivate_old(&id, now).await;
+        let key = match &r {
+            Ok(st) => Some(st.old.clone()),
+            Err(_) => self.rotation_old(&id).await,
+        };
+        self.audit_result(
             AuditAction::MekStateChanged,
-            Some(KeyId::Master(st.old.clone())),
-            "deactivated after a verified rotation",
-        ))
+            key.map(KeyId::Master),
+            &r,
+            format!(
+                "-> {}: the old version after a verified rotation",
+                KeyState::Deactivated
+            ),
+        )
         .await;
-        Ok(st)
+        r
     }
 
     /// Rolls back the rotation of `mek_id`: the old version is active again and every TEK is
@@ -247,21 +474,100 @@ impl KeyManager {
         mek_id: &(impl AsMekId + ?Sized),
         progress: Option<ProgressFn<'_>>,
     ) -> Result<RotationState> {
-        let id = mek_id.as_mek_id()?.into_owned();
-        let st = {
+        let id = match mek_id.as_mek_id() {
+            Ok(id) => id.into_owned(),
+            Err(e) => {
+                self.audit_failure(AuditAction::MekStateChanged, None, &e, "roll back")
+                    .await;
+                return Err(e);
+            }
+        };
+        let r = {
             let _guard = self.mutations.lock().await;
-            let st = self.rotator().rollback(&id, progress).await?;
-            if id == self.config.default_mek_id {
+            let r = self.rotator().rollback(&id, progress).await;
+            if let Ok(st) = &r
+                && id == self.config.default_mek_id
+            {
                 *self.active_mek.write().map_err(|_| poisoned())? = Some(st.old.clone());
             }
-            st
+            r
         };
-        self.audit(AuditEvent::success(
+        let key = match &r {
+            Ok(st) => Some(st.old.clone()),
+            Err(_) => self.rotation_old(&id).await,
+        };
+        let detail = match &r {
+            Ok(st) => format!(
+                "-> {}: rotation rolled back, this version is active again{}",
+                KeyState::Active,
+                st.new
+                    .as_ref()
+                    .map(|n| format!(" and {n} is {}", KeyState::DecryptOnly))
+                    .unwrap_or_default()
+            ),
+            Err(_) => format!("-> {}: roll back the rotation", KeyState::Active),
+        };
+        self.audit_result(
             AuditAction::MekStateChanged,
-            Some(KeyId::Master(st.old.clone())),
-            "rotation rolled back; this version is active again",
-        ))
+            key.map(KeyId::Master),
+            &r,
+            detail,
+        )
         .await;
-        Ok(st)
+        r
     }
+
+    /// The old version of the rotation of `id` in progress, if any (for the audit event of a
+    /// failed step).
+    async fn rotation_old(&self, id: &MekId) -> Option<MekRef> {
+        self.rotator()
+            .status(id)
+            .await
+            .ok()
+            .flatten()
+            .map(|st| st.old)
+    }
+
+    /// Moves MEK version `mek` to lifecycle `state` in the provider (for example to reactivate a
+    /// decrypt-only version, or to mark one compromised), under the provider's lifecycle rules;
+    /// the active version new TEKs are wrapped under is read again afterwards. Recorded in the
+    /// audit log (`mek.state_changed`), success or failure.
+    ///
+    /// Rotation manages states by itself; this is for an operator's deliberate change.
+    pub async fn set_mek_version_state(&self, mek: &MekRef, state: KeyState) -> Result<()> {
+        let r = {
+            let _guard = self.mutations.lock().await;
+            let r = self.mek_provider.set_mek_state(mek, state).await;
+            if r.is_ok() {
+                self.refresh_active_mek()?;
+            }
+            r
+        };
+        self.audit_result(
+            AuditAction::MekStateChanged,
+            Some(KeyId::Master(mek.clone())),
+            &r,
+            format!("-> {state}: set by an operator"),
+        )
+        .await;
+        r
+    }
+}
+
+/// How a rotation run ended, before it is recorded.
+enum RunEnd {
+    Finished {
+        result: MekRotationResult,
+        started: bool,
+        emergency: bool,
+    },
+    Paused {
+        state: RotationState,
+        error: TdeError,
+        started: bool,
+    },
+}
+
+fn started_word(started: bool) -> &'static str {
+    if started { "started" } else { "resumed" }
 }

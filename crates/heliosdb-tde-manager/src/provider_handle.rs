@@ -4,8 +4,8 @@
 use crate::stats::Counters;
 use heliosdb_tde_core::{
     AsMekId, AuditAction, AuditEvent, AuditSink, EncryptionAlgorithm, KeyId, KeyState, MekId,
-    MekInfo, MekProvider, MekRef, MekVersionInfo, ProviderHealth, ProviderKind, Result, TableKey,
-    TdeError, WrapContext, WrappedTek,
+    MekInfo, MekProvider, MekRef, MekVersion, MekVersionInfo, ProviderHealth, ProviderKind, Result,
+    TableKey, TdeError, WrapContext, WrappedTek,
 };
 use std::fmt;
 use std::future::Future;
@@ -103,8 +103,9 @@ impl ProviderHandle {
     /// does not hold it, and otherwise returns its active version unchanged. The id may be a
     /// [`MekId`] or a string (`"master_key_001"`), validated here.
     ///
-    /// A generated MEK is recorded in the audit log as `mek_generated`; an MEK that already
-    /// existed is neither regenerated nor replaced. An existing MEK without an active version
+    /// A generated MEK is recorded in the audit log as `mek.generated`, and so is a failure to
+    /// generate it; an MEK that already existed is neither regenerated nor replaced (and
+    /// nothing is recorded). An existing MEK without an active version
     /// is [`TdeError::InvalidKeyState`].
     pub async fn generate_mek(
         &self,
@@ -112,7 +113,9 @@ impl ProviderHandle {
         algorithm: EncryptionAlgorithm,
     ) -> Result<MekVersionInfo> {
         let id = mek_id.as_mek_id()?;
-        match self.generate_new(&id, algorithm).await {
+        let generated = self.timed(self.provider.generate_mek(&id, algorithm)).await;
+        match generated {
+            // Nothing was generated and nothing failed: the MEK is there already.
             Err(TdeError::AlreadyExists { .. }) => {
                 let info = self.mek_info(&id).await?;
                 let active = info.active_version();
@@ -131,7 +134,10 @@ impl ProviderHandle {
                     }),
                 }
             }
-            other => other,
+            other => {
+                self.record_generated(&id, &other).await;
+                other
+            }
         }
     }
 
@@ -142,21 +148,35 @@ impl ProviderHandle {
         id: &MekId,
         algorithm: EncryptionAlgorithm,
     ) -> Result<MekVersionInfo> {
-        let v = self
-            .timed(self.provider.generate_mek(id, algorithm))
-            .await?;
-        if let Some(sink) = &self.audit
-            && let Err(e) = sink
-                .record(AuditEvent::success(
-                    AuditAction::MekGenerated,
-                    Some(KeyId::Master(v.mek.clone())),
-                    self.provider.description(),
-                ))
-                .await
-        {
+        let r = self.timed(self.provider.generate_mek(id, algorithm)).await;
+        self.record_generated(id, &r).await;
+        r
+    }
+
+    /// Records the `mek.generated` event of generating version 1 of `id`: success or failure.
+    async fn record_generated(&self, id: &MekId, r: &Result<MekVersionInfo>) {
+        let Some(sink) = &self.audit else {
+            return;
+        };
+        let key = match r {
+            Ok(v) => v.mek.clone(),
+            Err(_) => MekRef::new(id.clone(), MekVersion::FIRST),
+        };
+        let event = AuditEvent::outcome_of(
+            AuditAction::MekGenerated,
+            Some(KeyId::Master(key)),
+            r,
+            self.provider.description(),
+        )
+        .with_provider(self.provider.kind());
+        if let Err(e) = sink.record(event).await {
             tracing::error!(target: "heliosdb::tde::audit", "audit record failed: {e}");
         }
-        Ok(v)
+    }
+
+    /// Changes the lifecycle state of an MEK version, timed (audited by the caller).
+    pub(crate) async fn set_mek_state(&self, mek: &MekRef, state: KeyState) -> Result<()> {
+        self.timed(self.provider.set_mek_state(mek, state)).await
     }
 
     pub(crate) async fn wrap_tek(

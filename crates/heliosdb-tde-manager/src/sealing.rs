@@ -121,7 +121,8 @@ impl KeyManager {
             invocations = enc.cipher.usage().invocations,
             "usage limit reached: rotating the table key"
         );
-        self.rotate_table(table).await?;
+        self.rotate_table_as(table, crate::tek::Trigger::Usage)
+            .await?;
         Ok(())
     }
 }

@@ -129,9 +129,10 @@ pub struct KeyStats {
     pub cache: CacheStats,
     /// The MEK provider.
     pub provider: ProviderStats,
-    /// Number of stored TEK versions per lifecycle state.
+    /// Number of stored TEK versions of user tables per lifecycle state (reserved tables such
+    /// as the audit key's `_heliosdb.audit` are not counted here, nor below).
     pub teks_by_state: BTreeMap<String, u64>,
-    /// Number of tables with at least one TEK.
+    /// Number of user tables with at least one TEK.
     pub tables: u64,
     /// Usage totals.
     pub usage: UsageTotals,
@@ -157,7 +158,8 @@ impl KeyManager {
         self.store
             .tek_pages(None, 4096)
             .for_each(|page| {
-                for r in page {
+                // HeliosDB's own keys (the audit key) are not counted with the user tables.
+                for r in page.into_iter().filter(|r| !r.id.table.is_reserved()) {
                     *by_state.entry(state_name(r.metadata.state)).or_default() += 1;
                     if last_table.as_ref() != Some(&r.id.table) {
                         tables += 1;

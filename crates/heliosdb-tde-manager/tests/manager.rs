@@ -150,20 +150,25 @@ async fn create_get_rotate_list() {
         "{e}"
     );
 
-    let actions: Vec<AuditAction> = recorder
+    // Every operation, failures included; cache hits record nothing.
+    let actions: Vec<(AuditAction, bool)> = recorder
         .0
         .lock()
         .unwrap()
         .iter()
-        .map(|e| e.action)
+        .map(|e| (e.action, e.is_success()))
         .collect();
     assert_eq!(
         actions,
         [
-            AuditAction::MekGenerated,
-            AuditAction::TekCreated,
-            AuditAction::TekCreated,
-            AuditAction::TekRotated
+            (AuditAction::MekGenerated, true),
+            (AuditAction::TekCreated, true),
+            (AuditAction::TekCreated, false),
+            (AuditAction::TekCreated, false),
+            (AuditAction::TekCreated, true),
+            (AuditAction::TekRotated, true),
+            (AuditAction::TekStateChanged, true),
+            (AuditAction::TekRotated, false),
         ]
     );
 

@@ -233,12 +233,16 @@ impl TableSealer<'_> {
 
 impl KeyManager {
     /// The sealing handle for `table`'s pages. Fails early if the table has no key or its
-    /// newest version cannot encrypt; the table id is validated once, here.
+    /// newest version cannot encrypt, or if the table is reserved (`_heliosdb...`: HeliosDB's
+    /// own keys never seal pages); the table id is validated once, here.
     pub async fn table_sealer(
         &self,
         table: &(impl heliosdb_tde_core::AsTableId + ?Sized),
     ) -> Result<TableSealer<'_>> {
         let table = table.as_table_id()?.into_owned();
+        if table.is_reserved() {
+            return Err(crate::reserved_table_error(&table));
+        }
         self.encrypting_key(&table).await?;
         let seal = self.table_seal_entry(&table)?;
         Ok(TableSealer {
@@ -260,6 +264,10 @@ impl KeyManager {
         let seal = match known {
             Some(seal) => seal,
             None => {
+                // HeliosDB's own keys (the audit key) never seal pages.
+                if table.is_reserved() {
+                    return Err(crate::reserved_table_error(&table));
+                }
                 self.encrypting_key(&table).await?;
                 self.table_seal_entry(&table)?
             }

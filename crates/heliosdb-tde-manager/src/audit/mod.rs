@@ -1,213 +1,208 @@
 //! A tamper-evident audit log: one JSON object per line, each chained to the previous one by
-//! SHA-256.
+//! SHA-256 and, once the audit key is attached, by an HMAC under it.
 //!
 //! ```text
-//! {"seq":1,"at":"2026-11-29T21:08:06Z","at_ms":...,"action":"tek.created","key":"tek:users@v1",
-//!  "outcome":"success","error":null,"detail":"...","prev":"<64 hex>","hash":"<64 hex>"}
+//! {"v":2,"seq":7,"at":"2026-12-02T17:03:00Z","at_ms":...,"action":"tek.created",
+//!  "key":"tek:users@v1","outcome":"success","error":null,"detail":"...","pid":...,"uid":...,
+//!  "user":"heliosdb","exe":"...","host":"db1","mode":"production","prev":"<64 hex>",
+//!  "akv":1,"mac":"<64 hex>","hash":"<64 hex>"}
 //! ```
 //!
-//! `hash = SHA-256(prev || canonical JSON of the line without "hash")`, with `prev` of the first
-//! line all zeros. Deleting, reordering or editing a line breaks the chain, which
-//! [`verify_audit_log`] reports with the line number. (Rewriting the whole file, chain included,
-//! is not detected: ship the log to another host for that.) Each line is fsynced before
-//! `record` returns. Events never contain key material.
+//! [`format`] defines both line formats, the hash chain and the MAC chain. The writer,
+//! [`FileAuditSink`]:
+//!
+//! * writes format 2 lines, continuing any existing chain (format 1 lines included); lines
+//!   written before [`AuditSink::attach_key`](heliosdb_tde_core::AuditSink::attach_key) (a
+//!   command that runs without the subsystem) have no `akv`/`mac`;
+//! * makes state-changing records durable before `record` returns; `tek.unwrapped` records are
+//!   fsynced by a group commit at most 100 ms later with [`AuditFsync::Batched`] (the default),
+//!   at once with [`AuditFsync::Always`];
+//! * keeps a checkpoint (the newest durable record, and records lost) in the key store's
+//!   journal entry [`AUDIT_HEAD_ENTRY`], after every state-changing record and every 1,000
+//!   unwrap records or 10 s;
+//! * renames a file that reached [`AuditLogOptions::max_file_bytes`] to `<log>.<first>-<last>`
+//!   and continues the chain in a new file; nothing is ever deleted;
+//! * sets an incomplete last line (a crash during an append) aside in `<log>.torn-<time>` and
+//!   reports it, like records it failed to write, with an `audit.gap` record;
+//! * shares the log with other processes: every append takes an exclusive lock on
+//!   `<log>.lock` and first reads what others appended or rotated.
+//!
+//! [`verify_audit_log`] checks a file's chain. Events never contain key material.
 
+mod checkpoint;
+mod files;
 pub mod format;
+mod process;
 pub mod verify;
+mod writer;
 
+pub use checkpoint::{AUDIT_HEAD_ENTRY, AuditCheckpoint};
 pub use verify::{AuditVerification, verify_audit_log, verify_lines};
+pub use writer::FileAuditSink;
 
-use heliosdb_tde_core::{AuditEvent, AuditOutcome, AuditSink, Result, TdeError};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use heliosdb_tde_core::{Result, SecurityMode, TdeError};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Line {
-    seq: u64,
-    at: String,
-    at_ms: u64,
-    action: String,
-    key: Option<String>,
-    outcome: String,
-    error: Option<String>,
-    detail: String,
-    prev: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    hash: String,
+/// The default size at which the current file is rotated: 64 MiB.
+pub const DEFAULT_AUDIT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How long a `tek.unwrapped` record may wait for its fsync with [`AuditFsync::Batched`].
+pub const GROUP_COMMIT_DELAY: Duration = Duration::from_millis(100);
+
+/// When `tek.unwrapped` records are made durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuditFsync {
+    /// Every record is fsynced before `record` returns.
+    Always,
+    /// State-changing records are fsynced before `record` returns; `tek.unwrapped` records are
+    /// written at once and fsynced by a group commit at most [`GROUP_COMMIT_DELAY`] later (and
+    /// before any state-changing record).
+    #[default]
+    Batched,
 }
 
-impl Line {
-    fn digest(&self) -> String {
-        let mut unhashed = self.clone();
-        unhashed.hash = String::new();
-        let canonical = serde_json::to_vec(&unhashed).unwrap_or_default();
-        let mut h = Sha256::new();
-        h.update(self.prev.as_bytes());
-        h.update(&canonical);
-        hex::encode(h.finalize())
-    }
-}
-
-pub(crate) const ZERO: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-struct Tail {
-    file: File,
-    seq: u64,
-    last: String,
-    /// The file's length after this sink's last append: a different length at the next append
-    /// means another process appended meanwhile, and the chain's tail is read again.
-    len: u64,
-}
-
-/// An append-only, hash-chained JSON-lines audit log.
-pub struct FileAuditSink {
-    path: PathBuf,
-    tail: Mutex<Tail>,
-}
-
-impl std::fmt::Debug for FileAuditSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileAuditSink")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
-}
-
-impl FileAuditSink {
-    /// Opens (or creates, mode 0600) the log at `path`, verifying the existing chain so that
-    /// new lines extend it. A missing directory is created with mode 0700 (and so are its
-    /// missing parents): the log names every key and table.
-    pub fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty())
-            && !dir.exists()
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| TdeError::io(dir, e))?;
+impl AuditFsync {
+    /// The policy's name: `always` or `batched`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuditFsync::Always => "always",
+            AuditFsync::Batched => "batched",
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| TdeError::io(path, e))?;
-        // Read the tail under the same lock appends take, so that a concurrent writer in
-        // another process (a CLI command recording an event while the database runs) is
-        // never half-seen.
-        file.lock().map_err(|e| TdeError::io(path, e))?;
-        let tail = (|| {
-            let len = file.metadata().map_err(|e| TdeError::io(path, e))?.len();
-            let (seq, last) = if len > 0 {
-                let v = verify_audit_log(path)?;
-                (v.lines, v.last_hash)
-            } else {
-                (0, ZERO.to_string())
-            };
-            Ok::<_, TdeError>((seq, last, len))
-        })();
-        let _ = file.unlock();
-        let (seq, last, len) = tail?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            tail: Mutex::new(Tail {
-                file,
-                seq,
-                last,
-                len,
-            }),
-        })
-    }
-
-    /// The log file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
-#[async_trait::async_trait]
-impl AuditSink for FileAuditSink {
-    async fn record(&self, event: AuditEvent) -> Result<()> {
-        let mut tail = self
-            .tail
-            .lock()
-            .map_err(|_| TdeError::ProviderUnavailable {
-                provider: format!("audit log {}", self.path.display()),
-                reason: "internal lock poisoned".into(),
-                retryable: false,
-            })?;
-        // Appends from several processes (the database and a CLI command) take an exclusive
-        // lock on the file, and each writer reads the chain's tail again when the file grew
-        // behind its back, so that the chain stays whole.
-        tail.file.lock().map_err(|e| TdeError::io(&self.path, e))?;
-        let r = self.append_locked(&mut tail, event);
-        let _ = tail.file.unlock();
-        r
+impl fmt::Display for AuditFsync {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
-impl FileAuditSink {
-    fn append_locked(&self, tail: &mut Tail, event: AuditEvent) -> Result<()> {
-        let len = tail
-            .file
-            .metadata()
-            .map_err(|e| TdeError::io(&self.path, e))?
-            .len();
-        if len != tail.len {
-            let v = verify_audit_log(&self.path)?;
-            tail.seq = v.lines;
-            tail.last = v.last_hash;
+impl FromStr for AuditFsync {
+    type Err = TdeError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "always" => Ok(AuditFsync::Always),
+            "batched" => Ok(AuditFsync::Batched),
+            other => Err(TdeError::config(
+                "audit_fsync",
+                format!("{other:?} is not a fsync policy; use \"always\" or \"batched\""),
+            )),
         }
-        let (outcome, error) = match &event.outcome {
-            AuditOutcome::Success => ("success".to_string(), None),
-            AuditOutcome::Failure(e) => ("failure".to_string(), Some(e.clone())),
-            // An outcome added to core later is not a success this sink knows of.
-            _ => (
-                "failure".to_string(),
-                Some("unrecognised outcome".to_string()),
-            ),
-        };
-        let mut line = Line {
-            seq: tail.seq + 1,
-            at: event.at.to_string(),
-            at_ms: event.at.as_millis(),
-            action: event.action.name().to_string(),
-            key: event.key.map(|k| k.to_string()),
-            outcome,
-            error,
-            detail: event.detail,
-            prev: tail.last.clone(),
-            hash: String::new(),
-        };
-        line.hash = line.digest();
-        let mut text = serde_json::to_string(&line)
-            .map_err(|e| TdeError::corrupt("audit event", "serializer", e.to_string()))?;
-        text.push('\n');
-        tail.file
-            .write_all(text.as_bytes())
-            .and_then(|()| tail.file.sync_data())
-            .map_err(|e| TdeError::io(&self.path, e))?;
-        tail.seq = line.seq;
-        tail.last = line.hash;
-        tail.len = tail
-            .file
-            .metadata()
-            .map_err(|e| TdeError::io(&self.path, e))?
-            .len();
-        Ok(())
     }
+}
+
+/// How [`FileAuditSink::open_with`] writes the log. Build with [`AuditLogOptions::new`] and
+/// the `with_` methods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuditLogOptions {
+    /// The size at which the current file is rotated (default
+    /// [`DEFAULT_AUDIT_MAX_FILE_BYTES`]).
+    pub max_file_bytes: u64,
+    /// When `tek.unwrapped` records are fsynced (default [`AuditFsync::Batched`]).
+    pub fsync: AuditFsync,
+    /// The security mode written into every line, if known.
+    pub mode: Option<SecurityMode>,
+    /// `tek.unwrapped` records between two checkpoints at most (default 1,000).
+    pub checkpoint_records: u64,
+    /// Time between two checkpoints at most while only `tek.unwrapped` records are written
+    /// (default 10 s; checked when a record is written).
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditLogOptions {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: DEFAULT_AUDIT_MAX_FILE_BYTES,
+            fsync: AuditFsync::default(),
+            mode: None,
+            checkpoint_records: 1_000,
+            checkpoint_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl AuditLogOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rotates the current file when it reaches `bytes` (at least 1).
+    pub fn with_max_file_bytes(mut self, bytes: u64) -> Self {
+        self.max_file_bytes = bytes.max(1);
+        self
+    }
+
+    /// Sets the fsync policy.
+    pub fn with_fsync(mut self, fsync: AuditFsync) -> Self {
+        self.fsync = fsync;
+        self
+    }
+
+    /// Sets the security mode written into every line.
+    pub fn with_mode(mut self, mode: SecurityMode) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// Checkpoints after `records` `tek.unwrapped` records (at least 1) or `interval`,
+    /// whichever comes first.
+    pub fn with_checkpoint_every(mut self, records: u64, interval: Duration) -> Self {
+        self.checkpoint_records = records.max(1);
+        self.checkpoint_interval = interval;
+        self
+    }
+}
+
+/// What a [`FileAuditSink`] did since it was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuditSinkStats {
+    /// Records written (`audit.gap` records included).
+    pub written: u64,
+    /// Records that could not be written, and failed group-commit fsyncs.
+    pub write_failures: u64,
+    /// The sequence number of the newest record the sink knows of.
+    pub last_seq: u64,
+    /// The sequence number of the last checkpoint this sink wrote or read.
+    pub last_checkpoint: Option<u64>,
+    /// Whether the audit key is attached (lines carry a MAC).
+    pub keyed: bool,
+    /// The attached audit key's version.
+    pub akv: Option<u32>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use heliosdb_tde_core::{AuditAction, KeyId};
+    use heliosdb_tde_core::{AuditAction, AuditEvent, AuditSink, KeyId};
+    use std::path::Path;
+
+    #[test]
+    fn fsync_policies_parse_by_name_and_options_build() {
+        for f in [AuditFsync::Always, AuditFsync::Batched] {
+            assert_eq!(f.name().parse::<AuditFsync>().unwrap(), f);
+            assert_eq!(f.to_string(), f.name());
+        }
+        assert_eq!(AuditFsync::default(), AuditFsync::Batched);
+        let e = "sometimes".parse::<AuditFsync>().unwrap_err().to_string();
+        assert!(e.contains("audit_fsync") && e.contains("always"), "{e}");
+        let o = AuditLogOptions::new()
+            .with_max_file_bytes(10)
+            .with_fsync(AuditFsync::Always)
+            .with_mode(SecurityMode::Production);
+        assert_eq!(o.max_file_bytes, 10);
+        assert_eq!(o.fsync, AuditFsync::Always);
+        assert_eq!(o.mode, Some(SecurityMode::Production));
+        assert_eq!(
+            AuditLogOptions::default().max_file_bytes,
+            DEFAULT_AUDIT_MAX_FILE_BYTES
+        );
+    }
 
     async fn write(path: &Path, n: usize) {
         let sink = FileAuditSink::open(path).unwrap();

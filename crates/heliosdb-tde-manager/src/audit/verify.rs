@@ -223,25 +223,20 @@ fn file_name(path: &Path) -> String {
 
 /// Parses one line read as bytes; `complete` is whether it ended with a newline.
 fn parse_bytes(bytes: &[u8], complete: bool, location: impl Fn() -> String) -> Result<AuditRecord> {
-    let torn = " (it has no newline: a write was cut short by a crash or a full disk; the \
-                next start of the database moves it aside to <log>.torn-<time>)";
-    let Ok(text) = std::str::from_utf8(bytes) else {
-        return Err(corrupt(
-            location(),
+    let parsed = std::str::from_utf8(bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|text| serde_json::from_str::<AuditRecord>(text).map_err(|e| e.to_string()));
+    parsed.map_err(|e| {
+        let detail = if complete {
+            format!("the line is not an audit record ({e}); {INVESTIGATE}")
+        } else {
             format!(
-                "the line is not UTF-8 text{}; {INVESTIGATE}",
-                if complete { "" } else { torn }
-            ),
-        ));
-    };
-    serde_json::from_str::<AuditRecord>(text).map_err(|e| {
-        corrupt(
-            location(),
-            format!(
-                "the line is not an audit record ({e}){}; {INVESTIGATE}",
-                if complete { "" } else { torn }
-            ),
-        )
+                "the last line is incomplete, with no newline ({e}): a write was cut short by a \
+                 crash or a full disk (a torn line); the next start of the database moves it \
+                 aside to <log>.torn-<time> and records an audit.gap"
+            )
+        };
+        corrupt(location(), detail)
     })
 }
 
@@ -618,14 +613,31 @@ fn check_names(log: &Path, rotated: &[RotatedFile], current_first: Option<u64>) 
     match current_first {
         Some(s) if s > expected => {
             let missing = format::rotated_path(log, expected, s - 1);
+            let (location, cause) = if prev.is_some() || expected > 1 {
+                (
+                    missing.display().to_string(),
+                    format!(
+                        "file {} was removed (the current file starts at record {s}), or lines \
+                         were removed from the start of the current file",
+                        file_name(&missing)
+                    ),
+                )
+            } else {
+                (
+                    at(log, 1),
+                    format!(
+                        "the current file starts at record {s}: file {} was removed, or lines \
+                         were removed or reordered at the start of this file",
+                        file_name(&missing)
+                    ),
+                )
+            };
             Err(corrupt(
-                at(log, 1),
+                location,
                 format!(
-                    "the current file starts at record {s} where record {expected} was expected: \
-                     records {expected}..{} are missing: file {} was removed, or lines were \
-                     removed or reordered at the start of this file; {INVESTIGATE}",
-                    s - 1,
-                    file_name(&missing)
+                    "records {expected}..{} are missing: {cause}; restore them from a copy of \
+                     the log shipped off the host, then verify again",
+                    s - 1
                 ),
             ))
         }
@@ -937,9 +949,11 @@ mod tests {
 
     #[test]
     fn filters_match_actions_by_name_or_family_and_keys_by_id_or_name() {
-        let mut r = AuditRecord::default();
-        r.action = "tek.unwrapped".into();
-        r.key = Some("tek:public.users@v2".into());
+        let mut r = AuditRecord {
+            action: "tek.unwrapped".into(),
+            key: Some("tek:public.users@v2".into()),
+            ..Default::default()
+        };
         for a in ["tek.unwrapped", "tek"] {
             assert!(AuditFilter::new().with_action(a.into()).matches(&r), "{a}");
         }

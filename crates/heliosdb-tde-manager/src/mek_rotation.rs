@@ -182,6 +182,15 @@ impl KeyManager {
     ) -> Result<RunEnd> {
         let rot = self.rotator();
         let prior = rot.status(id).await?;
+        if prior.is_none() {
+            // The version a new rotation starts from, as far as this manager knows it.
+            *known = self
+                .active_mek
+                .read()
+                .map_err(|_| poisoned())?
+                .clone()
+                .filter(|m| m.id == *id);
+        }
         if let Some(st) = &prior {
             *known = Some(st.new.clone().unwrap_or(st.old.clone()));
             // An emergency request takes over a rollback in progress (the rotator turns it

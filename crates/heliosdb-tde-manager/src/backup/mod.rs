@@ -418,7 +418,7 @@ impl KeyManager {
     /// clear and no credential. Recorded in the audit log (`backup.written`).
     pub async fn backup(&self, out: &Path, overwrite: bool) -> Result<BackupReport> {
         let r = self.backup_inner(out, overwrite).await;
-        let event = backup_written_event(&r, out);
+        let event = backup_written_event(&r, out).with_provider(self.mek_provider.kind());
         self.audit(event).await;
         r
     }

@@ -4,9 +4,10 @@
 use crate::{KeyManager, poisoned};
 use heliosdb_tde_core::store::KeyStoreExt;
 use heliosdb_tde_core::{
-    AsMekId, KeyState, MekId, MekInfo, MekRef, Result, TableId, TableKey, TdeError, TekId,
-    TekRecord, TekVersion, WrapContext,
+    AsMekId, AuditAction, KeyId, KeyState, MekId, MekInfo, MekRef, Result, TableId, TableKey,
+    TdeError, TekId, TekRecord, TekVersion, WrapContext,
 };
+use heliosdb_tde_rotation::RotationState;
 use std::sync::Arc;
 
 impl KeyManager {
@@ -284,6 +285,94 @@ impl KeyManager {
     pub async fn mek_info(&self) -> Result<MekInfo> {
         self.call(self.mek_provider.mek_info(&self.config.default_mek_id))
             .await
+    }
+}
+
+/// MEK lifecycle changes outside the rotation steps, and the audit record of the compromise an
+/// emergency rotation makes.
+impl KeyManager {
+    /// Moves MEK version `mek` to lifecycle `state` in the provider (for example to reactivate a
+    /// decrypt-only version, or to mark one compromised), under the provider's lifecycle rules;
+    /// the active version new TEKs are wrapped under is read again afterwards. Recorded in the
+    /// audit log (`mek.state_changed`), success or failure.
+    ///
+    /// Rotation manages states by itself; this is for an operator's deliberate change.
+    pub async fn set_mek_version_state(&self, mek: &MekRef, state: KeyState) -> Result<()> {
+        let r = {
+            let _guard = self.mutations.lock().await;
+            let r = self.mek_provider.set_mek_state(mek, state).await;
+            if r.is_ok() {
+                self.refresh_active_mek()?;
+            }
+            r
+        };
+        self.audit_result(
+            AuditAction::MekStateChanged,
+            Some(KeyId::Master(mek.clone())),
+            &r,
+            format!("-> {state}: set by an operator"),
+        )
+        .await;
+        r
+    }
+
+    /// The MEK version an emergency rotation of `id` marks compromised (the old version of the
+    /// rotation in progress, or the active version), with its state now; `None` if the
+    /// provider cannot say (the rotation then fails and is recorded as such).
+    pub(crate) async fn compromise_candidate(
+        &self,
+        id: &MekId,
+        prior: Option<&RotationState>,
+    ) -> Option<(MekRef, Option<KeyState>)> {
+        let info = self.call(self.mek_provider.mek_info(id)).await.ok()?;
+        let old = match prior {
+            Some(st) => st.old.clone(),
+            None => active_of(&info).ok()?,
+        };
+        let state = info.versions.iter().find(|v| v.mek == old).map(|v| v.state);
+        Some((old, state))
+    }
+
+    /// Records `mek.state_changed` for the compromise marking of an emergency rotation: a
+    /// success when `old` became compromised, a failure when the rotation's preparation failed
+    /// before marking it. Nothing when it was compromised (or out of service) already.
+    pub(crate) async fn record_compromise(
+        &self,
+        old: &MekRef,
+        before: Option<KeyState>,
+        prepared: &Result<RotationState>,
+    ) {
+        if !self.auditing()
+            || matches!(
+                before,
+                Some(KeyState::Compromised | KeyState::Deactivated | KeyState::Destroyed)
+            )
+        {
+            return;
+        }
+        let after = match self.call(self.mek_provider.mek_info(&old.id)).await {
+            Ok(info) => info
+                .versions
+                .iter()
+                .find(|v| v.mek == *old)
+                .map(|v| v.state),
+            Err(_) => None,
+        };
+        let key = Some(KeyId::Master(old.clone()));
+        let from = before.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+        if after == Some(KeyState::Compromised) {
+            let r: Result<()> = Ok(());
+            let detail = format!("{from} -> {}: emergency rotation", KeyState::Compromised);
+            self.audit_result(AuditAction::MekStateChanged, key, &r, detail)
+                .await;
+        } else if let Err(e) = prepared {
+            let detail = format!(
+                "{from} -> {}: emergency rotation; the version could not be marked",
+                KeyState::Compromised
+            );
+            self.audit_failure(AuditAction::MekStateChanged, key, e, detail)
+                .await;
+        }
     }
 }
 

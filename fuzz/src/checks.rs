@@ -110,12 +110,158 @@ pub fn config_toml(data: &[u8]) -> bool {
     true
 }
 
-/// `audit_log`: the audit-log line parser and hash-chain verifier never panic.
-pub fn audit_log(data: &[u8]) {
+/// `audit_log`: the audit-log line parser, the hash- and MAC-chain verifier, the file-set
+/// walk and the tail reader never panic, and agree with each other.
+///
+/// The input is read as one chain (`verify_lines`), and as a file set: split on
+/// [`AUDIT_FILE_SEPARATOR`] into at most 3 parts, the last the current file `audit.log` and
+/// the others rotated files named `audit.log.<first>-<last>` after their line counts, written
+/// to a temporary directory. The set is verified without keys, with the fixed audit key
+/// [`AUDIT_FUZZ_KEY`] (version 1), with a checkpoint at its end and current-file only; what
+/// passes with the key passes every other way, and the tail reader returns its newest records.
+/// The same is done with every parsable line resealed (hashes and MACs recomputed in order),
+/// so that mutations reach the sequence, format and file-set checks behind the hashes.
+/// Returns whether the input, as given, verified with the key.
+pub fn audit_log(data: &[u8]) -> bool {
     let _ = heliosdb_tde_manager::audit::verify_lines(
         std::io::Cursor::new(data),
         Path::new("fuzz-audit.log"),
     );
+    let parts: Vec<&[u8]> = data.splitn(3, |&b| b == AUDIT_FILE_SEPARATOR).collect();
+    let verified = audit_file_set(&parts);
+    let resealed: Vec<Vec<u8>> = audit_reseal(&parts);
+    let resealed: Vec<&[u8]> = resealed.iter().map(Vec::as_slice).collect();
+    audit_file_set(&resealed);
+    verified
+}
+
+/// Separates the files of an `audit_log` input (a byte JSON text never holds unescaped).
+pub const AUDIT_FILE_SEPARATOR: u8 = 0x1e;
+
+/// The audit key (version 1) of the `audit_log` check; the seeds are sealed with it.
+pub const AUDIT_FUZZ_KEY: [u8; 32] = [0x5a; 32];
+
+/// The lines of a file, as the verifier counts them.
+fn audit_line_count(part: &[u8]) -> u64 {
+    let newlines = part.iter().filter(|&&b| b == b'\n').count() as u64;
+    newlines + u64::from(part.last().is_some_and(|&b| b != b'\n'))
+}
+
+/// The parts with each parsable line sealed again after the previous one, keyed (under
+/// [`AUDIT_FUZZ_KEY`], whatever its `akv`) when it has a MAC; other lines are kept.
+fn audit_reseal(parts: &[&[u8]]) -> Vec<Vec<u8>> {
+    use heliosdb_tde_manager::audit::format::{AuditRecord, ZERO};
+    let mut prev = ZERO.to_string();
+    let mut prev_mac = ZERO.to_string();
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        let mut file = Vec::with_capacity(part.len());
+        for (i, line) in part.split(|&b| b == b'\n').enumerate() {
+            if i > 0 {
+                file.push(b'\n');
+            }
+            let Some(mut r) = std::str::from_utf8(line)
+                .ok()
+                .and_then(|t| serde_json::from_str::<AuditRecord>(t).ok())
+            else {
+                file.extend_from_slice(line);
+                continue;
+            };
+            match r.akv.filter(|_| r.mac.is_some()) {
+                Some(akv) => r.seal(&prev, Some((akv, &AUDIT_FUZZ_KEY, &prev_mac))),
+                None => r.seal(&prev, None),
+            }
+            prev = r.hash.clone();
+            if let Some(m) = &r.mac {
+                prev_mac = m.clone();
+            }
+            file.extend_from_slice(&serde_json::to_vec(&r).expect("a record serializes"));
+        }
+        out.push(file);
+    }
+    out
+}
+
+/// A temporary directory removed when dropped.
+struct AuditTempDir(std::path::PathBuf);
+
+impl Drop for AuditTempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes `parts` as a log's file set and checks it every way; returns whether it verified
+/// with the key.
+fn audit_file_set(parts: &[&[u8]]) -> bool {
+    use heliosdb_tde_manager::audit::format::rotated_path;
+    use heliosdb_tde_manager::audit::verify::{
+        AuditFilter, AuditKeys, AuditVerifyOptions, read_audit_tail, verify_audit_log_with,
+    };
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = AuditTempDir(std::env::temp_dir().join(format!(
+        "heliosdb-fuzz-audit-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )));
+    std::fs::create_dir_all(&dir.0).expect("temporary directory");
+    let log = dir.0.join("audit.log");
+    let mut first = 1u64;
+    for (i, part) in parts.iter().enumerate() {
+        let path = if i + 1 == parts.len() {
+            log.clone()
+        } else {
+            let n = audit_line_count(part);
+            let p = rotated_path(&log, first, (first + n).saturating_sub(1));
+            first += n;
+            p
+        };
+        std::fs::write(&path, part).expect("write a file of the set");
+    }
+    let key = heliosdb_tde_core::TableKey::new(
+        "fuzz.audit@v1".parse().expect("valid TEK id"),
+        heliosdb_tde_core::EncryptionAlgorithm::Aes256Gcm,
+        heliosdb_tde_core::KeyBytes::from_slice(&AUDIT_FUZZ_KEY).expect("32-byte key"),
+    );
+    let keyed = AuditVerifyOptions::new()
+        .with_keys(AuditKeys::new().with_version(1, std::sync::Arc::new(key)));
+    let structure = verify_audit_log_with(&log, &AuditVerifyOptions::new());
+    let with_key = verify_audit_log_with(&log, &keyed);
+    let _ = verify_audit_log_with(&log, &keyed.clone().current_file_only());
+    let _ = read_audit_tail(&log, 2, &AuditFilter::new().with_action("tek".into()));
+    let Ok(k) = with_key else {
+        if let Ok(s) = structure {
+            assert!(
+                s.unauthenticated_tail <= s.lines,
+                "more unauthenticated lines than lines"
+            );
+        }
+        return false;
+    };
+    let s = structure.expect("what verifies with the key verifies without it");
+    assert_eq!(k.lines, k.last_seq, "a whole set holds records 1..last");
+    assert_eq!((s.lines, &s.last_hash), (k.lines, &k.last_hash));
+    assert_eq!(s.last_mac, k.last_mac);
+    assert_eq!(s.macs_checked, 0, "MACs checked without a key");
+    assert!(k.unauthenticated_tail <= k.lines);
+    let at_end = keyed
+        .clone()
+        .with_checkpoint(k.last_seq, k.last_hash.clone(), k.last_mac.clone());
+    let c = verify_audit_log_with(&log, &at_end).expect("a checkpoint at the end verifies");
+    assert_eq!(c.checkpoint, (k.last_seq > 0).then_some(k.last_seq));
+    let b = verify_audit_log_with(&log, &at_end.current_file_only())
+        .expect("what verifies whole verifies current-file only");
+    assert_eq!(
+        (b.last_seq, &b.last_hash, &b.last_mac),
+        (k.last_seq, &k.last_hash, &k.last_mac)
+    );
+    assert_eq!(b.unauthenticated_tail, k.unauthenticated_tail);
+    let tail = read_audit_tail(&log, 3, &AuditFilter::new()).expect("a verified log reads");
+    let want: Vec<u64> = (k.last_seq.saturating_sub(2).max(1)..=k.last_seq).collect();
+    let got: Vec<u64> = tail.iter().map(|r| r.seq).collect();
+    assert_eq!(got, want, "the tail is the newest records, oldest first");
+    true
 }
 
 /// `backup_bundle`: the backup bundle reader is total, and whatever it accepts is framed as

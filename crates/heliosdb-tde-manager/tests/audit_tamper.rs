@@ -794,3 +794,78 @@ fn the_tail_skips_a_torn_last_line_and_reads_a_log_without_rotation() {
     let dir = tempfile::tempdir().unwrap();
     assert!(read_audit_tail(&dir.path().join("none.log"), 1, &all).is_err());
 }
+
+/// The audit key of the `audit_log` fuzz check (`AUDIT_FUZZ_KEY` in `fuzz/src/checks.rs`).
+const FUZZ_KEY: [u8; 32] = [0x5a; 32];
+
+/// Separates the files of an `audit_log` fuzz input (`AUDIT_FILE_SEPARATOR`).
+const FUZZ_FILE_SEPARATOR: u8 = 0x1e;
+
+/// Writes the `audit_log` fuzz seeds, sealed under the fuzz check's key (version 1), so that
+/// the fuzzer starts from logs that verify with it:
+/// `cargo test -p heliosdb-tde-manager --test audit_tamper -- --ignored write_audit_log_seeds`.
+#[test]
+#[ignore = "writes fuzz/corpus/audit_log; run it when the line format changes"]
+fn write_audit_log_seeds() {
+    use Kind::{Unkeyed as U, V1};
+    let f = Kind::Keyed(1, FUZZ_KEY);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/audit_log");
+    let seal = |kinds: &[Kind]| {
+        let mut records: Vec<AuditRecord> = (1..=kinds.len() as u64)
+            .map(|s| {
+                let mut r = record(s, kinds[(s - 1) as usize]);
+                if r.v == 2 {
+                    r.uid = Some(1000);
+                    r.user = Some("heliosdb".into());
+                    r.exe = Some("/usr/bin/heliosdb".into());
+                    r.mode = Some("production".into());
+                    r.provider = Some("secure-file".into());
+                }
+                if s == 2 {
+                    r.outcome = "failure".into();
+                    r.error = Some("authentication failed".into());
+                    if r.v == 2 {
+                        r.error_kind = Some("authentication_failed".into());
+                    }
+                }
+                r
+            })
+            .collect();
+        seal_all(&mut records, kinds);
+        records
+    };
+    let text = |records: &[AuditRecord]| records.iter().map(line).collect::<String>();
+    let files = |records: &[AuditRecord], sizes: &[usize]| {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for (i, n) in sizes.iter().enumerate() {
+            if i > 0 {
+                out.push(FUZZ_FILE_SEPARATOR);
+            }
+            out.extend_from_slice(text(&records[start..start + n]).as_bytes());
+            start += n;
+        }
+        out
+    };
+    let seeds: Vec<(&str, Vec<u8>)> = vec![
+        ("v1-chain", text(&seal(&[V1, V1, V1])).into_bytes()),
+        ("v2-keyed", text(&seal(&[f, f, f, f])).into_bytes()),
+        (
+            "v2-unkeyed-lines",
+            text(&seal(&[f, U, U, f, U])).into_bytes(),
+        ),
+        (
+            "v1-then-v2-file-set",
+            files(&seal(&[V1, V1, f, f, U, f, f]), &[3, 2, 2]),
+        ),
+        ("v2-torn-tail", {
+            let mut t = text(&seal(&[f, f]));
+            t.push_str("{\"v\":2,\"seq\":3,\"at\":\"2026-12-");
+            t.into_bytes()
+        }),
+    ];
+    for (name, bytes) in seeds {
+        assert!(bytes.len() < 4096, "{name} is {} bytes", bytes.len());
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}

@@ -248,8 +248,18 @@ impl KeyManager {
     }
 
     /// Generates a new MEK (version 1) in the provider.
+    ///
+    /// Recorded in the audit log (`mek.generated`), success or failure ([`TdeError::AlreadyExists`]
+    /// if the provider holds it already).
     pub async fn generate_mek(&self, mek_id: &(impl AsMekId + ?Sized)) -> Result<MekRef> {
-        let id = mek_id.as_mek_id()?;
+        let id = match mek_id.as_mek_id() {
+            Ok(id) => id,
+            Err(e) => {
+                self.audit_failure(AuditAction::MekGenerated, None, &e, "generate an MEK")
+                    .await;
+                return Err(e);
+            }
+        };
         let v = self
             .mek_provider
             .generate_new(&id, self.config.algorithm)

@@ -208,6 +208,10 @@ fn cases() -> Vec<(&'static str, Expect)> {
             "generate_mek fails",
             failed(A::MekGenerated, OTHER_V1, "provider_unavailable", ""),
         ),
+        (
+            "generate_mek with an invalid id",
+            failed(A::MekGenerated, &[None], "invalid_identifier", ""),
+        ),
         ("first start", ok(A::MekGenerated, MEK_V1, "")),
         (
             "first start fails",
@@ -265,6 +269,10 @@ fn cases() -> Vec<(&'static str, Expect)> {
         (
             "create an existing table key",
             failed(A::TekCreated, T1_V1, "already_exists", ""),
+        ),
+        (
+            "create with an invalid name",
+            failed(A::TekCreated, &[None], "invalid_identifier", ""),
         ),
         (
             "create a reserved table key",
@@ -336,6 +344,8 @@ async fn act(env: &Env, name: &str) -> Vec<AuditEvent> {
     match name {
         "generate_mek"
         | "generate_mek fails"
+        | "generate_mek with an invalid id"
+        | "create with an invalid name"
         | "generate an existing MEK"
         | "first start"
         | "first start fails"
@@ -378,6 +388,12 @@ async fn act(env: &Env, name: &str) -> Vec<AuditEvent> {
         "generate_mek fails" => {
             fail(p, Method::GenerateMek);
             km.generate_mek("other_mek").await.unwrap_err();
+        }
+        "generate_mek with an invalid id" => {
+            km.generate_mek("bad/id").await.unwrap_err();
+        }
+        "create with an invalid name" => {
+            km.create_table_key("bad/name").await.unwrap_err();
         }
         "first start" => {
             km.ensure_default_mek().await.unwrap();

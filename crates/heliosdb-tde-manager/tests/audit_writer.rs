@@ -9,6 +9,7 @@ use heliosdb_tde_core::{
 };
 use heliosdb_tde_keystore::RedbKeyStore;
 use heliosdb_tde_manager::audit::format::{self, AuditRecord, ZERO};
+use heliosdb_tde_manager::audit::verify::{AuditKeys, AuditVerifyOptions, verify_audit_log_with};
 use heliosdb_tde_manager::audit::{
     AUDIT_HEAD_ENTRY, AuditCheckpoint, AuditFsync, AuditLogOptions, FileAuditSink, verify_lines,
 };
@@ -90,6 +91,29 @@ fn check_chain(recs: &[AuditRecord], keys: &HashMap<u32, Vec<u8>>) {
         }
         prev = r.hash.clone();
     }
+}
+
+/// The verifier's view of the whole file set, with the MACs under `keys` and the store's
+/// checkpoint: the writer and the verifier agree.
+async fn verify_set(log: &Path, keys: &[&Arc<TableKey>], store: &Arc<dyn KeyStore>) -> u64 {
+    let mut held = AuditKeys::new();
+    for k in keys {
+        held = held.with_version(k.id().version.get(), Arc::clone(k));
+    }
+    let mut opts = AuditVerifyOptions::new().with_keys(held);
+    if let Some(cp) = AuditCheckpoint::read(&**store).await.unwrap() {
+        opts = opts.with_checkpoint(cp.seq, cp.hash, cp.mac);
+    }
+    let v = verify_audit_log_with(log, &opts).unwrap();
+    assert_eq!(v.checkpoint.is_some(), opts_has_checkpoint(store).await);
+    v.last_seq
+}
+
+async fn opts_has_checkpoint(store: &Arc<dyn KeyStore>) -> bool {
+    AuditCheckpoint::read(&**store)
+        .await
+        .unwrap()
+        .is_some_and(|cp| cp.seq > 0)
 }
 
 fn verify_file(path: &Path) -> u64 {
@@ -271,6 +295,7 @@ async fn a_writer_killed_at_random_moments_loses_no_acknowledged_record() {
         assert_eq!(verify_file(&log), last, "round {round}");
         check_chain(&recs, &keys);
         let store = store(dir.path());
+        assert_eq!(verify_set(&log, &[&fixed_key()], &store).await, last);
         if let Some(cp) = AuditCheckpoint::read(&*store).await.unwrap() {
             assert!(
                 cp.seq <= last,
@@ -324,13 +349,16 @@ async fn full_files_are_renamed_by_range_and_the_chain_continues_across_them() {
     let all: Vec<AuditRecord> = set.into_iter().flat_map(|(_, r)| r).collect();
     assert_eq!(all.len(), 50);
     check_chain(&all, &keys);
+    assert_eq!(verify_set(&log, &[&key], &store).await, 50);
 
-    // A reopened writer continues the chain from the set, even with an empty current file.
-    std::fs::write(&log, b"").unwrap();
-    let empty_tail = all
-        .iter()
-        .take_while(|r| rotated.last().is_some_and(|f| r.seq <= f.last));
-    let last_rotated = empty_tail.last().unwrap().clone();
+    // A rotation interrupted after the rename (no current file): a reopened writer creates
+    // an empty one and continues the chain from the newest rotated file.
+    let current = records(&log);
+    let last_rotated = all.last().unwrap().clone();
+    if let Some(first) = current.first() {
+        let target = format::rotated_path(&log, first.seq, last_rotated.seq);
+        std::fs::rename(&log, target).unwrap();
+    }
     let c = FileAuditSink::open_with(&log, options).unwrap();
     assert_eq!(c.stats().last_seq, last_rotated.seq);
     assert_eq!(c.last_akv_in_log(), Some(1));
@@ -339,6 +367,20 @@ async fn full_files_are_renamed_by_range_and_the_chain_continues_across_them() {
     let first = &records(&log)[0];
     assert_eq!(first.seq, last_rotated.seq + 1);
     assert_eq!(first.prev, last_rotated.hash);
+    drop(c);
+    assert_eq!(last_rotated.seq, 50);
+    assert_eq!(verify_set(&log, &[&key], &store).await, 51);
+}
+
+/// Threads of this process running a group commit (tests run one at a time).
+fn sync_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter(|t| {
+            let comm = t.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.starts_with("heliosdb-audit"))
+        })
+        .count()
 }
 
 #[tokio::test]
@@ -358,6 +400,8 @@ async fn batched_and_always_both_keep_every_record_and_count_them() {
             }
         }
         sink.flush().unwrap();
+        let threads = if fsync == AuditFsync::Batched { 1 } else { 0 };
+        assert_eq!(sync_threads(), threads, "{fsync}");
         let stats = sink.stats();
         assert_eq!(stats.written, 30, "{fsync}");
         assert_eq!(stats.write_failures, 0);
@@ -376,6 +420,7 @@ async fn batched_and_always_both_keep_every_record_and_count_them() {
         assert_eq!(r.pid, Some(std::process::id()));
         assert!(r.uid.is_some() && r.exe.is_some());
         drop(sink);
+        assert_eq!(sync_threads(), 0, "the group commit ends with its sink");
         assert_eq!(verify_file(&log), 30);
     }
 }
@@ -422,6 +467,7 @@ async fn failed_writes_are_counted_and_reported_by_a_gap_record() {
     assert_eq!((cp.lost, cp.lost_actions.len()), (0, 0));
     assert_eq!(cp.seq, 3);
     check_chain(&recs, &key_bytes(&[&key]));
+    assert_eq!(verify_set(&log, &[&key], &store).await, 3);
 
     // Lost records another process left in the checkpoint are reported by the next writer
     // that attaches the key.
@@ -460,7 +506,10 @@ async fn the_checkpoint_follows_state_changes_and_never_moves_backwards() {
     let store = store(dir.path());
     let key = audit_key(1);
     let log = dir.path().join("audit.log");
-    let sink = FileAuditSink::open(&log).unwrap();
+    // The time limit is set far away, so that only the record count moves the checkpoint.
+    let hour = std::time::Duration::from_secs(3_600);
+    let options = AuditLogOptions::new().with_checkpoint_every(1_000, hour);
+    let sink = FileAuditSink::open_with(&log, options).unwrap();
     // Unkeyed: no checkpoint.
     sink.record(created(0)).await.unwrap();
     assert_eq!(AuditCheckpoint::read(&*store).await.unwrap(), None);
@@ -474,7 +523,7 @@ async fn the_checkpoint_follows_state_changes_and_never_moves_backwards() {
     assert!(cp.mac.is_some());
     assert_eq!(sink.stats().last_checkpoint, Some(2));
 
-    // Unwraps alone move it every 1,000 records (the interval is far away in this test).
+    // Unwraps alone move it every 1,000 records.
     for i in 0..999 {
         sink.record(unwrapped(i)).await.unwrap();
     }
@@ -595,6 +644,7 @@ async fn lines_get_macs_once_the_key_is_attached_and_a_new_key_version_continues
     );
     check_chain(&recs, &keys);
     assert_eq!(verify_file(&log), 8);
+    assert_eq!(verify_set(&log, &[&k1, &k2], &store).await, 8);
     // The MAC chain links across the key change: the first v2-keyed MAC follows the last
     // v1-keyed one.
     assert_eq!(

@@ -802,13 +802,17 @@ fn verify_current(
     chain.finish(files, || at(path, n + 1))
 }
 
-/// Reads a file's lines from its end, in blocks: memory is bounded by the longest line.
+/// Reads a file's lines from its end, in blocks: memory is bounded by the longest line, and
+/// each byte is read and copied once.
 struct ReverseLines {
     file: File,
     /// Bytes before `pos` are not read yet.
     pos: u64,
-    /// Read bytes not yet returned (the start of the file's unreturned part).
-    buf: Vec<u8>,
+    /// The block being scanned; `block[..end]` is not returned yet.
+    block: Vec<u8>,
+    end: usize,
+    /// The parts of the line being assembled that lie after `block`, the latest first.
+    pending: Vec<Vec<u8>>,
     /// Nothing returned yet: the next segment is what follows the last newline.
     at_end: bool,
     done: bool,
@@ -824,11 +828,22 @@ impl ReverseLines {
         Ok(Self {
             file,
             pos: len,
-            buf: Vec::new(),
+            block: Vec::new(),
+            end: 0,
+            pending: Vec::new(),
             at_end: true,
             done: len == 0,
             path: path.to_path_buf(),
         })
+    }
+
+    /// `block[from..end]` followed by the pending parts, in file order.
+    fn assemble(&mut self, from: usize) -> Vec<u8> {
+        let mut line = self.block[from..self.end].to_vec();
+        for part in self.pending.drain(..).rev() {
+            line.extend_from_slice(&part);
+        }
+        line
     }
 
     /// The previous line and whether it ended with a newline (only the file's last line can
@@ -838,23 +853,26 @@ impl ReverseLines {
             if self.done {
                 return Ok(None);
             }
-            let segment = if let Some(i) = self.buf.iter().rposition(|&b| b == b'\n') {
-                let s = self.buf.split_off(i + 1);
-                self.buf.truncate(i);
+            let segment = if let Some(i) = self.block[..self.end].iter().rposition(|&b| b == b'\n')
+            {
+                let s = self.assemble(i + 1);
+                self.end = i;
                 s
             } else if self.pos == 0 {
                 self.done = true;
-                std::mem::take(&mut self.buf)
+                self.assemble(0)
             } else {
+                if self.end > 0 {
+                    self.pending.push(self.block[..self.end].to_vec());
+                }
                 let n = BLOCK.min(self.pos);
                 self.pos -= n;
                 // n is at most BLOCK, which fits in usize.
-                let mut block = vec![0u8; usize::try_from(n).unwrap_or(0)];
+                self.block.resize(usize::try_from(n).unwrap_or(0), 0);
                 self.file
-                    .read_exact_at(&mut block, self.pos)
+                    .read_exact_at(&mut self.block, self.pos)
                     .map_err(|e| TdeError::io(&self.path, e))?;
-                block.extend_from_slice(&self.buf);
-                self.buf = block;
+                self.end = self.block.len();
                 continue;
             };
             if std::mem::replace(&mut self.at_end, false) {
@@ -945,6 +963,20 @@ mod tests {
         assert_eq!(got[0].0, format!("{long}y").into_bytes());
         assert_eq!(got[1].0, b"short".to_vec());
         assert_eq!(got[2].0, long.into_bytes());
+        // Newlines right at block boundaries, many lines.
+        let lines: Vec<String> = (0..5000).map(|i| "a".repeat(i % 97)).collect();
+        let text = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+        let got: Vec<Vec<u8>> = reverse(text.as_bytes()).into_iter().map(|l| l.0).collect();
+        let want: Vec<Vec<u8>> = lines.iter().rev().map(|l| l.clone().into_bytes()).collect();
+        assert_eq!(got, want);
+        let mut exact = "b".repeat(65_535);
+        exact.push('\n');
+        exact.push_str(&"c".repeat(65_535));
+        exact.push('\n');
+        let got = reverse(exact.as_bytes());
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0.len(), 65_535);
+        assert_eq!(got[1].0, "b".repeat(65_535).into_bytes());
     }
 
     #[test]

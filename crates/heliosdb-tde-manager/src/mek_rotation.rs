@@ -135,7 +135,8 @@ impl KeyManager {
                 started,
             }) => {
                 let detail = format!(
-                    "{} {} -> {}: paused by the provider's outage after {} re-wrapped,                      emergency={}; run the rotation again to resume",
+                    "{} {} -> {}: paused by the provider's outage after {} re-wrapped, \
+                     emergency={}; run the rotation again to resume",
                     started_word(started),
                     state.old,
                     state

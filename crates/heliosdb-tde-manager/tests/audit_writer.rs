@@ -656,6 +656,19 @@ async fn lines_get_macs_once_the_key_is_attached_and_a_new_key_version_continues
     for k in keys.values() {
         assert!(!text.contains(&hex::encode(k)));
     }
+
+    // A log moved aside while a writer has it open: the writer begins a new log, whose MAC
+    // chain starts again from zero.
+    let sink = FileAuditSink::open(&log).unwrap();
+    sink.attach_key(k2.clone(), store.clone()).await.unwrap();
+    std::fs::rename(&log, dir.path().join("old.log")).unwrap();
+    sink.record(created(6)).await.unwrap();
+    sink.record(created(7)).await.unwrap();
+    assert_eq!(sink.stats().last_seq, 2);
+    assert_eq!(sink.last_akv_in_log(), Some(2));
+    let fresh = records(&log);
+    assert_eq!(fresh.len(), 2);
+    check_chain(&fresh, &keys);
 }
 
 #[tokio::test]

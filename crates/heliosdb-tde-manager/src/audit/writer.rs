@@ -264,22 +264,29 @@ fn load(path: &Path, known: &ChainTail, gap: &mut Gap) -> Result<Loaded> {
     let start = rotated.is_empty().then(|| (0, format::ZERO.to_string()));
     let mut scan = files::scan(&file, path, 0, 0, start)?;
     repair_tail(path, &file, &mut scan, gap)?;
-    let mut tail = known.clone();
-    let need_rotated = !rotated.is_empty() && (scan.lines == 0 || scan.newest_mac.is_none());
-    let (rot_last, rot_mac) = if need_rotated {
-        files::rotated_tail(path, known.seq, scan.lines == 0)?
-    } else {
-        (None, None)
-    };
     let last = if scan.lines > 0 {
         scan.last.clone()
+    } else if rotated.is_empty() {
+        None
     } else {
-        rot_last
+        files::rotated_tail(path, u64::MAX, true)?.0
     };
     let (seq, hash) = last.unwrap_or((0, format::ZERO.to_string()));
+    // What this writer knew of the MAC chain still holds only if the log continued from
+    // there (not if it was moved aside and begun again).
+    let mut tail = if known.seq > 0 && seq >= known.seq {
+        known.clone()
+    } else {
+        ChainTail::default()
+    };
+    let newest_mac = match scan.newest_mac.take() {
+        Some(m) => Some(m),
+        None if !rotated.is_empty() => files::rotated_tail(path, tail.seq, false)?.1,
+        None => None,
+    };
     tail.seq = seq;
     tail.hash = hash;
-    if let Some((mac, akv)) = scan.newest_mac.or(rot_mac) {
+    if let Some((mac, akv)) = newest_mac {
         tail.prev_mac = mac;
         tail.last_akv = akv;
     }
@@ -528,9 +535,7 @@ impl Inner {
         st.len = loaded.len;
         st.lines = loaded.lines;
         st.first_seq = loaded.first_seq;
-        if loaded.tail.last_akv.is_some() {
-            st.last_akv_in_log = loaded.tail.last_akv;
-        }
+        st.last_akv_in_log = loaded.tail.last_akv;
         st.tail = loaded.tail;
     }
 
@@ -752,6 +757,7 @@ impl AuditSink for FileAuditSink {
                 store: store.clone(),
             });
             st.checkpoint_at = Instant::now();
+            st.since_checkpoint = 0;
             first
         };
         match AuditCheckpoint::read(&*store).await {

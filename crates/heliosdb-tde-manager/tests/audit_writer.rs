@@ -698,3 +698,45 @@ async fn damage_other_than_a_torn_tail_still_refuses_to_open() {
         "nothing set aside"
     );
 }
+
+#[tokio::test]
+async fn an_open_writer_repairs_a_torn_line_and_an_interrupted_rotation_left_by_others() {
+    use std::io::Write;
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let key = audit_key(1);
+    let log = dir.path().join("audit.log");
+    let sink = FileAuditSink::open(&log).unwrap();
+    sink.attach_key(key.clone(), store.clone()).await.unwrap();
+    for i in 0..3 {
+        sink.record(created(i)).await.unwrap();
+    }
+    // Another process died in the middle of an append.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(b"{\"v\":2,\"seq\":4,\"at\":\"20")
+        .unwrap();
+    sink.record(created(3)).await.unwrap();
+    let recs = records(&log);
+    assert_eq!(recs.len(), 5);
+    assert_eq!(recs[3].action, "audit.gap");
+    assert!(recs[3].detail.contains("(23 bytes)"), "{}", recs[3].detail);
+    assert_eq!(recs[4].detail, "e3");
+    drop(sink);
+
+    // Another process linked the full file to its rotated name and died before removing the
+    // old name: the next writer completes the rotation.
+    std::fs::hard_link(&log, format::rotated_path(&log, 1, 5)).unwrap();
+    let options = AuditLogOptions::new().with_max_file_bytes(1);
+    let sink = FileAuditSink::open_with(&log, options).unwrap();
+    sink.record(created(4)).await.unwrap();
+    let rotated = format::rotated_files(&log).unwrap();
+    let ranges: Vec<(u64, u64)> = rotated.iter().map(|f| (f.first, f.last)).collect();
+    assert_eq!(ranges, vec![(1, 5), (6, 6)]);
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+    drop(sink);
+    assert_eq!(verify_set(&log, &[&key], &store).await, 6);
+}

@@ -613,7 +613,7 @@ fn check_names(log: &Path, rotated: &[RotatedFile], current_first: Option<u64>) 
     match current_first {
         Some(s) if s > expected => {
             let missing = format::rotated_path(log, expected, s - 1);
-            let (location, cause) = if prev.is_some() || expected > 1 {
+            let (location, cause) = if prev.is_some() {
                 (
                     missing.display().to_string(),
                     format!(
@@ -671,7 +671,57 @@ fn current_exists(path: &Path, rotated: &[RotatedFile]) -> Result<bool> {
 /// [`AuditVerifyOptions::current_file_only`], the current file) as one hash chain, the MACs of
 /// keyed lines when `opts` has keys, and the checkpoint when it has one. The first problem is
 /// reported as a [`TdeError::Corrupt`] naming the file and line.
+///
+/// A writer may append or rotate meanwhile: when the set's file names changed during the
+/// check, or the check failed and the current file's length changed, it is run again (three
+/// times at most), so that a rotation or an append in progress is not reported as damage. Read
+/// the checkpoint before calling this: the log only grows past it.
 pub fn verify_audit_log_with(path: &Path, opts: &AuditVerifyOptions) -> Result<AuditVerification> {
+    consistently(path, |r| r.is_err(), || verify_once(path, opts))
+}
+
+/// What a writer changes: the rotated files' names and the current file's length.
+#[derive(PartialEq, Eq)]
+struct SetState {
+    names: Vec<PathBuf>,
+    current_len: Option<u64>,
+}
+
+fn set_state(path: &Path) -> Result<SetState> {
+    Ok(SetState {
+        names: format::rotated_files(path)?
+            .into_iter()
+            .map(|f| f.path)
+            .collect(),
+        current_len: std::fs::metadata(path).ok().map(|m| m.len()),
+    })
+}
+
+/// Runs `f` until the set's names did not change during it (and, when `grown_matters` says so
+/// for its result, neither did the current file's length), three times at most.
+fn consistently<T>(
+    path: &Path,
+    grown_matters: impl Fn(&Result<T>) -> bool,
+    f: impl Fn() -> Result<T>,
+) -> Result<T> {
+    let mut attempt = 1;
+    loop {
+        let before = set_state(path)?;
+        let r = f();
+        if attempt == 3 {
+            return r;
+        }
+        let after = set_state(path)?;
+        let stable = before.names == after.names
+            && (before.current_len == after.current_len || !grown_matters(&r));
+        if stable {
+            return r;
+        }
+        attempt += 1;
+    }
+}
+
+fn verify_once(path: &Path, opts: &AuditVerifyOptions) -> Result<AuditVerification> {
     let rotated = format::rotated_files(path)?;
     let exists = current_exists(path, &rotated)?;
     if opts.current_file_only {
@@ -891,9 +941,15 @@ impl ReverseLines {
 /// file set: the current file first, then the rotated files newest first, each read from its
 /// end and only until `n` records are found (memory is bounded by `n` and the longest line).
 /// A torn last line (no newline, not a record) is skipped; any other unreadable line is an
-/// error naming the file and the line counted from its end. Nothing is verified: use
-/// [`verify_audit_log_with`] for that.
+/// error naming the file and the line counted from its end. A rotation during the read makes
+/// it read again (three times at most). Nothing is verified: use [`verify_audit_log_with`]
+/// for that.
 pub fn read_audit_tail(path: &Path, n: usize, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+    // Read again if a writer rotated the current file meanwhile, which could skip records.
+    consistently(path, |_| false, || read_tail_once(path, n, filter))
+}
+
+fn read_tail_once(path: &Path, n: usize, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
     let rotated = format::rotated_files(path)?;
     let exists = current_exists(path, &rotated)?;
     let mut out = Vec::new();

@@ -321,6 +321,130 @@ pub(crate) fn rotate(log: &Path, file: &File, first: u64, last: u64) -> Result<P
     Ok(target)
 }
 
+/// Holds the cross-process lock; released on drop.
+pub(crate) struct Flock<'a>(&'a File);
+
+impl<'a> Flock<'a> {
+    pub(crate) fn take(file: &'a File, path: &Path) -> Result<Self> {
+        file.lock().map_err(|e| TdeError::io(lock_path(path), e))?;
+        Ok(Self(file))
+    }
+}
+
+impl Drop for Flock<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// Writes one line; the fail point `audit::write` makes it fail in tests.
+pub(crate) fn write_line(file: &File, bytes: &[u8]) -> std::io::Result<()> {
+    fail::fail_point!("audit::write", |_| Err(std::io::Error::other(
+        "injected by the fail point audit::write"
+    )));
+    let mut f = file;
+    f.write_all(bytes)
+}
+
+/// The current file as loaded by a full scan.
+pub(crate) struct Loaded {
+    pub(crate) file: File,
+    pub(crate) id: (u64, u64),
+    pub(crate) len: u64,
+    pub(crate) lines: u64,
+    pub(crate) first_seq: Option<u64>,
+    pub(crate) tail: ChainTail,
+}
+
+/// Repairs the bytes after the last newline of a scanned file: a whole record gets its
+/// newline; anything else is set aside as a torn line and cut off, and described in `torn` for
+/// the `audit.gap` record.
+pub(crate) fn repair_tail(
+    path: &Path,
+    file: &File,
+    scan: &mut Scan,
+    torn: &mut Vec<String>,
+) -> Result<()> {
+    if scan.partial.is_empty() {
+        return Ok(());
+    }
+    let partial = std::mem::take(&mut scan.partial);
+    if let Some(r) = scan.partial_record.take() {
+        let mut f = file;
+        f.write_all(b"\n")
+            .and_then(|()| file.sync_data())
+            .map_err(|e| TdeError::io(path, e))?;
+        scan.add(r, partial.len() as u64 + 1);
+        return Ok(());
+    }
+    let aside = set_aside_torn(path, &partial)?;
+    file.set_len(scan.complete_len)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| TdeError::io(path, e))?;
+    let name = aside
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    tracing::warn!(
+        target: "heliosdb::tde::audit",
+        "the audit log {} ended in an incomplete line ({} bytes, a crash or a full disk \
+         during an append); it was moved to {name} and the log continues",
+        path.display(),
+        partial.len()
+    );
+    torn.push(format!(
+        "an incomplete last line ({} bytes) was moved to {name}",
+        partial.len()
+    ));
+    Ok(())
+}
+
+/// Opens and scans the current file of `path` (verifying its chain, repairing a torn tail),
+/// taking what it lacks from the rotated files: the tail when it is empty, the newest MAC when
+/// it has none newer than `known`.
+pub(crate) fn load(path: &Path, known: &ChainTail, torn: &mut Vec<String>) -> Result<Loaded> {
+    let file = open_current(path)?;
+    let rotated = format::rotated_files(path)?;
+    let start = rotated.is_empty().then(|| (0, format::ZERO.to_string()));
+    let mut scan = scan(&file, path, 0, 0, start)?;
+    repair_tail(path, &file, &mut scan, torn)?;
+    let last = if scan.lines > 0 {
+        scan.last.clone()
+    } else if rotated.is_empty() {
+        None
+    } else {
+        rotated_tail(path, u64::MAX, true)?.0
+    };
+    let (seq, hash) = last.unwrap_or((0, format::ZERO.to_string()));
+    // What this writer knew of the MAC chain still holds only if the log continued from
+    // there (not if it was moved aside and begun again).
+    let mut tail = if known.seq > 0 && seq >= known.seq {
+        known.clone()
+    } else {
+        ChainTail::default()
+    };
+    let newest_mac = match scan.newest_mac.take() {
+        Some(m) => Some(m),
+        None if !rotated.is_empty() => rotated_tail(path, tail.seq, false)?.1,
+        None => None,
+    };
+    tail.seq = seq;
+    tail.hash = hash;
+    if let Some((mac, akv)) = newest_mac {
+        tail.prev_mac = mac;
+        tail.last_akv = akv;
+    }
+    let meta = file.metadata().map_err(|e| TdeError::io(path, e))?;
+    Ok(Loaded {
+        id: identity(&meta),
+        file,
+        len: scan.complete_len,
+        lines: scan.lines,
+        first_seq: scan.first_seq,
+        tail,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,9 +29,11 @@
 //!
 //! [`verify_audit_log`] checks a file's chain. Events never contain key material.
 
+mod append;
 mod checkpoint;
 mod files;
 pub mod format;
+mod group_commit;
 mod process;
 pub mod verify;
 mod writer;

@@ -8,7 +8,7 @@
 //!  "akv":1,"mac":"<64 hex>","hash":"<64 hex>"}
 //! ```
 //!
-//! [`format`] defines both line formats, the hash chain and the MAC chain. The writer,
+//! [`format`](mod@format) defines both line formats, the hash chain and the MAC chain. The writer,
 //! [`FileAuditSink`]:
 //!
 //! * writes format 2 lines, continuing any existing chain (format 1 lines included); lines

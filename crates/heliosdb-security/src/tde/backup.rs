@@ -442,25 +442,23 @@ fn scratch_dir_for(bundle: &Path) -> PathBuf {
 }
 
 /// Records an event in the configured audit log (`audit_log_path`), for commands that run
-/// without the subsystem (`security backup verify`). Without an audit log it does nothing; a
-/// failed write is logged at error level, as the key manager does.
+/// without the subsystem (`security backup verify`, `mek change-passphrase`). The record
+/// carries no MAC (the audit key is not unwrapped for it); the next record written by a
+/// started subsystem covers it. Without an audit log it does nothing; a failed write is logged
+/// at error level, as the key manager does.
 pub async fn record_audit_event(config: &TdeConfig, event: AuditEvent) {
     audit_direct(config, event).await;
 }
 
 pub(crate) async fn audit_direct(config: &TdeConfig, event: AuditEvent) {
-    use heliosdb_tde_core::AuditSink;
-    let Some(path) = config.audit_log_path.as_ref() else {
-        return;
-    };
-    match heliosdb_tde_manager::FileAuditSink::open(path) {
-        Ok(sink) => {
-            if let Err(e) = sink.record(event).await {
-                tracing::error!(target: "heliosdb::tde::audit", "audit record failed: {e}");
-            }
-        }
-        Err(e) => tracing::error!(target: "heliosdb::tde::audit", "audit log unavailable: {e}"),
-    }
+    // The writer's mode as a start would resolve it; a configuration too broken to resolve it
+    // has already failed the command, which is what is being recorded.
+    let mode = heliosdb_tde_core::SecurityMode::resolve(config.security_mode.as_deref())
+        .map(|(m, _)| m)
+        .unwrap_or(heliosdb_tde_core::SecurityMode::for_build(cfg!(
+            debug_assertions
+        )));
+    super::audit::record_once(config, mode, event).await;
 }
 
 /// The newest bundle in `dir` that holds (or references) every one of `meks`, for the "lost

@@ -569,24 +569,10 @@ pub async fn security_checklist_at(tde: &TdeSubsystem, now: Timestamp) -> Vec<Ch
 
     out.push(rotation_item(tde, &mek_info, now));
 
-    // A read-only start does not open the audit log (it writes nothing), so the configured
-    // path is what counts.
-    out.push(match (&tde.config().audit_log_path, km.has_audit()) {
-        (_, true) => item(
-            "Audit logging enabled",
-            CheckStatus::Pass,
-            "an audit sink is attached",
-        ),
-        (Some(path), false) => item(
-            "Audit logging enabled",
-            CheckStatus::Pass,
-            format!("audit_log_path is {}", path.display()),
-        ),
-        (None, false) => item(
-            "Audit logging enabled",
-            CheckStatus::Fail,
-            "no audit log: set audit_log_path (or HELIOSDB_TDE_AUDIT_LOG_PATH)",
-        ),
+    // Bounded: only the audit log's current file is read.
+    out.push(match super::audit::checklist_item(tde).await {
+        Ok(detail) => item("Audit logging enabled", CheckStatus::Pass, detail),
+        Err(reason) => item("Audit logging enabled", CheckStatus::Fail, reason),
     });
 
     for name in [

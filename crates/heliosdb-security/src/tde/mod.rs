@@ -4,12 +4,14 @@
 //! TdeConfig --TdeSubsystem::new--> TdeSubsystem { KeyManager { MekProvider, KeyStore, cache } }
 //! ```
 
+mod audit;
 mod backup;
 mod checked;
 mod checklist;
 mod config;
 mod subsystem;
 
+pub use audit::{AuditStatus, audit_status, audit_tail, verify_audit, verify_audit_structure};
 pub use backup::{
     BackupTarget, BundleCheck, ProviderCheck, RESTORE_PENDING_ENTRY, RestoreOptions, RestoreReport,
     backup_offline, bundle_holding, record_audit_event, restore, verify_bundle,
@@ -18,6 +20,9 @@ pub use backup::{
 pub use checklist::{CheckItem, CheckStatus, security_checklist, security_checklist_at};
 pub use config::{ENV_PREFIX, TdeConfig};
 pub use heliosdb_tde_core::{AuditAction, AuditEvent};
+pub use heliosdb_tde_manager::audit::{
+    AuditCheckpoint, AuditFilter, AuditFsync, AuditLogOptions, AuditRecord, AuditSinkStats,
+};
 pub use heliosdb_tde_manager::backup::{BackupReport, Manifest as BackupManifest};
 pub use subsystem::{PageOpener, PageSealer, TdeSubsystem};
 

@@ -1,5 +1,6 @@
 //! `TdeSubsystem`: builds the provider, store and key manager from a [`TdeConfig`].
 
+use super::audit;
 use super::checked::CheckedConfig;
 use super::{Result, TdeConfig};
 use heliosdb_tde_cipher::{Backend, SealedParts, TableCipher, UsageLimits};
@@ -24,6 +25,7 @@ pub struct TdeSubsystem {
     key_manager: KeyManager,
     warnings: Vec<String>,
     pin_source: Option<&'static str>,
+    audit_sink: Option<Arc<heliosdb_tde_manager::FileAuditSink>>,
 }
 
 impl fmt::Debug for TdeSubsystem {
@@ -190,9 +192,20 @@ impl TdeSubsystem {
         let mut warnings = facts.warnings;
         let pin_source = facts.pin_source;
         if mode.is_production() && !provider.is_secure() {
-            return Err(TdeError::InsecureProvider {
+            let e = TdeError::InsecureProvider {
                 provider: provider.description(),
-            });
+            };
+            if !read_only {
+                let event = audit::validated_event(
+                    mode,
+                    mode_source,
+                    provider.as_ref(),
+                    &warnings,
+                    Some(&e),
+                );
+                audit::record_once(&config, mode, event).await;
+            }
+            return Err(e);
         }
         // A remote provider is asked before anything is created or opened, so that a first
         // start with the server down leaves nothing on disk (and waits for it a while).
@@ -212,11 +225,48 @@ impl TdeSubsystem {
             .with_algorithm(config.algorithm)
             .with_rotation(RotationConfig::default().with_grace_period(grace))
             .with_usage(UsagePolicy::default().with_soft_limit(config.tek_usage_soft_limit));
-        let mut km = KeyManager::new(provider, Arc::new(store), km_config)?;
-        if let Some(path) = config.audit_log_path.as_ref().filter(|_| !read_only) {
-            // FileAuditSink creates a missing directory owner-only (0700).
-            km = km.with_audit(Arc::new(heliosdb_tde_manager::FileAuditSink::open(path)?));
+        let mut km = KeyManager::new(provider.clone(), Arc::new(store), km_config)?;
+        // A read-only start writes nothing, so it does not open the audit log.
+        let audit_sink = match read_only {
+            true => None,
+            false => audit::open_sink(&config, mode)?,
+        };
+        if let Some(sink) = &audit_sink {
+            km = km.with_audit(sink.clone());
         }
+        let checks = Self::checks(&km, &mut warnings, read_only, audit_sink.as_deref()).await;
+        if !read_only {
+            let event = audit::validated_event(
+                mode,
+                mode_source,
+                provider.as_ref(),
+                &warnings,
+                checks.as_ref().err(),
+            );
+            km.record_audit(event).await;
+        }
+        checks?;
+        Ok(Self {
+            config,
+            default_mek_id,
+            mode,
+            mode_source,
+            key_manager: km,
+            warnings,
+            pin_source,
+            audit_sink,
+        })
+    }
+
+    /// The checks of a start after the key manager exists: security validation, the default
+    /// MEK, the audit key, and the notes on unfinished restores and rotations (pushed to
+    /// `warnings`).
+    async fn checks(
+        km: &KeyManager,
+        warnings: &mut Vec<String>,
+        read_only: bool,
+        audit_sink: Option<&heliosdb_tde_manager::FileAuditSink>,
+    ) -> Result<()> {
         if let Some(w) = km.validate_security()? {
             warnings.push(w);
         }
@@ -237,6 +287,9 @@ impl TdeSubsystem {
         } else {
             km.ensure_default_mek().await?;
         }
+        if let Some(sink) = audit_sink {
+            audit::attach_key(km, sink).await?;
+        }
         // A restore whose last step (the rotation of every table's TEK) did not finish.
         if km
             .store()
@@ -252,7 +305,10 @@ impl TdeSubsystem {
             warnings.push(m);
         }
         // An interrupted rotation is resumed by running it again; say so at every start.
-        if let Some(st) = km.mek_rotation_status(default_mek_id.as_str()).await? {
+        if let Some(st) = km
+            .mek_rotation_status(km.config().default_mek_id.as_str())
+            .await?
+        {
             use heliosdb_tde_manager::Phase;
             let msg = match st.phase {
                 Phase::Preparing | Phase::NewMekReady | Phase::Rewrapping => Some(format!(
@@ -277,15 +333,7 @@ impl TdeSubsystem {
                 warnings.push(m);
             }
         }
-        Ok(Self {
-            config,
-            default_mek_id,
-            mode,
-            mode_source,
-            key_manager: km,
-            warnings,
-            pin_source,
-        })
+        Ok(())
     }
 
     /// The key manager.
@@ -316,6 +364,12 @@ impl TdeSubsystem {
     /// Warnings raised at start (development mode only; production turns them into errors).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// The audit log this process writes, when `audit_log_path` is set and the start was not
+    /// read-only.
+    pub fn audit_sink(&self) -> Option<&heliosdb_tde_manager::FileAuditSink> {
+        self.audit_sink.as_deref()
     }
 
     /// Where the HSM PIN came from, when the provider is an HSM.

@@ -39,7 +39,11 @@ pub mod verify;
 mod writer;
 
 pub use checkpoint::{AUDIT_HEAD_ENTRY, AuditCheckpoint};
-pub use verify::{AuditVerification, verify_audit_log, verify_lines};
+pub use format::AuditRecord;
+pub use verify::{
+    AuditFilter, AuditKeys, AuditVerification, AuditVerifyOptions, read_audit_tail,
+    verify_audit_log, verify_audit_log_with, verify_lines,
+};
 pub use writer::FileAuditSink;
 
 use heliosdb_tde_core::{Result, SecurityMode, TdeError};

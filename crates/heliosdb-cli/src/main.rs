@@ -5,6 +5,7 @@
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+mod audit;
 mod backup;
 mod failure;
 mod output;
@@ -77,11 +78,17 @@ enum Security {
         #[arg(long)]
         no_rotate: bool,
     },
-    /// Verify the hash chain of the audit log (audit_log_path, or --path).
+    /// The audit log: verify its chains and checkpoint, show its newest records.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// The same as `security audit verify`.
     AuditVerify {
         /// The log file; defaults to the configured audit_log_path.
         #[arg(long)]
         path: Option<PathBuf>,
+        /// Check the hash chain and the file set only, without the provider or the key store.
+        #[arg(long)]
+        structure_only: bool,
     },
 }
 
@@ -215,10 +222,19 @@ async fn run(cli: Cli, out: &Out) -> Result<ExitCode, TdeError> {
             // Runs without starting the subsystem: the provider cannot open while files are
             // split between two passphrases, which is exactly what this command repairs.
             if let Security::Mek(Mek::ChangePassphrase) = cmd {
-                return change_passphrase(&config, out);
+                return change_passphrase(&config, out).await;
             }
-            if let Security::AuditVerify { path } = &cmd {
-                return audit_verify(path.as_ref().or(config.audit_log_path.as_ref()), out);
+            // The audit commands open what they need themselves (`--structure-only` and
+            // `tail` read the log alone).
+            if let Security::AuditVerify {
+                path,
+                structure_only,
+            } = cmd
+            {
+                return audit::verify(config, path, structure_only, out).await;
+            }
+            if let Security::Audit(cmd) = cmd {
+                return audit::run(config, cmd, out).await;
             }
             // Backups and restores open what they need themselves.
             if let Security::Backup(args) = cmd {
@@ -292,7 +308,9 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
             }
         }
         Security::MekInfo => out.mek_info(&km.mek_info().await?),
-        Security::KeyStats => out.key_stats(&km.key_stats().await?),
+        Security::KeyStats => {
+            out.key_stats(&km.key_stats().await?, &tde::audit_status(tde).await?);
+        }
         Security::Mek(Mek::Generate { id }) => {
             let id = id.unwrap_or_else(|| tde.default_mek_id().clone());
             let mek = km.generate_mek(&id).await?;
@@ -301,7 +319,9 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
                 km.mek_provider.description()
             ));
         }
-        Security::Mek(Mek::ChangePassphrase) => return change_passphrase(tde.config(), out),
+        Security::Mek(Mek::ChangePassphrase) => {
+            return change_passphrase(tde.config(), out).await;
+        }
         Security::Mek(Mek::Rotate { emergency }) => {
             return rotate::rotate(tde, emergency, out).await;
         }
@@ -309,10 +329,10 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
         Security::Mek(Mek::Verify) => return rotate::verify(tde, out).await,
         Security::Mek(Mek::Rollback) => return rotate::rollback(tde, out).await,
         Security::Mek(Mek::Deactivate) => return rotate::deactivate(tde, out).await,
-        Security::AuditVerify { path } => {
-            return audit_verify(path.as_ref().or(tde.config().audit_log_path.as_ref()), out);
-        }
-        Security::Backup(_) | Security::Restore { .. } => {
+        Security::AuditVerify { .. }
+        | Security::Audit(_)
+        | Security::Backup(_)
+        | Security::Restore { .. } => {
             return Err(TdeError::Unsupported {
                 what: "a backup command inside a started subsystem".into(),
                 hint: "run it as `heliosdb-cli security backup` or `restore`".into(),
@@ -338,24 +358,7 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-fn audit_verify(path: Option<&PathBuf>, out: &Out) -> Result<ExitCode, TdeError> {
-    let path = path.ok_or_else(|| {
-        TdeError::config(
-            "audit_log_path",
-            "no audit log is configured; pass --path FILE",
-        )
-    })?;
-    let v = tde::verify_audit_log(path)?;
-    out.message(&format!(
-        "audit log {} verified: {} lines, chain intact, last hash {}",
-        path.display(),
-        v.lines,
-        v.last_hash
-    ));
-    Ok(ExitCode::SUCCESS)
-}
-
-fn change_passphrase(config: &TdeConfig, out: &Out) -> Result<ExitCode, TdeError> {
+async fn change_passphrase(config: &TdeConfig, out: &Out) -> Result<ExitCode, TdeError> {
     let file = config.secure_file_config.as_ref().ok_or_else(|| {
         TdeError::config(
             "secure_file_config",
@@ -365,7 +368,25 @@ fn change_passphrase(config: &TdeConfig, out: &Out) -> Result<ExitCode, TdeError
     let (mode, _) = tde::SecurityMode::resolve(config.security_mode.as_deref())?;
     // Both passphrases are read (and their variables removed from the environment) by the
     // provider, which checks a passphrase file like an MEK file.
-    let report = SecureFileMekProvider::change_passphrase_from_env(file, mode)?;
+    let result = SecureFileMekProvider::change_passphrase_from_env(file, mode);
+    // The provider is not started here (its files may be split between two passphrases), so
+    // the record goes to the log directly; the next start's first keyed record covers it.
+    let detail = match &result {
+        Ok(r) => format!(
+            "secure-file passphrase of {}: {} files re-encrypted, {} already converted; \
+             passphrase generation {}",
+            file.storage_path.display(),
+            r.rewritten,
+            r.already_converted,
+            r.generation
+        ),
+        Err(_) => format!("secure-file passphrase of {}", file.storage_path.display()),
+    };
+    let event =
+        tde::AuditEvent::outcome_of(tde::AuditAction::CredentialChanged, None, &result, detail)
+            .with_provider(tde::ProviderKind::SecureFile);
+    tde::record_audit_event(config, event).await;
+    let report = result?;
     out.message(&format!(
         "passphrase changed: {} files re-encrypted, {} already converted by an earlier run; \
          passphrase generation {}",
@@ -433,6 +454,10 @@ fn real_main(args: &[OsString]) -> ExitCode {
         Err(code) => return code,
     };
     let out = Out::new(cli.format);
+    // Debug builds read fail points from FAILPOINTS, for the tests of failure paths (a failing
+    // audit write); in a build without the `failpoints` feature this does nothing.
+    #[cfg(debug_assertions)]
+    let _fail_points = fail::FailScenario::setup();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HELIOSDB_LOG")

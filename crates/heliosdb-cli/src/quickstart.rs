@@ -308,7 +308,7 @@ pub(crate) async fn run(args: Args, out: &Out) -> Result<ExitCode, TdeError> {
         out.say(format_args!(""));
         out.status(&tde, &checklist, &Default::default());
         out.say(format_args!(""));
-        out.key_stats(&stats);
+        out.key_stats(&stats, &tde::audit_status(&tde).await?);
         out.say(format_args!(
             "\nDone. Run it again to reopen the same keys. {fails} checklist item(s) need \
              attention before production."

@@ -3,7 +3,7 @@
 
 use super::rotation::{rotation_cell, rotation_json, service_rotation_note};
 use super::{Out, outln, table};
-use heliosdb_security::tde::{KeyMetadata, KeyStats, MekInfo};
+use heliosdb_security::tde::{self, KeyMetadata, KeyStats, MekInfo};
 use serde_json::json;
 
 impl Out {
@@ -92,9 +92,22 @@ impl Out {
         }
     }
 
-    pub(crate) fn key_stats(&self, s: &KeyStats) {
+    pub(crate) fn key_stats(&self, s: &KeyStats, audit: &tde::AuditStatus) {
+        let audit_json = serde_json::json!({
+            "path": audit.path,
+            "attached": audit.attached,
+            "written_since_start": audit.written,
+            "write_failures": audit.write_failures,
+            "last_seq": audit.last_seq,
+            "checkpoint": audit.checkpoint,
+            "lost_pending": audit.lost_pending,
+        });
         if self.is_json() {
-            self.json(serde_json::to_value(s).unwrap_or_default());
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("audit".into(), audit_json);
+            }
+            self.json(v);
             return;
         }
         let c = &s.cache;
@@ -142,6 +155,31 @@ impl Out {
                 .map(|t| format!(", last {t}"))
                 .unwrap_or_default()
         );
+        match &audit.path {
+            None => outln!(self, "Audit log:     none (set audit_log_path)"),
+            Some(path) => outln!(
+                self,
+                "Audit log:     {}: {} records written since start, {} write failures, last \
+                 seq {}, checkpoint {}{}",
+                path.display(),
+                audit.written,
+                audit.write_failures,
+                audit
+                    .last_seq
+                    .map_or_else(|| "-".to_string(), |n| n.to_string()),
+                audit
+                    .checkpoint
+                    .map_or_else(|| "none".to_string(), |n| n.to_string()),
+                if audit.lost_pending > 0 {
+                    format!(
+                        ", {} lost records not yet recorded as a gap",
+                        audit.lost_pending
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        }
     }
 
     pub(crate) fn keys(&self, keys: &[KeyMetadata]) {

@@ -1,5 +1,6 @@
 //! `get_table_key` miss (store read + provider unwrap + cache insert) against one raw AES-GCM
-//! open of 32 bytes, and wrap + unwrap per provider against the raw calls it makes. The cache
+//! open of 32 bytes, and with an audit log (each fsync policy) against none; one audit record
+//! under each fsync policy; and wrap + unwrap per provider against the raw calls it makes. The cache
 //! hit has its own harness, `key_cache_hit.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -7,7 +8,8 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use heliosdb_benches::{file_provider, manager};
 use heliosdb_tde_cipher::{AeadKey, Backend};
-use heliosdb_tde_core::TekId;
+use heliosdb_tde_core::{AuditAction, AuditEvent, AuditSink, TekId};
+use heliosdb_tde_manager::audit::{AuditFsync, AuditLogOptions, FileAuditSink};
 use heliosdb_tde_memory::InMemoryMekProvider;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -35,7 +37,9 @@ fn misses(c: &mut Criterion) {
             black_box(buf)
         })
     });
-    for name in ["memory", "file"] {
+    // The file provider without an audit log, then with one under each fsync policy: every
+    // miss records a `tek.unwrapped` line.
+    for name in ["memory", "file", "file_audit_batched", "file_audit_always"] {
         let dir = tempfile::tempdir().unwrap();
         let provider: Arc<dyn heliosdb_tde_core::MekProvider> = if name == "memory" {
             Arc::new(InMemoryMekProvider::new())
@@ -43,7 +47,10 @@ fn misses(c: &mut Criterion) {
             file_provider(dir.path())
         };
         // A cache of one entry over many keys: practically every lookup misses.
-        let km = manager(&rt, dir.path(), provider, 1, KEYS, false);
+        let mut km = manager(&rt, dir.path(), provider, 1, KEYS, false);
+        if let Some(fsync) = name.strip_prefix("file_audit_") {
+            km = km.with_audit(audit_sink(&dir.path().join("audit.log"), fsync));
+        }
         let ids: Vec<TekId> = (0..KEYS)
             .map(|i| format!("t{i:07}@v1").parse().unwrap())
             .collect();
@@ -54,6 +61,42 @@ fn misses(c: &mut Criterion) {
                 rt.block_on(km.get_tek(&ids[i])).unwrap()
             })
         });
+    }
+    g.finish();
+}
+
+/// A file audit sink at `log` with the fsync policy `fsync` (`batched` or `always`).
+fn audit_sink(log: &std::path::Path, fsync: &str) -> Arc<FileAuditSink> {
+    Arc::new(
+        FileAuditSink::open_with(
+            log,
+            AuditLogOptions::new().with_fsync(fsync.parse::<AuditFsync>().unwrap()),
+        )
+        .unwrap(),
+    )
+}
+
+/// One `tek.unwrapped` record (the record of a cache miss) under each fsync policy.
+fn audit_records(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("audit_record");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    let key: heliosdb_tde_core::KeyId = "tek:public.users@v1".parse().unwrap();
+    for fsync in ["batched", "always"] {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = audit_sink(&dir.path().join("audit.log"), fsync);
+        g.bench_function(fsync, |b| {
+            b.iter(|| {
+                let event = AuditEvent::success(AuditAction::TekUnwrapped, Some(key.clone()), "")
+                    .with_provider(heliosdb_tde_core::ProviderKind::SecureFile);
+                rt.block_on(sink.record(event)).unwrap()
+            })
+        });
+        rt.block_on(async { sink.flush() }).unwrap();
     }
     g.finish();
 }
@@ -468,5 +511,5 @@ fn softhsm(
     });
 }
 
-criterion_group!(benches, misses, wrap_unwrap);
+criterion_group!(benches, misses, audit_records, wrap_unwrap);
 criterion_main!(benches);

@@ -52,6 +52,18 @@ pub(super) const NOTES: &[&str] = &[
      chunks of about 10 ms in ABBA order, the median of each side's chunks), because the \
      1.08× target is within the drift criterion's one-after-the-other runs showed on this \
      shared machine.",
+    "**get_table_key miss with an audit log, and one audit record** (report). Every miss that \
+     reaches the provider appends one `tek.unwrapped` line: the event is formatted with the \
+     writer's process facts, chained (SHA-256 over the previous hash and the line, then \
+     HMAC-SHA256 under the audit key once a subsystem attached it) and written with one \
+     `write(2)` under the log's lock file. With `audit_fsync = \"batched\"` (the default) that \
+     is all the miss pays: the line is in the page cache at once, so a killed process loses \
+     nothing, and a group commit fsyncs the pending lines at most 100 ms later (and before any \
+     record that changes key state, which is always fsynced before its operation returns). \
+     With `always`, every miss also waits for an fsync of the log, which on this virtual \
+     machine's disk costs far more than the miss itself; that is what the `always` rows and \
+     the record row's baseline show. Choose `always` only where losing the last 100 ms of \
+     unwrap records in a power loss is not acceptable.",
     "**SoftHSM2 wrap + unwrap: both rows missed.** The provider caches each MEK version's \
      object handle and lifecycle state: its own changes invalidate the entry at once; \
      otherwise it is re-read after `state_refresh` (default 10 s; 0 re-reads on every call) or \

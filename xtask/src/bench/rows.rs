@@ -138,6 +138,24 @@ fn lookup_rows(rows: &mut Vec<RowSpec>) {
             "≤ 5 µs",
         ));
     }
+    for policy in ["batched", "always"] {
+        rows.push(row(
+            &format!("get_table_key miss, file provider, audit {policy}"),
+            &format!("get_table_key_miss/ours_file_audit_{policy}"),
+            "get_table_key_miss/ours_file",
+            "get_table_key miss, file provider, no audit",
+            Target::Report,
+            "report",
+        ));
+    }
+    rows.push(row(
+        "audit record, batched",
+        "audit_record/batched",
+        "audit_record/always",
+        "audit record, always (an fsync per record)",
+        Target::Report,
+        "report",
+    ));
 }
 
 /// Wrap + unwrap per provider.

@@ -118,11 +118,6 @@ pub const LITERAL_STRUCTS: &[Exemption] = &[
     },
     Exemption {
         krate: "heliosdb-tde-core",
-        name: "AuditEvent",
-        reason: PROVIDER_BUILT,
-    },
-    Exemption {
-        krate: "heliosdb-tde-core",
         name: "WrapContext",
         reason: CALLER_BUILT,
     },

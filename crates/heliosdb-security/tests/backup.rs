@@ -79,8 +79,10 @@ async fn a_thousand_keys_over_fifty_tables_survive_losing_both_directories() {
     assert_eq!(before.len(), 1000);
     let bundle = d.join("backup.hbk");
     let report = tde.backup(&bundle).await.unwrap();
-    assert_eq!(report.manifest.counts.teks, 1000);
-    assert_eq!(report.manifest.counts.tables, 50);
+    // The 1,000 table keys and the audit log's key (the reserved table `_heliosdb.audit`),
+    // which backups carry: the manifest counts every record and every distinct table id.
+    assert_eq!(report.manifest.counts.teks, 1001);
+    assert_eq!(report.manifest.counts.tables, 51);
     drop(tde);
 
     // The bundle holds no TEK and not the passphrase.
@@ -94,14 +96,14 @@ async fn a_thousand_keys_over_fifty_tables_survive_losing_both_directories() {
         .await
         .unwrap();
     assert!(check.ok(), "{check:?}");
-    assert_eq!(check.unwraps.total, 1000);
+    assert_eq!(check.unwraps.total, 1001);
 
     std::fs::remove_dir_all(d.join("keys")).unwrap();
     std::fs::remove_dir_all(d.join("mek")).unwrap();
     let r = tde::restore(&config, &bundle, RestoreOptions::default())
         .await
         .unwrap();
-    assert_eq!(r.teks, 1000);
+    assert_eq!(r.teks, 1001, "the table keys and the audit key");
     assert_eq!(r.rotated.len(), 50);
     for p in [d.join("keys"), d.join("mek")] {
         assert_eq!(mode(&p), 0o700, "{}", p.display());

@@ -91,10 +91,30 @@ impl AuditAction {
         Self::ALL.into_iter().find(|a| a.name() == name)
     }
 
-    /// Whether the action changes key state (everything but `tek.unwrapped`): such records are
-    /// made durable before `record` returns, and move the log's checkpoint.
+    /// Whether the record must be durable before `record` returns: everything but
+    /// `tek.unwrapped`, which a file sink may group-commit.
     pub fn is_state_changing(self) -> bool {
         self != AuditAction::TekUnwrapped
+    }
+
+    /// Whether a successful record of this action changes key state (MEKs, TEKs, credentials,
+    /// a restore), so that the log's checkpoint in the key store moves with it at once. The
+    /// other actions (unwraps, validations, backups written or verified, gaps) and every
+    /// failure move it only with the periodic rule, so that a command that changes no key and
+    /// a failed one change no byte of the key store.
+    pub fn changes_key_state(self) -> bool {
+        matches!(
+            self,
+            AuditAction::MekGenerated
+                | AuditAction::MekRotated
+                | AuditAction::MekRotationPaused
+                | AuditAction::MekStateChanged
+                | AuditAction::TekCreated
+                | AuditAction::TekRotated
+                | AuditAction::TekStateChanged
+                | AuditAction::CredentialChanged
+                | AuditAction::BackupRestored
+        )
     }
 }
 

@@ -69,7 +69,8 @@ pub struct RestoreReport {
     pub moved_aside: Vec<PathBuf>,
     /// MEK files put in place (secure-file provider).
     pub mek_files_added: Vec<String>,
-    /// Tables whose active TEK was rotated after the restore.
+    /// Tables whose active TEK was rotated after the restore (the audit key, also rotated, is
+    /// not listed).
     pub rotated: Vec<String>,
     /// Whether this run finished an interrupted restore of the same bundle.
     pub resumed: bool,
@@ -553,7 +554,11 @@ async fn restore_inner(
             if created < started {
                 fail_point("during-rotation");
                 km.rotate_table(&table).await?;
-                report.rotated.push(table.to_string());
+                // The audit key is rotated like every key the bundle held, but it is no
+                // user's table.
+                if !table.is_reserved() {
+                    report.rotated.push(table.to_string());
+                }
             }
         }
     }

@@ -740,3 +740,170 @@ async fn an_open_writer_repairs_a_torn_line_and_an_interrupted_rotation_left_by_
     drop(sink);
     assert_eq!(verify_set(&log, &[&key], &store).await, 6);
 }
+
+/// A keyed log of `n` `tek.created` records at `log`; the checkpoint ends at record `n`.
+async fn keyed_log(log: &Path, key: &Arc<TableKey>, store: &Arc<dyn KeyStore>, n: usize) {
+    let sink = FileAuditSink::open(log).unwrap();
+    sink.attach_key(key.clone(), store.clone()).await.unwrap();
+    for i in 0..n {
+        sink.record(created(i)).await.unwrap();
+    }
+    let cp = AuditCheckpoint::read(&**store).await.unwrap().unwrap();
+    assert_eq!(cp.seq, n as u64);
+}
+
+/// The verifier with the audit keys and the store's checkpoint.
+async fn verify_with_checkpoint(
+    log: &Path,
+    key: &Arc<TableKey>,
+    store: &Arc<dyn KeyStore>,
+) -> heliosdb_tde_core::Result<heliosdb_tde_manager::audit::AuditVerification> {
+    let cp = AuditCheckpoint::read(&**store).await.unwrap().unwrap();
+    let opts = AuditVerifyOptions::new()
+        .with_keys(AuditKeys::new().with_version(key.id().version.get(), key.clone()))
+        .with_checkpoint(cp.seq, cp.hash, cp.mac);
+    heliosdb_tde_manager::audit::verify_audit_log_with(log, &opts)
+}
+
+#[tokio::test]
+async fn a_log_moved_aside_starts_a_new_log_whose_gap_record_replaces_the_checkpoint() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let key = audit_key(1);
+    let log = dir.path().join("audit.log");
+    keyed_log(&log, &key, &store, 5).await;
+    let old = AuditCheckpoint::read(&*store).await.unwrap().unwrap();
+    std::fs::rename(&log, dir.path().join("audit.log.moved")).unwrap();
+
+    let sink = FileAuditSink::open(&log).unwrap();
+    sink.attach_key(key.clone(), store.clone()).await.unwrap();
+    // Written at attach_key, before any other record.
+    let recs = records(&log);
+    assert_eq!(recs.len(), 1);
+    let gap = &recs[0];
+    assert_eq!((gap.seq, gap.action.as_str()), (1, "audit.gap"));
+    assert_eq!(gap.outcome, "failure");
+    assert_eq!(gap.error_kind.as_deref(), Some("corrupt"));
+    let error = gap.error.as_deref().unwrap();
+    assert!(error.contains(log.to_str().unwrap()), "{error}");
+    assert!(
+        gap.detail.contains(&format!(
+            "a new audit log was started: the key store's checkpoint was at record 5 (hash {})",
+            old.hash
+        )) && gap
+            .detail
+            .contains("(moved aside or deleted); records 1..5 of that log are not in this one"),
+        "{}",
+        gap.detail
+    );
+    assert!(gap.mac.is_some());
+    // The checkpoint moved back to it.
+    let cp = AuditCheckpoint::read(&*store).await.unwrap().unwrap();
+    assert_eq!((cp.seq, &cp.hash, &cp.mac), (1, &gap.hash, &gap.mac));
+    assert_eq!(sink.stats().last_checkpoint, Some(1));
+    let v = verify_with_checkpoint(&log, &key, &store).await.unwrap();
+    assert_eq!((v.last_seq, v.checkpoint), (1, Some(1)));
+
+    // The log continues and the checkpoint moves forward from there.
+    sink.record(created(9)).await.unwrap();
+    drop(sink);
+    let cp = AuditCheckpoint::read(&*store).await.unwrap().unwrap();
+    assert_eq!(cp.seq, 2);
+    // A later writer finds a log that is not new: no second gap record.
+    let again = FileAuditSink::open(&log).unwrap();
+    again.attach_key(key.clone(), store.clone()).await.unwrap();
+    again.record(created(10)).await.unwrap();
+    drop(again);
+    let recs = records(&log);
+    let actions: Vec<&str> = recs.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, vec!["audit.gap", "tek.created", "tek.created"]);
+    check_chain(&recs, &key_bytes(&[&key]));
+    let v = verify_with_checkpoint(&log, &key, &store).await.unwrap();
+    assert_eq!((v.last_seq, v.checkpoint), (3, Some(3)));
+    assert_eq!(verify_set(&log, &[&key], &store).await, 3);
+}
+
+#[tokio::test]
+async fn a_log_truncated_in_place_keeps_the_checkpoint_and_still_fails_verification() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let key = audit_key(1);
+    let log = dir.path().join("audit.log");
+    keyed_log(&log, &key, &store, 6).await;
+    let before = AuditCheckpoint::read(&*store).await.unwrap().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let kept: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(&log, format!("{}\n", kept.join("\n"))).unwrap();
+
+    let sink = FileAuditSink::open(&log).unwrap();
+    sink.attach_key(key.clone(), store.clone()).await.unwrap();
+    sink.record(created(7)).await.unwrap();
+    drop(sink);
+    let recs = records(&log);
+    assert_eq!(recs.len(), 4);
+    assert!(recs.iter().all(|r| r.action != "audit.gap"));
+    assert_eq!(
+        AuditCheckpoint::read(&*store).await.unwrap().unwrap(),
+        before
+    );
+    let e = verify_with_checkpoint(&log, &key, &store)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("records were removed from the end of the log")
+            && e.contains("checkpoint is at record 6"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_log_with_rotated_files_left_is_not_new_and_keeps_the_checkpoint() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let key = audit_key(1);
+    let log = dir.path().join("audit.log");
+    {
+        // Records 1 and 2 end up in rotated files, 3..5 in the current file.
+        let sink =
+            FileAuditSink::open_with(&log, AuditLogOptions::new().with_max_file_bytes(1)).unwrap();
+        sink.attach_key(key.clone(), store.clone()).await.unwrap();
+        sink.record(created(0)).await.unwrap();
+        sink.record(created(1)).await.unwrap();
+    }
+    {
+        let sink = FileAuditSink::open(&log).unwrap();
+        sink.attach_key(key.clone(), store.clone()).await.unwrap();
+        for i in 2..5 {
+            sink.record(created(i)).await.unwrap();
+        }
+    }
+    let before = AuditCheckpoint::read(&*store).await.unwrap().unwrap();
+    assert_eq!(before.seq, 5);
+    assert_eq!(format::rotated_files(&log).unwrap().len(), 2);
+    std::fs::remove_file(&log).unwrap();
+
+    let sink = FileAuditSink::open(&log).unwrap();
+    sink.attach_key(key.clone(), store.clone()).await.unwrap();
+    sink.record(created(5)).await.unwrap();
+    assert_eq!(sink.stats().last_checkpoint, Some(5));
+    drop(sink);
+    let recs = records(&log);
+    assert_eq!(recs.len(), 1);
+    assert_eq!((recs[0].seq, recs[0].action.as_str()), (3, "tek.created"));
+    assert_eq!(
+        AuditCheckpoint::read(&*store).await.unwrap().unwrap(),
+        before
+    );
+    let e = verify_with_checkpoint(&log, &key, &store)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("records were removed from the end of the log"),
+        "{e}"
+    );
+}

@@ -3,7 +3,7 @@
 //! records that could not be written.
 
 use super::AuditFsync;
-use super::checkpoint::{self, AuditCheckpoint, CheckpointUpdate};
+use super::checkpoint::{self, AuditCheckpoint, CheckpointUpdate, Replace};
 use super::files::{Flock, write_line};
 use super::format::{self, AuditRecord, FORMAT_VERSION};
 use super::writer::{Inner, Job, State};
@@ -89,21 +89,7 @@ impl Inner {
         let r = (|| {
             let _flock = Flock::take(&self.lock, &self.path)?;
             self.refresh(&mut st)?;
-            if !st.gap.is_empty() {
-                let gap = std::mem::take(&mut st.gap);
-                let reported = gap.lost_count() + gap.foreign;
-                let rec = record_of(AuditEvent::success(
-                    AuditAction::AuditGap,
-                    None,
-                    gap.detail(),
-                ));
-                if let Err(e) = self.write_record(&mut st, rec, true) {
-                    st.gap = gap;
-                    return Err(e);
-                }
-                st.clear_lost += reported;
-                st.since_checkpoint += 1;
-            }
+            self.write_gap(&mut st)?;
             let durable = action.is_state_changing();
             self.write_record(&mut st, record_of(event), durable)?;
             st.since_checkpoint += 1;
@@ -139,6 +125,94 @@ impl Inner {
         }
     }
 
+    /// Writes the pending `audit.gap` record, if any (under the flock, after a refresh). A gap
+    /// that reports a new log is a failure; once durable, the checkpoint is to be replaced by
+    /// it. It is dropped if the log turns out not to be this sink's new log after all (another
+    /// writer added records, or it reached the checkpoint).
+    fn write_gap(&self, st: &mut State) -> Result<()> {
+        if let Some(old) = &st.gap.new_log
+            && (st.tail.seq != st.written || st.tail.seq >= old.seq)
+        {
+            tracing::warn!(
+                target: "heliosdb::tde::audit",
+                "audit log {}: another writer continued it since it was opened; the key \
+                 store's checkpoint (record {}) is left to it",
+                self.path.display(),
+                old.seq
+            );
+            st.gap.new_log = None;
+        }
+        if st.gap.is_empty() {
+            return Ok(());
+        }
+        let gap = std::mem::take(&mut st.gap);
+        let reported = gap.lost_count() + gap.foreign;
+        let event = match &gap.new_log {
+            Some(old) => {
+                let error = TdeError::corrupt(
+                    "audit log",
+                    self.path.display().to_string(),
+                    format!(
+                        "the key store's checkpoint is at record {} of a log that is not here, \
+                         and this log was new when it was opened; the checkpoint now names \
+                         this record. If the old log was not moved aside on purpose, find it \
+                         and check it with `heliosdb-cli security audit verify --path <file>`",
+                        old.seq
+                    ),
+                );
+                AuditEvent::failure(AuditAction::AuditGap, None, &error, gap.detail())
+            }
+            None => AuditEvent::success(AuditAction::AuditGap, None, gap.detail()),
+        };
+        if let Err(e) = self.write_record(st, record_of(event), true) {
+            st.gap = gap;
+            return Err(e);
+        }
+        st.clear_lost += reported;
+        st.since_checkpoint += 1;
+        if let Some(old) = gap.new_log {
+            st.pending_replace = Some(Replace {
+                old,
+                new: self.tail_checkpoint(st),
+            });
+        }
+        Ok(())
+    }
+
+    /// The newest record as a checkpoint.
+    fn tail_checkpoint(&self, st: &State) -> AuditCheckpoint {
+        AuditCheckpoint::new(
+            st.tail.seq,
+            st.tail.hash.clone(),
+            Some(st.tail.prev_mac.clone()).filter(|m| m != format::ZERO),
+        )
+    }
+
+    /// Writes the pending `audit.gap` record alone (when a new log was found at
+    /// `attach_key`) and returns the checkpoint change it calls for. A failure is logged and
+    /// counted; the gap stays pending for the next record.
+    pub(super) fn append_gap(&self) -> Option<Job> {
+        let mut st = self.state();
+        let r = (|| {
+            let _flock = Flock::take(&self.lock, &self.path)?;
+            self.refresh(&mut st)?;
+            self.write_gap(&mut st)
+        })();
+        match r {
+            Ok(()) => self.checkpoint_due(&mut st, AuditAction::AuditGap),
+            Err(e) => {
+                st.write_failures += 1;
+                tracing::error!(
+                    target: "heliosdb::tde::audit",
+                    "audit record audit.gap could not be written to {}: {e}; it is written \
+                     before the next record",
+                    self.path.display()
+                );
+                None
+            }
+        }
+    }
+
     /// Whether the record just written moves the checkpoint: every state-changing record, and
     /// unwraps every `checkpoint_records` records or `checkpoint_interval`. The line it names
     /// is made durable first.
@@ -146,6 +220,7 @@ impl Inner {
         let store = st.key.as_ref()?.store.clone();
         let due = action.is_state_changing()
             || st.clear_lost > 0
+            || st.pending_replace.is_some()
             || st.since_checkpoint >= self.options.checkpoint_records
             || st.checkpoint_at.elapsed() >= self.options.checkpoint_interval;
         if !due {
@@ -165,12 +240,9 @@ impl Inner {
         st.since_checkpoint = 0;
         st.checkpoint_at = Instant::now();
         let change = CheckpointUpdate {
-            head: Some(AuditCheckpoint::new(
-                st.tail.seq,
-                st.tail.hash.clone(),
-                Some(st.tail.prev_mac.clone()).filter(|m| m != format::ZERO),
-            )),
+            head: Some(self.tail_checkpoint(st)),
             clear_lost: std::mem::take(&mut st.clear_lost),
+            replace: st.pending_replace.take(),
             ..CheckpointUpdate::default()
         };
         Some((store, change))
@@ -185,14 +257,21 @@ impl Inner {
         match checkpoint::update(&*store, &change).await {
             Ok(cp) => {
                 let mut st = self.state();
-                if st.last_checkpoint.is_none_or(|s| cp.seq > s) {
+                // After a replacement the store's checkpoint is the truth, even backwards.
+                if change.replace.is_some() || st.last_checkpoint.is_none_or(|s| cp.seq > s) {
                     st.last_checkpoint = Some(cp.seq);
                 }
             }
             Err(e) => {
+                let mut st = self.state();
                 if change.clear_lost > 0 {
-                    self.state().clear_lost += change.clear_lost;
+                    st.clear_lost += change.clear_lost;
                 }
+                if let Some(r) = change.replace {
+                    // Retried with the next checkpoint.
+                    st.pending_replace.get_or_insert(r);
+                }
+                drop(st);
                 tracing::warn!(
                     target: "heliosdb::tde::audit",
                     "audit log {}: the checkpoint in the key store was not updated: {e}",

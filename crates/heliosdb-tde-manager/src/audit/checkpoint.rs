@@ -3,7 +3,9 @@
 //! before its checkpoint had records cut from its end.
 //!
 //! Writers update it with compare-and-set and never move it backwards: several processes may
-//! append to one log and checkpoint it.
+//! append to one log and checkpoint it. The one exception is a new log (the old one moved aside
+//! or deleted): its first writer reports the old checkpoint in an `audit.gap` record and
+//! replaces the checkpoint by that record, if it still holds the old value.
 
 use heliosdb_tde_core::store::JOURNAL_CHANGED;
 use heliosdb_tde_core::{KeyStore, Result, StoreBatch, TdeError};
@@ -80,15 +82,46 @@ pub(crate) struct CheckpointUpdate {
     pub(crate) add_lost: Vec<String>,
     /// How many lost records an `audit.gap` record just reported.
     pub(crate) clear_lost: u64,
+    /// A new log began: replace the checkpoint (backwards) by a record of it, if the
+    /// checkpoint still names the old log's record. Applied before `head`.
+    pub(crate) replace: Option<Replace>,
+}
+
+/// The one backwards move of the checkpoint: from `old` (the record of a log that is not there
+/// any more) to `new` (the `audit.gap` record of the new log reporting it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Replace {
+    /// The checkpoint as read when the new log was found (`seq`, `hash`, `mac` compared).
+    pub(crate) old: AuditCheckpoint,
+    /// The new log's record.
+    pub(crate) new: AuditCheckpoint,
+}
+
+impl Replace {
+    fn matches(&self, current: &AuditCheckpoint) -> bool {
+        current.seq == self.old.seq && current.hash == self.old.hash && current.mac == self.old.mac
+    }
 }
 
 impl CheckpointUpdate {
     pub(crate) fn is_empty(&self) -> bool {
-        self.head.is_none() && self.add_lost.is_empty() && self.clear_lost == 0
+        self.head.is_none()
+            && self.add_lost.is_empty()
+            && self.clear_lost == 0
+            && self.replace.is_none()
     }
 
     fn apply_to(&self, current: Option<&AuditCheckpoint>) -> AuditCheckpoint {
         let mut next = current.cloned().unwrap_or_default();
+        // Only while the checkpoint still names the old log's record: if another writer moved
+        // it meanwhile (it replaced it first, or the old log is back), it moves forward only.
+        if let Some(r) = &self.replace
+            && current.is_some_and(|c| r.matches(c))
+        {
+            next.seq = r.new.seq;
+            next.hash.clone_from(&r.new.hash);
+            next.mac.clone_from(&r.new.mac);
+        }
         if let Some(head) = &self.head
             && (current.is_none() || head.seq > next.seq)
         {
@@ -176,5 +209,36 @@ mod tests {
         let cleared = clear.apply_to(Some(&with_lost));
         assert_eq!(cleared, AuditCheckpoint::new(12, "h12", Some("m12".into())));
         assert!(CheckpointUpdate::default().is_empty());
+    }
+
+    #[test]
+    fn a_replace_moves_back_only_from_the_old_value_and_keeps_lost_records() {
+        let mut old = AuditCheckpoint::new(40, "h40", Some("m40".into()));
+        old.lost = 2;
+        old.lost_actions = vec!["tek.created".into()];
+        let new = AuditCheckpoint::new(1, "n1", Some("nm1".into()));
+        let replace = CheckpointUpdate {
+            replace: Some(Replace {
+                old: AuditCheckpoint::new(40, "h40", Some("m40".into())),
+                new: new.clone(),
+            }),
+            ..Default::default()
+        };
+        assert!(!replace.is_empty());
+        let moved = replace.apply_to(Some(&old));
+        assert_eq!((moved.seq, moved.hash.as_str()), (1, "n1"));
+        assert_eq!(moved.mac.as_deref(), Some("nm1"));
+        assert_eq!((moved.lost, moved.lost_actions.len()), (2, 1));
+        // Someone else moved it first: no backwards move.
+        let other = AuditCheckpoint::new(41, "h41", Some("m41".into()));
+        assert_eq!(replace.apply_to(Some(&other)), other);
+        let moved_by_other = AuditCheckpoint::new(1, "x1", None);
+        assert_eq!(replace.apply_to(Some(&moved_by_other)), moved_by_other);
+        // A head after the replacement moves it forward from there.
+        let both = CheckpointUpdate {
+            head: Some(AuditCheckpoint::new(2, "n2", Some("nm2".into()))),
+            ..replace.clone()
+        };
+        assert_eq!(both.apply_to(Some(&old)).seq, 2);
     }
 }

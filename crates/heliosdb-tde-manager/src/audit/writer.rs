@@ -1,7 +1,8 @@
 //! The writer of the audit log: [`FileAuditSink`].
 
-use super::checkpoint::{AuditCheckpoint, CheckpointUpdate};
+use super::checkpoint::{AuditCheckpoint, CheckpointUpdate, Replace};
 use super::files::{self, ChainTail, Flock, Loaded};
+use super::format;
 use super::group_commit::Syncer;
 use super::process::ProcessFacts;
 use super::{AuditFsync, AuditLogOptions, AuditSinkStats, GROUP_COMMIT_DELAY};
@@ -30,11 +31,14 @@ pub(super) struct Gap {
     /// Records another writer lost, from the checkpoint.
     pub(super) foreign: u64,
     pub(super) foreign_actions: Vec<String>,
+    /// This sink began a new log while the checkpoint names a record of an older one (moved
+    /// aside or deleted): the checkpoint as read. The gap record is then a failure.
+    pub(super) new_log: Option<AuditCheckpoint>,
 }
 
 impl Gap {
     pub(super) fn is_empty(&self) -> bool {
-        self.torn.is_empty() && self.lost.is_empty() && self.foreign == 0
+        self.torn.is_empty() && self.lost.is_empty() && self.foreign == 0 && self.new_log.is_none()
     }
 
     pub(super) fn lost_count(&self) -> u64 {
@@ -42,7 +46,11 @@ impl Gap {
     }
 
     pub(super) fn detail(&self) -> String {
-        let mut parts = self.torn.clone();
+        let mut parts = Vec::new();
+        if let Some(old) = &self.new_log {
+            parts.push(new_log_detail(old));
+        }
+        parts.extend(self.torn.iter().cloned());
         if !self.lost.is_empty() {
             let actions: Vec<String> = self
                 .lost
@@ -66,6 +74,17 @@ impl Gap {
     }
 }
 
+/// What the `audit.gap` record of a new log says about the checkpoint `old` it found.
+pub(super) fn new_log_detail(old: &AuditCheckpoint) -> String {
+    format!(
+        "a new audit log was started: the key store's checkpoint was at record {seq} (hash \
+         {hash}) of a log that is not here (moved aside or deleted); records 1..{seq} of that \
+         log are not in this one",
+        seq = old.seq,
+        hash = old.hash
+    )
+}
+
 /// The sink's view of the log, under its mutex.
 pub(super) struct State {
     pub(super) file: Arc<File>,
@@ -86,6 +105,12 @@ pub(super) struct State {
     pub(super) write_failures: u64,
     pub(super) last_checkpoint: Option<u64>,
     pub(super) last_akv_in_log: Option<u32>,
+    /// The log's file set held no record when this sink opened it (an empty or new current
+    /// file, no rotated file), and no checkpoint has been read since: a checkpoint ahead of
+    /// the log then belongs to a log that was moved aside or deleted.
+    pub(super) new_at_open: bool,
+    /// The backwards move of the checkpoint to the new log's gap record, still to be applied.
+    pub(super) pending_replace: Option<Replace>,
 }
 
 pub(super) struct Inner {
@@ -141,9 +166,11 @@ impl FileAuditSink {
         }
         let lock = files::open_lock(path)?;
         let mut gap = Gap::default();
-        let loaded = {
+        let (loaded, new_at_open) = {
             let _flock = Flock::take(&lock, path)?;
-            files::load(path, &ChainTail::default(), &mut gap.torn)?
+            let loaded = files::load(path, &ChainTail::default(), &mut gap.torn)?;
+            let new = loaded.lines == 0 && format::rotated_files(path)?.is_empty();
+            (loaded, new)
         };
         let syncer = (options.fsync == AuditFsync::Batched).then(|| Arc::new(Syncer::default()));
         let inner = Arc::new(Inner {
@@ -168,6 +195,8 @@ impl FileAuditSink {
                 written: 0,
                 write_failures: 0,
                 last_checkpoint: None,
+                new_at_open,
+                pending_replace: None,
             }),
             syncer: syncer.clone(),
         });
@@ -387,16 +416,33 @@ impl AuditSink for FileAuditSink {
         };
         match AuditCheckpoint::read(&*store).await {
             Ok(Some(cp)) => {
-                let mut st = self.inner.state();
-                if st.last_checkpoint.is_none_or(|s| cp.seq > s) {
-                    st.last_checkpoint = Some(cp.seq);
-                }
-                if first && cp.lost > 0 {
-                    st.gap.foreign += cp.lost;
-                    st.gap.foreign_actions = cp.lost_actions;
+                let new_log = {
+                    let mut st = self.inner.state();
+                    if st.last_checkpoint.is_none_or(|s| cp.seq > s) {
+                        st.last_checkpoint = Some(cp.seq);
+                    }
+                    let new_log = std::mem::take(&mut st.new_at_open) && cp.seq > st.tail.seq;
+                    if new_log {
+                        let mut old = cp.clone();
+                        old.lost = 0;
+                        old.lost_actions = Vec::new();
+                        st.gap.new_log = Some(old);
+                    }
+                    if first && cp.lost > 0 {
+                        st.gap.foreign += cp.lost;
+                        st.gap.foreign_actions = cp.lost_actions;
+                    }
+                    new_log
+                };
+                if new_log {
+                    // Write the gap record and move the checkpoint now, so that the new log
+                    // verifies from its start; if writing fails, the next record retries.
+                    if let Some(job) = self.inner.append_gap() {
+                        self.inner.checkpoint(job).await;
+                    }
                 }
             }
-            Ok(None) => {}
+            Ok(None) => self.inner.state().new_at_open = false,
             Err(e) => tracing::warn!(
                 target: "heliosdb::tde::audit",
                 "audit log {}: the checkpoint in the key store cannot be read: {e}",

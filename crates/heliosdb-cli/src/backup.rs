@@ -37,7 +37,7 @@ pub(crate) async fn run(
     let r = tde::backup_offline(config, target, args.force).await?;
     let m = &r.manifest;
     out.message(&format!(
-        "wrote {} ({} bytes, mode 0600): {} table keys of {} tables, store {} at generation {}, \
+        "wrote {} ({} bytes, mode 0600): {} keys ({} tables), store {} at generation {}, \
          provider {} ({} MEK versions{}). Keep it apart from the database's data and from the \
          passphrase; check it with `heliosdb-cli security backup verify {} --with-provider`",
         r.path.display(),
@@ -106,7 +106,7 @@ async fn verify(
             out.message(&format!("problem: {p}"));
         }
         out.message(&format!(
-            "{} {}: structure and checksums intact; {} table keys of {} tables, store {} at \
+            "{} {}: structure and checksums intact; {} keys ({} tables), store {} at \
              generation {}, taken {} by HeliosDB {}, provider {}; MEK versions: {}",
             if c.problems.is_empty() {
                 "verified"

@@ -81,7 +81,8 @@ fn populated(dir: &Path) -> (PathBuf, PathBuf) {
         &cfg,
         &["security", "backup", "--out", bundle_arg],
     ));
-    assert!(t.contains("5 table keys of 4 tables"), "{t}");
+    // Five table keys and the audit log's key.
+    assert!(t.contains("6 keys (4 tables)"), "{t}");
     (cfg, bundle)
 }
 
@@ -137,7 +138,8 @@ fn backup_wipe_restore_and_every_key_reads_with_a_new_active_version() {
             "--with-provider",
         ],
     ));
-    assert!(t.contains("all 5 table keys unwrap"), "{t}");
+    // The five table keys and the audit log's key.
+    assert!(t.contains("all 6 table keys unwrap"), "{t}");
 
     // Lose everything, then restore.
     std::fs::remove_dir_all(d.join("keys")).unwrap();
@@ -196,7 +198,7 @@ fn restore_over_a_populated_store_needs_force_and_keeps_the_old_one() {
     let before = snapshot(d);
     let t = fails(&cli(d, &cfg, &["security", "restore", bundle_arg]));
     assert!(
-        t.contains("--force") && t.contains("holds 6 table keys"),
+        t.contains("--force") && t.contains("holds 7 table keys"),
         "{t}"
     );
     assert_eq!(snapshot(d), before, "a refused restore changes nothing");
@@ -460,7 +462,10 @@ async fn backup_and_restore_refuse_a_store_held_by_a_running_database() {
     assert!(t.contains("stop HeliosDB first"), "{t}");
     // The running database takes its backup through the API.
     let r = holder.backup(&out).await.unwrap();
-    assert_eq!(r.manifest.counts.teks, 6);
+    assert_eq!(
+        r.manifest.counts.teks, 7,
+        "six table keys and the audit key"
+    );
 }
 
 #[test]
@@ -493,7 +498,7 @@ fn verify_with_a_provider_that_lacks_the_mek_names_every_key_and_table() {
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(
-        t.contains("NOT verified") && t.contains("5 of 5 table keys"),
+        t.contains("NOT verified") && t.contains("6 of 6 table keys"),
         "{t}"
     );
     for table in ["public.a", "public.b", "public.c", "public.d"] {

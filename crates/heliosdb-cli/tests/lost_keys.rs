@@ -1,6 +1,7 @@
 //! Issue 9 items 1 and 18 with the real binary: the MEK directory moved (a wrong mount, a
 //! typo) is never answered with a new MEK; `security status` lists the tables that cannot be
-//! read and exits 3; read-only and failed commands leave every file byte-identical.
+//! read and exits 3; read-only commands leave every file byte-identical, failed ones every file
+//! but the audit log, which records the failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -103,7 +104,23 @@ fn a_moved_mek_directory_is_reported_never_replaced() {
     assert!(t.contains("master_key_001"), "{t}");
     assert!(t.contains("mek-b"), "{t}");
     assert!(t.contains("2 table key version(s) of 2 table(s)"), "{t}");
-    same(&before, &snapshot(dir.path())).unwrap();
+    // Nothing changed but the audit log, which recorded the refused start.
+    let without_log = |mut m: BTreeMap<PathBuf, Vec<u8>>| {
+        m.remove(&dir.path().join("audit/audit.log"));
+        m
+    };
+    same(
+        &without_log(before.clone()),
+        &without_log(snapshot(dir.path())),
+    )
+    .unwrap();
+    let log = std::fs::read_to_string(dir.path().join("audit/audit.log")).unwrap();
+    let last = log.lines().last().unwrap();
+    assert!(
+        last.contains("\"action\":\"security.validated\"")
+            && last.contains("\"error_kind\":\"mek_missing\""),
+        "{last}"
+    );
 
     // With the right directory everything is readable, and status says so.
     let o = cli(dir.path(), &a, &["security", "status"]);
@@ -119,7 +136,8 @@ fn read_only_and_failed_commands_change_no_byte() {
         &a,
         &["security", "tek", "create", "public.users"],
     ));
-    let before = snapshot(dir.path());
+    let mut before = snapshot(dir.path());
+    let log = dir.path().join("audit/audit.log");
     for args in [
         &["security", "status"][..],
         &["security", "tek", "list"],
@@ -127,13 +145,42 @@ fn read_only_and_failed_commands_change_no_byte() {
         &["security", "key-stats"],
         &["security", "mek", "rotation-status"],
         &["--format", "json", "security", "tek", "list"],
-        // Failed commands.
-        &["security", "tek", "rotate", "public.nosuch"],
-        &["security", "tek", "create", "public.users"],
     ] {
         let o = cli(dir.path(), &a, args);
         if let Err(e) = same(&before, &snapshot(dir.path())) {
             panic!("`{}` changed files: {e}\n{}", args.join(" "), text(&o));
         }
+    }
+    // Failed commands change no key file; the audit log only grows by the start's record and
+    // the failure it exists to record.
+    for (args, action) in [
+        (
+            &["security", "tek", "rotate", "public.nosuch"][..],
+            "tek.rotated",
+        ),
+        (
+            &["security", "tek", "create", "public.users"],
+            "tek.created",
+        ),
+    ] {
+        let log_before = before.remove(&log).unwrap();
+        let o = cli(dir.path(), &a, args);
+        let mut after = snapshot(dir.path());
+        let log_after = after.remove(&log).unwrap();
+        if let Err(e) = same(&before, &after) {
+            panic!("`{}` changed files: {e}\n{}", args.join(" "), text(&o));
+        }
+        assert!(
+            log_after.starts_with(&log_before),
+            "the log was only appended to"
+        );
+        let added = String::from_utf8_lossy(&log_after[log_before.len()..]).to_string();
+        assert!(
+            added.contains(&format!("\"action\":\"{action}\","))
+                && added.contains("\"outcome\":\"failure\""),
+            "`{}`: {added}",
+            args.join(" ")
+        );
+        before.insert(log.clone(), log_after);
     }
 }

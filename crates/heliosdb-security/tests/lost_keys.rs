@@ -257,7 +257,10 @@ async fn read_only_commands_and_failed_commands_change_no_byte() {
         "a read-only start changed files"
     );
 
-    // A failed write command (no such table) changes nothing either.
+    // A failed write command (no such table) changes no key file either; only the audit log
+    // grows, by the start's `security.validated` and the failure it exists to record.
+    let log = dir.path().join("audit").join("audit.log");
+    let log_before = std::fs::read(&log).unwrap();
     let tde = TdeSubsystem::new(config).await.unwrap();
     let e = tde
         .key_manager()
@@ -266,10 +269,25 @@ async fn read_only_commands_and_failed_commands_change_no_byte() {
         .unwrap_err();
     assert!(matches!(e, TdeError::KeyNotFound { .. }), "{e:?}");
     drop(tde);
+    let without_log = |mut m: BTreeMap<PathBuf, (u64, u64)>| {
+        m.remove(&log);
+        m
+    };
     assert_eq!(
-        before,
-        snapshot(dir.path()),
+        without_log(before),
+        without_log(snapshot(dir.path())),
         "a failed command changed files"
+    );
+    let log_after = std::fs::read(&log).unwrap();
+    assert!(
+        log_after.starts_with(&log_before),
+        "the log was only appended to"
+    );
+    let added = String::from_utf8_lossy(&log_after[log_before.len()..]).to_string();
+    assert!(
+        added.contains("\"action\":\"tek.rotated\"")
+            && added.contains("\"error_kind\":\"key_not_found\""),
+        "{added}"
     );
 }
 

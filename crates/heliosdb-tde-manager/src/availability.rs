@@ -117,7 +117,9 @@ impl KeyManager {
         let mut unreadable_tables: Vec<TableId> = Vec::new();
         for (table, cur, prev) in &teks {
             let readable = ok(cur) || prev.as_ref().is_some_and(ok);
-            if !readable && unreadable_tables.last() != Some(table) {
+            // The audit key is no user's table; it shares the default MEK with them, so a lost
+            // MEK shows in the user tables it leaves unreadable.
+            if !readable && !table.is_reserved() && unreadable_tables.last() != Some(table) {
                 unreadable_tables.push(table.clone());
             }
         }

@@ -36,7 +36,7 @@ impl KeyManager {
             Ok(info) => info,
             Err(TdeError::KeyNotFound { .. }) => {
                 let deps = self.mek_dependents(&id).await?;
-                if deps.teks > 0 || deps.journal {
+                if deps.teks > 0 || deps.reserved > 0 || deps.journal {
                     return Err(TdeError::MekMissing {
                         mek: id.to_string(),
                         provider: self.mek_provider.description(),
@@ -82,7 +82,11 @@ impl KeyManager {
                 for r in page {
                     let under = r.wrapped.mek.id == *id
                         || r.previous_wrap.as_ref().is_some_and(|p| p.mek.id == *id);
-                    if under {
+                    if under && r.id.table.is_reserved() {
+                        // The audit key: it counts for "something depends on this MEK", but it
+                        // is no user's table key.
+                        deps.reserved += 1;
+                    } else if under {
                         deps.teks += 1;
                         if last_table.as_ref() != Some(&r.id.table) {
                             deps.tables += 1;
@@ -391,6 +395,8 @@ impl KeyManager {
 pub(crate) struct MekDependents {
     teks: u64,
     tables: u64,
+    /// TEKs of reserved tables (the audit key).
+    reserved: u64,
     journal: bool,
 }
 

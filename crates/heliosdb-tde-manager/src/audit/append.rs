@@ -85,6 +85,9 @@ impl Inner {
     /// the checkpoint decision.
     pub(super) fn append(&self, event: AuditEvent) -> (Result<()>, Option<Job>) {
         let action = event.action;
+        // Only a successful change of key state moves the checkpoint at once: a command that
+        // changes no key, or fails, leaves the key store byte-identical.
+        let moves_checkpoint = event.is_success() && action.changes_key_state();
         let mut st = self.state();
         let r = (|| {
             let _flock = Flock::take(&self.lock, &self.path)?;
@@ -100,7 +103,7 @@ impl Inner {
         })();
         match r {
             Ok(()) => {
-                let job = self.checkpoint_due(&mut st, action);
+                let job = self.checkpoint_due(&mut st, moves_checkpoint);
                 (Ok(()), job)
             }
             Err(e) => {
@@ -199,7 +202,7 @@ impl Inner {
             self.write_gap(&mut st)
         })();
         match r {
-            Ok(()) => self.checkpoint_due(&mut st, AuditAction::AuditGap),
+            Ok(()) => self.checkpoint_due(&mut st, false),
             Err(e) => {
                 st.write_failures += 1;
                 tracing::error!(
@@ -213,12 +216,13 @@ impl Inner {
         }
     }
 
-    /// Whether the record just written moves the checkpoint: every state-changing record, and
-    /// unwraps every `checkpoint_records` records or `checkpoint_interval`. The line it names
-    /// is made durable first.
-    fn checkpoint_due(&self, st: &mut State, action: AuditAction) -> Option<Job> {
+    /// Whether the record just written moves the checkpoint: a successful change of key state
+    /// ([`AuditAction::changes_key_state`]), a gap record that settles lost records or starts a
+    /// new log, and any other record every `checkpoint_records` records or after
+    /// `checkpoint_interval`. The line it names is made durable first.
+    fn checkpoint_due(&self, st: &mut State, key_state_changed: bool) -> Option<Job> {
         let store = st.key.as_ref()?.store.clone();
-        let due = action.is_state_changing()
+        let due = key_state_changed
             || st.clear_lost > 0
             || st.pending_replace.is_some()
             || st.since_checkpoint >= self.options.checkpoint_records

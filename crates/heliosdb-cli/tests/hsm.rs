@@ -78,7 +78,8 @@ fn table_keys_and_rotation_on_the_hsm() {
     let out = cli(&cfg, true, &["security", "mek", "rotate"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("Keys re-encrypted: 1"),
+        // The table key and the audit log's key.
+        text(&out).contains("Keys re-encrypted: 2"),
         "{}",
         text(&out)
     );
@@ -209,7 +210,8 @@ fn a_bundle_holds_token_references_only_and_restores_into_a_new_key_store() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("all 3 table keys unwrap"),
+        // The table keys and the audit log's key.
+        text(&out).contains("all 4 table keys unwrap"),
         "{}",
         text(&out)
     );

@@ -282,18 +282,44 @@ async fn the_audit_log_records_every_key_operation_and_verifies() {
     let audit = checklist.iter().find(|c| c.item.contains("Audit")).unwrap();
     assert_eq!(audit.status, CheckStatus::Pass, "{}", audit.reason);
     drop(tde);
+    let actions = |log: &std::path::Path| -> Vec<String> {
+        heliosdb_security::tde::audit_tail(log, usize::MAX, &Default::default())
+            .unwrap()
+            .into_iter()
+            .map(|r| format!("{} {}", r.action, r.key.unwrap_or_default()))
+            .collect()
+    };
+    assert_eq!(
+        actions(&log),
+        [
+            "mek.generated mek:master_key_001@v1",
+            "tek.created tek:_heliosdb.audit@v1",
+            "security.validated ",
+            "tek.created tek:t@v1",
+            "tek.state_changed tek:t@v1",
+            "tek.rotated tek:t@v2",
+        ]
+    );
     let v = heliosdb_security::tde::verify_audit_log(&log).unwrap();
-    assert_eq!(v.lines, 3, "MEK generated, TEK created, TEK rotated");
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("\"action\":\"tek.rotated\""), "{text}");
-    // A restart extends the same chain.
+    assert_eq!(v.lines, 6);
+    // A restart extends the same chain: its start, the audit key read back (a cache miss) and
+    // the new key.
     let tde = TdeSubsystem::new(config).await.unwrap();
     tde.key_manager().create_table_key("u").await.unwrap();
+    let after = actions(&log);
+    assert_eq!(
+        after[6..],
+        [
+            "tek.unwrapped tek:_heliosdb.audit@v1",
+            "security.validated ",
+            "tek.created tek:u@v1",
+        ]
+    );
     assert_eq!(
         heliosdb_security::tde::verify_audit_log(&log)
             .unwrap()
             .lines,
-        4
+        9
     );
 }
 

@@ -282,9 +282,9 @@ pub enum TdeError {
 }
 
 impl TdeError {
-    /// A stable snake_case name of the error's kind, for audit records and metrics (for
-    /// example `authentication_failed`, `provider_unavailable`). Names never change once
-    /// released; every kind has its own.
+    /// A stable snake_case name of the error's kind, for audit records, the CLI's JSON errors
+    /// and metrics (for example `authentication_failed`, `provider_unavailable`): the variant's
+    /// name in snake_case. Names never change once released; every kind has its own.
     pub fn kind(&self) -> &'static str {
         match self {
             TdeError::InsecureProvider { .. } => "insecure_provider",
@@ -297,14 +297,14 @@ impl TdeError {
             TdeError::InvalidKeyState { .. } => "invalid_key_state",
             TdeError::RotationPhase { .. } => "rotation_phase",
             TdeError::ProviderUnavailable { .. } => "provider_unavailable",
-            TdeError::Provider { .. } => "provider_error",
+            TdeError::Provider { .. } => "provider",
             TdeError::Corrupt { .. } => "corrupt",
             TdeError::InvalidIdentifier { .. } => "invalid_identifier",
             TdeError::InvalidConfig { .. } => "invalid_config",
             TdeError::SecurityPolicy(_) => "security_policy",
             TdeError::NonceBudgetExhausted { .. } => "nonce_budget_exhausted",
             TdeError::Unsupported { .. } => "unsupported",
-            TdeError::Random(_) => "random_failed",
+            TdeError::Random(_) => "random",
             TdeError::WrongKeyVersion { .. } => "wrong_key_version",
             TdeError::InvalidArgument(_) => "invalid_argument",
             TdeError::InUse { .. } => "in_use",

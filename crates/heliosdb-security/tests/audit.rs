@@ -9,15 +9,8 @@
 mod common;
 
 use base64::Engine;
-use heliosdb_security::tde::{self, AuditFilter, TdeConfig, TdeSubsystem};
+use heliosdb_security::tde::{self, TdeConfig, TdeSubsystem};
 use std::path::Path;
-
-fn audited(root: &Path) -> TdeConfig {
-    TdeConfig {
-        audit_log_path: Some(root.join("audit").join("tde-audit.log")),
-        ..common::file_config(root, "development")
-    }
-}
 
 /// Every file of the log's set, concatenated.
 fn log_text(log: &Path) -> String {
@@ -33,14 +26,6 @@ fn log_text(log: &Path) -> String {
         }
     }
     text
-}
-
-fn records(log: &Path) -> Vec<serde_json::Value> {
-    tde::audit_tail(log, usize::MAX, &AuditFilter::new())
-        .unwrap()
-        .into_iter()
-        .map(|r| serde_json::to_value(r).unwrap())
-        .collect()
 }
 
 /// Every encoding of `bytes` a log could leak it in.
@@ -124,7 +109,7 @@ fn assert_no_secret(log: &Path, secrets: &[Vec<u8>], words: &[&str]) {
 #[tokio::test]
 async fn a_full_scenario_leaves_no_key_or_passphrase_in_the_log_and_verifies() {
     let dir = tempfile::tempdir().unwrap();
-    let config = audited(dir.path());
+    let config = common::audited_config(dir.path());
     let backups = dir.path().join("backups");
     let secrets = scenario(&config, &backups).await;
     assert!(secrets.len() >= 8, "{}", secrets.len());
@@ -136,7 +121,7 @@ async fn a_full_scenario_leaves_no_key_or_passphrase_in_the_log_and_verifies() {
     );
 
     // Every start recorded security.validated with its mode, source and provider.
-    let recs = records(&log);
+    let recs = common::audit_records(&log);
     let validated: Vec<_> = recs
         .iter()
         .filter(|r| r["action"] == "security.validated")
@@ -205,7 +190,7 @@ async fn a_full_scenario_on_the_hsm_leaves_no_key_or_pin_in_the_log() {
         &[&format!("\"{pin}\""), &format!("pin={pin}")],
     );
     assert!(
-        records(&log)
+        common::audit_records(&log)
             .iter()
             .any(|r| r["provider"] == "pkcs11-hsm" && r["action"] == "tek.unwrapped"),
         "unwraps through the token are recorded"
@@ -215,7 +200,7 @@ async fn a_full_scenario_on_the_hsm_leaves_no_key_or_pin_in_the_log() {
 #[tokio::test]
 async fn a_log_with_authenticated_records_and_no_audit_key_in_the_store_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let config = audited(dir.path());
+    let config = common::audited_config(dir.path());
     TdeSubsystem::new(config.clone()).await.unwrap();
     // The key store and the MEKs are replaced by new ones (a first start elsewhere), but the
     // log stays: a new audit key would leave every earlier record unverifiable.
@@ -235,7 +220,7 @@ async fn a_log_with_authenticated_records_and_no_audit_key_in_the_store_is_refus
     // Only the refusal itself was appended.
     let after = std::fs::read(&log).unwrap();
     assert!(after.starts_with(&before));
-    let last = records(&log).pop().unwrap();
+    let last = common::audit_records(&log).pop().unwrap();
     assert_eq!(last["action"], "security.validated");
     assert_eq!(last["outcome"], "failure");
     assert_eq!(last["error_kind"], "key_not_found");
@@ -257,7 +242,7 @@ async fn a_production_refusal_is_recorded_as_a_failure() {
         !dir.path().join("keys").exists(),
         "no key store was created"
     );
-    let recs = records(&log);
+    let recs = common::audit_records(&log);
     assert_eq!(recs.len(), 1, "{recs:#?}");
     assert_eq!(recs[0]["action"], "security.validated");
     assert_eq!(recs[0]["outcome"], "failure");

@@ -5,32 +5,14 @@
 
 mod common;
 
-use heliosdb_security::tde::{
-    self, AuditFilter, CheckStatus, TdeConfig, TdeSubsystem, security_checklist,
-};
-use std::path::Path;
-
-fn audited(root: &Path) -> TdeConfig {
-    TdeConfig {
-        audit_log_path: Some(root.join("audit").join("tde-audit.log")),
-        ..common::file_config(root, "development")
-    }
-}
-
-fn records(log: &Path) -> Vec<serde_json::Value> {
-    tde::audit_tail(log, usize::MAX, &AuditFilter::new())
-        .unwrap()
-        .into_iter()
-        .map(|r| serde_json::to_value(r).unwrap())
-        .collect()
-}
+use heliosdb_security::tde::{self, CheckStatus, TdeConfig, TdeSubsystem, security_checklist};
 
 #[tokio::test]
 async fn the_checklist_item_fails_after_a_failed_write_and_for_a_damaged_log() {
     let dir = tempfile::tempdir().unwrap();
     let config = TdeConfig {
         backup_dir: Some(dir.path().join("backups")),
-        ..audited(dir.path())
+        ..common::audited_config(dir.path())
     };
     let audit_item = |c: &[tde::CheckItem]| {
         c.iter()
@@ -56,7 +38,7 @@ async fn the_checklist_item_fails_after_a_failed_write_and_for_a_damaged_log() {
         tde.key_manager().create_table_key("t2").await.unwrap();
     }
     let log = config.audit_log_path.clone().unwrap();
-    let recs = records(&log);
+    let recs = common::audit_records(&log);
     let gap = recs
         .iter()
         .position(|r| r["action"] == "audit.gap")

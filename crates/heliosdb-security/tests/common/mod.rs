@@ -31,3 +31,20 @@ pub fn file_config(root: &Path, mode: &str) -> TdeConfig {
         ..Default::default()
     }
 }
+
+/// [`file_config`] in development mode with the audit log at `root/audit/tde-audit.log`.
+pub fn audited_config(root: &Path) -> TdeConfig {
+    TdeConfig {
+        audit_log_path: Some(root.join("audit").join("tde-audit.log")),
+        ..file_config(root, "development")
+    }
+}
+
+/// Every record of the audit log at `log` (its whole file set), as JSON.
+pub fn audit_records(log: &Path) -> Vec<serde_json::Value> {
+    heliosdb_security::tde::audit_tail(log, usize::MAX, &Default::default())
+        .unwrap()
+        .into_iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect()
+}

@@ -296,8 +296,8 @@ async fn the_audit_log_records_every_key_operation_and_verifies() {
             "tek.created tek:_heliosdb.audit@v1",
             "security.validated ",
             "tek.created tek:t@v1",
-            "tek.state_changed tek:t@v1",
             "tek.rotated tek:t@v2",
+            "tek.state_changed tek:t@v1",
         ]
     );
     let v = heliosdb_security::tde::verify_audit_log(&log).unwrap();

@@ -50,6 +50,8 @@ fn misses(c: &mut Criterion) {
         let mut km = manager(&rt, dir.path(), provider, 1, KEYS, false);
         if let Some(fsync) = name.strip_prefix("file_audit_") {
             km = km.with_audit(audit_sink(&dir.path().join("audit.log"), fsync));
+            // As a started subsystem does: every line carries its MAC under the audit key.
+            rt.block_on(km.attach_audit_key()).unwrap();
         }
         let ids: Vec<TekId> = (0..KEYS)
             .map(|i| format!("t{i:07}@v1").parse().unwrap())
@@ -89,6 +91,20 @@ fn audit_records(c: &mut Criterion) {
     for fsync in ["batched", "always"] {
         let dir = tempfile::tempdir().unwrap();
         let sink = audit_sink(&dir.path().join("audit.log"), fsync);
+        // Keyed, with a real key store for the checkpoint, as in a started subsystem.
+        let store: Arc<dyn heliosdb_tde_core::KeyStore> = Arc::new(
+            heliosdb_tde_keystore::RedbKeyStore::open_dir(&dir.path().join("keys")).unwrap(),
+        );
+        let audit_key = heliosdb_tde_core::TableKey::generate(
+            heliosdb_tde_core::TekId::new(
+                heliosdb_tde_core::TableId::audit(),
+                heliosdb_tde_core::TekVersion::FIRST,
+            ),
+            heliosdb_tde_core::EncryptionAlgorithm::Aes256Gcm,
+        )
+        .unwrap();
+        rt.block_on(sink.attach_key(Arc::new(audit_key), store))
+            .unwrap();
         g.bench_function(fsync, |b| {
             b.iter(|| {
                 let event = AuditEvent::success(AuditAction::TekUnwrapped, Some(key.clone()), "")

@@ -54,9 +54,10 @@ pub(super) const NOTES: &[&str] = &[
      shared machine.",
     "**get_table_key miss with an audit log, and one audit record** (report). Every miss that \
      reaches the provider appends one `tek.unwrapped` line: the event is formatted with the \
-     writer's process facts, chained (SHA-256 over the previous hash and the line, then \
-     HMAC-SHA256 under the audit key once a subsystem attached it) and written with one \
-     `write(2)` under the log's lock file. With `audit_fsync = \"batched\"` (the default) that \
+     writer's process facts, chained (HMAC-SHA256 under the audit key, then SHA-256 over the \
+     previous hash and the line; the benchmark's sinks are keyed, as a started subsystem's \
+     is) and written with one `write(2)` under an exclusive `flock` of the log's lock file, \
+     after a `stat` that notices another process's rotation. With `audit_fsync = \"batched\"` (the default) that \
      is all the miss pays: the line is in the page cache at once, so a killed process loses \
      nothing, and a group commit fsyncs the pending lines at most 100 ms later (and before any \
      record that changes key state, which is always fsynced before its operation returns). \

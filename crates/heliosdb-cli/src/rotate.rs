@@ -48,11 +48,15 @@ pub(crate) async fn rotate(
     let id = tde.default_mek_id();
     let pb = bar(out);
     let cb = report(&pb, "re-wrapping");
-    let (result, tables) = if emergency {
+    let (result, tables, audit_key) = if emergency {
         let e = km.emergency_rotate_mek(&id, Some(&cb)).await?;
-        (e.rotation, Some(e.tables_needing_reencryption))
+        (e.rotation, Some(e.tables_needing_reencryption), e.audit_key)
     } else {
-        (km.rotate_mek_with_progress(&id, Some(&cb)).await?, None)
+        (
+            km.rotate_mek_with_progress(&id, Some(&cb)).await?,
+            None,
+            None,
+        )
     };
     pb.finish_and_clear();
     if out.is_json() {
@@ -65,6 +69,7 @@ pub(crate) async fn rotate(
             "phase": result.phase.to_string(),
             "grace_until": result.grace_until.map(|t| t.to_string()),
             "tables_needing_reencryption": tables.as_ref().map(|t| t.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
+            "audit_key_renewed": audit_key.as_ref().map(|k| k.to_string()),
         }));
     } else {
         outln!(
@@ -109,6 +114,13 @@ pub(crate) async fn rotate(
             for t in tables {
                 outln!(out, "    {t}");
             }
+        }
+        if let Some(k) = &audit_key {
+            outln!(
+                out,
+                "  The audit log's key got a new version ({k}): new records are authenticated \
+                 under it; earlier ones still verify with the older versions"
+            );
         }
     }
     Ok(if result.failed_total > 0 {

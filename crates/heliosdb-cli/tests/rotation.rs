@@ -157,6 +157,12 @@ async fn deactivation_after_the_grace_period_and_emergency_rotation() {
         "{t}"
     );
     assert!(t.contains("t00019"), "{t}");
+    // The audit key is renewed but is no table to re-encrypt.
+    assert!(
+        t.contains("audit log's key got a new version (_heliosdb.audit@v2)"),
+        "{t}"
+    );
+    assert!(!t.contains("    _heliosdb.audit"), "{t}");
     let tde = all_unwrap(&cfg, &tables).await;
     let info = tde.key_manager().mek_info().await.unwrap();
     assert_eq!(info.versions[1].state.to_string(), "compromised");

@@ -907,3 +907,130 @@ async fn a_deleted_log_with_rotated_files_left_is_not_new_and_keeps_the_checkpoi
         "{e}"
     );
 }
+
+/// A keyed log with its checkpoint at record 5 is moved aside; a writer without the audit key
+/// (a CLI command run without the subsystem) writes `unkeyed` records to the new log; then a
+/// keyed writer attaches. Its `audit.gap` failure follows the unkeyed lines, the checkpoint is
+/// replaced by it, and the whole log verifies with the keys and the checkpoint.
+async fn unkeyed_lines_then_a_keyed_writer_start_a_new_log(unkeyed: usize) {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let key = audit_key(1);
+    let log = dir.path().join("audit.log");
+    keyed_log(&log, &key, &store, 5).await;
+    let old = AuditCheckpoint::read(&*store).await.unwrap().unwrap();
+    assert!(old.mac.is_some());
+    std::fs::rename(&log, dir.path().join("audit.log.moved")).unwrap();
+
+    {
+        let cli = FileAuditSink::open(&log).unwrap();
+        for i in 0..unkeyed {
+            cli.record(unwrapped(i)).await.unwrap();
+        }
+    }
+    assert!(records(&log).iter().all(|r| r.mac.is_none()));
+    // The writer without the key left the checkpoint alone.
+    assert_eq!(AuditCheckpoint::read(&*store).await.unwrap().unwrap(), old);
+
+    let sink = FileAuditSink::open(&log).unwrap();
+    sink.attach_key(key.clone(), store.clone()).await.unwrap();
+    let recs = records(&log);
+    assert_eq!(recs.len(), unkeyed + 1);
+    assert!(recs[..unkeyed].iter().all(|r| r.action == "tek.unwrapped"));
+    let gap = &recs[unkeyed];
+    assert_eq!(
+        (gap.seq, gap.action.as_str(), gap.outcome.as_str()),
+        (unkeyed as u64 + 1, "audit.gap", "failure")
+    );
+    assert_eq!(gap.error_kind.as_deref(), Some("corrupt"));
+    assert!(
+        gap.detail.contains(&format!(
+            "a new audit log was started: the key store's checkpoint was at record 5 (hash {})",
+            old.hash
+        )),
+        "{}",
+        gap.detail
+    );
+    // The first keyed line of the log.
+    assert!(gap.mac.is_some() && recs[..unkeyed].iter().all(|r| r.mac.is_none()));
+    let cp = AuditCheckpoint::read(&*store).await.unwrap().unwrap();
+    assert_eq!((cp.seq, &cp.hash, &cp.mac), (gap.seq, &gap.hash, &gap.mac));
+    assert_eq!(sink.stats().last_checkpoint, Some(gap.seq));
+    let v = verify_with_checkpoint(&log, &key, &store).await.unwrap();
+    assert_eq!((v.last_seq, v.checkpoint), (gap.seq, Some(gap.seq)));
+
+    // The log continues; a later keyed writer finds a keyed log: no second gap record.
+    sink.record(created(9)).await.unwrap();
+    drop(sink);
+    let again = FileAuditSink::open(&log).unwrap();
+    again.attach_key(key.clone(), store.clone()).await.unwrap();
+    again.record(created(10)).await.unwrap();
+    drop(again);
+    let recs = records(&log);
+    assert_eq!(recs.len(), unkeyed + 3);
+    assert_eq!(
+        recs.iter().filter(|r| r.action == "audit.gap").count(),
+        1,
+        "{recs:?}"
+    );
+    check_chain(&recs, &key_bytes(&[&key]));
+    let last = unkeyed as u64 + 3;
+    let v = verify_with_checkpoint(&log, &key, &store).await.unwrap();
+    assert_eq!((v.last_seq, v.checkpoint), (last, Some(last)));
+    assert_eq!(verify_set(&log, &[&key], &store).await, last);
+}
+
+#[tokio::test]
+async fn unkeyed_lines_written_to_a_moved_log_before_the_checkpoint_still_start_a_new_log() {
+    // 2 unkeyed records: the log ends before the checkpoint's record 5.
+    unkeyed_lines_then_a_keyed_writer_start_a_new_log(2).await;
+}
+
+#[tokio::test]
+async fn unkeyed_lines_written_past_the_checkpoint_start_a_new_log_as_the_hash_there_differs() {
+    // 7 unkeyed records: the log holds a record 5, with another hash than the checkpoint's.
+    unkeyed_lines_then_a_keyed_writer_start_a_new_log(7).await;
+}
+
+#[tokio::test]
+async fn a_keyed_log_cut_in_place_and_continued_without_the_key_keeps_the_checkpoint() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let key = audit_key(1);
+    let log = dir.path().join("audit.log");
+    keyed_log(&log, &key, &store, 6).await;
+    let before = AuditCheckpoint::read(&*store).await.unwrap().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let kept: Vec<&str> = text.lines().take(2).collect();
+    std::fs::write(&log, format!("{}\n", kept.join("\n"))).unwrap();
+    {
+        // Records 3 and 4, without the key: still before the checkpoint's record 6.
+        let cli = FileAuditSink::open(&log).unwrap();
+        for i in 0..2 {
+            cli.record(unwrapped(i)).await.unwrap();
+        }
+    }
+
+    let sink = FileAuditSink::open(&log).unwrap();
+    sink.attach_key(key.clone(), store.clone()).await.unwrap();
+    sink.record(created(7)).await.unwrap();
+    drop(sink);
+    let recs = records(&log);
+    assert_eq!(recs.len(), 5);
+    assert!(recs.iter().all(|r| r.action != "audit.gap"));
+    assert_eq!(
+        AuditCheckpoint::read(&*store).await.unwrap().unwrap(),
+        before
+    );
+    let e = verify_with_checkpoint(&log, &key, &store)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("records were removed from the end of the log")
+            && e.contains("checkpoint is at record 6"),
+        "{e}"
+    );
+}

@@ -130,11 +130,14 @@ impl Inner {
 
     /// Writes the pending `audit.gap` record, if any (under the flock, after a refresh). A gap
     /// that reports a new log is a failure; once durable, the checkpoint is to be replaced by
-    /// it. It is dropped if the log turns out not to be this sink's new log after all (another
-    /// writer added records, or it reached the checkpoint).
+    /// it. It is dropped if the log turns out not to be a new log after all
+    /// ([`Inner::is_new_log`] asked again: another writer continued it, keyed it, or it
+    /// reached the checkpoint).
     fn write_gap(&self, st: &mut State) -> Result<()> {
-        if let Some(old) = &st.gap.new_log
-            && (st.tail.seq != st.written || st.tail.seq >= old.seq)
+        if let Some(old) = st.gap.new_log.clone()
+            && !self
+                .is_new_log(st, &old, st.gap.new_log_opened_empty)
+                .unwrap_or(false)
         {
             tracing::warn!(
                 target: "heliosdb::tde::audit",

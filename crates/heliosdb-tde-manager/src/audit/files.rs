@@ -246,6 +246,37 @@ pub(crate) fn rotated_tail(
     Ok((last, None))
 }
 
+/// What the current file of `log` says about an older log's record `seq`: whether any of its
+/// lines is keyed (has a `mac`), and the `hash` of its record `seq`, if it holds one. Reads
+/// the whole file (complete lines only); call it under the flock.
+pub(crate) fn keyed_and_hash_at(log: &Path, seq: u64) -> Result<(bool, Option<String>)> {
+    let file = File::open(log).map_err(|e| TdeError::io(log, e))?;
+    let mut reader = BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut keyed = false;
+    let mut hash = None;
+    let mut n = 0u64;
+    loop {
+        buf.clear();
+        let read = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| TdeError::io(log, e))?;
+        if read == 0 || buf.last() != Some(&b'\n') {
+            break;
+        }
+        n += 1;
+        let text = std::str::from_utf8(&buf[..buf.len() - 1])
+            .map_err(|_| damaged(log, n, "the line is not UTF-8"))?;
+        let r = format::parse_record(text, log, n)
+            .map_err(|_| damaged(log, n, "the line is not an audit record"))?;
+        keyed |= r.mac.is_some();
+        if r.seq == seq {
+            hash = Some(r.hash);
+        }
+    }
+    Ok((keyed, hash))
+}
+
 /// A compact UTC time for file names, `20261202T170300.123Z`.
 fn stamp(at: Timestamp) -> String {
     let civil: String = at

@@ -34,6 +34,9 @@ pub(super) struct Gap {
     /// This sink began a new log while the checkpoint names a record of an older one (moved
     /// aside or deleted): the checkpoint as read. The gap record is then a failure.
     pub(super) new_log: Option<AuditCheckpoint>,
+    /// The log held no record when this sink opened it (the first of the two ways a log is
+    /// new, see [`Inner::is_new_log`]).
+    pub(super) new_log_opened_empty: bool,
 }
 
 impl Gap {
@@ -352,6 +355,69 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether the log as it stands (`st` refreshed, under the flock) is a new log with respect
+    /// to the checkpoint `old`, whose record is then not in it: either
+    ///
+    /// * this sink opened it holding no record (`opened_empty`), every record since is its
+    ///   own, and the checkpoint is past its end; or
+    /// * it has no rotated file, its records start at 1 and none is keyed (only writers
+    ///   without the audit key, such as a CLI command run without the subsystem, wrote it),
+    ///   while the checkpoint was written by a keyed writer (it has a `mac`) and is past the
+    ///   log's end or names a record whose hash differs from the log's record of that number.
+    ///
+    /// A log with a keyed line that ends before the checkpoint was cut in place: not new.
+    pub(super) fn is_new_log(
+        &self,
+        st: &State,
+        old: &AuditCheckpoint,
+        opened_empty: bool,
+    ) -> Result<bool> {
+        if opened_empty && st.tail.seq == st.written && old.seq > st.tail.seq {
+            return Ok(true);
+        }
+        if old.mac.is_none()
+            || st.tail.prev_mac != format::ZERO
+            || st.first_seq.is_some_and(|s| s != 1)
+            || !format::rotated_files(&self.path)?.is_empty()
+        {
+            return Ok(false);
+        }
+        let (keyed, hash) = files::keyed_and_hash_at(&self.path, old.seq)?;
+        Ok(!keyed && hash.as_deref() != Some(old.hash.as_str()))
+    }
+
+    /// Decides at `attach_key` whether the log is new with respect to the checkpoint `cp`
+    /// ([`is_new_log`](Self::is_new_log)); if so, the `audit.gap` record reporting it is made
+    /// pending and `true` returned.
+    fn find_new_log(&self, cp: &AuditCheckpoint, opened_empty: bool) -> bool {
+        let mut st = self.state();
+        let r = (|| {
+            let _flock = Flock::take(&self.lock, &self.path)?;
+            self.refresh(&mut st)?;
+            self.is_new_log(&st, cp, opened_empty)
+        })();
+        let new_log = match r {
+            Ok(new_log) => new_log,
+            Err(e) => {
+                tracing::warn!(
+                    target: "heliosdb::tde::audit",
+                    "audit log {}: whether it is a new log cannot be decided: {e}",
+                    self.path.display()
+                );
+                // The next record decides again, after its own refresh.
+                opened_empty && cp.seq > st.tail.seq
+            }
+        };
+        if new_log {
+            let mut old = cp.clone();
+            old.lost = 0;
+            old.lost_actions = Vec::new();
+            st.gap.new_log = Some(old);
+            st.gap.new_log_opened_empty = opened_empty;
+        }
+        new_log
+    }
+
     fn install(&self, st: &mut State, loaded: Loaded) {
         st.file = Arc::new(loaded.file);
         st.id = loaded.id;
@@ -416,25 +482,18 @@ impl AuditSink for FileAuditSink {
         };
         match AuditCheckpoint::read(&*store).await {
             Ok(Some(cp)) => {
-                let new_log = {
+                let opened_empty = {
                     let mut st = self.inner.state();
                     if st.last_checkpoint.is_none_or(|s| cp.seq > s) {
                         st.last_checkpoint = Some(cp.seq);
                     }
-                    let new_log = std::mem::take(&mut st.new_at_open) && cp.seq > st.tail.seq;
-                    if new_log {
-                        let mut old = cp.clone();
-                        old.lost = 0;
-                        old.lost_actions = Vec::new();
-                        st.gap.new_log = Some(old);
-                    }
                     if first && cp.lost > 0 {
                         st.gap.foreign += cp.lost;
-                        st.gap.foreign_actions = cp.lost_actions;
+                        st.gap.foreign_actions.clone_from(&cp.lost_actions);
                     }
-                    new_log
+                    std::mem::take(&mut st.new_at_open)
                 };
-                if new_log {
+                if self.inner.find_new_log(&cp, opened_empty) {
                     // Write the gap record and move the checkpoint now, so that the new log
                     // verifies from its start; if writing fails, the next record retries.
                     if let Some(job) = self.inner.append_gap() {

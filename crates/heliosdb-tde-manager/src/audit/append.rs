@@ -88,6 +88,9 @@ impl Inner {
         // Only a successful change of key state moves the checkpoint at once: a command that
         // changes no key, or fails, leaves the key store byte-identical.
         let moves_checkpoint = event.is_success() && action.changes_key_state();
+        // Cache-miss records move it with the periodic rule (count or time), and only they: a
+        // start or a failed command never writes the key store, however long it takes.
+        let periodic = action == AuditAction::TekUnwrapped;
         let mut st = self.state();
         let r = (|| {
             let _flock = Flock::take(&self.lock, &self.path)?;
@@ -103,7 +106,7 @@ impl Inner {
         })();
         match r {
             Ok(()) => {
-                let job = self.checkpoint_due(&mut st, moves_checkpoint);
+                let job = self.checkpoint_due(&mut st, moves_checkpoint, periodic);
                 (Ok(()), job)
             }
             Err(e) => {
@@ -205,7 +208,7 @@ impl Inner {
             self.write_gap(&mut st)
         })();
         match r {
-            Ok(()) => self.checkpoint_due(&mut st, false),
+            Ok(()) => self.checkpoint_due(&mut st, false, false),
             Err(e) => {
                 st.write_failures += 1;
                 tracing::error!(
@@ -221,15 +224,22 @@ impl Inner {
 
     /// Whether the record just written moves the checkpoint: a successful change of key state
     /// ([`AuditAction::changes_key_state`]), a gap record that settles lost records or starts a
-    /// new log, and any other record every `checkpoint_records` records or after
-    /// `checkpoint_interval`. The line it names is made durable first.
-    fn checkpoint_due(&self, st: &mut State, key_state_changed: bool) -> Option<Job> {
+    /// new log, and a `tek.unwrapped` record (`periodic`) once `checkpoint_records` records
+    /// have passed or `checkpoint_interval` since the last checkpoint. The line it names is
+    /// made durable first.
+    fn checkpoint_due(
+        &self,
+        st: &mut State,
+        key_state_changed: bool,
+        periodic: bool,
+    ) -> Option<Job> {
         let store = st.key.as_ref()?.store.clone();
         let due = key_state_changed
             || st.clear_lost > 0
             || st.pending_replace.is_some()
-            || st.since_checkpoint >= self.options.checkpoint_records
-            || st.checkpoint_at.elapsed() >= self.options.checkpoint_interval;
+            || (periodic
+                && (st.since_checkpoint >= self.options.checkpoint_records
+                    || st.checkpoint_at.elapsed() >= self.options.checkpoint_interval));
         if !due {
             return None;
         }

@@ -45,11 +45,22 @@ pub enum AuditAction {
     BackupRestored,
     /// Records were lost (failed writes) or a torn last line was set aside before this record.
     AuditGap,
+    /// A provider migration pass ended (started or resumed), or failed.
+    MekMigrated,
+    /// A provider migration pass stopped because a provider was unreachable (the circuit
+    /// breaker).
+    MekMigrationPaused,
+    /// A provider migration was verified (every TEK under the target, a sample unwrapped).
+    MekMigrationVerified,
+    /// A provider migration finished: the source wraps were dropped.
+    MekMigrationFinished,
+    /// A provider migration was rolled back: every TEK is under the source again.
+    MekMigrationRolledBack,
 }
 
 impl AuditAction {
     /// Every action, in code order.
-    pub const ALL: [AuditAction; 14] = [
+    pub const ALL: [AuditAction; 19] = [
         AuditAction::MekGenerated,
         AuditAction::MekRotated,
         AuditAction::MekRotationPaused,
@@ -64,6 +75,11 @@ impl AuditAction {
         AuditAction::BackupVerified,
         AuditAction::BackupRestored,
         AuditAction::AuditGap,
+        AuditAction::MekMigrated,
+        AuditAction::MekMigrationPaused,
+        AuditAction::MekMigrationVerified,
+        AuditAction::MekMigrationFinished,
+        AuditAction::MekMigrationRolledBack,
     ];
 
     /// A stable name for logs, for example `mek.rotated`.
@@ -83,6 +99,11 @@ impl AuditAction {
             AuditAction::BackupVerified => "backup.verified",
             AuditAction::BackupRestored => "backup.restored",
             AuditAction::AuditGap => "audit.gap",
+            AuditAction::MekMigrated => "mek.migrated",
+            AuditAction::MekMigrationPaused => "mek.migration_paused",
+            AuditAction::MekMigrationVerified => "mek.migration_verified",
+            AuditAction::MekMigrationFinished => "mek.migration_finished",
+            AuditAction::MekMigrationRolledBack => "mek.migration_rolled_back",
         }
     }
 
@@ -114,6 +135,11 @@ impl AuditAction {
                 | AuditAction::TekStateChanged
                 | AuditAction::CredentialChanged
                 | AuditAction::BackupRestored
+                | AuditAction::MekMigrated
+                | AuditAction::MekMigrationPaused
+                | AuditAction::MekMigrationVerified
+                | AuditAction::MekMigrationFinished
+                | AuditAction::MekMigrationRolledBack
         )
     }
 }

@@ -12,6 +12,7 @@ pub mod material;
 pub mod metadata;
 pub mod mode;
 pub mod provider;
+pub mod provider_set;
 pub mod store;
 pub mod time;
 
@@ -36,6 +37,7 @@ pub use provider::{
     DeletionProtection, MekBackupItem, MekInfo, MekProvider, MekVersionInfo, ProviderHealth,
     ServiceRotation,
 };
+pub use provider_set::{Member, ProviderSet};
 pub use store::{
     AUDIT_JOURNAL_PREFIX, ExportItem, ExportSummary, ImportItem, KeyStore, StoreBatch,
     StoreIdentity, StoreOp, TekRecord,

@@ -31,6 +31,9 @@ pub struct KeyManagerConfig {
     pub rotation: RotationConfig,
     /// Nonce-budget policy for pages sealed through the manager.
     pub usage: UsagePolicy,
+    /// During a provider migration, the MEK of the previous provider (the manager's provider
+    /// is then a [`heliosdb_tde_core::ProviderSet`] holding both); `None` otherwise.
+    pub migration_source: Option<MekId>,
 }
 
 impl KeyManagerConfig {
@@ -43,6 +46,7 @@ impl KeyManagerConfig {
             security_mode,
             rotation: RotationConfig::default(),
             usage: UsagePolicy::default(),
+            migration_source: None,
         }
     }
 
@@ -64,6 +68,14 @@ impl KeyManagerConfig {
     #[must_use]
     pub fn with_rotation(mut self, rotation: RotationConfig) -> Self {
         self.rotation = rotation;
+        self
+    }
+
+    /// Sets [`KeyManagerConfig::migration_source`], the previous provider's MEK during a
+    /// provider migration.
+    #[must_use]
+    pub fn with_migration_source(mut self, source_mek: MekId) -> Self {
+        self.migration_source = Some(source_mek);
         self
     }
 

@@ -7,6 +7,7 @@ pub mod backup;
 mod cache;
 mod config;
 mod mek;
+mod mek_migration;
 mod mek_rotation;
 mod provider_handle;
 mod sealing;
@@ -17,8 +18,11 @@ pub use audit::{AuditVerification, FileAuditSink, verify_audit_log};
 pub use audit_key::reserved_table_error;
 pub use availability::{KeyAvailability, MekAvailability};
 pub use config::KeyManagerConfig;
-pub use heliosdb_tde_rotation::{Phase, Progress, RotationConfig, RotationState, Verification};
+pub use heliosdb_tde_rotation::{
+    MigrationInfo, Phase, Progress, RotationConfig, RotationState, Verification,
+};
 pub use mek::key_check_entry;
+pub use mek_migration::MekMigrationResult;
 pub use mek_rotation::{EmergencyRotation, MekRotationResult};
 pub use provider_handle::ProviderHandle;
 pub use sealing::{TableSealer, UsagePolicy};

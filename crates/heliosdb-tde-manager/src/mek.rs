@@ -102,6 +102,17 @@ impl KeyManager {
             .get_journal(&format!("mek_rotation/{id}"))
             .await?
             .is_some();
+        // A provider migration's journal (under the source's id) also names the target.
+        if !deps.journal
+            && let Some(source) = &self.config.migration_source
+            && let Some(bytes) = self
+                .store
+                .get_journal(&format!("mek_rotation/{source}"))
+                .await?
+            && let Ok(st) = RotationState::decode(&bytes, &self.store.location())
+        {
+            deps.journal = st.new.as_ref().is_some_and(|m| m.id == *id);
+        }
         Ok(deps)
     }
 

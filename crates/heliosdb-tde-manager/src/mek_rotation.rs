@@ -181,6 +181,7 @@ impl KeyManager {
         progress: Option<ProgressFn<'_>>,
         known: &mut Option<MekRef>,
     ) -> Result<RunEnd> {
+        self.refuse_rotation_during_migration().await?;
         let rot = self.rotator();
         let prior = rot.status(id).await?;
         if prior.is_none() {

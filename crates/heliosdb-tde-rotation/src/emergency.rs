@@ -42,7 +42,7 @@ impl Rotator {
             return Ok(st);
         }
         match st.phase {
-            Phase::Preparing | Phase::OldDeactivated | Phase::RolledBack => {}
+            Phase::Preparing | Phase::OldDeactivated | Phase::RolledBack | Phase::Migrated => {}
             Phase::NewMekReady | Phase::Rewrapping | Phase::DualActive | Phase::Verified => {
                 self.ensure_old_compromised(step, &st).await?;
             }

@@ -15,13 +15,14 @@ macro_rules! fail_here {
 
 mod config;
 mod emergency;
+mod migration;
 mod rollback;
 mod state;
 mod steps;
 mod verification;
 
 pub use config::{Progress, ProgressFn, RotationConfig, Verification};
-pub use state::{JOURNAL_FORMAT, MAX_FAILED_KEPT, Phase, RotationState};
+pub use state::{JOURNAL_FORMAT, MAX_FAILED_KEPT, MigrationInfo, Phase, RotationState};
 pub use steps::PassEnd;
 pub use verification::trial_sample_size;
 
@@ -259,6 +260,11 @@ fn wrong_phase(st: &RotationState, phase: Phase, op: &str) -> TdeError {
         phase: phase.to_string(),
         operation: op.to_string(),
         hint: match phase {
+            Phase::NewMekReady | Phase::Rewrapping if st.is_migration() => {
+                "run the migration again (`heliosdb-cli security mek migrate`) to finish moving \
+                 the wraps first"
+                    .into()
+            }
             Phase::Preparing | Phase::NewMekReady | Phase::Rewrapping => {
                 "run the rotation again (`heliosdb-cli security mek rotate`) to finish re-wrapping \
                  first"
@@ -266,6 +272,10 @@ fn wrong_phase(st: &RotationState, phase: Phase, op: &str) -> TdeError {
             }
             Phase::OldDeactivated => "the old MEK is deactivated; run `heliosdb-cli security mek \
                                       deactivate` to finish the clean-up"
+                .into(),
+            Phase::RollingBack if st.is_migration() => "a rollback of the migration is in \
+                                                        progress; run `heliosdb-cli security \
+                                                        mek migrate --rollback` to finish it"
                 .into(),
             Phase::RollingBack => "a rollback is in progress; run `heliosdb-cli security mek \
                                    rollback` to finish it"

@@ -22,7 +22,7 @@ impl Rotator {
         let mut step = self.begin(mek_id, "roll back")?;
         let mut st = self.load_existing(&mut step).await?;
         match st.phase {
-            Phase::OldDeactivated | Phase::RolledBack => {
+            Phase::OldDeactivated | Phase::RolledBack | Phase::Migrated => {
                 return Err(wrong_phase(&st, st.phase, "roll back"));
             }
             _ if st.emergency => {
@@ -77,7 +77,7 @@ impl Rotator {
             let mut batch = StoreBatch::new();
             for r in page.iter().filter(|r| r.wrapped.mek == new) {
                 let wrapped = match &r.previous_wrap {
-                    Some(p) if p.mek == st.old => p.clone(),
+                    Some(p) if st.moves(&p.mek) => p.clone(),
                     _ => {
                         let ctx = WrapContext::table_key(&r.id);
                         self.provider.rewrap_tek(&r.wrapped, &ctx, &st.old).await?
@@ -112,7 +112,11 @@ impl Rotator {
             });
         }
         self.trial_unwrap(&new, "finish the rollback").await?;
-        self.provider.deactivate_mek_version(&new).await?;
+        if !st.is_migration() {
+            // A migration's target MEK is left as it is: it lives in another provider, which
+            // the operator may keep for a later attempt or retire by its own means.
+            self.provider.deactivate_mek_version(&new).await?;
+        }
         st.phase = Phase::RolledBack;
         self.archive(&mut step, st).await
     }

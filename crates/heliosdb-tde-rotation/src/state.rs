@@ -30,6 +30,8 @@ pub enum Phase {
     RollingBack,
     /// The rollback finished. Final.
     RolledBack,
+    /// A provider migration finished: the source's wraps are dropped. Final.
+    Migrated,
 }
 
 impl fmt::Display for Phase {
@@ -43,6 +45,7 @@ impl fmt::Display for Phase {
             Phase::OldDeactivated => "old-mek-deactivated",
             Phase::RollingBack => "rolling-back",
             Phase::RolledBack => "rolled-back",
+            Phase::Migrated => "migrated",
         })
     }
 }
@@ -79,6 +82,31 @@ pub struct RotationState {
     pub verified_at: Option<Timestamp>,
     /// When the rotation ended (deactivated or rolled back).
     pub finished_at: Option<Timestamp>,
+    /// Set when this journal is a provider migration rather than a rotation: `old` is the
+    /// source provider's MEK version and `new` the target's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationInfo>,
+}
+
+/// What a provider migration's journal records beyond a rotation's (see
+/// [`RotationState::migration`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct MigrationInfo {
+    /// The source provider's kind (`secure-file`, `pkcs11-hsm`...).
+    pub source_provider: String,
+    /// The target provider's kind.
+    pub target_provider: String,
+}
+
+impl MigrationInfo {
+    /// A migration from a `source` provider kind to a `target` one.
+    pub fn new(source: impl Into<String>, target: impl Into<String>) -> Self {
+        Self {
+            source_provider: source.into(),
+            target_provider: target.into(),
+        }
+    }
 }
 
 impl RotationState {
@@ -98,6 +126,32 @@ impl RotationState {
             grace_until: None,
             verified_at: None,
             finished_at: None,
+            migration: None,
+        }
+    }
+
+    /// Whether this journal is a provider migration.
+    pub fn is_migration(&self) -> bool {
+        self.migration.is_some()
+    }
+
+    /// Whether a TEK wrapped under `mek` is one this journal moves to the new MEK: under the
+    /// old version for a rotation, under any version of the source MEK for a migration (a
+    /// migration leaves nothing behind in the source provider).
+    pub fn moves(&self, mek: &MekRef) -> bool {
+        if self.is_migration() {
+            mek.id == self.old.id
+        } else {
+            *mek == self.old
+        }
+    }
+
+    /// "MEK rotation" or "MEK migration", for messages.
+    pub fn what(&self) -> &'static str {
+        if self.is_migration() {
+            "MEK migration"
+        } else {
+            "MEK rotation"
         }
     }
 

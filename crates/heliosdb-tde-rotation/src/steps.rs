@@ -34,6 +34,9 @@ impl Rotator {
         let mut step = self.begin(mek_id, "rotate")?;
         let mut st = match self.load(&mut step).await? {
             Some(mut st) => {
+                if st.is_migration() {
+                    return Err(crate::migration::not_a_rotation(&st, "rotate"));
+                }
                 if emergency && !st.emergency {
                     st.emergency = true;
                     self.save(&mut step, &st, StoreBatch::new()).await?;
@@ -175,10 +178,16 @@ impl Rotator {
             done += page.len() as u64;
             let todo: Vec<&TekRecord> = page
                 .iter()
-                .filter(|r| r.wrapped.mek == st.old && r.metadata.state != KeyState::Destroyed)
+                .filter(|r| st.moves(&r.wrapped.mek) && r.metadata.state != KeyState::Destroyed)
                 .collect();
-            let results: Vec<(TekId, Option<Result<WrappedTek>>)> = stream::iter(todo)
-                .map(|rec| async { (rec.id.clone(), self.rewrap_one(rec, &new, &breaker).await) })
+            let results: Vec<Rewrapped> = stream::iter(todo)
+                .map(|rec| async {
+                    (
+                        rec.id.clone(),
+                        rec.wrapped.mek.clone(),
+                        self.rewrap_one(rec, &new, &breaker).await,
+                    )
+                })
                 .buffer_unordered(self.config.concurrency.max(1))
                 .collect()
                 .await;
@@ -189,12 +198,12 @@ impl Rotator {
                 return Ok(PassEnd::Paused { state: st, error });
             }
             let mut batch = StoreBatch::new();
-            for (id, r) in results {
+            for (id, expect, r) in results {
                 match r.unwrap_or_else(|| Err(breaker.error(&self.provider.description()))) {
                     Ok(wrapped) => {
                         batch = batch.push(StoreOp::Rewrap {
                             id,
-                            expect: st.old.clone(),
+                            expect,
                             wrapped,
                             keep_previous: true,
                         });
@@ -251,15 +260,15 @@ impl Rotator {
         step: &mut crate::Step,
         st: &mut RotationState,
         new: &MekRef,
-        results: Vec<(TekId, Option<Result<WrappedTek>>)>,
+        results: Vec<Rewrapped>,
         breaker: &Breaker,
     ) -> Result<TdeError> {
         let mut batch = StoreBatch::new();
-        for (id, r) in results {
+        for (id, expect, r) in results {
             if let Some(Ok(wrapped)) = r {
                 batch = batch.push(StoreOp::Rewrap {
                     id,
-                    expect: st.old.clone(),
+                    expect,
                     wrapped,
                     keep_previous: true,
                 });
@@ -271,14 +280,15 @@ impl Rotator {
         tracing::warn!(
             target: "heliosdb::tde::rotation",
             old = %st.old, new = %new, reencrypted = st.reencrypted,
-            "MEK rotation paused: {e}"
+            "{} paused: {e}", st.what()
         );
         Ok(TdeError::ProviderUnavailable {
             provider: self.provider.description(),
             reason: format!(
-                "MEK rotation of mek:{} paused after {} consecutive retryable provider failures \
-                 (last: {}); the {} TEKs re-wrapped so far are committed and the rotation \
+                "{} of mek:{} paused after {} consecutive retryable provider failures \
+                 (last: {}); the {} TEKs re-wrapped so far are committed and the work \
                  resumes where it stopped when the same command is run again",
+                st.what(),
                 st.mek_id,
                 breaker.threshold,
                 breaker.last(),
@@ -288,6 +298,11 @@ impl Rotator {
         })
     }
 }
+
+/// One TEK of a page: its id, the MEK version it was wrapped under when read (the expected
+/// value of the read-modify-write), and the re-wrap's result (`None`: left for the resumed
+/// pass by the open breaker).
+type Rewrapped = (TekId, MekRef, Option<Result<WrappedTek>>);
 
 /// How a re-wrap pass ([`Rotator::rewrap_pass`]) ended.
 #[derive(Debug)]

@@ -28,14 +28,23 @@ pub(crate) fn random_below(n: u64) -> Result<u64> {
 }
 
 impl Rotator {
+    /// The TEKs still under the version(s) `st` moves away from (see [`RotationState::moves`]).
+    pub(crate) async fn stranded_in(&self, st: &RotationState) -> Result<(u64, Vec<TekId>)> {
+        self.stranded_where(|m| st.moves(m)).await
+    }
+
     pub(crate) async fn stranded(&self, old: &MekRef) -> Result<(u64, Vec<TekId>)> {
+        self.stranded_where(|m| m == old).await
+    }
+
+    async fn stranded_where(&self, under: impl Fn(&MekRef) -> bool) -> Result<(u64, Vec<TekId>)> {
         let mut count = 0u64;
         let mut examples = Vec::new();
         self.store
             .tek_pages(None, 4096)
             .for_each(|page| {
                 for r in page {
-                    if &r.wrapped.mek == old && r.metadata.state != KeyState::Destroyed {
+                    if under(&r.wrapped.mek) && r.metadata.state != KeyState::Destroyed {
                         count += 1;
                         if examples.len() < 100 {
                             examples.push(r.id);
@@ -64,7 +73,12 @@ impl Rotator {
         if !matches!(st.phase, Phase::DualActive | Phase::Verified) {
             return Err(wrong_phase(&st, st.phase, "verify"));
         }
-        let (stranded, examples) = self.stranded(&st.old).await?;
+        let (stranded, examples) = self.stranded_in(&st).await?;
+        if stranded == 0 && st.is_migration() {
+            // A migration's verification also unwraps a sample through the target (and
+            // compares it with the kept source wrap).
+            self.trial_unwrap(&st.old, "verify the migration").await?;
+        }
         if stranded == 0 && st.phase != Phase::Verified {
             st.phase = Phase::Verified;
             st.verified_at = Some(Timestamp::now());
@@ -89,6 +103,12 @@ impl Rotator {
     pub async fn deactivate_old(&self, mek_id: &MekId, now: Timestamp) -> Result<RotationState> {
         let mut step = self.begin(mek_id, "deactivate the old MEK version")?;
         let st = self.load_existing(&mut step).await?;
+        if st.is_migration() {
+            return Err(crate::migration::not_a_rotation(
+                &st,
+                "deactivate the old MEK version",
+            ));
+        }
         if st.phase == Phase::OldDeactivated {
             return self.finish_deactivation(&mut step, st).await;
         }
@@ -153,7 +173,7 @@ impl Rotator {
         while let Some(page) = pages.next_page().await? {
             let mut batch = StoreBatch::new();
             for r in page {
-                if r.previous_wrap.as_ref().is_some_and(|p| p.mek == st.old) {
+                if r.previous_wrap.as_ref().is_some_and(|p| st.moves(&p.mek)) {
                     batch = batch.push(StoreOp::ClearPreviousWrap { id: r.id });
                 }
             }
@@ -162,7 +182,7 @@ impl Rotator {
             }
         }
         let st = self.archive(step, st).await?;
-        tracing::info!(target: "heliosdb::tde::rotation", old = %st.old, "old MEK version deactivated");
+        tracing::info!(target: "heliosdb::tde::rotation", old = %st.old, "{} finished: kept wraps dropped", st.what());
         Ok(st)
     }
 

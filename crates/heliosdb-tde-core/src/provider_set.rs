@@ -1,0 +1,314 @@
+//! [`ProviderSet`]: the configured MEK provider plus, during a provider migration, the previous
+//! one, behind the one [`MekProvider`] trait.
+//!
+//! The key manager and everything below it keep working on an `Arc<dyn MekProvider>`; during a
+//! migration that provider is a set of two:
+//!
+//! * **the target** (the configured provider) holds the MEK new TEKs are wrapped under; every
+//!   call that names another MEK than the source's goes to it, and so does `generate_mek`;
+//! * **the source** (the previous provider, `migration_source` in the configuration) holds the
+//!   MEK the existing TEKs are still wrapped under; calls that name the source's MEK id go to
+//!   it, and an unwrap goes to it when the envelope names that MEK.
+//!
+//! The two are told apart by MEK id, which is why their MEK ids must differ: the key store,
+//! the rotation journal and the key check values all name an MEK version by id and version,
+//! and only an id that differs keeps a source wrap and a target wrap apart everywhere. An
+//! envelope routed to one provider must also carry that provider's kind, so a source wrap
+//! presented under the target's identity (or the reverse) is refused before any provider call.
+
+use crate::aad::WrapContext;
+use crate::envelope::{ProviderKind, WrappedTek};
+use crate::error::{Result, TdeError};
+use crate::ids::{MekId, MekRef};
+use crate::material::TableKey;
+use crate::metadata::{EncryptionAlgorithm, KeyState};
+use crate::provider::{MekBackupItem, MekInfo, MekProvider, MekVersionInfo, ProviderHealth};
+use async_trait::async_trait;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Which member of a [`ProviderSet`] a call goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Member {
+    /// The configured provider: new wraps, and every MEK but the source's.
+    Target,
+    /// The previous provider, during a migration: the source's MEK.
+    Source,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Member::Target => "target",
+            Member::Source => "source",
+        })
+    }
+}
+
+/// The configured MEK provider plus the previous one during a provider migration (see the
+/// module documentation). It is itself a [`MekProvider`].
+pub struct ProviderSet {
+    target: Arc<dyn MekProvider>,
+    target_mek: MekId,
+    source: Arc<dyn MekProvider>,
+    source_mek: MekId,
+}
+
+impl fmt::Debug for ProviderSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderSet")
+            .field("target", &self.target)
+            .field("target_mek", &self.target_mek)
+            .field("source", &self.source)
+            .field("source_mek", &self.source_mek)
+            .finish()
+    }
+}
+
+impl ProviderSet {
+    /// A set of `target` (whose MEK is `target_mek`) and `source` (whose MEK is `source_mek`).
+    ///
+    /// Refused ([`TdeError::InvalidConfig`] on `migration_source`) when the two MEK ids are
+    /// equal: with the same provider that is no migration at all, and with another provider
+    /// the key store could not tell the two MEKs' wraps apart.
+    pub fn new(
+        target: Arc<dyn MekProvider>,
+        target_mek: MekId,
+        source: Arc<dyn MekProvider>,
+        source_mek: MekId,
+    ) -> Result<Self> {
+        if target_mek == source_mek {
+            let reason = if target.kind() == source.kind() {
+                format!(
+                    "it names the same provider ({}) and the same MEK ({source_mek}) as the \
+                     configuration itself, so there is nothing to migrate; describe the previous \
+                     provider in migration_source and the new one in the main sections",
+                    source.kind()
+                )
+            } else {
+                format!(
+                    "the source ({}) and the target ({}) both use the MEK id {source_mek}; give \
+                     the target its own default_mek_id (for example {source_mek}_{}), because \
+                     the key store tells a source wrap from a target wrap by MEK id",
+                    source.kind(),
+                    target.kind(),
+                    target.kind().name().replace('-', "_")
+                )
+            };
+            return Err(TdeError::InvalidConfig {
+                field: "migration_source".into(),
+                reason,
+            });
+        }
+        Ok(Self {
+            target,
+            target_mek,
+            source,
+            source_mek,
+        })
+    }
+
+    /// The configured provider.
+    pub fn target(&self) -> &Arc<dyn MekProvider> {
+        &self.target
+    }
+
+    /// The previous provider.
+    pub fn source(&self) -> &Arc<dyn MekProvider> {
+        &self.source
+    }
+
+    /// The MEK id new TEKs are wrapped under (the target's).
+    pub fn target_mek(&self) -> &MekId {
+        &self.target_mek
+    }
+
+    /// The MEK id of the source.
+    pub fn source_mek(&self) -> &MekId {
+        &self.source_mek
+    }
+
+    /// Which member holds MEK `id`.
+    pub fn member_for(&self, id: &MekId) -> Member {
+        if *id == self.source_mek {
+            Member::Source
+        } else {
+            Member::Target
+        }
+    }
+
+    /// The provider of `member`.
+    pub fn provider(&self, member: Member) -> &Arc<dyn MekProvider> {
+        match member {
+            Member::Target => &self.target,
+            Member::Source => &self.source,
+        }
+    }
+
+    fn for_id(&self, id: &MekId) -> &Arc<dyn MekProvider> {
+        self.provider(self.member_for(id))
+    }
+
+    /// The member an envelope belongs to: by its MEK id, and its provider kind must be that
+    /// member's, or the envelope is refused.
+    fn for_envelope(&self, wrapped: &WrappedTek, ctx: &WrapContext) -> Result<Member> {
+        let member = self.member_for(&wrapped.mek.id);
+        let expected = self.provider(member).kind();
+        if wrapped.provider != expected {
+            return Err(TdeError::AuthenticationFailed {
+                what: format!(
+                    "TEK {} wrapped by {}: the envelope names the provider {} but the MEK {} \
+                     belongs to the migration's {member} provider ({expected})",
+                    ctx.tek_id(),
+                    wrapped.mek,
+                    wrapped.provider,
+                    wrapped.mek.id
+                ),
+            });
+        }
+        Ok(member)
+    }
+}
+
+#[async_trait]
+impl MekProvider for ProviderSet {
+    fn kind(&self) -> ProviderKind {
+        self.target.kind()
+    }
+
+    fn description(&self) -> String {
+        format!(
+            "{} (migrating from {})",
+            self.target.description(),
+            self.source.description()
+        )
+    }
+
+    fn is_secure(&self) -> bool {
+        self.target.is_secure() && self.source.is_secure()
+    }
+
+    async fn generate_mek(
+        &self,
+        mek_id: &MekId,
+        algorithm: EncryptionAlgorithm,
+    ) -> Result<MekVersionInfo> {
+        if *mek_id == self.source_mek {
+            return Err(TdeError::AlreadyExists {
+                key: format!("mek:{mek_id} (the migration source's MEK)"),
+            });
+        }
+        self.target.generate_mek(mek_id, algorithm).await
+    }
+
+    async fn wrap_tek(
+        &self,
+        mek: &MekRef,
+        tek: &TableKey,
+        ctx: &WrapContext,
+    ) -> Result<WrappedTek> {
+        self.for_id(&mek.id).wrap_tek(mek, tek, ctx).await
+    }
+
+    async fn unwrap_tek(&self, wrapped: &WrappedTek, ctx: &WrapContext) -> Result<TableKey> {
+        let member = self.for_envelope(wrapped, ctx)?;
+        self.provider(member).unwrap_tek(wrapped, ctx).await
+    }
+
+    async fn rewrap_tek(
+        &self,
+        wrapped: &WrappedTek,
+        ctx: &WrapContext,
+        new_mek: &MekRef,
+    ) -> Result<WrappedTek> {
+        let from = self.for_envelope(wrapped, ctx)?;
+        let to = self.member_for(&new_mek.id);
+        if from == to {
+            // One provider: its own re-wrap (server-side where it has one).
+            return self.provider(to).rewrap_tek(wrapped, ctx, new_mek).await;
+        }
+        // Across providers the TEK passes through this process: unwrapped by one, wrapped by
+        // the other, and dropped (zeroized) at once.
+        let tek = self.provider(from).unwrap_tek(wrapped, ctx).await?;
+        self.provider(to).wrap_tek(new_mek, &tek, ctx).await
+    }
+
+    async fn mek_info(&self, mek_id: &MekId) -> Result<MekInfo> {
+        self.for_id(mek_id).mek_info(mek_id).await
+    }
+
+    async fn list_meks(&self) -> Result<Vec<MekId>> {
+        let mut ids = self.target.list_meks().await?;
+        for id in self.source.list_meks().await? {
+            if id == self.source_mek && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        // Only the source's MEK is reachable through the set on the source side.
+        ids.retain(|id| self.member_for(id) == Member::Target || *id == self.source_mek);
+        Ok(ids)
+    }
+
+    async fn rotate_mek(&self, mek_id: &MekId) -> Result<MekVersionInfo> {
+        self.for_id(mek_id).rotate_mek(mek_id).await
+    }
+
+    async fn set_mek_state(&self, mek: &MekRef, state: KeyState) -> Result<()> {
+        self.for_id(&mek.id).set_mek_state(mek, state).await
+    }
+
+    async fn health(&self) -> Result<ProviderHealth> {
+        let start = Instant::now();
+        let one = |r: Result<ProviderHealth>| match r {
+            Ok(h) => (h.healthy, h.detail),
+            Err(e) => (false, e.to_string()),
+        };
+        let (t_ok, t_detail) = one(self.target.health().await);
+        let (s_ok, s_detail) = one(self.source.health().await);
+        Ok(ProviderHealth {
+            healthy: t_ok && s_ok,
+            latency: start.elapsed(),
+            detail: format!(
+                "target {} ({}): {}; source {} ({}): {}",
+                self.target.kind(),
+                if t_ok { "healthy" } else { "UNHEALTHY" },
+                t_detail,
+                self.source.kind(),
+                if s_ok { "healthy" } else { "UNHEALTHY" },
+                s_detail
+            ),
+        })
+    }
+
+    async fn backup_material(&self, meks: &[MekRef]) -> Result<Vec<MekBackupItem>> {
+        let (from_source, from_target): (Vec<MekRef>, Vec<MekRef>) = meks
+            .iter()
+            .cloned()
+            .partition(|m| self.member_for(&m.id) == Member::Source);
+        let mut s = if from_source.is_empty() {
+            Vec::new()
+        } else {
+            self.source.backup_material(&from_source).await?
+        };
+        let mut t = if from_target.is_empty() {
+            Vec::new()
+        } else {
+            self.target.backup_material(&from_target).await?
+        };
+        // Keep the caller's order.
+        let mut out = Vec::with_capacity(meks.len());
+        for m in meks {
+            let list = if self.member_for(&m.id) == Member::Source {
+                &mut s
+            } else {
+                &mut t
+            };
+            if let Some(pos) = list.iter().position(|i| i.mek == *m) {
+                out.push(list.remove(pos));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -312,3 +312,204 @@ impl MekProvider for ProviderSet {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::ids::MekVersion;
+
+    /// A provider that only has a kind: every call that would reach it fails, so a test learns
+    /// which member a call was routed to from the error.
+    #[derive(Debug)]
+    struct Named(ProviderKind, &'static str);
+
+    #[async_trait]
+    impl MekProvider for Named {
+        fn kind(&self) -> ProviderKind {
+            self.0
+        }
+        fn description(&self) -> String {
+            self.1.to_string()
+        }
+        fn is_secure(&self) -> bool {
+            self.0 != ProviderKind::InMemory
+        }
+        async fn generate_mek(&self, id: &MekId, _: EncryptionAlgorithm) -> Result<MekVersionInfo> {
+            Err(self.reached(id.as_str()))
+        }
+        async fn wrap_tek(
+            &self,
+            mek: &MekRef,
+            _: &TableKey,
+            _: &WrapContext,
+        ) -> Result<WrappedTek> {
+            Err(self.reached(&mek.to_string()))
+        }
+        async fn unwrap_tek(&self, w: &WrappedTek, _: &WrapContext) -> Result<TableKey> {
+            Err(self.reached(&w.mek.to_string()))
+        }
+        async fn mek_info(&self, id: &MekId) -> Result<MekInfo> {
+            Err(self.reached(id.as_str()))
+        }
+        async fn list_meks(&self) -> Result<Vec<MekId>> {
+            Ok(vec![
+                MekId::new(format!("{}_a", self.1)).unwrap_or_else(|_| unreachable!()),
+            ])
+        }
+        async fn rotate_mek(&self, id: &MekId) -> Result<MekVersionInfo> {
+            Err(self.reached(id.as_str()))
+        }
+        async fn set_mek_state(&self, mek: &MekRef, _: KeyState) -> Result<()> {
+            Err(self.reached(&mek.to_string()))
+        }
+        async fn health(&self) -> Result<ProviderHealth> {
+            Err(self.reached("health"))
+        }
+    }
+
+    impl Named {
+        fn reached(&self, what: &str) -> TdeError {
+            TdeError::Unsupported {
+                what: format!("{} reached with {what}", self.1),
+                hint: String::new(),
+            }
+        }
+    }
+
+    fn id(s: &str) -> MekId {
+        MekId::new(s).unwrap_or_else(|_| unreachable!())
+    }
+
+    fn set(target: ProviderKind, source: ProviderKind) -> ProviderSet {
+        ProviderSet::new(
+            Arc::new(Named(target, "target")),
+            id("dst"),
+            Arc::new(Named(source, "source")),
+            id("src"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn envelope(kind: ProviderKind, mek: &str) -> WrappedTek {
+        WrappedTek {
+            format: crate::envelope::FORMAT_VERSION,
+            algorithm: EncryptionAlgorithm::Aes256Gcm,
+            provider: kind,
+            mek: MekRef::new(id(mek), MekVersion::FIRST),
+            payload: vec![0; 60],
+        }
+    }
+
+    fn ctx() -> WrapContext {
+        WrapContext::table_key(&"users@v1".parse().unwrap_or_else(|_| unreachable!()))
+    }
+
+    #[tokio::test]
+    async fn calls_go_to_the_member_that_holds_the_named_mek() {
+        let s = set(ProviderKind::Pkcs11, ProviderKind::SecureFile);
+        let reached = |r: std::result::Result<(), TdeError>| r.unwrap_err().to_string();
+        assert!(reached(s.mek_info(&id("src")).await.map(drop)).contains("source reached"));
+        assert!(reached(s.mek_info(&id("dst")).await.map(drop)).contains("target reached"));
+        assert!(reached(s.mek_info(&id("other")).await.map(drop)).contains("target reached"));
+        let e = s
+            .generate_mek(&id("src"), EncryptionAlgorithm::Aes256Gcm)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, TdeError::AlreadyExists { .. }), "{e:?}");
+        assert!(
+            reached(
+                s.generate_mek(&id("dst"), EncryptionAlgorithm::Aes256Gcm)
+                    .await
+                    .map(drop)
+            )
+            .contains("target reached")
+        );
+        let src = envelope(ProviderKind::SecureFile, "src");
+        assert!(reached(s.unwrap_tek(&src, &ctx()).await.map(drop)).contains("source reached"));
+        let dst = envelope(ProviderKind::Pkcs11, "dst");
+        assert!(reached(s.unwrap_tek(&dst, &ctx()).await.map(drop)).contains("target reached"));
+        assert_eq!(s.kind(), ProviderKind::Pkcs11);
+        assert!(s.description().contains("target (migrating from source)"));
+        let mut ids = s.list_meks().await.unwrap_or_default();
+        ids.sort();
+        assert_eq!(
+            ids,
+            vec![id("target_a")],
+            "only the source's own MEK is listed from it"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_envelope_under_the_other_members_identity_is_refused_before_any_call() {
+        let s = set(ProviderKind::Pkcs11, ProviderKind::SecureFile);
+        // A source wrap relabelled with the target's MEK, and the reverse.
+        for (kind, mek) in [
+            (ProviderKind::SecureFile, "dst"),
+            (ProviderKind::Pkcs11, "src"),
+        ] {
+            let e = s
+                .unwrap_tek(&envelope(kind, mek), &ctx())
+                .await
+                .unwrap_err();
+            assert!(matches!(e, TdeError::AuthenticationFailed { .. }), "{e:?}");
+            assert!(!e.to_string().contains("reached"), "{e}");
+            let e = s
+                .rewrap_tek(
+                    &envelope(kind, mek),
+                    &ctx(),
+                    &MekRef::new(id("dst"), MekVersion::FIRST),
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(e, TdeError::AuthenticationFailed { .. }), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn the_two_mek_ids_must_differ() {
+        let same = ProviderSet::new(
+            Arc::new(Named(ProviderKind::SecureFile, "a")),
+            id("k"),
+            Arc::new(Named(ProviderKind::SecureFile, "b")),
+            id("k"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(same.contains("migration_source"), "{same}");
+        assert!(same.contains("same provider"), "{same}");
+        let shared = ProviderSet::new(
+            Arc::new(Named(ProviderKind::Pkcs11, "a")),
+            id("k"),
+            Arc::new(Named(ProviderKind::SecureFile, "b")),
+            id("k"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(shared.contains("both use the MEK id k"), "{shared}");
+        assert!(shared.contains("k_pkcs11_hsm"), "{shared}");
+    }
+
+    #[tokio::test]
+    async fn health_is_healthy_only_when_both_members_are() {
+        let s = set(ProviderKind::Pkcs11, ProviderKind::SecureFile);
+        let h = s.health().await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(!h.healthy);
+        assert!(
+            h.detail.contains("target pkcs11-hsm (UNHEALTHY)"),
+            "{}",
+            h.detail
+        );
+        assert!(
+            h.detail.contains("source secure-file (UNHEALTHY)"),
+            "{}",
+            h.detail
+        );
+        assert!(s.is_secure(), "two secure members make a secure set");
+        let insecure = set(ProviderKind::Pkcs11, ProviderKind::InMemory);
+        assert!(
+            !insecure.is_secure(),
+            "an in-memory source makes the set insecure"
+        );
+    }
+}

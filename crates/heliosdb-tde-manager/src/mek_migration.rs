@@ -153,7 +153,8 @@ impl KeyManager {
         progress: Option<ProgressFn<'_>>,
     ) -> Result<std::result::Result<MekMigrationResult, (RotationState, TdeError)>> {
         let source = self.require_migration_source("migrate")?;
-        let target = match self.active_mek.read().map_err(|_| poisoned())?.clone() {
+        let known = self.active_mek.read().map_err(|_| poisoned())?.clone();
+        let target = match known {
             Some(m) => m,
             None => self.ensure_default_mek().await?,
         };

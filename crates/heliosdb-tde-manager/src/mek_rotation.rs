@@ -235,7 +235,7 @@ impl KeyManager {
             PassEnd::Finished(st) => st,
             PassEnd::Paused { state, error } => {
                 return Ok(RunEnd::Paused {
-                    state,
+                    state: Box::new(state),
                     error,
                     started,
                 });
@@ -489,7 +489,7 @@ enum RunEnd {
         emergency: bool,
     },
     Paused {
-        state: RotationState,
+        state: Box<RotationState>,
         error: TdeError,
         started: bool,
     },

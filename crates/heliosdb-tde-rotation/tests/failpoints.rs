@@ -127,3 +127,89 @@ async fn crash_at_every_rollback_fail_point() {
     }
     scenario.teardown();
 }
+
+const MIGRATION_POINTS: &[&str] = &[
+    "rotation::migration_started",
+    "rotation::before_page_commit",
+    "rotation::after_page_commit",
+    "rotation::dual_active_saved",
+    "rotation::verified_saved",
+    "rotation::migrated_saved",
+];
+
+/// An operator driving a provider migration from whatever phase its journal is in.
+async fn drive_migration(
+    rot: &Rotator,
+    w: &World,
+    target: &heliosdb_tde_core::MekRef,
+) -> heliosdb_tde_core::Result<heliosdb_tde_rotation::RotationState> {
+    let phase = rot.status(&w.mek_id).await?.map(|s| s.phase);
+    if matches!(phase, None | Some(Phase::NewMekReady | Phase::Rewrapping)) {
+        let info = heliosdb_tde_rotation::MigrationInfo::new("in-memory", "in-memory");
+        rot.prepare_migration(&w.mek_id, target, info).await?;
+        rot.rewrap(&w.mek_id, None).await?;
+    }
+    if phase != Some(Phase::Migrated) {
+        let v = rot.verify(&w.mek_id).await?;
+        assert_eq!(v.stranded, 0);
+    }
+    let later = Timestamp::now().saturating_add(Duration::from_secs(31 * 86_400));
+    rot.finish_migration(&w.mek_id, later).await
+}
+
+#[tokio::test]
+async fn crash_at_every_migration_fail_point() {
+    use heliosdb_tde_core::{EncryptionAlgorithm, MekId, MekProvider, ProviderSet, WrapContext};
+    use std::sync::Arc;
+    let scenario = fail::FailScenario::setup();
+    for point in MIGRATION_POINTS {
+        let mut w = World::memory(300).await;
+        let source = w.provider.clone();
+        let target: Arc<dyn MekProvider> =
+            Arc::new(heliosdb_tde_memory::InMemoryMekProvider::new());
+        let dst = MekId::new("dst_mek").unwrap();
+        let target_mek = target
+            .generate_mek(&dst, EncryptionAlgorithm::Aes256Gcm)
+            .await
+            .unwrap()
+            .mek;
+        w.provider = Arc::new(
+            ProviderSet::new(target.clone(), dst, source.clone(), w.mek_id.clone()).unwrap(),
+        );
+        let action = if point.contains("page") {
+            "1*off->return"
+        } else {
+            "return"
+        };
+        fail::cfg(*point, action).unwrap();
+        let crashed = drive_migration(&w.rotator(), &w, &target_mek).await;
+        fail::remove(*point);
+        let e = crashed.expect_err(point);
+        assert!(e.to_string().contains("injected failure"), "{point}: {e}");
+        // Whatever the crash left, every TEK unwraps through the set.
+        let _ = w.check_all_unwrap(&target_mek).await;
+
+        let done = drive_migration(&w.rotator(), &w, &target_mek)
+            .await
+            .unwrap_or_else(|e| panic!("{point}: resume failed: {e}"));
+        assert_eq!(done.phase, Phase::Migrated, "{point}");
+        assert_eq!(done.reencrypted, 300, "{point}: the counts add up");
+        assert_eq!(w.check_all_unwrap(&target_mek).await, 300, "{point}");
+        for r in w.store.scan_teks(None, usize::MAX).await.unwrap() {
+            assert!(r.previous_wrap.is_none(), "{point}: {}", r.id);
+            assert!(
+                source
+                    .unwrap_tek(&r.wrapped, &WrapContext::table_key(&r.id))
+                    .await
+                    .is_err(),
+                "{point}: the source alone still unwraps {}",
+                r.id
+            );
+        }
+        assert!(
+            w.rotator().status(&w.mek_id).await.unwrap().is_none(),
+            "{point}"
+        );
+    }
+    scenario.teardown();
+}

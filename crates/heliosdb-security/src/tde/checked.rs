@@ -2,6 +2,7 @@
 
 use super::Result;
 use super::config::TdeConfig;
+use super::migration::MigrationSourceConfig;
 use heliosdb_tde_core::{
     AwsKmsConfig, AzureKeyVaultConfig, HsmConfig, KmsConfig, MekId, SecureFileConfig, SecurityMode,
     TdeError, VaultTransitConfig,
@@ -43,68 +44,99 @@ impl TdeConfig {
             .as_deref()
             .map(str::parse::<SecurityMode>)
             .transpose()?;
-        let configured = [
-            self.kms_config.is_some(),
-            self.secure_file_config.is_some(),
-            self.hsm_config.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        if configured > 1 {
-            return Err(TdeError::config(
-                "kms_config / secure_file_config / hsm_config",
-                "configure exactly one MEK provider",
-            ));
-        }
-        if let Some(f) = &self.secure_file_config {
-            if f.storage_path.as_os_str().is_empty() {
-                return Err(TdeError::config(
-                    "secure_file_config.storage_path",
-                    "must name the directory of the MEK files, e.g. /var/lib/heliosdb/mek",
-                ));
-            }
-            if let Some(v) = &f.passphrase_env_var
-                && (v.is_empty() || v.contains('=') || v.contains('\0'))
-            {
-                return Err(TdeError::config(
-                    "secure_file_config.passphrase_env_var",
-                    format!("{v:?} is not a valid environment variable name"),
-                ));
-            }
-        }
-        if let Some(h) = &self.hsm_config {
-            if h.pkcs11_library_path.is_empty() {
-                return Err(TdeError::config(
-                    "hsm_config.pkcs11_library_path",
-                    "must name the PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so",
-                ));
-            }
-            if h.timeout_secs == 0 {
-                return Err(TdeError::config(
-                    "hsm_config.timeout_secs",
-                    "must be at least 1",
-                ));
-            }
-        }
-        match &self.kms_config {
-            Some(KmsConfig::Vault(v)) => check_vault(v)?,
-            Some(KmsConfig::Aws(a)) => check_aws(a, security_mode)?,
-            Some(KmsConfig::Azure(a)) => check_azure(a, security_mode)?,
-            _ => {}
-        }
-        let provider = match (&self.kms_config, &self.secure_file_config, &self.hsm_config) {
-            (Some(k), _, _) => ConfiguredProvider::Kms(k.clone()),
-            (_, Some(f), _) => ConfiguredProvider::SecureFile(f.clone()),
-            (_, _, Some(h)) => ConfiguredProvider::Hsm(h.clone()),
-            (None, None, None) => ConfiguredProvider::InMemory,
+        let provider = check_sections(
+            self.secure_file_config.as_ref(),
+            self.kms_config.as_ref(),
+            self.hsm_config.as_ref(),
+            security_mode,
+        )?;
+        let migration_source = match &self.migration_source {
+            None => None,
+            Some(src) => Some(check_source(
+                src,
+                &default_mek_id,
+                &provider,
+                security_mode,
+            )?),
         };
-        Ok(CheckedConfig {
+        let checked = CheckedConfig {
             default_mek_id,
             security_mode,
             provider,
-        })
+            migration_source,
+        };
+        if let Some(mode) = security_mode {
+            checked.check_migration_mode(mode)?;
+        }
+        Ok(checked)
     }
+}
+
+/// Checks the provider sections of a configuration (the main ones, or those of
+/// `migration_source`, whose caller prefixes the field names) and returns the one selected.
+fn check_sections(
+    secure_file_config: Option<&SecureFileConfig>,
+    kms_config: Option<&KmsConfig>,
+    hsm_config: Option<&HsmConfig>,
+    security_mode: Option<SecurityMode>,
+) -> Result<ConfiguredProvider> {
+    let configured = [
+        kms_config.is_some(),
+        secure_file_config.is_some(),
+        hsm_config.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if configured > 1 {
+        return Err(TdeError::config(
+            "kms_config / secure_file_config / hsm_config",
+            "configure exactly one MEK provider",
+        ));
+    }
+    if let Some(f) = secure_file_config {
+        if f.storage_path.as_os_str().is_empty() {
+            return Err(TdeError::config(
+                "secure_file_config.storage_path",
+                "must name the directory of the MEK files, e.g. /var/lib/heliosdb/mek",
+            ));
+        }
+        if let Some(v) = &f.passphrase_env_var
+            && (v.is_empty() || v.contains('=') || v.contains('\0'))
+        {
+            return Err(TdeError::config(
+                "secure_file_config.passphrase_env_var",
+                format!("{v:?} is not a valid environment variable name"),
+            ));
+        }
+    }
+    if let Some(h) = hsm_config {
+        if h.pkcs11_library_path.is_empty() {
+            return Err(TdeError::config(
+                "hsm_config.pkcs11_library_path",
+                "must name the PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so",
+            ));
+        }
+        if h.timeout_secs == 0 {
+            return Err(TdeError::config(
+                "hsm_config.timeout_secs",
+                "must be at least 1",
+            ));
+        }
+    }
+    match kms_config {
+        Some(KmsConfig::Vault(v)) => check_vault(v)?,
+        Some(KmsConfig::Aws(a)) => check_aws(a, security_mode)?,
+        Some(KmsConfig::Azure(a)) => check_azure(a, security_mode)?,
+        _ => {}
+    }
+    let provider = match (kms_config, secure_file_config, hsm_config) {
+        (Some(k), _, _) => ConfiguredProvider::Kms(k.clone()),
+        (_, Some(f), _) => ConfiguredProvider::SecureFile(f.clone()),
+        (_, _, Some(h)) => ConfiguredProvider::Hsm(h.clone()),
+        (None, None, None) => ConfiguredProvider::InMemory,
+    };
+    Ok(provider)
 }
 
 /// The MEK provider a configuration selects (at most one is allowed).
@@ -147,6 +179,36 @@ impl ConfiguredProvider {
         }
     }
 
+    /// The provider's kind as [`heliosdb_tde_core::ProviderKind::name`] writes it
+    /// (`secure-file`, `pkcs11-hsm`, `vault`...), for messages naming a member of a migration.
+    pub(crate) fn kind_name(&self) -> &'static str {
+        match self {
+            ConfiguredProvider::InMemory => "in-memory",
+            ConfiguredProvider::SecureFile(_) => "secure-file",
+            ConfiguredProvider::Hsm(_) => "pkcs11-hsm",
+            ConfiguredProvider::Kms(k) => k.feature(),
+        }
+    }
+
+    /// Whether `self` and `other` are the same provider instance by their configuration: the
+    /// same secure-file directory, the same PKCS#11 module, slot and token, or the same KMS
+    /// section.
+    pub(crate) fn same_place(&self, other: &ConfiguredProvider) -> bool {
+        match (self, other) {
+            (ConfiguredProvider::InMemory, ConfiguredProvider::InMemory) => false,
+            (ConfiguredProvider::SecureFile(a), ConfiguredProvider::SecureFile(b)) => {
+                a.storage_path == b.storage_path
+            }
+            (ConfiguredProvider::Hsm(a), ConfiguredProvider::Hsm(b)) => {
+                a.pkcs11_library_path == b.pkcs11_library_path
+                    && a.slot_id == b.slot_id
+                    && a.token_label == b.token_label
+            }
+            (ConfiguredProvider::Kms(a), ConfiguredProvider::Kms(b)) => a == b,
+            _ => false,
+        }
+    }
+
     /// The HSM settings, when an HSM is configured.
     pub(crate) fn hsm_mut(&mut self) -> Option<&mut HsmConfig> {
         match self {
@@ -163,8 +225,122 @@ pub(crate) struct CheckedConfig {
     pub(crate) default_mek_id: MekId,
     /// `security_mode`, parsed (the environment and the build type are applied later).
     pub(crate) security_mode: Option<SecurityMode>,
-    /// The one configured provider.
+    /// The one configured provider (the target, during a provider migration).
     pub(crate) provider: ConfiguredProvider,
+    /// `migration_source`, checked: the previous provider during a provider migration.
+    pub(crate) migration_source: Option<CheckedSource>,
+}
+
+/// A [`MigrationSourceConfig`] after validation.
+#[derive(Clone, Debug)]
+pub(crate) struct CheckedSource {
+    /// `migration_source.default_mek_id`: the MEK the existing TEKs are wrapped under.
+    pub(crate) default_mek_id: MekId,
+    /// The source provider.
+    pub(crate) provider: ConfiguredProvider,
+}
+
+impl CheckedConfig {
+    /// The rules of a provider migration that depend on the security mode: production refuses
+    /// an in-memory source (a test database moving to real keys is a development-mode affair)
+    /// and an in-memory target. Checked with the configured mode at validation and again with
+    /// the resolved one at start.
+    pub(crate) fn check_migration_mode(&self, mode: SecurityMode) -> Result<()> {
+        let Some(src) = &self.migration_source else {
+            return Ok(());
+        };
+        if !mode.is_production() {
+            return Ok(());
+        }
+        if matches!(src.provider, ConfiguredProvider::InMemory) {
+            return Err(TdeError::config(
+                "migration_source",
+                "in-memory is allowed as a migration source only in development mode; in \
+                 production mode describe the provider that holds the existing MEK \
+                 (secure_file_config, kms_config or hsm_config)",
+            ));
+        }
+        if matches!(self.provider, ConfiguredProvider::InMemory) {
+            return Err(TdeError::config(
+                "kms_config / secure_file_config / hsm_config",
+                "a provider migration to the in-memory provider is refused in production mode \
+                 (its keys are lost when the process exits); configure the target provider in \
+                 the main sections",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Prefixes the field of a configuration error about the source's sections with
+/// `migration_source.`.
+fn in_source(e: TdeError) -> TdeError {
+    match e {
+        TdeError::InvalidConfig { field, reason } => TdeError::InvalidConfig {
+            field: field
+                .split(" / ")
+                .map(|f| format!("migration_source.{f}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// Checks `migration_source` against the target (`target_mek` in `target`).
+fn check_source(
+    src: &MigrationSourceConfig,
+    target_mek: &MekId,
+    target: &ConfiguredProvider,
+    security_mode: Option<SecurityMode>,
+) -> Result<CheckedSource> {
+    let default_mek_id = MekId::new(src.default_mek_id.clone())
+        .map_err(|e| TdeError::config("migration_source.default_mek_id", e.to_string()))?;
+    let provider = check_sections(
+        src.secure_file_config.as_ref(),
+        src.kms_config.as_ref(),
+        src.hsm_config.as_ref(),
+        security_mode,
+    )
+    .map_err(in_source)?;
+    let same_place = provider.same_place(target);
+    if default_mek_id == *target_mek {
+        let reason = if same_place {
+            format!(
+                "it names the same provider ({}) and the same MEK ({default_mek_id}) as the \
+                 configuration itself, so there is nothing to migrate; describe the previous \
+                 provider in migration_source and the new one in the main sections",
+                provider.label()
+            )
+        } else {
+            format!(
+                "the source ({}) and the target ({}) both use the MEK id {default_mek_id}; give \
+                 the target its own default_mek_id (for example {default_mek_id}_{}), because \
+                 the key store tells a source wrap from a target wrap by MEK id",
+                provider.kind_name(),
+                target.kind_name(),
+                target.kind_name().replace('-', "_")
+            )
+        };
+        return Err(TdeError::config("migration_source", reason));
+    }
+    if same_place && matches!(provider, ConfiguredProvider::SecureFile(_)) {
+        return Err(TdeError::config(
+            "migration_source",
+            format!(
+                "the source and the target are the same secure-file directory ({}); a \
+                 provider migration moves the wraps to another provider. To move the table keys \
+                 to a new MEK in the same directory, rotate the MEK (`heliosdb-cli security mek \
+                 rotate`) instead",
+                target.label()
+            ),
+        ));
+    }
+    Ok(CheckedSource {
+        default_mek_id,
+        provider,
+    })
 }
 
 /// Checks the fields of a Vault configuration; errors name the field (`kms_config.<field>`).

@@ -1,8 +1,10 @@
 //! `TdeConfig`: the TDE configuration (`enabled`, `algorithm`, `key_storage_path`,
 //! `default_mek_id`, `cache_limit`, the provider sections, `security_mode`, the rotation and
-//! backup schedules), from code, a TOML file and the environment.
+//! backup schedules, the source of a provider migration), from code, a TOML file and the
+//! environment.
 
 use super::Result;
+use super::migration::MigrationSourceConfig;
 use heliosdb_tde_core::{EncryptionAlgorithm, HsmConfig, KmsConfig, SecureFileConfig, TdeError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -69,6 +71,10 @@ pub struct TdeConfig {
     /// Days after which the active MEK version is due for rotation in the Security Checklist
     /// (default: 365, the guide's minimum; 90 for high security). At least 1.
     pub mek_rotation_days: u64,
+    /// The previous MEK provider during a provider migration (`[migration_source]`): the main
+    /// sections then describe the target. `None` (the default): no migration. See
+    /// [`MigrationSourceConfig`].
+    pub migration_source: Option<MigrationSourceConfig>,
 }
 
 impl Default for TdeConfig {
@@ -92,6 +98,7 @@ impl Default for TdeConfig {
             backup_dir: None,
             backup_max_age_days: 7,
             mek_rotation_days: 365,
+            migration_source: None,
         }
     }
 }
@@ -271,7 +278,8 @@ impl TdeConfig {
     /// | `VAULT_ADDR`, `VAULT_NAMESPACE`, `VAULT_CACERT` | `kms_config` (Vault) `address`, `namespace`, `ca_cert` |
     ///
     /// `HELIOSDB_SECURITY_MODE` is not copied into `security_mode`: it is read when the mode is
-    /// resolved, where it takes precedence.
+    /// resolved, where it takes precedence. None of these variables changes `migration_source`:
+    /// they describe the configured provider (the target of a migration).
     pub fn apply_env_with(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
         let var = |name: &str| get(&format!("{ENV_PREFIX}{name}"));
         if let Some(v) = var("ENABLED") {

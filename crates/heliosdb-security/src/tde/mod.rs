@@ -9,6 +9,7 @@ mod backup;
 mod checked;
 mod checklist;
 mod config;
+mod migration;
 mod subsystem;
 
 pub use audit::{AuditStatus, audit_status, audit_tail, verify_audit, verify_audit_structure};
@@ -24,6 +25,7 @@ pub use heliosdb_tde_manager::audit::{
     AuditCheckpoint, AuditFilter, AuditFsync, AuditLogOptions, AuditRecord, AuditSinkStats,
 };
 pub use heliosdb_tde_manager::backup::{BackupReport, Manifest as BackupManifest};
+pub use migration::MigrationSourceConfig;
 pub use subsystem::{PageOpener, PageSealer, TdeSubsystem};
 
 /// The cipher engine's page cipher, which does NOT persist its invocation count: a sealer built
@@ -34,18 +36,20 @@ pub use heliosdb_tde_cipher::{
     Backend as CipherBackend, CipherError, PageHeader, SealedParts, UsageLimits, UsageSnapshot,
     sealed_tek_version,
 };
+pub use heliosdb_tde_core::Member as ProviderSetMember;
 pub use heliosdb_tde_core::{
     AwsKmsConfig, AzureKeyVaultConfig, ConfigSecret, DeletionProtection, EncryptionAlgorithm,
     HsmConfig, KdfParams, KeyId, KeyMetadata, KeyState, KeyType, KmsConfig, MekId, MekInfo,
-    MekProvider, MekRef, MekVersionInfo, ModeSource, ProviderHealth, ProviderKind,
+    MekProvider, MekRef, MekVersionInfo, ModeSource, ProviderHealth, ProviderKind, ProviderSet,
     SecureFileConfig, SecurityMode, ServiceRotation, TableId, TableKey, TdeError, TekId,
     TekVersion, Timestamp, VaultTransitConfig,
 };
+pub use heliosdb_tde_manager::MigrationInfo;
 pub use heliosdb_tde_manager::{
     AuditVerification, EmergencyRotation, FileAuditSink, KeyAvailability, KeyManager,
-    KeyManagerConfig, KeyStats, MekAvailability, MekRotationResult, Phase as RotationPhase,
-    Progress as RotationProgress, RotationConfig, RotationState, UsagePolicy, Verification,
-    verify_audit_log,
+    KeyManagerConfig, KeyStats, MekAvailability, MekMigrationResult, MekRotationResult,
+    Phase as RotationPhase, Progress as RotationProgress, RotationConfig, RotationState,
+    UsagePolicy, Verification, verify_audit_log,
 };
 pub use heliosdb_tde_memory::InMemoryMekProvider;
 

@@ -2,9 +2,10 @@
 
 use super::audit;
 use super::checked::CheckedConfig;
+use super::migration::{member_label, name_member};
 use super::{Result, TdeConfig};
 use heliosdb_tde_cipher::{Backend, SealedParts, TableCipher, UsageLimits};
-use heliosdb_tde_core::{MekId, MekProvider, ModeSource, SecurityMode, TdeError};
+use heliosdb_tde_core::{MekId, MekProvider, ModeSource, ProviderSet, SecurityMode, TdeError};
 use heliosdb_tde_keystore::{RedbKeyStore, STORE_FILE_NAME};
 use heliosdb_tde_manager::{
     KeyManager, KeyManagerConfig, RotationConfig, TableSealer, UsagePolicy,
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use zeroize::Zeroize;
 
 pub(crate) mod providers;
-pub(crate) use providers::build_provider;
+pub(crate) use providers::{build_provider, build_source};
 
 /// The running TDE subsystem.
 pub struct TdeSubsystem {
@@ -26,6 +27,7 @@ pub struct TdeSubsystem {
     warnings: Vec<String>,
     pin_source: Option<&'static str>,
     audit_sink: Option<Arc<heliosdb_tde_manager::FileAuditSink>>,
+    migration: Option<Arc<ProviderSet>>,
 }
 
 impl fmt::Debug for TdeSubsystem {
@@ -40,7 +42,7 @@ impl fmt::Debug for TdeSubsystem {
 /// Runs a start-up step, retrying it while the provider answers with a retryable error (it
 /// is unreachable, sealed or throttling) for up to `wait`, with a growing pause between
 /// attempts; each attempt is logged. The final error names the provider and where it is.
-async fn with_startup_retry<T, F, Fut>(
+pub(crate) async fn with_startup_retry<T, F, Fut>(
     wait: std::time::Duration,
     provider: &str,
     mut step: F,
@@ -89,6 +91,7 @@ async fn open_store(
     provider: &dyn MekProvider,
     default_mek: &MekId,
     read_only: bool,
+    migrating_from: Option<&MekId>,
 ) -> Result<RedbKeyStore> {
     let path = config.key_storage_path.join(STORE_FILE_NAME);
     let exists = match std::fs::symlink_metadata(&path) {
@@ -102,6 +105,17 @@ async fn open_store(
         } else {
             RedbKeyStore::open_existing(&path)
         };
+    }
+    if let Some(source_mek) = migrating_from {
+        return Err(TdeError::KeyNotFound {
+            key: format!("key store {}", path.display()),
+            hint: format!(
+                "the key store file is missing, but a provider migration from MEK {source_mek} \
+                 is configured (migration_source), so this is not a first start (a wrong \
+                 key_storage_path or mount?). Restore the key store from a backup; nothing was \
+                 created"
+            ),
+        });
     }
     match provider.mek_info(default_mek).await {
         Ok(_) => Err(TdeError::KeyNotFound {
@@ -136,6 +150,14 @@ impl TdeSubsystem {
     ///    holds the MEK is an error naming both places;
     /// 5. makes sure the default MEK exists: it is generated only on a first start, and its key
     ///    check value must unwrap (see [`KeyManager::ensure_default_mek`]).
+    ///
+    /// With `migration_source` set, step 2 builds the source provider too, and both must
+    /// answer (an error names the `migration source (<kind>)` or the `target (<kind>)`); the
+    /// source must hold its MEK, which is never created. The key manager then runs over a
+    /// [`ProviderSet`] of the two with
+    /// [`KeyManagerConfig::with_migration_source`]: new table keys are wrapped under the
+    /// target, existing ones unwrap through whichever provider their envelope names, and
+    /// [`KeyManager::migrate_mek`] moves them.
     pub async fn new(config: TdeConfig) -> Result<Self> {
         Self::start(config, false).await
     }
@@ -173,28 +195,43 @@ impl TdeSubsystem {
         {
             hsm.pin.zeroize();
         }
-        let (provider, facts) = built?;
+        let (provider, facts) = match &checked.migration_source {
+            Some(_) => built
+                .map_err(|e| name_member(e, &member_label(false, checked.provider.kind_name())))?,
+            None => built?,
+        };
         Self::start_with(config, checked.default_mek_id, read_only, provider, facts).await
     }
 
     /// Starts TDE from `config` over a provider already built from it (a restore opens the
     /// provider once and keeps it).
     pub(crate) async fn start_with(
-        config: TdeConfig,
+        mut config: TdeConfig,
         default_mek_id: MekId,
         read_only: bool,
         provider: Arc<dyn MekProvider>,
         facts: providers::ProviderFacts,
     ) -> Result<Self> {
-        let checked: CheckedConfig = config.checked()?;
+        let mut checked: CheckedConfig = config.checked()?;
         let (mode, mode_source) = SecurityMode::resolve_configured(checked.security_mode)?;
+        checked.check_migration_mode(mode)?;
         let wait = std::time::Duration::from_secs(config.provider_startup_wait_secs);
         let mut warnings = facts.warnings;
         let pin_source = facts.pin_source;
+        // During a provider migration every error about the configured provider says that it
+        // is the target, and every error about the previous one that it is the source.
+        let target_who = checked
+            .migration_source
+            .as_ref()
+            .map(|_| member_label(false, checked.provider.kind_name()));
+        let name_target = |e: TdeError| match &target_who {
+            Some(who) => name_member(e, who),
+            None => e,
+        };
         if mode.is_production() && !provider.is_secure() {
-            let e = TdeError::InsecureProvider {
+            let e = name_target(TdeError::InsecureProvider {
                 provider: provider.description(),
-            };
+            });
             if !read_only {
                 let event = audit::validated_event(
                     mode,
@@ -209,22 +246,71 @@ impl TdeSubsystem {
         }
         // A remote provider is asked before anything is created or opened, so that a first
         // start with the server down leaves nothing on disk (and waits for it a while).
-        let label = provider.description();
+        let label = match &target_who {
+            Some(who) => format!("{who}: {}", provider.description()),
+            None => provider.description(),
+        };
         with_startup_retry(wait, &label, || async {
             match provider.mek_info(&default_mek_id).await {
                 Err(TdeError::KeyNotFound { .. }) => Ok(()),
                 other => other.map(drop),
             }
         })
+        .await
+        .map_err(name_target)?;
+        let migration = match &checked.migration_source {
+            Some(src) => {
+                let built = super::migration::start_source(
+                    src,
+                    mode,
+                    wait,
+                    &provider,
+                    &default_mek_id,
+                    &mut warnings,
+                )
+                .await;
+                // The source provider holds its PIN as a secret now (or failed): wipe the plain
+                // copies, as for the target.
+                let copies = [
+                    config
+                        .migration_source
+                        .as_mut()
+                        .and_then(|m| m.hsm_config.as_mut()),
+                    checked
+                        .migration_source
+                        .as_mut()
+                        .and_then(|m| m.provider.hsm_mut()),
+                ];
+                for hsm in copies.into_iter().flatten() {
+                    hsm.pin.zeroize();
+                }
+                Some(built?)
+            }
+            None => None,
+        };
+        let source_mek = migration.as_ref().map(|set| set.source_mek().clone());
+        let provider: Arc<dyn MekProvider> = match &migration {
+            Some(set) => set.clone(),
+            None => provider,
+        };
+        let store = open_store(
+            &config,
+            provider.as_ref(),
+            &default_mek_id,
+            read_only,
+            source_mek.as_ref(),
+        )
         .await?;
-        let store = open_store(&config, provider.as_ref(), &default_mek_id, read_only).await?;
         let grace =
             std::time::Duration::from_secs(config.rotation_grace_days.saturating_mul(86_400));
-        let km_config = KeyManagerConfig::new(default_mek_id.clone(), mode)
+        let mut km_config = KeyManagerConfig::new(default_mek_id.clone(), mode)
             .with_cache_limit(config.cache_limit)
             .with_algorithm(config.algorithm)
             .with_rotation(RotationConfig::default().with_grace_period(grace))
             .with_usage(UsagePolicy::default().with_soft_limit(config.tek_usage_soft_limit));
+        if let Some(source_mek) = source_mek {
+            km_config = km_config.with_migration_source(source_mek);
+        }
         let mut km = KeyManager::new(provider.clone(), Arc::new(store), km_config)?;
         // A read-only start writes nothing, so it does not open the audit log.
         let audit_sink = match read_only {
@@ -255,6 +341,7 @@ impl TdeSubsystem {
             warnings,
             pin_source,
             audit_sink,
+            migration,
         })
     }
 
@@ -333,6 +420,10 @@ impl TdeSubsystem {
                 warnings.push(m);
             }
         }
+        if let Some(m) = super::migration::migration_notice(km).await? {
+            tracing::warn!(target: "heliosdb::tde", "{m}");
+            warnings.push(m);
+        }
         Ok(())
     }
 
@@ -364,6 +455,15 @@ impl TdeSubsystem {
     /// Warnings raised at start (development mode only; production turns them into errors).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// The provider set of the provider migration this subsystem was started for
+    /// (`migration_source` in the configuration): its [`ProviderSet::source`] and
+    /// [`ProviderSet::target`] with their descriptions and health, and the MEK ids of both.
+    /// `None` without a migration source. The key manager's provider is this set, so
+    /// `key_manager().mek_provider.health()` reports both members.
+    pub fn migration_source(&self) -> Option<&ProviderSet> {
+        self.migration.as_deref()
     }
 
     /// The audit log this process writes, when `audit_log_path` is set and the start was not

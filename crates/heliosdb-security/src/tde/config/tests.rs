@@ -1,5 +1,6 @@
 //! Tests of the config module.
 use super::*;
+use crate::tde::MigrationSourceConfig;
 use std::collections::HashMap;
 
 #[test]
@@ -484,4 +485,150 @@ fn audit_fields_have_defaults_environment_variables_and_checks() {
     let c = TdeConfig::from_toml_str("audit_fsync = \"always\"\naudit_max_file_bytes = 8192\n")
         .unwrap();
     c.check_schedules().unwrap();
+}
+
+#[test]
+fn a_migration_source_parses_from_toml_and_round_trips() {
+    let text = r#"
+        default_mek_id = "master_key_002"
+        [secure_file_config]
+        storage_path = "/var/lib/heliosdb/mek-new"
+
+        [migration_source]
+        default_mek_id = "master_key_001"
+        [migration_source.secure_file_config]
+        storage_path = "/var/lib/heliosdb/mek"
+        passphrase_env_var = "OLD_PASSPHRASE"
+    "#;
+    let c = TdeConfig::from_toml_str(text).unwrap();
+    c.validate().unwrap();
+    let src = c.migration_source.as_ref().unwrap();
+    assert_eq!(src.default_mek_id, "master_key_001");
+    assert_eq!(
+        src.secure_file_config.as_ref().unwrap().storage_path,
+        PathBuf::from("/var/lib/heliosdb/mek")
+    );
+    assert!(src.kms_config.is_none() && src.hsm_config.is_none());
+    let back = TdeConfig::from_toml_str(&toml::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+    // A KMS source, the default MEK id left out (the main configuration's default).
+    let c = TdeConfig::from_toml_str(
+        "default_mek_id = \"m2\"\n[secure_file_config]\nstorage_path = \"/m\"\n\
+         [migration_source.kms_config]\nprovider = \"vault\"\naddress = \"https://v:8200\"\n",
+    )
+    .unwrap();
+    let src = c.migration_source.as_ref().unwrap();
+    assert_eq!(src.default_mek_id, "master_key_001");
+    assert!(matches!(src.kms_config, Some(KmsConfig::Vault(_))));
+    // Unknown fields inside the section are errors naming the path.
+    let e = TdeConfig::from_toml_str("[migration_source]\ndefault_mek = \"x\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("migration_source"), "{e}");
+}
+
+#[test]
+fn a_migration_source_is_built_in_rust() {
+    let src = MigrationSourceConfig::new("old_mek")
+        .with_hsm(HsmConfig::default())
+        .with_secure_file(SecureFileConfig::new("/old"));
+    assert!(src.hsm_config.is_none(), "one section at a time");
+    let c = TdeConfig {
+        default_mek_id: "new_mek".into(),
+        secure_file_config: Some(SecureFileConfig::new("/new")),
+        migration_source: Some(src.clone()),
+        ..Default::default()
+    };
+    c.validate().unwrap();
+    let from = MigrationSourceConfig::from_config(&TdeConfig {
+        default_mek_id: "old_mek".into(),
+        secure_file_config: Some(SecureFileConfig::new("/old")),
+        ..Default::default()
+    });
+    assert_eq!(from, src);
+    assert!(TdeConfig::default().migration_source.is_none());
+}
+
+#[test]
+fn a_migration_source_is_checked_like_the_main_sections() {
+    let base = |src: MigrationSourceConfig| TdeConfig {
+        default_mek_id: "new_mek".into(),
+        secure_file_config: Some(SecureFileConfig::new("/new")),
+        migration_source: Some(src),
+        ..Default::default()
+    };
+    let err = |c: TdeConfig| c.validate().unwrap_err().to_string();
+    // Two sections.
+    let mut two = MigrationSourceConfig::new("old").with_secure_file(SecureFileConfig::new("/o"));
+    two.hsm_config = Some(HsmConfig::default());
+    let e = err(base(two));
+    assert!(
+        e.contains("migration_source.kms_config / migration_source.secure_file_config"),
+        "{e}"
+    );
+    // A bad MEK id, a bad field.
+    let e = err(base(MigrationSourceConfig::new("no spaces allowed")));
+    assert!(e.contains("migration_source.default_mek_id"), "{e}");
+    let e = err(base(
+        MigrationSourceConfig::new("old").with_secure_file(SecureFileConfig::new("")),
+    ));
+    assert!(
+        e.contains("migration_source.secure_file_config.storage_path"),
+        "{e}"
+    );
+    // The same provider and MEK as the target.
+    let e = err(base(
+        MigrationSourceConfig::new("new_mek").with_secure_file(SecureFileConfig::new("/new")),
+    ));
+    assert!(e.contains("same provider") && e.contains("same MEK"), "{e}");
+    // Another provider with the same MEK id.
+    let e = err(base(
+        MigrationSourceConfig::new("new_mek").with_secure_file(SecureFileConfig::new("/old")),
+    ));
+    assert!(e.contains("both use the MEK id new_mek"), "{e}");
+    // The same secure-file directory with another MEK: that is a rotation.
+    let e = err(base(
+        MigrationSourceConfig::new("old").with_secure_file(SecureFileConfig::new("/new")),
+    ));
+    assert!(e.contains("rotate the MEK"), "{e}");
+}
+
+#[test]
+fn production_refuses_an_in_memory_source_or_target_of_a_migration() {
+    let e = TdeConfig {
+        default_mek_id: "new_mek".into(),
+        secure_file_config: Some(SecureFileConfig::new("/new")),
+        security_mode: Some("production".into()),
+        migration_source: Some(MigrationSourceConfig::new("old")),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("in-memory is allowed as a migration source only in development mode"),
+        "{e}"
+    );
+    let e = TdeConfig {
+        default_mek_id: "new_mek".into(),
+        security_mode: Some("production".into()),
+        migration_source: Some(
+            MigrationSourceConfig::new("old").with_secure_file(SecureFileConfig::new("/old")),
+        ),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("to the in-memory provider is refused"), "{e}");
+    // Development mode accepts an in-memory source.
+    TdeConfig {
+        default_mek_id: "new_mek".into(),
+        secure_file_config: Some(SecureFileConfig::new("/new")),
+        security_mode: Some("development".into()),
+        migration_source: Some(MigrationSourceConfig::new("old")),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
 }

@@ -2,7 +2,7 @@
 //! backend whose cargo feature is off is refused, naming the feature.
 
 use crate::tde::Result;
-use crate::tde::checked::ConfiguredProvider;
+use crate::tde::checked::{CheckedSource, ConfiguredProvider};
 use heliosdb_tde_core::{MekId, MekProvider, SecurityMode, TdeError};
 use heliosdb_tde_memory::InMemoryMekProvider;
 use std::sync::Arc;
@@ -61,6 +61,34 @@ pub(crate) async fn build_provider(
         ConfiguredProvider::Hsm(hsm) => build_hsm(hsm, mode).await,
         ConfiguredProvider::SecureFile(file) => build_secure_file(file, mode),
     }
+}
+
+/// Builds the source provider of a provider migration with the same per-backend functions as
+/// the target. Nothing is created on the source's side: a secure-file directory that does not
+/// exist is an error (the provider would create it) rather than an empty source.
+pub(crate) async fn build_source(
+    src: &CheckedSource,
+    mode: SecurityMode,
+) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
+    if let ConfiguredProvider::SecureFile(f) = &src.provider {
+        match std::fs::symlink_metadata(&f.storage_path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(TdeError::KeyNotFound {
+                    key: format!("MEK directory {}", f.storage_path.display()),
+                    hint: format!(
+                        "the directory does not exist, so it cannot hold MEK {}, the MEK the \
+                         existing table keys are wrapped under; point \
+                         migration_source.secure_file_config.storage_path at the previous \
+                         provider's directory. Nothing was created",
+                        src.default_mek_id
+                    ),
+                });
+            }
+            Err(e) => return Err(TdeError::io(&f.storage_path, e)),
+        }
+    }
+    build_provider(&src.provider, &src.default_mek_id, mode).await
 }
 
 async fn build_hsm(

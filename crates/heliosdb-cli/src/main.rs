@@ -8,6 +8,7 @@
 mod audit;
 mod backup;
 mod failure;
+mod migrate;
 mod output;
 mod quickstart;
 mod rotate;
@@ -152,6 +153,12 @@ enum Mek {
     Rollback,
     /// Deactivate the old MEK version of a verified rotation after its grace period.
     Deactivate,
+    /// Migrate the MEK to another provider, online: every TEK's wrap moves from the current
+    /// configuration's provider (the source) to the one `--to` describes (the target). Starts
+    /// or resumes the migration; `--verify`, `--finish` and `--rollback` take it further.
+    Migrate(migrate::MigrateArgs),
+    /// Show the provider migration in progress.
+    MigrationStatus(migrate::StatusArgs),
     /// Re-encrypt every MEK file under a new passphrase (secure file provider). The old
     /// passphrase is read from HELIOSDB_MEK_PASSPHRASE_OLD, the new one from the configured
     /// variable or passphrase file. Also finishes an interrupted change.
@@ -236,6 +243,13 @@ async fn run(cli: Cli, out: &Out) -> Result<ExitCode, TdeError> {
             if let Security::Audit(cmd) = cmd {
                 return audit::run(config, cmd, out).await;
             }
+            // A migration builds its configuration from the current one and `--to`.
+            if let Security::Mek(Mek::Migrate(args)) = cmd {
+                return migrate::run(config, args, out).await;
+            }
+            if let Security::Mek(Mek::MigrationStatus(args)) = cmd {
+                return migrate::status(config, args, out).await;
+            }
             // Backups and restores open what they need themselves.
             if let Security::Backup(args) = cmd {
                 return backup::run(config, args, out).await;
@@ -292,6 +306,7 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
             let lost = (!keys.all_readable())
                 .then(|| backup::lost_mek_report(tde.config(), &keys))
                 .flatten();
+            let migration = migrate::status_view(tde, Some(&keys)).await?;
             out.status(
                 tde,
                 &checklist,
@@ -301,6 +316,7 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
                     kms: kms.as_ref(),
                     azure: azure.as_ref(),
                     lost_mek: lost.as_deref(),
+                    migration: migration.as_ref(),
                 },
             );
             if !keys.all_readable() || checklist.iter().any(|c| c.status == CheckStatus::Fail) {
@@ -329,7 +345,8 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
         Security::Mek(Mek::Verify) => return rotate::verify(tde, out).await,
         Security::Mek(Mek::Rollback) => return rotate::rollback(tde, out).await,
         Security::Mek(Mek::Deactivate) => return rotate::deactivate(tde, out).await,
-        Security::AuditVerify { .. }
+        Security::Mek(Mek::Migrate(_) | Mek::MigrationStatus(_))
+        | Security::AuditVerify { .. }
         | Security::Audit(_)
         | Security::Backup(_)
         | Security::Restore { .. } => {

@@ -6,7 +6,7 @@ mod keys;
 mod rotation;
 mod status;
 
-pub(crate) use status::{AzureView, KmsView, StatusParts};
+pub(crate) use status::{AzureView, KmsView, MigrationMember, MigrationView, StatusParts};
 
 use clap::ValueEnum;
 use serde_json::json;

@@ -163,6 +163,126 @@ impl AzureView {
     }
 }
 
+/// One provider of a migration as `security status` shows it: its role, kind, MEK and health.
+pub(crate) struct MigrationMember {
+    /// `source` or `target`.
+    pub(crate) role: &'static str,
+    /// The provider kind (`secure-file`, `pkcs11-hsm`...).
+    pub(crate) provider: String,
+    /// The provider and where it keeps its MEKs.
+    pub(crate) description: String,
+    /// The MEK id, or the MEK version the journal names.
+    pub(crate) mek: String,
+    /// Whether its health check passed.
+    pub(crate) healthy: bool,
+    /// What the health check found, or what is wrong.
+    pub(crate) detail: String,
+}
+
+impl MigrationMember {
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "provider": self.provider,
+            "description": self.description,
+            "mek": self.mek,
+            "healthy": self.healthy,
+            "detail": self.detail,
+        })
+    }
+
+    fn print(&self, out: &Out) {
+        outln!(
+            out,
+            "  {:<15}{} on {}",
+            format!("{}:", capitalised(self.role)),
+            self.mek,
+            self.description
+        );
+        if self.healthy {
+            outln!(out, "  {:<15}healthy ({})", "", self.detail);
+        } else {
+            outln!(out, "  {:<15}UNHEALTHY: {}", "", self.detail);
+        }
+    }
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+/// What `security status` shows about a provider migration (the configuration has
+/// `migration_source`): the journal's phase and counts, and both providers.
+pub(crate) struct MigrationView {
+    /// The journal's phase; `None` before the migration started.
+    pub(crate) phase: Option<String>,
+    /// TEKs moved to the target so far.
+    pub(crate) moved: u64,
+    /// TEK wraps under the source's MEK (every TEK that existed when the migration started),
+    /// when the key store was read.
+    pub(crate) total: Option<u64>,
+    /// Keys that failed in the last pass.
+    pub(crate) failed: u64,
+    /// When `--finish` may drop the source wraps.
+    pub(crate) grace_until: Option<String>,
+    /// The source, then the target.
+    pub(crate) members: Vec<MigrationMember>,
+    /// What the operator does next.
+    pub(crate) next_step: String,
+}
+
+impl MigrationView {
+    fn json(&self) -> serde_json::Value {
+        let member = |role: &str| {
+            self.members
+                .iter()
+                .find(|m| m.role == role)
+                .map(MigrationMember::json)
+        };
+        json!({
+            "in_progress": self.phase.is_some(),
+            "phase": self.phase,
+            "moved": self.moved,
+            "total": self.total,
+            "failed": self.failed,
+            "grace_until": self.grace_until,
+            "source": member("source"),
+            "target": member("target"),
+            "next_step": self.next_step,
+        })
+    }
+
+    fn print(&self, out: &Out) {
+        match &self.phase {
+            Some(phase) => outln!(
+                out,
+                "Migration:       IN PROGRESS, phase {phase}: {} of {} TEKs moved{}",
+                self.moved,
+                self.total
+                    .map_or_else(|| "?".to_string(), |t| t.to_string()),
+                if self.failed > 0 {
+                    format!(" ({} failed in the last pass)", self.failed)
+                } else {
+                    String::new()
+                }
+            ),
+            None => outln!(
+                out,
+                "Migration:       configured (migration_source), not started"
+            ),
+        }
+        for m in &self.members {
+            m.print(out);
+        }
+        if let Some(t) = &self.grace_until {
+            outln!(out, "  Grace period ends: {t}");
+        }
+        outln!(out, "  Next: {}", self.next_step);
+    }
+}
+
 /// What `security status` shows beyond the mode, provider and checklist (each part where it
 /// was gathered).
 #[derive(Default)]
@@ -173,6 +293,8 @@ pub(crate) struct StatusParts<'a> {
     pub(crate) azure: Option<&'a AzureView>,
     /// The lost-MEK note: the bundle that holds a missing MEK version, or that none does.
     pub(crate) lost_mek: Option<&'a str>,
+    /// The provider migration, when the configuration has `migration_source`.
+    pub(crate) migration: Option<&'a MigrationView>,
 }
 
 impl Out {
@@ -188,9 +310,11 @@ impl Out {
             kms,
             azure,
             lost_mek,
+            migration,
         } = *parts;
         let p = &tde.key_manager().mek_provider;
         json!({
+            "migration": migration.map(MigrationView::json),
             "aws_kms": kms.map(KmsView::json),
             "azure_key_vault": azure.map(AzureView::json),
             "provider_health": health.map(|h| json!({
@@ -238,6 +362,7 @@ impl Out {
             kms,
             azure,
             lost_mek,
+            migration,
         } = *parts;
         let p = &tde.key_manager().mek_provider;
         let mode = tde.security_mode().to_string();
@@ -280,6 +405,9 @@ impl Out {
         }
         if let Some(a) = azure {
             a.print(self);
+        }
+        if let Some(m) = migration {
+            m.print(self);
         }
         outln!(
             self,

@@ -153,18 +153,20 @@ impl KeyManager {
         progress: Option<ProgressFn<'_>>,
     ) -> Result<std::result::Result<MekMigrationResult, (RotationState, TdeError)>> {
         let source = self.require_migration_source("migrate")?;
-        let known = self.active_mek.read().map_err(|_| poisoned())?.clone();
-        let target = match known {
-            Some(m) => m,
-            None => self.ensure_default_mek().await?,
-        };
+        // The target is the default MEK (in the configured provider); it exists from the
+        // first start with a migration source, or is made now by the first-start rule.
+        let target = self.ensure_default_mek().await?;
         let source_kind = self.mek_provider.mek_info(&source).await?.provider;
-        let info = MigrationInfo::new(
-            source_kind.name(),
-            self.mek_provider.kind().name(),
-        );
+        let info = MigrationInfo::new(source_kind.name(), self.mek_provider.kind().name());
         let rot = self.rotator();
-        let st = rot.prepare_migration(&source, &target, info).await?;
+        let st = {
+            // New TEKs are wrapped under the target from here on (again, after a rollback in
+            // this process had moved them back to the source).
+            let _guard = self.mutations.lock().await;
+            let st = rot.prepare_migration(&source, &target, info).await?;
+            *self.active_mek.write().map_err(|_| poisoned())? = Some(target.clone());
+            st
+        };
         let started = st.phase == Phase::NewMekReady && st.reencrypted == 0;
         match rot.rewrap_pass(&source, progress).await? {
             PassEnd::Finished(st) => Ok(Ok(MekMigrationResult::from_state(&st, started)?)),

@@ -11,7 +11,7 @@
 //! calls after it.
 
 use super::Result;
-use super::checked::CheckedSource;
+use super::checked::{CheckedSource, ConfiguredProvider};
 use super::config::TdeConfig;
 use super::subsystem::{build_source, with_startup_retry};
 use heliosdb_tde_core::{
@@ -277,10 +277,11 @@ pub(crate) async fn start_source(
     target: &Arc<dyn MekProvider>,
     target_mek: &MekId,
     warnings: &mut Vec<String>,
+    passphrase: Option<&secrecy::SecretString>,
 ) -> Result<Arc<ProviderSet>> {
     let who = member_label(true, src.provider.kind_name());
     let label = format!("{who}: {}", src.provider.label());
-    let (source, facts) = with_startup_retry(wait, &label, || build_source(src, mode))
+    let (source, facts) = with_startup_retry(wait, &label, || build_source(src, mode, passphrase))
         .await
         .map_err(|e| name_member(e, &who))?;
     warnings.extend(facts.warnings.into_iter().map(|w| format!("{who}: {w}")));
@@ -299,12 +300,20 @@ pub(crate) async fn start_source(
         .map_err(|e| match e {
             TdeError::KeyNotFound { .. } => TdeError::KeyNotFound {
                 key: format!("{who}: MEK {mek}"),
-                hint: format!(
-                    "{} does not hold MEK {mek}, the MEK the existing table keys are wrapped \
-                     under; check migration_source (its default_mek_id and provider section). \
-                     Nothing was created",
-                    source.description()
-                ),
+                hint: match src.provider {
+                    ConfiguredProvider::InMemory => format!(
+                        "the in-memory provider starts empty in every process, so it cannot \
+                         hold MEK {mek}; describe the provider that holds it in \
+                         migration_source (secure_file_config, kms_config or hsm_config). \
+                         Nothing was created"
+                    ),
+                    _ => format!(
+                        "{} does not hold MEK {mek}, the MEK the existing table keys are \
+                         wrapped under; check migration_source (its default_mek_id and provider \
+                         section). Nothing was created",
+                        source.description()
+                    ),
+                },
             },
             e => name_member(e, &who),
         })?;

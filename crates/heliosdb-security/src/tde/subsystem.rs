@@ -183,6 +183,8 @@ impl TdeSubsystem {
         let (mode, _) = SecurityMode::resolve_configured(checked.security_mode)?;
         let wait = std::time::Duration::from_secs(config.provider_startup_wait_secs);
         let label = checked.provider.label();
+        // Read before the target's provider takes a passphrase variable the source shares.
+        let source_passphrase = providers::shared_passphrase(&checked);
         let built = with_startup_retry(wait, &label, || {
             build_provider(&checked.provider, &checked.default_mek_id, mode)
         })
@@ -199,6 +201,10 @@ impl TdeSubsystem {
             Some(_) => built
                 .map_err(|e| name_member(e, &member_label(false, checked.provider.kind_name())))?,
             None => built?,
+        };
+        let facts = providers::ProviderFacts {
+            source_passphrase,
+            ..facts
         };
         Self::start_with(config, checked.default_mek_id, read_only, provider, facts).await
     }
@@ -267,6 +273,7 @@ impl TdeSubsystem {
                     &provider,
                     &default_mek_id,
                     &mut warnings,
+                    facts.source_passphrase.as_ref(),
                 )
                 .await;
                 // The source provider holds its PIN as a secret now (or failed): wipe the plain

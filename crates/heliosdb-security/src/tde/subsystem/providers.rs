@@ -2,7 +2,7 @@
 //! backend whose cargo feature is off is refused, naming the feature.
 
 use crate::tde::Result;
-use crate::tde::checked::{CheckedSource, ConfiguredProvider};
+use crate::tde::checked::{CheckedConfig, CheckedSource, ConfiguredProvider};
 use heliosdb_tde_core::{MekId, MekProvider, SecurityMode, TdeError};
 use heliosdb_tde_memory::InMemoryMekProvider;
 use std::sync::Arc;
@@ -35,6 +35,31 @@ pub(crate) struct ProviderFacts {
     pub(crate) warnings: Vec<String>,
     /// Where the HSM PIN came from (`environment`, `file`, `configuration file`).
     pub(crate) pin_source: Option<&'static str>,
+    /// During a provider migration between two secure-file directories that read their
+    /// passphrase from the same environment variable: its value, read before the target's
+    /// provider took it out of the environment, for the source ([`shared_passphrase`]).
+    pub(crate) source_passphrase: Option<secrecy::SecretString>,
+}
+
+/// When the target and the source of a provider migration are both secure-file directories
+/// whose passphrase comes from the same environment variable (no `passphrase_file` on either),
+/// its value, read without removing it: the provider that opens first removes the variable
+/// from the environment, and the other one opens with this copy.
+pub(crate) fn shared_passphrase(checked: &CheckedConfig) -> Option<secrecy::SecretString> {
+    let src = checked.migration_source.as_ref()?;
+    let (ConfiguredProvider::SecureFile(t), ConfiguredProvider::SecureFile(s)) =
+        (&checked.provider, &src.provider)
+    else {
+        return None;
+    };
+    if t.passphrase_file.is_some()
+        || s.passphrase_file.is_some()
+        || t.passphrase_var() != s.passphrase_var()
+    {
+        return None;
+    }
+    let value = zeroize::Zeroizing::new(std::env::var(s.passphrase_var()).ok()?);
+    Some(secrecy::SecretString::from(value.as_str()))
 }
 
 /// Builds the MEK provider the configuration names.
@@ -66,9 +91,13 @@ pub(crate) async fn build_provider(
 /// Builds the source provider of a provider migration with the same per-backend functions as
 /// the target. Nothing is created on the source's side: a secure-file directory that does not
 /// exist is an error (the provider would create it) rather than an empty source.
+///
+/// `passphrase` is [`ProviderFacts::source_passphrase`]: the secure-file passphrase read from
+/// the environment variable the target shares with the source.
 pub(crate) async fn build_source(
     src: &CheckedSource,
     mode: SecurityMode,
+    passphrase: Option<&secrecy::SecretString>,
 ) -> Result<(Arc<dyn MekProvider>, ProviderFacts)> {
     if let ConfiguredProvider::SecureFile(f) = &src.provider {
         match std::fs::symlink_metadata(&f.storage_path) {
@@ -87,7 +116,23 @@ pub(crate) async fn build_source(
             }
             Err(e) => return Err(TdeError::io(&f.storage_path, e)),
         }
+        #[cfg(feature = "secure-file")]
+        if let Some(pass) = passphrase {
+            use secrecy::ExposeSecret;
+            let p = heliosdb_tde_file::SecureFileMekProvider::open_with_passphrase(
+                f,
+                mode,
+                secrecy::SecretString::from(pass.expose_secret()),
+                Vec::new(),
+            )?;
+            let facts = ProviderFacts {
+                warnings: p.warnings(),
+                ..ProviderFacts::default()
+            };
+            return Ok((Arc::new(p), facts));
+        }
     }
+    let _ = passphrase;
     build_provider(&src.provider, &src.default_mek_id, mode).await
 }
 
@@ -102,6 +147,7 @@ async fn build_hsm(
         let p = Pkcs11MekProvider::open(Pkcs11Settings::from_config(hsm, pin)).await?;
         let mut facts = ProviderFacts {
             warnings: Vec::new(),
+            source_passphrase: None,
             pin_source: Some(match source {
                 PinSource::Environment => "environment",
                 PinSource::File => "file",
@@ -135,6 +181,7 @@ async fn build_vault(
         let facts = ProviderFacts {
             warnings: p.warnings(),
             pin_source: None,
+            source_passphrase: None,
         };
         Ok((Arc::new(p), facts))
     }
@@ -159,6 +206,7 @@ async fn build_aws(
         let facts = ProviderFacts {
             warnings: p.warnings(),
             pin_source: None,
+            source_passphrase: None,
         };
         Ok((Arc::new(p), facts))
     }
@@ -183,6 +231,7 @@ async fn build_azure(
         let facts = ProviderFacts {
             warnings: p.warnings(),
             pin_source: None,
+            source_passphrase: None,
         };
         Ok((Arc::new(p), facts))
     }
@@ -203,6 +252,7 @@ fn build_secure_file(
         let facts = ProviderFacts {
             warnings: p.warnings(),
             pin_source: None,
+            source_passphrase: None,
         };
         Ok((Arc::new(p), facts))
     }

@@ -45,6 +45,15 @@ impl KeyManager {
                         tables: deps.tables,
                     });
                 }
+                // The first start of a provider migration: the store's records are
+                // authenticated under the integrity key of the source's key check value; the
+                // target's key check value must wrap that same key.
+                if self.integrity_key()?.is_none()
+                    && let Some(source) = self.config.migration_source.clone()
+                {
+                    let info = self.call(self.mek_provider.mek_info(&source)).await?;
+                    self.verify_key_check(&active_of(&info)?, false).await?;
+                }
                 if !may_write {
                     return Err(TdeError::KeyNotFound {
                         key: format!("mek:{id}"),

@@ -18,7 +18,10 @@ const N: usize = 100_000;
 
 fn rotation(c: &mut Criterion) {
     let mut g = c.benchmark_group("mek_rotation_100k");
+    // Flat sampling: ten samples of one pass each (a pass takes seconds, and the untimed
+    // deactivation or rollback between passes about as long).
     g.sample_size(10)
+        .sampling_mode(criterion::SamplingMode::Flat)
         .measurement_time(Duration::from_secs(20))
         .warm_up_time(Duration::from_millis(1));
 
@@ -94,7 +97,67 @@ fn rotation(c: &mut Criterion) {
             total
         })
     });
+    drop(km);
+
+    // Ours: a provider migration pass of the same 100,000 TEKs, secure file to secure file in
+    // another directory (unwrap through the source, wrap through the target, durable commits,
+    // the source wrap kept). Between samples the migration is rolled back, which is not timed.
+    let src_dir = tempfile::tempdir().unwrap();
+    let dst_dir = tempfile::tempdir().unwrap();
+    drop(manager(
+        &rt,
+        src_dir.path(),
+        file_provider(src_dir.path()),
+        1000,
+        N,
+        true,
+    ));
+    let km = migration_manager(&rt, src_dir.path(), dst_dir.path());
+    g.bench_function("ours_provider_migration_file_to_file_durable", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                let r = rt.block_on(km.migrate_mek(None)).unwrap();
+                total += start.elapsed();
+                assert_eq!(r.keys_moved as usize, N);
+                rt.block_on(km.rollback_mek_migration(None)).unwrap();
+            }
+            total
+        })
+    });
     g.finish();
+}
+
+/// A key manager over the store in `src/keys` whose provider is the set of a secure file
+/// provider in `dst` (the target, MEK `bench_target`) and the one in `src` (the source,
+/// `bench_mek`).
+fn migration_manager(
+    rt: &tokio::runtime::Runtime,
+    src: &std::path::Path,
+    dst: &std::path::Path,
+) -> heliosdb_tde_manager::KeyManager {
+    use heliosdb_tde_core::{KeyStore, MekId, ProviderSet, SecurityMode};
+    use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, RotationConfig};
+    use std::sync::Arc;
+    let target = MekId::new("bench_target").unwrap();
+    let source = MekId::new("bench_mek").unwrap();
+    let set = ProviderSet::new(
+        file_provider(dst),
+        target.clone(),
+        file_provider(src),
+        source.clone(),
+    )
+    .unwrap();
+    let store: Arc<dyn KeyStore> =
+        Arc::new(heliosdb_tde_keystore::RedbKeyStore::open_dir(&src.join("keys")).unwrap());
+    let config = KeyManagerConfig::new(target, SecurityMode::Development)
+        .with_cache_limit(1000)
+        .with_migration_source(source)
+        .with_rotation(RotationConfig::default().with_grace_period(Duration::ZERO));
+    let km = KeyManager::new(Arc::new(set), store, config).unwrap();
+    rt.block_on(km.ensure_default_mek()).unwrap();
+    km
 }
 
 const N_OPENBAO: usize = 10_000;
@@ -357,5 +420,118 @@ fn moto_rotation(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, rotation, openbao_rotation, moto_rotation);
+const N_SOFTHSM: usize = 10_000;
+
+/// Provider migration of 10,000 TEKs from the secure file provider to the PKCS#11 provider on
+/// SoftHSM2, against 10,000 raw `C_Encrypt` calls of 32-byte keys on a token key made with the
+/// MEK template (the wraps the target must make in any case).
+fn softhsm_migration(c: &mut Criterion) {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::mechanism::aead::GcmParams;
+    use heliosdb_tde_conformance::softhsm;
+    use heliosdb_tde_core::{KeyStore, MekId, MekProvider, ProviderSet, SecurityMode};
+    use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, RotationConfig};
+    use std::sync::Arc;
+    if std::env::var_os(softhsm::CONF_ENV).is_none() {
+        eprintln!(
+            "SoftHSM2 not provisioned: skipping the PKCS#11 migration row (run `cargo xtask bench`)"
+        );
+        return;
+    }
+    let mut g = c.benchmark_group("mek_migration_softhsm_10k");
+    g.sample_size(10)
+        .sampling_mode(criterion::SamplingMode::Flat)
+        .measurement_time(Duration::from_secs(20))
+        .warm_up_time(Duration::from_millis(1));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pin = softhsm::pin();
+    let settings = heliosdb_benches::softhsm_settings(
+        softhsm::module_path(),
+        softhsm::token_label(),
+        &pin,
+        Duration::from_secs(softhsm::TIMEOUT_SECS),
+    );
+    // The provider initialises the module for the process; the raw session shares it.
+    let hsm: Arc<dyn MekProvider> = Arc::new(
+        rt.block_on(heliosdb_tde_pkcs11::Pkcs11MekProvider::open(
+            settings.clone(),
+        ))
+        .unwrap(),
+    );
+
+    let (_module, session) = heliosdb_benches::raw_softhsm_session(&settings, &pin);
+    let label = format!("bench_mig_raw_{}", std::process::id());
+    let key = session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &heliosdb_tde_pkcs11::mek_template(label.as_bytes()),
+        )
+        .unwrap();
+    let aad = [9u8; 64];
+    g.bench_function("raw_cryptoki_encrypt_10k", |b| {
+        b.iter(|| {
+            for i in 0..N_SOFTHSM {
+                let mut iv = [0u8; 12];
+                iv[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                let m = Mechanism::AesGcm(GcmParams::new(&mut iv, &aad, 128.into()).unwrap());
+                std::hint::black_box(session.encrypt(&m, key, &[7u8; 32]).unwrap());
+            }
+        })
+    });
+    if let Err(e) = session.destroy_object(key) {
+        eprintln!("could not destroy the benchmark's token key {label}: {e}");
+    }
+
+    let src = tempfile::tempdir().unwrap();
+    drop(manager(
+        &rt,
+        src.path(),
+        file_provider(src.path()),
+        1000,
+        N_SOFTHSM,
+        true,
+    ));
+    let target = MekId::new(format!("bench_mig_{}", std::process::id())).unwrap();
+    let source = MekId::new("bench_mek").unwrap();
+    let set = ProviderSet::new(
+        hsm,
+        target.clone(),
+        file_provider(src.path()),
+        source.clone(),
+    )
+    .unwrap();
+    let store: Arc<dyn KeyStore> =
+        Arc::new(heliosdb_tde_keystore::RedbKeyStore::open_dir(&src.path().join("keys")).unwrap());
+    let config = KeyManagerConfig::new(target, SecurityMode::Development)
+        .with_migration_source(source)
+        .with_rotation(RotationConfig::default().with_grace_period(Duration::ZERO));
+    let km = KeyManager::new(Arc::new(set), store, config).unwrap();
+    rt.block_on(km.ensure_default_mek()).unwrap();
+    g.bench_function("ours_file_to_softhsm", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                let r = rt.block_on(km.migrate_mek(None)).unwrap();
+                total += start.elapsed();
+                assert_eq!(r.keys_moved as usize, N_SOFTHSM);
+                rt.block_on(km.rollback_mek_migration(None)).unwrap();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    rotation,
+    softhsm_migration,
+    openbao_rotation,
+    moto_rotation
+);
 criterion_main!(benches);

@@ -252,6 +252,22 @@ fn rotation_rows(rows: &mut Vec<RowSpec>) {
         "≤ 3 s",
     ));
     rows.push(row(
+        "Provider migration of 100,000 TEKs, secure file to secure file (another directory), durable",
+        "mek_rotation_100k/ours_provider_migration_file_to_file_durable",
+        "mek_rotation_100k/ours_file_provider_durable",
+        "MEK rotation of the same 100,000 TEKs, file provider, durable (the row above)",
+        Target::RatioAtMost(1.20),
+        "≤ 1.20× the rotation",
+    ));
+    rows.push(row(
+        "Provider migration of 10,000 TEKs, secure file to SoftHSM2 (PKCS#11)",
+        "mek_migration_softhsm_10k/ours_file_to_softhsm",
+        "mek_migration_softhsm_10k/raw_cryptoki_encrypt_10k",
+        "10,000 raw cryptoki CKM_AES_GCM encrypts of 32-byte keys on a token key",
+        Target::Report,
+        "report",
+    ));
+    rows.push(row(
         "wrap self-check: unwrap + wrap + check of 100,000 keys in memory",
         "mek_rotation_100k/wrap_self_check_unwrap_wrap_check_in_memory",
         "mek_rotation_100k/baseline_unwrap_wrap_in_memory",

@@ -709,3 +709,40 @@ async fn an_in_memory_source_is_refused_in_production_and_empty_in_development()
     );
     assert_eq!(s.snapshot(), before);
 }
+
+#[tokio::test]
+async fn a_bundle_check_or_restore_under_a_migration_configuration_is_refused_and_changes_nothing()
+{
+    let s = Setup::new();
+    s.populate().await;
+    // A bundle of the source, taken before the migration.
+    let bundle = s.root.join("before.htkb");
+    let tde = TdeSubsystem::new(s.source.clone()).await.unwrap();
+    tde.backup(&bundle).await.unwrap();
+    drop(tde);
+    let before = s.snapshot();
+    let e = heliosdb_security::tde::verify_bundle_with_provider(&s.migration, &bundle)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TdeError::Unsupported { .. }), "{e:?}");
+    assert!(e.to_string().contains("migration_source"), "{e}");
+    let e = heliosdb_security::tde::restore(
+        &s.migration,
+        &bundle,
+        heliosdb_security::tde::RestoreOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, TdeError::Unsupported { .. }), "{e:?}");
+    assert_eq!(
+        s.snapshot(),
+        before,
+        "a refused check or restore changed a key file"
+    );
+    // With the source's own configuration the same bundle checks out.
+    let check = heliosdb_security::tde::verify_bundle_with_provider(&s.source, &bundle)
+        .await
+        .unwrap();
+    assert!(check.ok(), "{check:?}");
+    assert!(check.unwraps.total >= TEKS as u64, "{check:?}");
+}

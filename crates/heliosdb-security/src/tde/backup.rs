@@ -279,6 +279,21 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| TdeError::io(dir, e))
 }
 
+/// Refuses a bundle check with the provider or a restore under a configuration with a
+/// `migration_source`: they build one provider, and a bundle's TEKs may be under either.
+pub(crate) fn refuse_during_migration(config: &TdeConfig, operation: &str) -> Result<()> {
+    if config.migration_source.is_some() {
+        return Err(TdeError::Unsupported {
+            what: format!("cannot {operation} with a configuration that has a migration_source"),
+            hint: "checks and restores work with the configuration of one provider: use the \
+                   source's configuration for a bundle taken before the migration started, the \
+                   target's (without migration_source) for one taken after it finished"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// The provider `config` names, built for a check or a restore. For the secure-file provider
 /// it opens `mek_dir` (a scratch directory holding the bundle's MEK files) with the
 /// configured passphrase, which is read once and returned for a second opening.
@@ -362,6 +377,7 @@ pub(crate) async fn scratch_manager(
 /// into a scratch store in memory and its own MEK files into a private scratch directory,
 /// removed afterwards. A wrong passphrase is an error, with nothing changed.
 pub async fn verify_bundle_with_provider(config: &TdeConfig, path: &Path) -> Result<ProviderCheck> {
+    refuse_during_migration(config, "check a bundle with the provider")?;
     let p = path.to_path_buf();
     let (check, store, material) = blocking(move || verify_and_load(&p)).await?;
     let secure_file = is_secure_file(config)?;

@@ -235,7 +235,10 @@ pub async fn restore(
     path: &Path,
     opts: RestoreOptions,
 ) -> Result<RestoreReport> {
-    let r = restore_inner(config, path, opts).await;
+    let r = match super::refuse_during_migration(config, "restore a bundle") {
+        Ok(()) => restore_inner(config, path, opts).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = &r {
         super::audit_direct(
             config,

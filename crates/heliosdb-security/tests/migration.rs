@@ -746,3 +746,90 @@ async fn a_bundle_check_or_restore_under_a_migration_configuration_is_refused_an
     assert!(check.ok(), "{check:?}");
     assert!(check.unwraps.total >= TEKS as u64, "{check:?}");
 }
+
+/// A development database on the in-memory provider (its MEK exists only in this process) moves
+/// to real keys without a restart: `migrate_to` takes the running provider as the source.
+#[tokio::test]
+async fn a_development_database_on_the_in_memory_provider_moves_to_real_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let dev = TdeConfig {
+        key_storage_path: keys.clone(),
+        security_mode: Some("development".into()),
+        cache_limit: 100,
+        ..Default::default()
+    };
+    let tde = TdeSubsystem::new(dev.clone()).await.unwrap();
+    let mut pages = Vec::new();
+    for t in ["app.users", "app.orders"] {
+        tde.key_manager().create_table_key(t).await.unwrap();
+        let sealer = tde.page_sealer(t).await.unwrap();
+        let sealed = sealer.seal(t.as_bytes(), b"rows").await.unwrap();
+        let v = heliosdb_security::tde::sealed_tek_version(&sealed).unwrap();
+        pages.push((t, v, sealed));
+    }
+    let target = TdeConfig {
+        key_storage_path: keys.clone(),
+        default_mek_id: "file_mek".into(),
+        ..file_config(&dir.path().join("real"), "development")
+    };
+
+    // Refusals hand the running subsystem back, still working.
+    let same_id = TdeConfig {
+        default_mek_id: dev.default_mek_id.clone(),
+        ..target.clone()
+    };
+    let failed = tde.migrate_to(same_id).await.unwrap_err();
+    assert!(
+        failed.error.to_string().contains("migration_source"),
+        "{}",
+        failed.error
+    );
+    let tde = failed.previous.unwrap();
+    let mut bad_pass = target.clone();
+    let pass = dir.path().join("wrong-pass");
+    std::fs::write(&pass, "another long passphrase, not the right one\n").unwrap();
+    std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // The target's MEK directory does not exist yet, so any passphrase opens it: make one.
+    drop(
+        TdeSubsystem::new(TdeConfig {
+            key_storage_path: dir.path().join("other-keys"),
+            ..target.clone()
+        })
+        .await
+        .unwrap(),
+    );
+    bad_pass
+        .secure_file_config
+        .as_mut()
+        .unwrap()
+        .passphrase_file = Some(pass);
+    let failed = tde.migrate_to(bad_pass).await.unwrap_err();
+    assert!(
+        failed.error.to_string().contains("target (secure-file)"),
+        "{}",
+        failed.error
+    );
+    let tde = failed.previous.unwrap();
+    for (t, v, sealed) in &pages {
+        let opener = tde.page_opener(t, *v).await.unwrap();
+        assert_eq!(opener.open(t.as_bytes(), sealed).unwrap(), b"rows");
+    }
+
+    // The migration itself.
+    let tde = tde.migrate_to(target.clone()).await.unwrap();
+    let km = tde.key_manager();
+    let r = km.migrate_mek(None).await.unwrap();
+    assert_eq!(r.source_provider, "in-memory");
+    assert_eq!(r.target_provider, "secure-file");
+    assert!(r.keys_moved >= 2, "{r:?}");
+    assert_eq!(km.verify_mek_migration().await.unwrap().stranded, 0);
+    km.finish_mek_migration_at(later()).await.unwrap();
+    drop(tde);
+    // A new process with the real configuration alone reads every page.
+    let tde = TdeSubsystem::new(target).await.unwrap();
+    for (t, v, sealed) in &pages {
+        let opener = tde.page_opener(t, *v).await.unwrap();
+        assert_eq!(opener.open(t.as_bytes(), sealed).unwrap(), b"rows");
+    }
+}

@@ -32,6 +32,16 @@ impl KeyManager {
 
     pub(crate) async fn default_mek(&self, may_write: bool) -> Result<MekRef> {
         let id = self.config.default_mek_id.clone();
+        // During a provider migration the store's records are authenticated under the
+        // integrity key of the source's key check value: load it first, so that the target's
+        // key check value, when this start writes it (a new target MEK, or one made in the
+        // target provider beforehand), wraps that same key.
+        if self.integrity_key()?.is_none()
+            && let Some(source) = self.config.migration_source.clone()
+        {
+            let info = self.call(self.mek_provider.mek_info(&source)).await?;
+            self.verify_key_check(&active_of(&info)?, false).await?;
+        }
         let info = match self.call(self.mek_provider.mek_info(&id)).await {
             Ok(info) => info,
             Err(TdeError::KeyNotFound { .. }) => {
@@ -44,15 +54,6 @@ impl KeyManager {
                         teks: deps.teks,
                         tables: deps.tables,
                     });
-                }
-                // The first start of a provider migration: the store's records are
-                // authenticated under the integrity key of the source's key check value; the
-                // target's key check value must wrap that same key.
-                if self.integrity_key()?.is_none()
-                    && let Some(source) = self.config.migration_source.clone()
-                {
-                    let info = self.call(self.mek_provider.mek_info(&source)).await?;
-                    self.verify_key_check(&active_of(&info)?, false).await?;
                 }
                 if !may_write {
                     return Err(TdeError::KeyNotFound {

@@ -10,10 +10,10 @@
 //! [`KeyManagerConfig::migration_source`]: crate::KeyManagerConfig::migration_source
 
 use crate::{KeyManager, poisoned};
-use heliosdb_tde_core::{
-    AuditAction, KeyId, MekId, MekRef, Result, TdeError, Timestamp,
+use heliosdb_tde_core::{AuditAction, KeyId, MekId, MekRef, Result, TdeError, Timestamp};
+use heliosdb_tde_rotation::{
+    MigrationInfo, PassEnd, Phase, ProgressFn, RotationState, Verification,
 };
-use heliosdb_tde_rotation::{MigrationInfo, PassEnd, Phase, ProgressFn, RotationState, Verification};
 
 /// What a migration pass ([`KeyManager::migrate_mek`]) reports.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -43,7 +43,10 @@ pub struct MekMigrationResult {
 
 impl MekMigrationResult {
     fn from_state(st: &RotationState, started: bool) -> Result<Self> {
-        let info = st.migration.clone().unwrap_or_else(|| MigrationInfo::new("", ""));
+        let info = st
+            .migration
+            .clone()
+            .unwrap_or_else(|| MigrationInfo::new("", ""));
         Ok(Self {
             source: st.old.clone(),
             target: st.new_mek()?,

@@ -123,6 +123,34 @@ impl MigrationSourceConfig {
     }
 }
 
+/// A failed [`crate::tde::TdeSubsystem::migrate_to`]: the error, and the subsystem it was
+/// called on, running again over its own provider (`None` only if that restart failed too,
+/// which the log records).
+#[non_exhaustive]
+pub struct MigrateToError {
+    /// What failed.
+    pub error: TdeError,
+    /// The subsystem as it was before the call.
+    pub previous: Option<crate::tde::TdeSubsystem>,
+}
+
+impl std::fmt::Debug for MigrateToError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrateToError")
+            .field("error", &self.error)
+            .field("previous_running", &self.previous.is_some())
+            .finish()
+    }
+}
+
+impl std::fmt::Display for MigrateToError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for MigrateToError {}
+
 impl From<&TdeConfig> for MigrationSourceConfig {
     fn from(config: &TdeConfig) -> Self {
         Self::from_config(config)
@@ -277,14 +305,25 @@ pub(crate) async fn start_source(
     target: &Arc<dyn MekProvider>,
     target_mek: &MekId,
     warnings: &mut Vec<String>,
-    passphrase: Option<&secrecy::SecretString>,
+    given: &super::subsystem::providers::ProviderFacts,
 ) -> Result<Arc<ProviderSet>> {
+    // A passphrase read for the source before the target took it from the environment, and a
+    // source already running in this process (`TdeSubsystem::migrate_to`).
+    let passphrase = given.source_passphrase.as_ref();
+    let running = given.running_source.clone();
     let who = member_label(true, src.provider.kind_name());
     let label = format!("{who}: {}", src.provider.label());
-    let (source, facts) = with_startup_retry(wait, &label, || build_source(src, mode, passphrase))
-        .await
-        .map_err(|e| name_member(e, &who))?;
-    warnings.extend(facts.warnings.into_iter().map(|w| format!("{who}: {w}")));
+    let source = match running {
+        Some(p) => p,
+        None => {
+            let (source, facts) =
+                with_startup_retry(wait, &label, || build_source(src, mode, passphrase))
+                    .await
+                    .map_err(|e| name_member(e, &who))?;
+            warnings.extend(facts.warnings.into_iter().map(|w| format!("{who}: {w}")));
+            source
+        }
+    };
     if mode.is_production() && !source.is_secure() {
         return Err(name_member(
             TdeError::InsecureProvider {

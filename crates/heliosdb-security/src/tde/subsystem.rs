@@ -28,6 +28,8 @@ pub struct TdeSubsystem {
     pin_source: Option<&'static str>,
     audit_sink: Option<Arc<heliosdb_tde_manager::FileAuditSink>>,
     migration: Option<Arc<ProviderSet>>,
+    /// The configured provider as built (during a migration: the target alone).
+    provider: Arc<dyn MekProvider>,
 }
 
 impl fmt::Debug for TdeSubsystem {
@@ -216,13 +218,13 @@ impl TdeSubsystem {
         default_mek_id: MekId,
         read_only: bool,
         provider: Arc<dyn MekProvider>,
-        facts: providers::ProviderFacts,
+        mut facts: providers::ProviderFacts,
     ) -> Result<Self> {
         let mut checked: CheckedConfig = config.checked()?;
         let (mode, mode_source) = SecurityMode::resolve_configured(checked.security_mode)?;
         checked.check_migration_mode(mode)?;
         let wait = std::time::Duration::from_secs(config.provider_startup_wait_secs);
-        let mut warnings = facts.warnings;
+        let mut warnings = std::mem::take(&mut facts.warnings);
         let pin_source = facts.pin_source;
         // During a provider migration every error about the configured provider says that it
         // is the target, and every error about the previous one that it is the source.
@@ -273,7 +275,7 @@ impl TdeSubsystem {
                     &provider,
                     &default_mek_id,
                     &mut warnings,
-                    facts.source_passphrase.as_ref(),
+                    &facts,
                 )
                 .await;
                 // The source provider holds its PIN as a secret now (or failed): wipe the plain
@@ -296,6 +298,7 @@ impl TdeSubsystem {
             None => None,
         };
         let source_mek = migration.as_ref().map(|set| set.source_mek().clone());
+        let configured = provider.clone();
         let provider: Arc<dyn MekProvider> = match &migration {
             Some(set) => set.clone(),
             None => provider,
@@ -349,7 +352,117 @@ impl TdeSubsystem {
             pin_source,
             audit_sink,
             migration,
+            provider: configured,
         })
+    }
+
+    /// Starts a provider migration from this running subsystem's provider to the one `target`
+    /// configures, without a restart: the subsystem is closed and started again with `target`
+    /// and this provider, as it runs, as the migration source. This is how a development
+    /// database on the in-memory provider, whose MEK exists only in this process, moves to real
+    /// keys (a `migration_source` in a configuration can only describe a provider a new process
+    /// can open). Then run [`KeyManager::migrate_mek`], verify and finish on the returned
+    /// subsystem, and start with `target` alone from then on.
+    ///
+    /// `target` must use the same `key_storage_path`, another `default_mek_id`, and no
+    /// `migration_source` of its own. The target provider is opened and checked before this
+    /// subsystem is closed; if anything fails after that, this subsystem is started again over
+    /// its own provider and handed back with the error, so an in-memory MEK is never lost.
+    pub async fn migrate_to(
+        self,
+        target: TdeConfig,
+    ) -> std::result::Result<TdeSubsystem, Box<super::MigrateToError>> {
+        let back = |e: TdeError, tde: TdeSubsystem| {
+            Box::new(super::MigrateToError {
+                error: e,
+                previous: Some(tde),
+            })
+        };
+        if target.migration_source.is_some() {
+            let e = TdeError::config(
+                "migration_source",
+                "migrate_to takes the running subsystem as the source; leave migration_source \
+                 out of the target configuration",
+            );
+            return Err(back(e, self));
+        }
+        if target.key_storage_path != self.config.key_storage_path {
+            let e = TdeError::config(
+                "key_storage_path",
+                format!(
+                    "the target must use the running subsystem's key store ({}); a migration \
+                     moves the wraps of the TEKs in it",
+                    self.config.key_storage_path.display()
+                ),
+            );
+            return Err(back(e, self));
+        }
+        let mut config = target;
+        config.migration_source = Some(super::MigrationSourceConfig::from_config(&self.config));
+        let checked = match config.checked() {
+            Ok(c) => c,
+            Err(e) => return Err(back(e, self)),
+        };
+        let mode = match SecurityMode::resolve_configured(checked.security_mode) {
+            Ok((m, _)) => m,
+            Err(e) => return Err(back(e, self)),
+        };
+        // The target is opened and asked for its MEK before anything of this subsystem is
+        // closed.
+        let who = member_label(false, checked.provider.kind_name());
+        let built = build_provider(&checked.provider, &checked.default_mek_id, mode).await;
+        let (target_provider, facts) = match built {
+            Ok(b) => b,
+            Err(e) => return Err(back(name_member(e, &who), self)),
+        };
+        match target_provider.mek_info(&checked.default_mek_id).await {
+            Ok(_) | Err(TdeError::KeyNotFound { .. }) => {}
+            Err(e) => return Err(back(name_member(e, &who), self)),
+        }
+        let source = self.provider.clone();
+        let previous = self.config.clone();
+        let previous_mek = self.default_mek_id.clone();
+        drop(self);
+        let facts = providers::ProviderFacts {
+            running_source: Some(source.clone()),
+            ..facts
+        };
+        match Self::start_with(
+            config,
+            checked.default_mek_id,
+            false,
+            target_provider,
+            facts,
+        )
+        .await
+        {
+            Ok(tde) => Ok(tde),
+            Err(e) => {
+                let restarted = Self::start_with(
+                    previous,
+                    previous_mek,
+                    false,
+                    source,
+                    providers::ProviderFacts::default(),
+                )
+                .await;
+                match restarted {
+                    Ok(tde) => Err(back(e, tde)),
+                    // Neither start worked; the first error is the one to act on.
+                    Err(again) => {
+                        tracing::error!(
+                            target: "heliosdb::tde",
+                            "could not start the previous configuration again after a failed \
+                             migrate_to: {again}"
+                        );
+                        Err(Box::new(super::MigrateToError {
+                            error: e,
+                            previous: None,
+                        }))
+                    }
+                }
+            }
+        }
     }
 
     /// The checks of a start after the key manager exists: security validation, the default

@@ -39,6 +39,10 @@ pub(crate) struct ProviderFacts {
     /// passphrase from the same environment variable: its value, read before the target's
     /// provider took it out of the environment, for the source ([`shared_passphrase`]).
     pub(crate) source_passphrase: Option<secrecy::SecretString>,
+    /// The migration source as a provider already running in this process
+    /// ([`crate::tde::TdeSubsystem::migrate_to`]): used instead of building one from
+    /// `migration_source` (which for the in-memory provider would start empty).
+    pub(crate) running_source: Option<Arc<dyn MekProvider>>,
 }
 
 /// When the target and the source of a provider migration are both secure-file directories
@@ -148,6 +152,7 @@ async fn build_hsm(
         let mut facts = ProviderFacts {
             warnings: Vec::new(),
             source_passphrase: None,
+            running_source: None,
             pin_source: Some(match source {
                 PinSource::Environment => "environment",
                 PinSource::File => "file",
@@ -182,6 +187,7 @@ async fn build_vault(
             warnings: p.warnings(),
             pin_source: None,
             source_passphrase: None,
+            running_source: None,
         };
         Ok((Arc::new(p), facts))
     }
@@ -207,6 +213,7 @@ async fn build_aws(
             warnings: p.warnings(),
             pin_source: None,
             source_passphrase: None,
+            running_source: None,
         };
         Ok((Arc::new(p), facts))
     }
@@ -232,6 +239,7 @@ async fn build_azure(
             warnings: p.warnings(),
             pin_source: None,
             source_passphrase: None,
+            running_source: None,
         };
         Ok((Arc::new(p), facts))
     }
@@ -253,6 +261,7 @@ fn build_secure_file(
             warnings: p.warnings(),
             pin_source: None,
             source_passphrase: None,
+            running_source: None,
         };
         Ok((Arc::new(p), facts))
     }

@@ -672,3 +672,92 @@ pub(crate) async fn status_view(
         ),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    const FILE_SRC: &str = "key_storage_path = \"/k\"\ndefault_mek_id = \"old\"\n\
+                            [secure_file_config]\nstorage_path = \"/mek-old\"\n";
+    const FILE_DST: &str = "key_storage_path = \"/k\"\ndefault_mek_id = \"new\"\n\
+                            [secure_file_config]\nstorage_path = \"/mek-new\"\n";
+
+    fn target(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn reason(e: TdeError) -> String {
+        e.to_string()
+    }
+
+    #[test]
+    fn the_current_configuration_becomes_the_source_of_the_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = TdeConfig::from_toml_str(FILE_SRC).unwrap();
+        let to = target(dir.path(), "t.toml", FILE_DST);
+        let c = migration_config(current.clone(), Some(&to)).unwrap();
+        assert_eq!(c.default_mek_id, "new");
+        let s = c.migration_source.as_ref().unwrap();
+        assert!(same_source(
+            s,
+            &MigrationSourceConfig::from_config(&current)
+        ));
+        // The migration's configuration itself: --to is optional, and must agree.
+        assert_eq!(migration_config(c.clone(), None).unwrap(), c);
+        assert_eq!(migration_config(c.clone(), Some(&to)).unwrap(), c);
+        let other = target(
+            dir.path(),
+            "o.toml",
+            &FILE_DST.replace("\"new\"", "\"newer\""),
+        );
+        let e = reason(migration_config(c, Some(&other)).unwrap_err());
+        assert!(e.contains("already describes a migration"), "{e}");
+        assert!(e.contains("newer") && e.contains("--rollback"), "{e}");
+    }
+
+    #[test]
+    fn no_target_the_same_target_or_another_key_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = TdeConfig::from_toml_str(FILE_SRC).unwrap();
+        let e = reason(migration_config(current.clone(), None).unwrap_err());
+        assert!(e.contains("--to TARGET.toml"), "{e}");
+        let same = target(dir.path(), "s.toml", FILE_SRC);
+        let e = reason(migration_config(current.clone(), Some(&same)).unwrap_err());
+        assert!(e.contains("nothing to migrate"), "{e}");
+        let moved = target(dir.path(), "m.toml", &FILE_DST.replace("\"/k\"", "\"/k2\""));
+        let e = reason(migration_config(current.clone(), Some(&moved)).unwrap_err());
+        assert!(e.contains("key_storage_path") && e.contains("/k2"), "{e}");
+        // A target file whose own migration_source names another source.
+        let foreign = target(
+            dir.path(),
+            "f.toml",
+            &format!(
+                "{FILE_DST}[migration_source]\ndefault_mek_id = \"elsewhere\"\n\
+                 [migration_source.secure_file_config]\nstorage_path = \"/mek-x\"\n"
+            ),
+        );
+        let e = reason(migration_config(current.clone(), Some(&foreign)).unwrap_err());
+        assert!(e.contains("elsewhere") && e.contains("old"), "{e}");
+        // Its own migration_source naming the current configuration is accepted.
+        let mine = target(
+            dir.path(),
+            "g.toml",
+            &format!(
+                "{FILE_DST}[migration_source]\ndefault_mek_id = \"old\"\n\
+                 [migration_source.secure_file_config]\nstorage_path = \"/mek-old\"\n"
+            ),
+        );
+        assert!(migration_config(current, Some(&mine)).is_ok());
+    }
+
+    #[test]
+    fn a_missing_target_file_is_an_io_error_naming_it() {
+        let current = TdeConfig::from_toml_str(FILE_SRC).unwrap();
+        let e = migration_config(current, Some(Path::new("/nonexistent/t.toml"))).unwrap_err();
+        assert_eq!(e.kind(), "io");
+        assert!(e.to_string().contains("/nonexistent/t.toml"), "{e}");
+    }
+}

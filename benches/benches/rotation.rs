@@ -112,7 +112,12 @@ fn rotation(c: &mut Criterion) {
         N,
         true,
     ));
-    let km = migration_manager(&rt, src_dir.path(), dst_dir.path());
+    let km = migration_manager(
+        &rt,
+        src_dir.path(),
+        file_provider(dst_dir.path()),
+        "bench_target",
+    );
     g.bench_function("ours_provider_migration_file_to_file_durable", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -129,29 +134,30 @@ fn rotation(c: &mut Criterion) {
     g.finish();
 }
 
-/// A key manager over the store in `src/keys` whose provider is the set of a secure file
-/// provider in `dst` (the target, MEK `bench_target`) and the one in `src` (the source,
-/// `bench_mek`).
+/// A key manager over the store in `src/keys` (whose TEKs are under the secure file provider
+/// in `src`, MEK `bench_mek`) migrating to `target` (MEK `target_mek`): its provider is the set
+/// of the two, its grace period zero.
 fn migration_manager(
     rt: &tokio::runtime::Runtime,
     src: &std::path::Path,
-    dst: &std::path::Path,
+    target: std::sync::Arc<dyn heliosdb_tde_core::MekProvider>,
+    target_mek: &str,
 ) -> heliosdb_tde_manager::KeyManager {
     use heliosdb_tde_core::{KeyStore, MekId, ProviderSet, SecurityMode};
     use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, RotationConfig};
     use std::sync::Arc;
-    let target = MekId::new("bench_target").unwrap();
+    let target_mek = MekId::new(target_mek).unwrap();
     let source = MekId::new("bench_mek").unwrap();
     let set = ProviderSet::new(
-        file_provider(dst),
-        target.clone(),
+        target,
+        target_mek.clone(),
         file_provider(src),
         source.clone(),
     )
     .unwrap();
     let store: Arc<dyn KeyStore> =
         Arc::new(heliosdb_tde_keystore::RedbKeyStore::open_dir(&src.join("keys")).unwrap());
-    let config = KeyManagerConfig::new(target, SecurityMode::Development)
+    let config = KeyManagerConfig::new(target_mek, SecurityMode::Development)
         .with_cache_limit(1000)
         .with_migration_source(source)
         .with_rotation(RotationConfig::default().with_grace_period(Duration::ZERO));
@@ -429,8 +435,7 @@ fn softhsm_migration(c: &mut Criterion) {
     use cryptoki::mechanism::Mechanism;
     use cryptoki::mechanism::aead::GcmParams;
     use heliosdb_tde_conformance::softhsm;
-    use heliosdb_tde_core::{KeyStore, MekId, MekProvider, ProviderSet, SecurityMode};
-    use heliosdb_tde_manager::{KeyManager, KeyManagerConfig, RotationConfig};
+    use heliosdb_tde_core::MekProvider;
     use std::sync::Arc;
     if std::env::var_os(softhsm::CONF_ENV).is_none() {
         eprintln!(
@@ -495,22 +500,12 @@ fn softhsm_migration(c: &mut Criterion) {
         N_SOFTHSM,
         true,
     ));
-    let target = MekId::new(format!("bench_mig_{}", std::process::id())).unwrap();
-    let source = MekId::new("bench_mek").unwrap();
-    let set = ProviderSet::new(
+    let km = migration_manager(
+        &rt,
+        src.path(),
         hsm,
-        target.clone(),
-        file_provider(src.path()),
-        source.clone(),
-    )
-    .unwrap();
-    let store: Arc<dyn KeyStore> =
-        Arc::new(heliosdb_tde_keystore::RedbKeyStore::open_dir(&src.path().join("keys")).unwrap());
-    let config = KeyManagerConfig::new(target, SecurityMode::Development)
-        .with_migration_source(source)
-        .with_rotation(RotationConfig::default().with_grace_period(Duration::ZERO));
-    let km = KeyManager::new(Arc::new(set), store, config).unwrap();
-    rt.block_on(km.ensure_default_mek()).unwrap();
+        &format!("bench_mig_{}", std::process::id()),
+    );
     g.bench_function("ours_file_to_softhsm", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;

@@ -37,7 +37,7 @@ pub use provider::{
     DeletionProtection, MekBackupItem, MekInfo, MekProvider, MekVersionInfo, ProviderHealth,
     ServiceRotation,
 };
-pub use provider_set::{Member, ProviderSet};
+pub use provider_set::{Member, ProviderSet, shared_mek_id};
 pub use store::{
     AUDIT_JOURNAL_PREFIX, ExportItem, ExportSummary, ImportItem, KeyStore, StoreBatch,
     StoreIdentity, StoreOp, TekRecord,

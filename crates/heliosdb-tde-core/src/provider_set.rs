@@ -47,6 +47,37 @@ impl fmt::Display for Member {
     }
 }
 
+/// The refusal of a migration source whose MEK id is the target's
+/// ([`TdeError::InvalidConfig`] on `migration_source`): with the same provider (`same_place`,
+/// `source` describing it) there is nothing to migrate; with another provider the key store
+/// could not tell the two MEKs' wraps apart.
+pub fn shared_mek_id(
+    same_place: bool,
+    source: &str,
+    source_kind: &str,
+    target_kind: &str,
+    mek: &MekId,
+) -> TdeError {
+    let reason = if same_place {
+        format!(
+            "it names the same provider ({source}) and the same MEK ({mek}) as the \
+             configuration itself, so there is nothing to migrate; describe the previous \
+             provider in migration_source and the new one in the main sections"
+        )
+    } else {
+        format!(
+            "the source ({source_kind}) and the target ({target_kind}) both use the MEK id \
+             {mek}; give the target its own default_mek_id (for example {mek}_{}), because the \
+             key store tells a source wrap from a target wrap by MEK id",
+            target_kind.replace('-', "_")
+        )
+    };
+    TdeError::InvalidConfig {
+        field: "migration_source".into(),
+        reason,
+    }
+}
+
 /// The configured MEK provider plus the previous one during a provider migration (see the
 /// module documentation). It is itself a [`MekProvider`].
 pub struct ProviderSet {
@@ -80,27 +111,13 @@ impl ProviderSet {
         source_mek: MekId,
     ) -> Result<Self> {
         if target_mek == source_mek {
-            let reason = if target.kind() == source.kind() {
-                format!(
-                    "it names the same provider ({}) and the same MEK ({source_mek}) as the \
-                     configuration itself, so there is nothing to migrate; describe the previous \
-                     provider in migration_source and the new one in the main sections",
-                    source.kind()
-                )
-            } else {
-                format!(
-                    "the source ({}) and the target ({}) both use the MEK id {source_mek}; give \
-                     the target its own default_mek_id (for example {source_mek}_{}), because \
-                     the key store tells a source wrap from a target wrap by MEK id",
-                    source.kind(),
-                    target.kind(),
-                    target.kind().name().replace('-', "_")
-                )
-            };
-            return Err(TdeError::InvalidConfig {
-                field: "migration_source".into(),
-                reason,
-            });
+            return Err(shared_mek_id(
+                target.kind() == source.kind(),
+                &source.kind().to_string(),
+                source.kind().name(),
+                target.kind().name(),
+                &source_mek,
+            ));
         }
         Ok(Self {
             target,

@@ -306,24 +306,13 @@ fn check_source(
     .map_err(in_source)?;
     let same_place = provider.same_place(target);
     if default_mek_id == *target_mek {
-        let reason = if same_place {
-            format!(
-                "it names the same provider ({}) and the same MEK ({default_mek_id}) as the \
-                 configuration itself, so there is nothing to migrate; describe the previous \
-                 provider in migration_source and the new one in the main sections",
-                provider.label()
-            )
-        } else {
-            format!(
-                "the source ({}) and the target ({}) both use the MEK id {default_mek_id}; give \
-                 the target its own default_mek_id (for example {default_mek_id}_{}), because \
-                 the key store tells a source wrap from a target wrap by MEK id",
-                provider.kind_name(),
-                target.kind_name(),
-                target.kind_name().replace('-', "_")
-            )
-        };
-        return Err(TdeError::config("migration_source", reason));
+        return Err(heliosdb_tde_core::shared_mek_id(
+            same_place,
+            &provider.label(),
+            provider.kind_name(),
+            target.kind_name(),
+            &default_mek_id,
+        ));
     }
     if same_place && matches!(provider, ConfiguredProvider::SecureFile(_)) {
         return Err(TdeError::config(

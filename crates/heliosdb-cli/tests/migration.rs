@@ -911,7 +911,7 @@ fn bad_input_is_a_clear_error_and_changes_no_key_file() {
     // --verify and --finish are refused while the pass has not finished, and change nothing.
     let msg = refused(&target, &["--verify"], "run the migration again");
     eprintln!("verify halfway: {msg}");
-    let msg = refused(&target, &["--finish"], "");
+    let msg = refused(&target, &["--finish"], "verify it first");
     eprintln!("finish while TEKs depend on the source: {msg}");
 
     // --to a different target while the configuration describes another migration.

@@ -122,6 +122,18 @@ pub(super) const NOTES: &[&str] = &[
      `benches/benches/rotation_1m.rs` (`harness = false`: criterion's ten-sample minimum \
      would take many minutes); its baseline runs the same unwrap + wrap in chunks of 10,000 \
      keys, so the baseline itself never holds a million keys.",
+    "**Provider migration of 100,000 TEKs, secure file to secure file.** The migration's pass \
+     is the rotation's (`Rotator::rewrap_pass`: pages of TEKs, each page committed with the \
+     journal's cursor, the source wrap kept), so the row compares it with the rotation of the \
+     same 100,000 TEKs in the same run. The difference is where the TEK goes: a rotation \
+     re-wraps inside one provider, a migration unwraps through the source's provider and wraps \
+     through the target's (another directory, another MEK), each with its own checks, through \
+     the provider set's routing. Between samples the migration is rolled back (not timed), as \
+     the rotation's old version is deactivated between its samples. **Secure file to \
+     SoftHSM2, 10,000 TEKs** (report): the baseline is only the 10,000 `C_Encrypt` calls the \
+     token must make in any case; ours adds the unwrap through the secure file, the PKCS#11 \
+     provider's self-check decrypt of each new wrap (a second token call), its pooled-session \
+     hop per call, and the durable page commits.",
     "**Peak memory of the 1,000,000-TEK rotation** (report): the benchmark process writes `5` \
      to `/proc/self/clear_refs` just before the pass, which resets its peak resident set \
      (`VmHWM`) to the current one, and reads `VmHWM` from `/proc/self/status` after it; the \

@@ -357,7 +357,7 @@ fn secure_file_to_softhsm_with_10000_teks_killed_at_random_moments() {
         if mid >= 6 && moved_seen.iter().any(|&m| m > 0) {
             break;
         }
-        let k = rng.between(lo, lo + 3);
+        let k = rng.between(lo, lo + 1);
         let killed = migrate_and_kill(&source, &target, &s.store_file(), k);
         let p = progress(&source, &target);
         eprintln!("round {round}: killed after {k} store writes: {killed}, journal {p:?}");
@@ -365,13 +365,17 @@ fn secure_file_to_softhsm_with_10000_teks_killed_at_random_moments() {
             Some((phase, moved)) if phase != "dual-active" => {
                 assert!(killed, "the command ended without finishing: {p:?}");
                 mid += 1;
+                // No page since the last kill: kill later; a page or more: a little sooner, so
+                // that the pass is not over before the kills are.
                 if moved_seen.last().is_none_or(|&last| *moved <= last) {
-                    lo += 2;
+                    lo += 1;
+                } else {
+                    lo = lo.saturating_sub(1).max(1);
                 }
                 moved_seen.push(*moved);
             }
             Some(_) => break,
-            None => lo += 2,
+            None => lo += 1,
         }
     }
     assert!(mid >= 5, "only {mid} kills landed during the migration");

@@ -202,3 +202,94 @@ async fn secure_file_to_azure_key_vault_and_back() {
     let cloud = TdeConfig::from_toml_str(&text).unwrap();
     there_and_back(dir.path(), cloud, "Azure Key Vault (test server)").await;
 }
+
+/// A source that goes away mid-migration: Vault (OpenBao) behind the fault proxy, cut after
+/// part of the pass. The pass pauses with a retryable error (the circuit breaker), the TEKs
+/// moved so far stay moved, and the same call resumes and completes once the server is back.
+#[cfg(feature = "vault")]
+#[tokio::test]
+async fn a_vault_source_cut_mid_pass_pauses_the_migration_and_it_resumes() {
+    use heliosdb_tde_conformance::fault::FaultProxy;
+    use heliosdb_tde_conformance::openbao::bao;
+    use std::os::unix::fs::PermissionsExt;
+    let Some(bao) = bao() else { return };
+    let upstream: std::net::SocketAddr = bao
+        .addr
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start_http(upstream).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mek = heliosdb_tde_conformance::moto::unique("mig_cut");
+    let token = dir.path().join("vault-token");
+    std::fs::write(&token, &bao.token).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = format!(
+        r#"
+            key_storage_path = "{keys}"
+            default_mek_id = "{mek}"
+            security_mode = "development"
+            provider_startup_wait_secs = 0
+
+            [kms_config]
+            provider = "vault"
+            address = "{addr}"
+            token_file = "{token}"
+            state_path = "heliosdb/{mek}/meks"
+            max_retries = 0
+        "#,
+        keys = dir.path().join("keys").display(),
+        addr = proxy.url(),
+        token = token.display(),
+    );
+    let vault = TdeConfig::from_toml_str(&text).unwrap();
+    const N: usize = 300;
+    {
+        let tde = TdeSubsystem::new(vault.clone()).await.unwrap();
+        let names: Vec<String> = (0..N).map(|i| format!("app.t{i:04}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        tde.key_manager().create_table_keys(&refs).await.unwrap();
+    }
+    let mut file = common::file_config(dir.path(), "development");
+    file.default_mek_id = "file_mek".into();
+    let mut config = file.clone();
+    config.migration_source = Some(MigrationSourceConfig::from_config(&vault));
+    let tde = TdeSubsystem::new(config).await.unwrap();
+    let km = tde.key_manager();
+    // About a third of the pass gets through, then the source's server is gone.
+    proxy.cut_after_requests(100);
+    let e = km.migrate_mek(None).await.unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    assert!(e.to_string().contains("paused"), "{e}");
+    let st = km.mek_migration_status().await.unwrap().unwrap();
+    assert_eq!(st.phase.to_string(), "rewrapping");
+    assert!(
+        st.reencrypted > 0 && st.reencrypted < N as u64,
+        "{} moved before the cut",
+        st.reencrypted
+    );
+    assert_eq!(st.failed_total, 0, "a pause records no failed key");
+    let health = km.mek_provider.health().await.unwrap();
+    assert!(!health.healthy, "{}", health.detail);
+    assert!(
+        health.detail.contains("source vault (UNHEALTHY)"),
+        "{}",
+        health.detail
+    );
+
+    proxy.restore();
+    let r = km.migrate_mek(None).await.unwrap();
+    assert_eq!(r.failed_total, 0, "{:?}", r.failed_keys);
+    assert!(r.keys_moved >= N as u64, "{r:?}");
+    assert_eq!(km.verify_mek_migration().await.unwrap().stranded, 0);
+    km.finish_mek_migration_at(later()).await.unwrap();
+    drop(tde);
+    let tde = TdeSubsystem::new(file).await.unwrap();
+    for i in 0..N {
+        tde.key_manager()
+            .get_table_key(format!("app.t{i:04}").as_str(), None)
+            .await
+            .unwrap();
+    }
+}

@@ -317,25 +317,29 @@ pub(crate) async fn run(
     out: &Out,
 ) -> Result<ExitCode, TdeError> {
     let config = migration_config(current, args.to.as_deref())?;
-    let tde = TdeSubsystem::new(config).await?;
-    if (args.verify || args.finish || args.rollback)
-        && tde.key_manager().mek_migration_status().await?.is_none()
-    {
-        return Err(TdeError::RotationPhase {
-            mek: format!("mek:{}", source_id(tde.config())),
-            phase: "none".into(),
-            operation: if args.verify {
-                "verify a provider migration".into()
-            } else if args.finish {
-                "finish a provider migration".into()
-            } else {
-                "roll back a provider migration".into()
-            },
-            hint: "no provider migration is in progress; start one with `heliosdb-cli \
-                   security mek migrate --to TARGET.toml`"
-                .into(),
-        });
-    }
+    let continues = args.verify || args.finish || args.rollback;
+    // Without a migration to continue, refuse before any start: a start with a migration
+    // source would create the target's MEK. (A store the read-only open cannot read, after a
+    // crash for example, is left to the writable start, which repairs it, and the check below.)
+    let none_recorded = matches!(
+        heliosdb_security::tde::recorded_migration(&config).await,
+        Ok(None)
+    );
+    let tde = if continues && none_recorded {
+        None
+    } else {
+        Some(TdeSubsystem::new(config.clone()).await?)
+    };
+    let in_progress = match &tde {
+        Some(tde) => tde.key_manager().mek_migration_status().await?.is_some(),
+        None => false,
+    };
+    let tde = match tde {
+        Some(tde) if in_progress || !continues => tde,
+        _ => {
+            return Err(no_migration(&config, &args));
+        }
+    };
     if args.verify {
         verify(&tde, out).await
     } else if args.finish {
@@ -344,6 +348,24 @@ pub(crate) async fn run(
         rollback(&tde, out).await
     } else {
         migrate(&tde, out).await
+    }
+}
+
+/// The refusal of `--verify`, `--finish` or `--rollback` with no migration in progress.
+fn no_migration(config: &TdeConfig, args: &MigrateArgs) -> TdeError {
+    TdeError::RotationPhase {
+        mek: format!("mek:{}", source_id(config)),
+        phase: "none".into(),
+        operation: if args.verify {
+            "verify a provider migration".into()
+        } else if args.finish {
+            "finish a provider migration".into()
+        } else {
+            "roll back a provider migration".into()
+        },
+        hint: "no provider migration is in progress; start one with `heliosdb-cli \
+                   security mek migrate --to TARGET.toml`"
+            .into(),
     }
 }
 

@@ -896,6 +896,21 @@ fn bad_input_is_a_clear_error_and_changes_no_key_file() {
     let msg = refused(&missing, &[], "target");
     assert!(msg.contains("no-such-token"), "{msg}");
 
+    // --verify, --finish and --rollback with no migration in progress: refused before any
+    // start, so not even the target's MEK is made (its directory would be mek2).
+    let fresh = s.write(
+        "fresh.toml",
+        &format!("mig_{pid}_fresh"),
+        &s.file_section("mek2"),
+    );
+    for flag in ["--verify", "--finish", "--rollback"] {
+        refused(&fresh, &[flag], "no provider migration is in progress");
+        assert!(
+            !s.path().join("mek2").exists(),
+            "{flag} made the target's MEK directory"
+        );
+    }
+
     // A migration stopped after two pages (a fail point after the second commit), with TEKs still under the source
     // only: --verify reports them (exit 4), --finish is refused.
     let target = s.write(

@@ -383,6 +383,36 @@ pub(crate) async fn migration_notice(km: &KeyManager) -> Result<Option<String>> 
     })
 }
 
+/// The provider migration recorded in the key store of `config` (the journal of its
+/// `migration_source`'s MEK), read from the store alone: no provider is opened, nothing is
+/// created or written. `None` when `config` has no migration source, the store does not exist
+/// yet, or no migration of that MEK is in progress. A command that only continues a migration
+/// (verify, finish, roll back) asks this first, so that without one it changes nothing, not
+/// even the target's MEK. Fails like a read-only start while the database holds the store.
+pub async fn recorded_migration(
+    config: &TdeConfig,
+) -> Result<Option<heliosdb_tde_manager::RotationState>> {
+    use heliosdb_tde_core::KeyStore;
+    let Some(src) = &config.migration_source else {
+        return Ok(None);
+    };
+    let path = config
+        .key_storage_path
+        .join(heliosdb_tde_keystore::STORE_FILE_NAME);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let store = heliosdb_tde_keystore::RedbKeyStore::open_read_only(&path)?;
+    let Some(raw) = store
+        .get_journal(&format!("mek_rotation/{}", src.default_mek_id))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let st = heliosdb_tde_manager::RotationState::decode(&raw, &store.location())?;
+    Ok(st.is_migration().then_some(st))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,7 @@ pub use heliosdb_tde_manager::audit::{
     AuditCheckpoint, AuditFilter, AuditFsync, AuditLogOptions, AuditRecord, AuditSinkStats,
 };
 pub use heliosdb_tde_manager::backup::{BackupReport, Manifest as BackupManifest};
-pub use migration::{MigrateToError, MigrationSourceConfig};
+pub use migration::{MigrateToError, MigrationSourceConfig, recorded_migration};
 pub use subsystem::{PageOpener, PageSealer, TdeSubsystem};
 
 /// The cipher engine's page cipher, which does NOT persist its invocation count: a sealer built

@@ -129,7 +129,11 @@ pub(super) const NOTES: &[&str] = &[
      re-wraps inside one provider, a migration unwraps through the source's provider and wraps \
      through the target's (another directory, another MEK), each with its own checks, through \
      the provider set's routing. Between samples the migration is rolled back (not timed), as \
-     the rotation's old version is deactivated between its samples. **Secure file to \
+     the rotation's old version is deactivated between its samples. The migration measures \
+     below the rotation: a rotation run also creates the new MEK version (an MEK file written \
+     and synced, the old version's file rewritten as decrypt-only) and writes the new \
+     version's key check value, while the migration's target MEK exists before its first \
+     sample; the rest of the difference was not profiled. **Secure file to \
      SoftHSM2, 10,000 TEKs** (report): the baseline is only the 10,000 `C_Encrypt` calls the \
      token must make in any case; ours adds the unwrap through the secure file, the PKCS#11 \
      provider's self-check decrypt of each new wrap (a second token call), its pooled-session \

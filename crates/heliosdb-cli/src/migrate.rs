@@ -14,7 +14,7 @@ use heliosdb_security::tde::{
     KeyAvailability, MekProvider, MigrationSourceConfig, RotationPhase, RotationProgress,
     RotationState, TdeConfig, TdeError, TdeSubsystem,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -242,35 +242,11 @@ pub(crate) fn migration_config(
     }
 }
 
-fn bar(out: &Out) -> ProgressBar {
-    if out.is_json() {
-        return ProgressBar::hidden();
-    }
-    // indicatif draws on stderr and stays silent when it is not a terminal.
-    let pb = ProgressBar::new(0);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {msg} [{bar:40}] {pos}/{len} TEKs ({per_sec}, ETA {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    pb
-}
-
 fn report<'a>(
     pb: &'a ProgressBar,
     msg: &'static str,
 ) -> impl Fn(&RotationProgress) + Send + Sync + 'a {
-    move |p: &RotationProgress| {
-        pb.set_message(if p.failed > 0 {
-            "moving (some failed)"
-        } else {
-            msg
-        });
-        pb.set_length(p.total);
-        pb.set_position(p.done);
-    }
+    crate::rotate::report_as(pb, msg, "moving (some failed)")
 }
 
 /// What the operator does next in phase `st.phase`.
@@ -379,7 +355,7 @@ fn source_id(config: &TdeConfig) -> String {
 
 async fn migrate(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, TdeError> {
     let km = tde.key_manager();
-    let pb = bar(out);
+    let pb = crate::rotate::bar(out);
     let cb = report(&pb, "moving");
     let r = km.migrate_mek(Some(&cb)).await;
     pb.finish_and_clear();
@@ -519,7 +495,7 @@ async fn finish(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, TdeError> {
 }
 
 async fn rollback(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, TdeError> {
-    let pb = bar(out);
+    let pb = crate::rotate::bar(out);
     let cb = report(&pb, "restoring");
     let r = tde.key_manager().rollback_mek_migration(Some(&cb)).await;
     pb.finish_and_clear();

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 /// Exit code when a rotation finished but some keys failed (run it again to retry them).
 const EXIT_PARTIAL: u8 = 4;
 
-fn bar(out: &Out) -> ProgressBar {
+/// The progress bar of a pass over every TEK (rotation, migration); hidden with JSON output.
+pub(crate) fn bar(out: &Out) -> ProgressBar {
     if out.is_json() {
         return ProgressBar::hidden();
     }
@@ -28,12 +29,17 @@ fn report<'a>(
     pb: &'a ProgressBar,
     msg: &'static str,
 ) -> impl Fn(&RotationProgress) + Send + Sync + 'a {
+    report_as(pb, msg, "re-wrapping (some failed)")
+}
+
+/// Moves `pb` with a pass's progress: `msg`, or `failing` once a key failed.
+pub(crate) fn report_as<'a>(
+    pb: &'a ProgressBar,
+    msg: &'static str,
+    failing: &'static str,
+) -> impl Fn(&RotationProgress) + Send + Sync + 'a {
     move |p: &RotationProgress| {
-        pb.set_message(if p.failed > 0 {
-            "re-wrapping (some failed)"
-        } else {
-            msg
-        });
+        pb.set_message(if p.failed > 0 { failing } else { msg });
         pb.set_length(p.total);
         pb.set_position(p.done);
     }

@@ -97,17 +97,14 @@ async fn there_and_back(dir: &Path, cloud: TdeConfig, what: &str) {
     migrate(&cloud, &back, &pages, &format!("{what} to the secure file")).await;
 }
 
+/// A development Vault configuration for the server at `addr` (the server, or a proxy in front
+/// of it) with the token in a 0600 file under `dir`; `extra` lines go into `[kms_config]`.
 #[cfg(feature = "vault")]
-#[tokio::test]
-async fn secure_file_to_vault_and_back() {
-    use heliosdb_tde_conformance::openbao::bao;
+fn vault_config(dir: &Path, addr: &str, token: &str, mek: &str, extra: &str) -> TdeConfig {
     use std::os::unix::fs::PermissionsExt;
-    let Some(bao) = bao() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let mek = heliosdb_tde_conformance::moto::unique("mig_vault");
-    let token = dir.path().join("vault-token");
-    std::fs::write(&token, &bao.token).unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let token_file = dir.join("vault-token");
+    std::fs::write(&token_file, token).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let text = format!(
         r#"
             key_storage_path = "{keys}"
@@ -120,12 +117,22 @@ async fn secure_file_to_vault_and_back() {
             address = "{addr}"
             token_file = "{token}"
             state_path = "heliosdb/{mek}/meks"
+            {extra}
         "#,
-        keys = dir.path().join("keys").display(),
-        addr = bao.addr,
-        token = token.display(),
+        keys = dir.join("keys").display(),
+        token = token_file.display(),
     );
-    let cloud = TdeConfig::from_toml_str(&text).unwrap();
+    TdeConfig::from_toml_str(&text).unwrap()
+}
+
+#[cfg(feature = "vault")]
+#[tokio::test]
+async fn secure_file_to_vault_and_back() {
+    use heliosdb_tde_conformance::openbao::bao;
+    let Some(bao) = bao() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mek = heliosdb_tde_conformance::moto::unique("mig_vault");
+    let cloud = vault_config(dir.path(), &bao.addr, &bao.token, &mek, "");
     there_and_back(dir.path(), cloud, "Vault (OpenBao)").await;
 }
 
@@ -211,7 +218,6 @@ async fn secure_file_to_azure_key_vault_and_back() {
 async fn a_vault_source_cut_mid_pass_pauses_the_migration_and_it_resumes() {
     use heliosdb_tde_conformance::fault::FaultProxy;
     use heliosdb_tde_conformance::openbao::bao;
-    use std::os::unix::fs::PermissionsExt;
     let Some(bao) = bao() else { return };
     let upstream: std::net::SocketAddr = bao
         .addr
@@ -222,28 +228,13 @@ async fn a_vault_source_cut_mid_pass_pauses_the_migration_and_it_resumes() {
     let proxy = FaultProxy::start_http(upstream).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mek = heliosdb_tde_conformance::moto::unique("mig_cut");
-    let token = dir.path().join("vault-token");
-    std::fs::write(&token, &bao.token).unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let text = format!(
-        r#"
-            key_storage_path = "{keys}"
-            default_mek_id = "{mek}"
-            security_mode = "development"
-            provider_startup_wait_secs = 0
-
-            [kms_config]
-            provider = "vault"
-            address = "{addr}"
-            token_file = "{token}"
-            state_path = "heliosdb/{mek}/meks"
-            max_retries = 0
-        "#,
-        keys = dir.path().join("keys").display(),
-        addr = proxy.url(),
-        token = token.display(),
+    let vault = vault_config(
+        dir.path(),
+        &proxy.url(),
+        &bao.token,
+        &mek,
+        "max_retries = 0",
     );
-    let vault = TdeConfig::from_toml_str(&text).unwrap();
     const N: usize = 300;
     {
         let tde = TdeSubsystem::new(vault.clone()).await.unwrap();

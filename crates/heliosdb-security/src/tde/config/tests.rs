@@ -632,3 +632,22 @@ fn production_refuses_an_in_memory_source_or_target_of_a_migration() {
     .validate()
     .unwrap();
 }
+
+#[test]
+fn a_migration_sources_pin_never_reaches_debug_or_serialization() {
+    let hsm = HsmConfig {
+        pin: "migration-source-pin-4711".into(),
+        ..Default::default()
+    };
+    let c = TdeConfig {
+        default_mek_id: "new_mek".into(),
+        secure_file_config: Some(SecureFileConfig::new("/new")),
+        migration_source: Some(MigrationSourceConfig::new("old_mek").with_hsm(hsm)),
+        ..Default::default()
+    };
+    let debug = format!("{c:?}");
+    assert!(debug.contains("old_mek"), "{debug}");
+    assert!(!debug.contains("4711"), "{debug}");
+    let toml = toml::to_string(&c).unwrap();
+    assert!(!toml.contains("4711"), "{toml}");
+}

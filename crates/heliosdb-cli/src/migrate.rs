@@ -587,18 +587,7 @@ pub(crate) async fn status(
                 .unwrap_or_else(|| "(not yet)".into()),
             info.map(|i| i.target_provider.as_str()).unwrap_or("?")
         );
-        outln!(out, "  Started: {}", st.started_at);
-        outln!(out, "  Keys moved: {}", st.reencrypted);
-        outln!(out, "  Keys failed in the last pass: {}", st.failed_total);
-        if let Some(c) = &st.cursor {
-            outln!(out, "  Resume point: after {c}");
-        }
-        if let Some(t) = st.grace_until {
-            outln!(out, "  Grace period ends: {t}");
-        }
-        if let Some(t) = st.verified_at {
-            outln!(out, "  Verified: {t}");
-        }
+        crate::rotate::journal_details(out, &st, "Keys moved");
         outln!(out, "Next: {next}");
     }
     Ok(ExitCode::SUCCESS)

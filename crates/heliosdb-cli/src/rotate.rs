@@ -155,18 +155,7 @@ pub(crate) async fn status(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, Td
                         .unwrap_or_else(|| "(not yet)".into())
                 );
                 outln!(out, "  Emergency: {}", st.emergency);
-                outln!(out, "  Started: {}", st.started_at);
-                outln!(out, "  Keys re-encrypted: {}", st.reencrypted);
-                outln!(out, "  Keys failed in the last pass: {}", st.failed_total);
-                if let Some(c) = &st.cursor {
-                    outln!(out, "  Resume point: after {c}");
-                }
-                if let Some(t) = st.grace_until {
-                    outln!(out, "  Grace period ends: {t}");
-                }
-                if let Some(t) = st.verified_at {
-                    outln!(out, "  Verified: {t}");
-                }
+                journal_details(out, &st, "Keys re-encrypted");
             }
         }
     }
@@ -234,4 +223,26 @@ pub(crate) async fn verify(tde: &TdeSubsystem, out: &Out) -> Result<ExitCode, Td
     } else {
         ExitCode::from(EXIT_PARTIAL)
     })
+}
+
+/// The lines a rotation's or a provider migration's status shares: when it started, the keys
+/// handled (`handled` names them), the failures, the resume point, the grace period and the
+/// verification.
+pub(crate) fn journal_details(
+    out: &Out,
+    st: &heliosdb_security::tde::RotationState,
+    handled: &str,
+) {
+    outln!(out, "  Started: {}", st.started_at);
+    outln!(out, "  {handled}: {}", st.reencrypted);
+    outln!(out, "  Keys failed in the last pass: {}", st.failed_total);
+    if let Some(c) = &st.cursor {
+        outln!(out, "  Resume point: after {c}");
+    }
+    if let Some(t) = st.grace_until {
+        outln!(out, "  Grace period ends: {t}");
+    }
+    if let Some(t) = st.verified_at {
+        outln!(out, "  Verified: {t}");
+    }
 }

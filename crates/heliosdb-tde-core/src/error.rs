@@ -234,6 +234,15 @@ pub enum TdeError {
         hint: String,
     },
 
+    /// Key memory cannot get the protection the configuration asks for: usually the pages
+    /// cannot be locked because of `RLIMIT_MEMLOCK`. The reason names the limit, the bytes
+    /// needed and how to raise it. Nothing was created.
+    #[error("key memory cannot be protected: {reason}. No key was created")]
+    MemoryProtection {
+        /// What failed, the limit in force and how to change it.
+        reason: String,
+    },
+
     /// An MEK that stored table keys depend on is not in the provider. Nothing was created.
     #[error(
         "MEK {mek} is missing from the MEK provider {provider}: {teks} table key version(s) of \
@@ -308,6 +317,7 @@ impl TdeError {
             TdeError::WrongKeyVersion { .. } => "wrong_key_version",
             TdeError::InvalidArgument(_) => "invalid_argument",
             TdeError::InUse { .. } => "in_use",
+            TdeError::MemoryProtection { .. } => "memory_protection",
             TdeError::MekMissing { .. } => "mek_missing",
             TdeError::MekMismatch { .. } => "mek_mismatch",
             TdeError::Io { .. } => "io",
@@ -459,6 +469,7 @@ mod tests {
                 location: s(),
                 hint: s(),
             },
+            TdeError::MemoryProtection { reason: s() },
             TdeError::MekMissing {
                 mek: s(),
                 provider: s(),

@@ -9,6 +9,7 @@ pub mod error;
 pub mod ids;
 pub mod lifecycle;
 pub mod material;
+pub mod memory;
 pub mod metadata;
 pub mod mode;
 pub mod provider;

@@ -1,20 +1,22 @@
 //! Key material: fixed-size, zeroized on drop, never `Clone`, never printed.
 //!
-//! The bytes live in one heap allocation that is overwritten with zeros when the value is
-//! dropped, so moving a key around does not leave copies on the stack. None of these types
+//! The bytes live in a slot of the locked key arena ([`crate::memory`]): a page that is locked
+//! in RAM, left out of core dumps and zero in a forked child. The slot is overwritten with
+//! zeros when the value is dropped, and moving a key around moves only a pointer, so it leaves
+//! no copies on the stack. None of these types
 //! implements `Clone`, `Copy`, `PartialEq`, `Display` or serde traits, and their `Debug` output
 //! shows identity and algorithm only; tests check that no key byte appears in it.
 
 use crate::error::{Result, TdeError};
 use crate::ids::{MekRef, TekId};
+use crate::memory::Slot;
 use crate::metadata::EncryptionAlgorithm;
 use std::fmt;
-use zeroize::Zeroize;
 
 /// Length of every key in the hierarchy: 256 bits.
 pub const KEY_LEN: usize = 32;
 
-/// 32 secret bytes, zeroized on drop.
+/// 32 secret bytes in the locked key arena, zeroized on drop.
 ///
 /// Key material is not `Clone`:
 ///
@@ -27,14 +29,14 @@ pub const KEY_LEN: usize = 32;
 /// fn needs_clone<T: Clone>() {}
 /// needs_clone::<heliosdb_tde_core::TableKey>();
 /// ```
-pub struct KeyBytes(Box<[u8; KEY_LEN]>);
+pub struct KeyBytes(Slot);
 
 impl KeyBytes {
     /// Fresh key bytes from the operating system's CSPRNG.
     pub fn generate() -> Result<Self> {
-        let mut bytes = Box::new([0u8; KEY_LEN]);
-        getrandom::fill(&mut bytes[..]).map_err(|e| TdeError::Random(e.to_string()))?;
-        Ok(Self(bytes))
+        let mut slot = Slot::new();
+        getrandom::fill(slot.bytes_mut()).map_err(|e| TdeError::Random(e.to_string()))?;
+        Ok(Self(slot))
     }
 
     /// Copies key bytes out of a slice, which must be exactly [`KEY_LEN`] long.
@@ -48,32 +50,29 @@ impl KeyBytes {
                 format!("expected {KEY_LEN} bytes, found {}", bytes.len()),
             ));
         }
-        let mut out = Box::new([0u8; KEY_LEN]);
-        out.copy_from_slice(bytes);
-        Ok(Self(out))
+        let mut slot = Slot::new();
+        slot.bytes_mut().copy_from_slice(bytes);
+        Ok(Self(slot))
     }
 
     /// Builds key bytes by filling a zeroed buffer in place; nothing is copied afterwards.
     pub fn try_fill_with<E>(
         fill: impl FnOnce(&mut [u8; KEY_LEN]) -> std::result::Result<(), E>,
     ) -> std::result::Result<Self, E> {
-        let mut out = Self(Box::new([0u8; KEY_LEN]));
-        fill(&mut out.0)?;
-        Ok(out)
+        // On an error the slot is dropped, which zeroes whatever `fill` wrote.
+        let mut slot = Slot::new();
+        fill(slot.bytes_mut())?;
+        Ok(Self(slot))
     }
 
     /// The secret bytes. The name is loud on purpose: every call site hands key material to
     /// a cipher and must not log, copy or persist it.
     pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
-        &self.0
+        self.0.bytes()
     }
 }
 
-impl Drop for KeyBytes {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
+// The slot zeroes itself when dropped.
 
 impl zeroize::ZeroizeOnDrop for KeyBytes {}
 
@@ -274,8 +273,9 @@ mod tests {
 
     #[test]
     fn zeroize_clears_the_buffer() {
+        use zeroize::Zeroize;
         let mut k = KeyBytes::from_slice(&[0xAB; 32]).unwrap();
-        k.0.zeroize();
+        k.0.bytes_mut().zeroize();
         assert_eq!(k.expose_secret(), &[0u8; 32]);
     }
 

@@ -65,6 +65,17 @@ pub(super) const NOTES: &[&str] = &[
      machine's disk costs far more than the miss itself; that is what the `always` rows and \
      the record row's baseline show. Choose `always` only where losing the last 100 ms of \
      unwrap records in a power loss is not acceptable.",
+    "**KeyBytes allocate + free, locked arena** (report; `benches/benches/key_bytes.rs`). \
+     Every key HeliosDB holds lives in a 32-byte slot of the locked key arena \
+     (`heliosdb_tde_core::memory`): pages mapped once, locked in RAM, left out of core dumps \
+     and wiped in a forked child, never unmapped. Both sides copy the same constant 32 bytes \
+     in (`KeyBytes::generate` would measure `getrandom`) and zeroize them before the free. \
+     Ours takes a slot from the arena's free list under one process-wide mutex and puts it \
+     back on drop; once the first page is mapped and locked (before the measurement) it makes \
+     no system call. The baseline is a `Box<[u8; 32]>` from the global allocator, whose \
+     per-thread cache needs no lock. A key is allocated when it is generated, unwrapped or \
+     loaded into the cache, never per page seal, so this cost belongs to a cache miss, not to \
+     a hit.",
     "**SoftHSM2 wrap + unwrap: both rows missed.** The provider caches each MEK version's \
      object handle and lifecycle state: its own changes invalidate the entry at once; \
      otherwise it is re-read after `state_refresh` (default 10 s; 0 re-reads on every call) or \

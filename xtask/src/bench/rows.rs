@@ -158,6 +158,18 @@ fn lookup_rows(rows: &mut Vec<RowSpec>) {
     ));
 }
 
+/// Where key bytes live: one `KeyBytes` in the locked key arena against a boxed array.
+fn key_bytes_rows(rows: &mut Vec<RowSpec>) {
+    rows.push(row(
+        "KeyBytes allocate + free, locked arena",
+        "key_bytes/ours_locked_arena_alloc_free",
+        "key_bytes/baseline_box_alloc_free",
+        "`Box<[u8; 32]>` allocate + free (the same 32 bytes copied in, zeroized before the free)",
+        Target::Report,
+        "report",
+    ));
+}
+
 /// Wrap + unwrap per provider.
 fn wrap_rows(rows: &mut Vec<RowSpec>) {
     for p in ["memory", "file"] {
@@ -349,6 +361,7 @@ pub(super) fn specs() -> Vec<RowSpec> {
     let mut rows = Vec::new();
     page_rows(&mut rows);
     lookup_rows(&mut rows);
+    key_bytes_rows(&mut rows);
     wrap_rows(&mut rows);
     rotation_rows(&mut rows);
     backup_rows(&mut rows);

@@ -393,3 +393,27 @@ fn backup_rows_read_their_extra_results() {
         .contains("| 15.00× |")
     );
 }
+
+#[test]
+fn the_key_bytes_row_is_a_report_against_the_boxed_array() {
+    let mut r = BTreeMap::new();
+    r.insert("key_bytes/ours_locked_arena_alloc_free".to_string(), 30.0);
+    r.insert("key_bytes/baseline_box_alloc_free".to_string(), 20.0);
+    let md = render(&r, None);
+    let line = md
+        .lines()
+        .find(|l| l.starts_with("| KeyBytes allocate + free, locked arena |"))
+        .unwrap_or_else(|| panic!("no key_bytes row: {md}"));
+    assert!(line.contains("| `Box<[u8; 32]>` allocate + free"), "{line}");
+    assert!(line.ends_with("| 1.50× | report | report |"), "{line}");
+    assert!(md.contains("`benches/benches/key_bytes.rs`"), "{md}");
+    // Not measured: "not run", never a verdict.
+    let md = render(&BTreeMap::new(), None);
+    assert!(
+        md.lines().any(
+            |l| l.starts_with("| KeyBytes allocate + free, locked arena |")
+                && l.ends_with("| not run |")
+        ),
+        "{md}"
+    );
+}

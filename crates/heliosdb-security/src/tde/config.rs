@@ -4,6 +4,7 @@
 //! environment.
 
 use super::Result;
+use super::memory::MemoryProtectionConfig;
 use super::migration::MigrationSourceConfig;
 use heliosdb_tde_core::{EncryptionAlgorithm, HsmConfig, KmsConfig, SecureFileConfig, TdeError};
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,10 @@ pub struct TdeConfig {
     /// sections then describe the target. `None` (the default): no migration. See
     /// [`MigrationSourceConfig`].
     pub migration_source: Option<MigrationSourceConfig>,
+    /// How key memory and the process are protected (`[memory_protection]`): locked key pages,
+    /// left out of core dumps, and core dumps disabled in production. See
+    /// [`MemoryProtectionConfig`].
+    pub memory_protection: MemoryProtectionConfig,
 }
 
 impl Default for TdeConfig {
@@ -99,6 +104,7 @@ impl Default for TdeConfig {
             backup_max_age_days: 7,
             mek_rotation_days: 365,
             migration_source: None,
+            memory_protection: MemoryProtectionConfig::default(),
         }
     }
 }
@@ -272,6 +278,8 @@ impl TdeConfig {
     /// | `HELIOSDB_TDE_BACKUP_DIR` | `backup_dir` |
     /// | `HELIOSDB_TDE_BACKUP_MAX_AGE_DAYS` | `backup_max_age_days` |
     /// | `HELIOSDB_TDE_MEK_ROTATION_DAYS` | `mek_rotation_days` |
+    /// | `HELIOSDB_TDE_LOCK_KEYS` | `memory_protection.lock_keys` (`true`/`false`) |
+    /// | `HELIOSDB_TDE_DISABLE_CORE_DUMPS` | `memory_protection.disable_core_dumps` (`true`/`false`) |
     /// | `HELIOSDB_TDE_MEK_STORAGE_PATH` | `secure_file_config.storage_path` (enables it) |
     /// | `HELIOSDB_TDE_PASSPHRASE_FILE` | `secure_file_config.passphrase_file` |
     /// | `HELIOSDB_KMS_KEY_ID`, `AWS_REGION` | `kms_config` (AWS) `key_id`, `region` |
@@ -282,12 +290,26 @@ impl TdeConfig {
     /// they describe the configured provider (the target of a migration).
     pub fn apply_env_with(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
         let var = |name: &str| get(&format!("{ENV_PREFIX}{name}"));
-        if let Some(v) = var("ENABLED") {
-            self.enabled = match v.to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" => false,
-                _ => return Err(env_err("HELIOSDB_TDE_ENABLED", &v, "use true or false")),
-            };
+        let flag = |name: &str| -> Result<Option<bool>> {
+            let Some(v) = var(name) else { return Ok(None) };
+            match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(Some(true)),
+                "0" | "false" | "no" | "off" => Ok(Some(false)),
+                _ => Err(env_err(
+                    &format!("{ENV_PREFIX}{name}"),
+                    &v,
+                    "use true or false",
+                )),
+            }
+        };
+        if let Some(on) = flag("ENABLED")? {
+            self.enabled = on;
+        }
+        if let Some(on) = flag("LOCK_KEYS")? {
+            self.memory_protection.lock_keys = on;
+        }
+        if let Some(on) = flag("DISABLE_CORE_DUMPS")? {
+            self.memory_protection.disable_core_dumps = Some(on);
         }
         if let Some(v) = var("ALGORITHM") {
             self.algorithm = v.parse().map_err(|_| {

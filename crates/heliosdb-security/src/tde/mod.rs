@@ -9,6 +9,7 @@ mod backup;
 mod checked;
 mod checklist;
 mod config;
+mod memory;
 mod migration;
 mod subsystem;
 
@@ -20,11 +21,13 @@ pub use backup::{
 };
 pub use checklist::{CheckItem, CheckStatus, security_checklist, security_checklist_at};
 pub use config::{ENV_PREFIX, TdeConfig};
+pub use heliosdb_tde_core::memory::{ArenaStats, Protection};
 pub use heliosdb_tde_core::{AuditAction, AuditEvent};
 pub use heliosdb_tde_manager::audit::{
     AuditCheckpoint, AuditFilter, AuditFsync, AuditLogOptions, AuditRecord, AuditSinkStats,
 };
 pub use heliosdb_tde_manager::backup::{BackupReport, Manifest as BackupManifest};
+pub use memory::{MemoryProtection, MemoryProtectionConfig, RESERVED_KEY_SLOTS};
 pub use migration::{MigrateToError, MigrationSourceConfig, recorded_migration};
 pub use subsystem::{PageOpener, PageSealer, TdeSubsystem};
 

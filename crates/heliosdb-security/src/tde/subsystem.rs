@@ -30,6 +30,8 @@ pub struct TdeSubsystem {
     migration: Option<Arc<ProviderSet>>,
     /// The configured provider as built (during a migration: the target alone).
     provider: Arc<dyn MekProvider>,
+    /// The memory protection start-up applied.
+    memory: super::memory::Applied,
 }
 
 impl fmt::Debug for TdeSubsystem {
@@ -183,6 +185,14 @@ impl TdeSubsystem {
             ));
         }
         let (mode, _) = SecurityMode::resolve_configured(checked.security_mode)?;
+        // Before the first key exists (the secure-file provider derives one as it opens).
+        super::memory::apply(
+            &config.memory_protection,
+            config.cache_limit,
+            mode,
+            read_only,
+            &mut Vec::new(),
+        )?;
         let wait = std::time::Duration::from_secs(config.provider_startup_wait_secs);
         let label = checked.provider.label();
         // Read before the target's provider takes a passphrase variable the source shares.
@@ -225,6 +235,15 @@ impl TdeSubsystem {
         checked.check_migration_mode(mode)?;
         let wait = std::time::Duration::from_secs(config.provider_startup_wait_secs);
         let mut warnings = std::mem::take(&mut facts.warnings);
+        // Again (it is idempotent) for the paths that built their provider first (restore,
+        // migrate_to); this call's warnings and state are the ones reported.
+        let memory = super::memory::apply(
+            &config.memory_protection,
+            config.cache_limit,
+            mode,
+            read_only,
+            &mut warnings,
+        )?;
         let pin_source = facts.pin_source;
         // During a provider migration every error about the configured provider says that it
         // is the target, and every error about the previous one that it is the source.
@@ -353,6 +372,7 @@ impl TdeSubsystem {
             audit_sink,
             migration,
             provider: configured,
+            memory,
         })
     }
 
@@ -545,6 +565,19 @@ impl TdeSubsystem {
             warnings.push(m);
         }
         Ok(())
+    }
+
+    /// The memory protection in force in this process, read now: whether key pages are
+    /// locked, left out of core dumps and wiped in forked children, whether core dumps are
+    /// disabled, the `RLIMIT_MEMLOCK` and the key arena's size. These are process-wide, so an
+    /// embedding database can report them as its own.
+    pub fn memory_protection(&self) -> super::MemoryProtection {
+        self.memory.report()
+    }
+
+    /// The `[memory_protection]` settings start-up applied (environment overrides included).
+    pub fn memory_protection_config(&self) -> &super::MemoryProtectionConfig {
+        self.memory.config()
     }
 
     /// The key manager.

@@ -651,3 +651,37 @@ fn a_migration_sources_pin_never_reaches_debug_or_serialization() {
     let toml = toml::to_string(&c).unwrap();
     assert!(!toml.contains("4711"), "{toml}");
 }
+
+#[test]
+fn memory_protection_from_toml_and_the_environment() {
+    let d = TdeConfig::default().memory_protection;
+    assert!(d.lock_keys && d.exclude_from_core_dumps);
+    assert_eq!(d.disable_core_dumps, None, "by mode unless set");
+
+    let c = TdeConfig::from_toml_str(
+        "[memory_protection]\nlock_keys = false\nexclude_from_core_dumps = false\n\
+         disable_core_dumps = true\n",
+    )
+    .unwrap();
+    assert!(!c.memory_protection.lock_keys);
+    assert!(!c.memory_protection.exclude_from_core_dumps);
+    assert_eq!(c.memory_protection.disable_core_dumps, Some(true));
+
+    let e = TdeConfig::from_toml_str("[memory_protection]\nlock_key = false\n").unwrap_err();
+    assert!(e.to_string().contains("lock_key"), "{e}");
+
+    let env: HashMap<&str, &str> = HashMap::from([
+        ("HELIOSDB_TDE_LOCK_KEYS", "false"),
+        ("HELIOSDB_TDE_DISABLE_CORE_DUMPS", "off"),
+    ]);
+    let mut c = TdeConfig::default();
+    c.apply_env_with(|k| env.get(k).map(|v| v.to_string()))
+        .unwrap();
+    assert!(!c.memory_protection.lock_keys);
+    assert_eq!(c.memory_protection.disable_core_dumps, Some(false));
+    let e = TdeConfig::default()
+        .apply_env_with(|k| (k == "HELIOSDB_TDE_LOCK_KEYS").then(|| "maybe".to_string()))
+        .unwrap_err();
+    assert!(e.to_string().contains("HELIOSDB_TDE_LOCK_KEYS"), "{e}");
+    assert!(e.to_string().contains("true or false"), "{e}");
+}

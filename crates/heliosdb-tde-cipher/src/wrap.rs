@@ -13,6 +13,7 @@ use crate::aead::{AeadKey, Backend, NONCE_LEN, TAG_LEN, random_nonce};
 use heliosdb_tde_core::{
     KEY_LEN, KeyBytes, MasterKey, ProviderKind, Result, TableKey, TdeError, WrapContext, WrappedTek,
 };
+use zeroize::Zeroizing;
 
 /// Length of the local wrap payload.
 pub const PAYLOAD_LEN: usize = NONCE_LEN + KEY_LEN + TAG_LEN;
@@ -29,7 +30,9 @@ pub fn wrap_tek(
     let mut wrapped = WrappedTek::new(tek.algorithm(), provider, master.mek().clone(), Vec::new());
     let key = AeadKey::new(backend, master.bytes().expose_secret())?;
     let nonce = random_nonce()?;
-    let mut payload = vec![0u8; PAYLOAD_LEN];
+    // The TEK is sealed in place: until the seal succeeds the buffer holds it in the clear, so
+    // it is wiped if sealing fails; once sealed, its allocation moves into the envelope.
+    let mut payload = Zeroizing::new(vec![0u8; PAYLOAD_LEN]);
     payload[..NONCE_LEN].copy_from_slice(&nonce);
     payload[NONCE_LEN..NONCE_LEN + KEY_LEN].copy_from_slice(tek.bytes().expose_secret());
     let tag = key.seal_detached(
@@ -38,7 +41,7 @@ pub fn wrap_tek(
         &mut payload[NONCE_LEN..NONCE_LEN + KEY_LEN],
     )?;
     payload[NONCE_LEN + KEY_LEN..].copy_from_slice(&tag);
-    wrapped.payload = payload;
+    wrapped.payload = std::mem::take(&mut *payload);
     Ok(wrapped)
 }
 

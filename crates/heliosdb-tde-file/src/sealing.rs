@@ -3,9 +3,12 @@
 
 use crate::{DEFAULT_KDF, format};
 use heliosdb_tde_cipher::{AeadKey, Backend};
-use heliosdb_tde_core::{KdfParams, KeyBytes, MasterKey, Result, SecureFileConfig, TdeError};
+use heliosdb_tde_core::{
+    KEY_LEN, KdfParams, KeyBytes, MasterKey, Result, SecureFileConfig, TdeError,
+};
 use secrecy::{ExposeSecret, SecretString};
 use std::path::Path;
+use zeroize::Zeroizing;
 
 /// The Argon2id parameters for new files: the configured ones or [`DEFAULT_KDF`], within the
 /// bounds files are read with (a file this crate would refuse to read is never written).
@@ -79,10 +82,13 @@ pub(crate) fn seal_file(
     let aead = AeadKey::new(backend, file_key.expose_secret())?;
     let nonce = heliosdb_tde_cipher::aead::random_nonce()?;
     let mut out = header.encode();
-    let mut ct = *key.expose_secret();
-    let tag = aead.seal_detached(&nonce, &out, &mut ct)?;
+    // Sealed in place: the buffer holds the MEK in the clear until the seal succeeds, and is
+    // wiped when dropped, on an error too.
+    let mut ct = Zeroizing::new([0u8; KEY_LEN]);
+    ct.copy_from_slice(key.expose_secret());
+    let tag = aead.seal_detached(&nonce, &out, &mut ct[..])?;
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
+    out.extend_from_slice(&ct[..]);
     out.extend_from_slice(&tag);
     Ok(out)
 }

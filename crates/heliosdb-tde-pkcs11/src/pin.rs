@@ -174,7 +174,10 @@ fn read_pin_file(path: &Path, mode: SecurityMode) -> Result<Zeroizing<String>> {
             ),
         ));
     }
-    let mut bytes = Zeroizing::new(Vec::new());
+    // Room for the whole file up front: a growing buffer would leave PIN bytes in the
+    // allocations it gives up, and reading into an empty one starts with a probe through an
+    // unwiped stack buffer.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_PIN_FILE as usize));
     file.take(MAX_PIN_FILE)
         .read_to_end(&mut bytes)
         .map_err(|e| TdeError::io(path, e))?;

@@ -25,7 +25,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use zeroize::Zeroizing;
 
 /// Master keys inside a PKCS#11 token.
 pub struct Pkcs11MekProvider {
@@ -281,12 +280,14 @@ impl MekProvider for Pkcs11MekProvider {
             Vec::new(),
         );
         let aad = ctx.aad_for(&header);
-        let plain = Zeroizing::new(tek.bytes().expose_secret().to_vec());
+        // The session pool runs the call on its own thread, so the closure owns its copy of
+        // the TEK: one in the locked key arena, not on the heap.
+        let plain = KeyBytes::from_slice(tek.bytes().expose_secret())?;
         let what = format!("TEK {} under {mek}", ctx.tek_id());
         let target = mek.clone();
         let (iv, ct) = self
             .with_version("wrapping a TEK", mek, Need::Encrypt, move |s, key| {
-                gcm::encrypt_checked(s, key, &target, &aad, &plain, &what)
+                gcm::encrypt_checked(s, key, &target, &aad, plain.expose_secret(), &what)
             })
             .await?;
         let mut payload = Vec::with_capacity(PAYLOAD_LEN);

@@ -9,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Mutex;
+use zeroize::Zeroize;
 
 /// The provider name in errors.
 pub(crate) const PROVIDER: &str = "Vault";
@@ -250,11 +251,23 @@ impl Client {
         let resp = req.send().await.map_err(|e| transport_error(&e))?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| transport_error(&e))?;
+        let answer = self.answer(status, &bytes);
+        // The body of a Transit decrypt holds a TEK in base64. Wiped when this is the only
+        // reference to its buffer (a body that arrived in several pieces); a body that is a
+        // slice of the connection's read buffer cannot be reached from here.
+        if let Ok(mut body) = bytes.try_into_mut() {
+            body[..].zeroize();
+        }
+        answer
+    }
+
+    /// The JSON of a successful answer, or the errors Vault gave with a failure status.
+    fn answer(&self, status: StatusCode, bytes: &[u8]) -> std::result::Result<Value, CallError> {
         if status.is_success() {
             if bytes.is_empty() {
                 return Ok(Value::Null);
             }
-            return serde_json::from_slice(&bytes).map_err(|_| {
+            return serde_json::from_slice(bytes).map_err(|_| {
                 CallError::Protocol(format!(
                     "HTTP {} with a body that is not JSON: is {} a Vault server?",
                     status.as_u16(),
@@ -262,7 +275,7 @@ impl Client {
                 ))
             });
         }
-        let errors = serde_json::from_slice::<Value>(&bytes)
+        let errors = serde_json::from_slice::<Value>(bytes)
             .ok()
             .and_then(|v| {
                 v["errors"].as_array().map(|a| {

@@ -88,7 +88,11 @@ pub(crate) fn unbind<'a>(
 /// The JSON body of a wrap or encrypt request, built in a buffer wiped on drop (the plaintext
 /// is in it as base64url).
 fn body(alg: WrapAlgorithm, value: &[u8], aad: Option<&[u8]>) -> Zeroizing<String> {
-    let mut s = Zeroizing::new(String::with_capacity(160));
+    // Sized for the whole body up front: a string that grows leaves the base64 of the
+    // plaintext behind in the allocation it gives up, unwiped.
+    let b64 = |n: usize| base64::encoded_len(n, false).unwrap_or(0);
+    let capacity = 32 + alg.name().len() + b64(value.len()) + aad.map_or(0, |a| b64(a.len()));
+    let mut s = Zeroizing::new(String::with_capacity(capacity));
     s.push_str("{\"alg\":\"");
     s.push_str(alg.name());
     s.push_str("\",\"value\":\"");
@@ -346,5 +350,26 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
         assert_eq!(v["alg"], "A256GCM");
         assert_eq!(v["aad"], "Y3R4");
+    }
+
+    #[test]
+    fn request_bodies_never_grow_their_buffer() {
+        // A string that outgrew its first allocation would have at least doubled it.
+        for alg in [
+            WrapAlgorithm::RsaOaep256,
+            WrapAlgorithm::A256Kw,
+            WrapAlgorithm::A256Gcm,
+        ] {
+            for aad in [None, Some(&[7u8; 300][..])] {
+                let j = body(alg, &[9u8; BOUND_LEN + KW_SALT_LEN], aad);
+                assert!(
+                    j.capacity() <= j.len() + 32,
+                    "{}: {} bytes in a buffer of {}",
+                    alg.name(),
+                    j.len(),
+                    j.capacity()
+                );
+            }
+        }
     }
 }

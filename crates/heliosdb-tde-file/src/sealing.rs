@@ -58,10 +58,26 @@ fn derive(passphrase: &SecretString, salt: &[u8], kdf: KdfParams) -> Result<KeyB
     }
     let params = argon2::Params::new(kdf.m_cost_kib, kdf.t_cost, kdf.p_cost, Some(32))
         .map_err(|e| TdeError::config("secure_file_config.kdf", e.to_string()))?;
+    // Argon2's working memory: `hash_password_into` frees its own without wiping it, and its
+    // last blocks determine the file key, so it is supplied here and wiped on drop.
+    let blocks = params.block_count();
+    let mut memory = Zeroizing::new(Vec::new());
+    memory.try_reserve_exact(blocks).map_err(|_| {
+        TdeError::config(
+            "secure_file_config.kdf",
+            argon2::Error::OutOfMemory.to_string(),
+        )
+    })?;
+    memory.resize(blocks, argon2::Block::default());
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     KeyBytes::try_fill_with(|out| {
         argon
-            .hash_password_into(passphrase.expose_secret().as_bytes(), salt, out)
+            .hash_password_into_with_memory(
+                passphrase.expose_secret().as_bytes(),
+                salt,
+                out,
+                &mut memory[..],
+            )
             .map_err(|e| TdeError::config("secure_file_config.kdf", e.to_string()))
     })
 }

@@ -8,7 +8,8 @@
 //! Registered today, one module each: a SoftHSM2 token for the PKCS#11 provider (`softhsm`),
 //! an OpenBao dev server for the Vault Transit provider (`openbao`), a moto server for the AWS
 //! KMS provider (`moto`) and the HTTPS Key Vault test server for the Azure Key Vault provider
-//! (`azure`); the last three are Python-packaged peers, see [`crate::peers`]. Provider crates
+//! (`azure`); the last three are Python-packaged peers, see [`crate::peers`]. The memory tests'
+//! tools (`gcore` from gdb, `prlimit`) are installed the same way. Provider crates
 //! register their services here as they arrive.
 
 mod azure;
@@ -57,7 +58,18 @@ pub const SERVICES: &[Service] = &[
         crates: &["heliosdb-tde-azure-kv", "heliosdb-security", "heliosdb-cli"],
         start: azure::start_azure_kv,
     },
+    Service {
+        name: "gdb and util-linux (core dump and lock limit tests)",
+        crates: &["heliosdb-security", "heliosdb-cli"],
+        start: debug_tools,
+    },
 ];
+
+/// `gcore` (package gdb) and `prlimit` (util-linux) for the memory tests, which take real core
+/// dumps of a running process and start one under a small `RLIMIT_MEMLOCK`.
+fn debug_tools(_state_dir: &Path, _env: &mut Environment) -> Result {
+    apt_install_if_missing(&["gdb", "util-linux"])
+}
 
 /// The services the selected crates need (`None`: the whole workspace, every service), each
 /// once.
@@ -241,6 +253,7 @@ mod tests {
             "OpenBao dev server",
             "moto server (AWS KMS)",
             "Key Vault test server (Azure)",
+            "gdb and util-linux (core dump and lock limit tests)",
         ];
         assert_eq!(names(None), all);
         assert_eq!(

@@ -307,6 +307,8 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
                 .then(|| backup::lost_mek_report(tde.config(), &keys))
                 .flatten();
             let migration = migrate::status_view(tde, Some(&keys)).await?;
+            // Process-wide: this process ran the same start-up as the database.
+            let memory = tde.memory_protection();
             out.status(
                 tde,
                 &checklist,
@@ -317,6 +319,7 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
                     azure: azure.as_ref(),
                     lost_mek: lost.as_deref(),
                     migration: migration.as_ref(),
+                    memory: Some(&memory),
                 },
             );
             if !keys.all_readable() || checklist.iter().any(|c| c.status == CheckStatus::Fail) {
@@ -325,7 +328,11 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
         }
         Security::MekInfo => out.mek_info(&km.mek_info().await?),
         Security::KeyStats => {
-            out.key_stats(&km.key_stats().await?, &tde::audit_status(tde).await?);
+            out.key_stats_with_memory(
+                &km.key_stats().await?,
+                &tde::audit_status(tde).await?,
+                Some(&tde.memory_protection().arena),
+            );
         }
         Security::Mek(Mek::Generate { id }) => {
             let id = id.unwrap_or_else(|| tde.default_mek_id().clone());

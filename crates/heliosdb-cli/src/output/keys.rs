@@ -1,9 +1,10 @@
-//! `security mek info`, `security keys stats` and the key list: MEK versions, TEK cache and
-//! provider statistics, table keys.
+//! `security mek info`, `security keys stats` and the key list: MEK versions, TEK cache,
+//! provider and key memory statistics, table keys.
 
 use super::rotation::{rotation_cell, rotation_json, service_rotation_note};
+use super::status::{bytes_text, protection_json};
 use super::{Out, outln, table};
-use heliosdb_security::tde::{self, KeyMetadata, KeyStats, MekInfo};
+use heliosdb_security::tde::{self, ArenaStats, KeyMetadata, KeyStats, MekInfo};
 use serde_json::json;
 
 impl Out {
@@ -92,7 +93,19 @@ impl Out {
         }
     }
 
+    /// `security key-stats` without the key memory line (the quickstart's summary).
     pub(crate) fn key_stats(&self, s: &KeyStats, audit: &tde::AuditStatus) {
+        self.key_stats_with_memory(s, audit, None);
+    }
+
+    /// `security key-stats`: the cache, provider, key and usage statistics, the audit log and,
+    /// when given, the key arena of this process (bytes locked, slots, pages).
+    pub(crate) fn key_stats_with_memory(
+        &self,
+        s: &KeyStats,
+        audit: &tde::AuditStatus,
+        memory: Option<&ArenaStats>,
+    ) {
         let audit_json = serde_json::json!({
             "path": audit.path,
             "attached": audit.attached,
@@ -106,6 +119,20 @@ impl Out {
             let mut v = serde_json::to_value(s).unwrap_or_default();
             if let Some(o) = v.as_object_mut() {
                 o.insert("audit".into(), audit_json);
+                if let Some(m) = memory {
+                    o.insert(
+                        "key_memory".into(),
+                        json!({
+                            "bytes_locked": m.bytes_locked,
+                            "bytes_mapped": m.bytes_mapped,
+                            "slots_in_use": m.slots_in_use,
+                            "slots_free": m.slots_free,
+                            "pages": m.pages,
+                            "page_size": m.page_size,
+                            "locking": protection_json(&m.locking),
+                        }),
+                    );
+                }
             }
             self.json(v);
             return;
@@ -155,6 +182,20 @@ impl Out {
                 .map(|t| format!(", last {t}"))
                 .unwrap_or_default()
         );
+        if let Some(m) = memory {
+            outln!(
+                self,
+                "Key memory:    {} locked of {} mapped, locking {}; {} slots in use, {} free; \
+                 {} page(s) of {} bytes",
+                bytes_text(m.bytes_locked as u64),
+                bytes_text(m.bytes_mapped as u64),
+                m.locking.describe(),
+                m.slots_in_use,
+                m.slots_free,
+                m.pages,
+                m.page_size
+            );
+        }
         match &audit.path {
             None => outln!(self, "Audit log:     none (set audit_log_path)"),
             Some(path) => outln!(

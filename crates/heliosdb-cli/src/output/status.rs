@@ -1,12 +1,13 @@
 //! `security status`: the provider, its health and security level, the AWS KMS and Azure Key
-//! Vault views, key
-//! availability and the Security Checklist, as a table or one JSON document.
+//! Vault views, key availability, the memory protection in force and the Security Checklist,
+//! as a table or one JSON document.
 
 use super::rotation::{rotation_json, service_rotation_note};
 use super::{Out, outln, table};
 use heliosdb_security::tde::{
     AZURE_RSA_LIMITATION, AzureWrapAlgorithm, CheckItem, DeletionProtection, KeyAvailability,
-    KmsConfig, MekInfo, ProviderHealth, ProviderKind, ServiceRotation, TdeSubsystem,
+    KmsConfig, MekInfo, MemoryProtection, MemoryProtectionConfig, Protection, ProviderHealth,
+    ProviderKind, ServiceRotation, TdeSubsystem,
 };
 use serde_json::json;
 
@@ -163,6 +164,159 @@ impl AzureView {
     }
 }
 
+/// Whose memory protection `security status` reports: the protections are process-wide, and
+/// the CLI runs the same start-up as the database.
+pub(crate) const MEMORY_SCOPE: &str =
+    "this heliosdb-cli process, which starts TDE as the database does";
+
+/// Core dumps disabled by start-up (`prctl(PR_SET_DUMPABLE, 0)` and `RLIMIT_CORE` 0).
+const CORE_DUMPS_DISABLED: &str = "active (non-dumpable, core limit 0: no core file, and \
+                                   debuggers of the same user cannot attach with ptrace)";
+
+/// Core dumps disabled, but not by start-up.
+const CORE_DUMPS_DISABLED_ELSEWHERE: &str = "active, though not by HeliosDB (the process already \
+     had a core limit of 0 or was non-dumpable; unless it is non-dumpable, debuggers of the same \
+     user can still attach); memory_protection.disable_core_dumps = true makes sure";
+
+/// One protection as JSON: `{"state": "active|off|failed|unavailable", "reason": ...}` (the
+/// reason is `null` when active).
+pub(crate) fn protection_json(p: &Protection) -> serde_json::Value {
+    let (state, reason) = match p {
+        Protection::Active => ("active", None),
+        Protection::Off => ("off", Some("switched off by configuration".to_string())),
+        Protection::Failed { reason } => ("failed", Some(reason.clone())),
+        Protection::Unavailable { reason } => ("unavailable", Some(reason.clone())),
+        // A state added to the core later: its own words.
+        other => ("unknown", Some(other.describe())),
+    };
+    json!({ "state": state, "reason": reason })
+}
+
+/// `n` bytes, with KiB or MiB when it is a whole number of them.
+pub(crate) fn bytes_text(n: u64) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{n} bytes ({} MiB)", n >> 20)
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
+        format!("{n} bytes ({} KiB)", n >> 10)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// What `security status` shows about memory protection: the protections in force in this
+/// process (which ran the database's start-up), and the configuration they came from.
+struct MemoryView<'a> {
+    protection: &'a MemoryProtection,
+    config: &'a MemoryProtectionConfig,
+    /// Whether start-up itself disabled core dumps (the configuration, by security mode).
+    disables_core_dumps: bool,
+}
+
+impl<'a> MemoryView<'a> {
+    fn new(tde: &'a TdeSubsystem, protection: &'a MemoryProtection) -> Self {
+        let config = tde.memory_protection_config();
+        Self {
+            protection,
+            config,
+            disables_core_dumps: config.disables_core_dumps(tde.security_mode()),
+        }
+    }
+}
+
+impl MemoryView<'_> {
+    fn json(&self) -> serde_json::Value {
+        let p = self.protection;
+        json!({
+            "scope": MEMORY_SCOPE,
+            "locking": protection_json(&p.locking),
+            "dump_exclusion": protection_json(&p.dump_exclusion),
+            "wipe_on_fork": protection_json(&p.wipe_on_fork),
+            "core_dumps_disabled": protection_json(&p.core_dumps_disabled),
+            "memlock_limit_bytes": p.memlock_limit,
+            "lock_beyond_limit": p.lock_beyond_limit,
+            "bytes_needed": p.bytes_needed,
+            "bytes_locked": p.arena.bytes_locked,
+        })
+    }
+
+    /// A protection's state, with what switches it on when the configuration switched it off.
+    fn state(p: &Protection, setting: &str) -> String {
+        match p {
+            Protection::Off => format!("off (by configuration: {setting})"),
+            other => other.describe(),
+        }
+    }
+
+    fn print(&self, out: &Out) {
+        let p = self.protection;
+        outln!(out, "\nMemory protection ({MEMORY_SCOPE}):");
+        outln!(
+            out,
+            "  Key pages locked in RAM:  {}",
+            Self::state(
+                &p.locking,
+                "memory_protection.lock_keys = false or HELIOSDB_TDE_LOCK_KEYS=false; key pages \
+                 may be written to swap"
+            )
+        );
+        outln!(
+            out,
+            "  Left out of core dumps:   {}",
+            Self::state(
+                &p.dump_exclusion,
+                "memory_protection.exclude_from_core_dumps = false"
+            )
+        );
+        outln!(
+            out,
+            "  Wiped in forked children: {}",
+            Self::state(
+                &p.wipe_on_fork,
+                "memory_protection.exclude_from_core_dumps = false"
+            )
+        );
+        let core = match &p.core_dumps_disabled {
+            Protection::Active if self.disables_core_dumps => CORE_DUMPS_DISABLED.to_string(),
+            // Not asked for, but the environment had done it (`ulimit -c 0`, or the
+            // application): a core limit of 0 alone does not stop a debugger attaching.
+            Protection::Active => CORE_DUMPS_DISABLED_ELSEWHERE.to_string(),
+            Protection::Off => format!(
+                "off ({}): core files and ptrace attach by debuggers of the same user are \
+                 possible",
+                if self.config.disable_core_dumps.is_none() {
+                    "the development-mode default; memory_protection.disable_core_dumps = true \
+                     or HELIOSDB_TDE_DISABLE_CORE_DUMPS=true switches it on"
+                } else {
+                    "by configuration: memory_protection.disable_core_dumps = false or \
+                     HELIOSDB_TDE_DISABLE_CORE_DUMPS=false"
+                }
+            ),
+            other => format!(
+                "{} (core files and ptrace attach by debuggers of the same user may be possible)",
+                other.describe()
+            ),
+        };
+        outln!(out, "  Core dumps disabled:      {core}");
+        outln!(
+            out,
+            "  RLIMIT_MEMLOCK:           {}{}",
+            p.memlock_limit
+                .map_or_else(|| "unlimited".to_string(), bytes_text),
+            if p.lock_beyond_limit {
+                "; not binding: CAP_IPC_LOCK"
+            } else {
+                ""
+            }
+        );
+        outln!(
+            out,
+            "  Key memory:               {} locked, {} needed (cache_limit keys plus the reserve)",
+            bytes_text(p.arena.bytes_locked as u64),
+            bytes_text(p.bytes_needed as u64)
+        );
+    }
+}
+
 /// One provider of a migration as `security status` shows it: its role, kind, MEK and health.
 pub(crate) struct MigrationMember {
     /// `source` or `target`.
@@ -295,6 +449,9 @@ pub(crate) struct StatusParts<'a> {
     pub(crate) lost_mek: Option<&'a str>,
     /// The provider migration, when the configuration has `migration_source`.
     pub(crate) migration: Option<&'a MigrationView>,
+    /// The memory protection in force in this process
+    /// ([`TdeSubsystem::memory_protection`]).
+    pub(crate) memory: Option<&'a MemoryProtection>,
 }
 
 impl Out {
@@ -311,6 +468,7 @@ impl Out {
             azure,
             lost_mek,
             migration,
+            memory,
         } = *parts;
         let p = &tde.key_manager().mek_provider;
         json!({
@@ -343,6 +501,7 @@ impl Out {
             "warnings": tde.warnings(),
             "checklist": checklist,
             "lost_mek": lost_mek,
+            "memory_protection": memory.map(|m| MemoryView::new(tde, m).json()),
         })
     }
 
@@ -363,6 +522,7 @@ impl Out {
             azure,
             lost_mek,
             migration,
+            memory,
         } = *parts;
         let p = &tde.key_manager().mek_provider;
         let mode = tde.security_mode().to_string();
@@ -454,6 +614,9 @@ impl Out {
         }
         if let Some(l) = lost_mek {
             outln!(self, "{l}");
+        }
+        if let Some(m) = memory {
+            MemoryView::new(tde, m).print(self);
         }
         outln!(self, "\nSecurity checklist:");
         let rows: Vec<Vec<String>> = checklist

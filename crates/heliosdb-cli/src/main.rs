@@ -328,7 +328,7 @@ async fn security(cmd: Security, tde: &TdeSubsystem, out: &Out) -> Result<ExitCo
         }
         Security::MekInfo => out.mek_info(&km.mek_info().await?),
         Security::KeyStats => {
-            out.key_stats_with_memory(
+            out.key_stats(
                 &km.key_stats().await?,
                 &tde::audit_status(tde).await?,
                 Some(&tde.memory_protection().arena),

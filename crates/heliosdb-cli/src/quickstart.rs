@@ -289,15 +289,17 @@ pub(crate) async fn run(args: Args, out: &Out) -> Result<ExitCode, TdeError> {
     // 6. Status and statistics.
     let checklist = tde::security_checklist(&tde).await;
     let stats = km.key_stats().await?;
+    let memory = tde.memory_protection();
+    let parts = crate::output::StatusParts {
+        memory: Some(&memory),
+        ..Default::default()
+    };
     let fails = checklist
         .iter()
         .filter(|c| c.status == CheckStatus::Fail)
         .count();
     if out.is_json() {
-        report.insert(
-            "status".into(),
-            Out::status_value(&tde, &checklist, &Default::default()),
-        );
+        report.insert("status".into(), Out::status_value(&tde, &checklist, &parts));
         report.insert(
             "key_stats".into(),
             serde_json::to_value(&stats).unwrap_or_default(),
@@ -306,9 +308,9 @@ pub(crate) async fn run(args: Args, out: &Out) -> Result<ExitCode, TdeError> {
         out.json_value(serde_json::Value::Object(report));
     } else {
         out.say(format_args!(""));
-        out.status(&tde, &checklist, &Default::default());
+        out.status(&tde, &checklist, &parts);
         out.say(format_args!(""));
-        out.key_stats(&stats, &tde::audit_status(&tde).await?);
+        out.key_stats(&stats, &tde::audit_status(&tde).await?, Some(&memory.arena));
         out.say(format_args!(
             "\nDone. Run it again to reopen the same keys. {fails} checklist item(s) need \
              attention before production."

@@ -16,11 +16,13 @@ const HEADING: &str =
     "Memory protection (this heliosdb-cli process, which starts TDE as the database does):";
 
 /// The keys of the `memory_protection` object of `security status --format json`.
-const STATUS_KEYS: [&str; 9] = [
+const STATUS_KEYS: [&str; 11] = [
     "bytes_locked",
     "bytes_needed",
     "core_dumps_disabled",
+    "core_limit_bytes",
     "dump_exclusion",
+    "dumpable",
     "lock_beyond_limit",
     "locking",
     "memlock_limit_bytes",
@@ -326,6 +328,17 @@ fn production_status_shows_core_dumps_disabled() {
         .unwrap(),
     );
     assert_eq!(state(&m["core_dumps_disabled"]), "active", "{m:#}");
+    assert_eq!(m["dumpable"], false, "{m:#}");
+    assert_eq!(m["core_limit_bytes"], 0, "{m:#}");
+    // Development does not disable them, whatever core limit it inherited.
+    let o = command(
+        dir.path(),
+        &config(dir.path(), "development"),
+        &["--format", "json", "security", "status"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(state(&status_json(&o)["core_dumps_disabled"]), "off");
 
     // With the core limit raised first, so that only start-up can have disabled them:
     // production does, development (by default) does not.
@@ -347,6 +360,12 @@ fn production_status_shows_core_dumps_disabled() {
     .unwrap();
     let m = status_json(&o);
     assert_eq!(state(&m["core_dumps_disabled"]), "off", "{m:#}");
+    assert_eq!(m["dumpable"], true, "{m:#}");
+    assert_eq!(
+        m["core_limit_bytes"],
+        serde_json::Value::Null,
+        "unlimited: {m:#}"
+    );
     let o = with_core_limit_raised(dir.path(), &dev, &["security", "status"]).unwrap();
     let t = common::text(&o);
     assert!(

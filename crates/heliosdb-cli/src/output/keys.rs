@@ -93,14 +93,9 @@ impl Out {
         }
     }
 
-    /// `security key-stats` without the key memory line (the quickstart's summary).
-    pub(crate) fn key_stats(&self, s: &KeyStats, audit: &tde::AuditStatus) {
-        self.key_stats_with_memory(s, audit, None);
-    }
-
     /// `security key-stats`: the cache, provider, key and usage statistics, the audit log and,
     /// when given, the key arena of this process (bytes locked, slots, pages).
-    pub(crate) fn key_stats_with_memory(
+    pub(crate) fn key_stats(
         &self,
         s: &KeyStats,
         audit: &tde::AuditStatus,

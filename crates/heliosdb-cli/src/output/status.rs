@@ -173,11 +173,6 @@ pub(crate) const MEMORY_SCOPE: &str =
 const CORE_DUMPS_DISABLED: &str = "active (non-dumpable, core limit 0: no core file, and \
                                    debuggers of the same user cannot attach with ptrace)";
 
-/// Core dumps disabled, but not by start-up.
-const CORE_DUMPS_DISABLED_ELSEWHERE: &str = "active, though not by HeliosDB (the process already \
-     had a core limit of 0 or was non-dumpable; unless it is non-dumpable, debuggers of the same \
-     user can still attach); memory_protection.disable_core_dumps = true makes sure";
-
 /// One protection as JSON: `{"state": "active|off|failed|unavailable", "reason": ...}` (the
 /// reason is `null` when active).
 pub(crate) fn protection_json(p: &Protection) -> serde_json::Value {
@@ -208,17 +203,13 @@ pub(crate) fn bytes_text(n: u64) -> String {
 struct MemoryView<'a> {
     protection: &'a MemoryProtection,
     config: &'a MemoryProtectionConfig,
-    /// Whether start-up itself disabled core dumps (the configuration, by security mode).
-    disables_core_dumps: bool,
 }
 
 impl<'a> MemoryView<'a> {
     fn new(tde: &'a TdeSubsystem, protection: &'a MemoryProtection) -> Self {
-        let config = tde.memory_protection_config();
         Self {
             protection,
-            config,
-            disables_core_dumps: config.disables_core_dumps(tde.security_mode()),
+            config: tde.memory_protection_config(),
         }
     }
 }
@@ -232,6 +223,8 @@ impl MemoryView<'_> {
             "dump_exclusion": protection_json(&p.dump_exclusion),
             "wipe_on_fork": protection_json(&p.wipe_on_fork),
             "core_dumps_disabled": protection_json(&p.core_dumps_disabled),
+            "dumpable": p.core_dumps.dumpable,
+            "core_limit_bytes": p.core_dumps.core_limit,
             "memlock_limit_bytes": p.memlock_limit,
             "lock_beyond_limit": p.lock_beyond_limit,
             "bytes_needed": p.bytes_needed,
@@ -270,27 +263,32 @@ impl MemoryView<'_> {
         outln!(
             out,
             "  Wiped in forked children: {}",
-            Self::state(
-                &p.wipe_on_fork,
-                "memory_protection.exclude_from_core_dumps = false"
-            )
+            p.wipe_on_fork.describe()
         );
         let core = match &p.core_dumps_disabled {
-            Protection::Active if self.disables_core_dumps => CORE_DUMPS_DISABLED.to_string(),
-            // Not asked for, but the environment had done it (`ulimit -c 0`, or the
-            // application): a core limit of 0 alone does not stop a debugger attaching.
-            Protection::Active => CORE_DUMPS_DISABLED_ELSEWHERE.to_string(),
-            Protection::Off => format!(
-                "off ({}): core files and ptrace attach by debuggers of the same user are \
-                 possible",
-                if self.config.disable_core_dumps.is_none() {
+            Protection::Active => CORE_DUMPS_DISABLED.to_string(),
+            Protection::Off => {
+                let why = if self.config.disable_core_dumps.is_none() {
                     "the development-mode default; memory_protection.disable_core_dumps = true \
                      or HELIOSDB_TDE_DISABLE_CORE_DUMPS=true switches it on"
                 } else {
                     "by configuration: memory_protection.disable_core_dumps = false or \
                      HELIOSDB_TDE_DISABLE_CORE_DUMPS=false"
-                }
-            ),
+                };
+                // The environment (`ulimit -c 0`, the application) may have done part of it: a
+                // core limit of 0 alone does not stop a debugger attaching.
+                let now = match (p.core_dumps.dumpable, p.core_dumps.core_limit) {
+                    (Some(false), _) => {
+                        "the process is non-dumpable all the same (not by HeliosDB)"
+                    }
+                    (_, Some(0)) => {
+                        "the core limit is 0 (not by HeliosDB), so no core file, but debuggers of \
+                         the same user can attach with ptrace"
+                    }
+                    _ => "core files and ptrace attach by debuggers of the same user are possible",
+                };
+                format!("off ({why}): {now}")
+            }
             other => format!(
                 "{} (core files and ptrace attach by debuggers of the same user may be possible)",
                 other.describe()

@@ -2,7 +2,7 @@
 //! [`super::TdeSubsystem::new`] before the first key is created.
 
 use super::Result;
-use heliosdb_tde_core::memory::{self, ArenaStats, Protection};
+use heliosdb_tde_core::memory::{self, ArenaStats, CoreDumpState, Protection};
 use heliosdb_tde_core::{SecurityMode, TdeError};
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +90,9 @@ pub struct MemoryProtection {
     /// The process is non-dumpable and its core limit is 0 (no core dump, no attach by a
     /// debugger of the same user).
     pub core_dumps_disabled: Protection,
+    /// The process as the kernel sees it now: dumpable or not, and its core limit (which the
+    /// environment may have set to 0 even when start-up did not disable core dumps).
+    pub core_dumps: CoreDumpState,
     /// The soft `RLIMIT_MEMLOCK` in bytes (`None`: unlimited).
     pub memlock_limit: Option<u64>,
     /// Whether the process may lock beyond that limit (`CAP_IPC_LOCK`).
@@ -115,19 +118,17 @@ impl Applied {
         let arena = memory::stats();
         let core = memory::core_dump_state();
         let core_dumps_disabled = if !self.disable_core_dumps {
-            if core.disabled() {
-                // Someone else (the application) did it.
-                Protection::Active
-            } else {
-                Protection::Off
-            }
+            // Not HeliosDB's doing either way; `core_dumps` says what the process is like.
+            Protection::Off
         } else if let Some(e) = &self.core_error {
             Protection::Failed { reason: e.clone() }
-        } else if core.disabled() {
+        } else if core.dumpable == Some(false) && core.core_limit == Some(0) {
             Protection::Active
         } else {
             Protection::Failed {
-                reason: "the process became dumpable again after start-up".into(),
+                reason: "the process became dumpable again, or its core limit was raised, after \
+                         start-up"
+                    .into(),
             }
         };
         MemoryProtection {
@@ -135,6 +136,7 @@ impl Applied {
             dump_exclusion: arena.dump_exclusion.clone(),
             wipe_on_fork: arena.wipe_on_fork.clone(),
             core_dumps_disabled,
+            core_dumps: core,
             memlock_limit: memory::memlock_limit(),
             lock_beyond_limit: memory::can_lock_beyond_limit(),
             bytes_needed: self.bytes_needed,

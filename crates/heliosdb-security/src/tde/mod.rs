@@ -21,7 +21,7 @@ pub use backup::{
 };
 pub use checklist::{CheckItem, CheckStatus, security_checklist, security_checklist_at};
 pub use config::{ENV_PREFIX, TdeConfig};
-pub use heliosdb_tde_core::memory::{ArenaStats, Protection};
+pub use heliosdb_tde_core::memory::{ArenaStats, CoreDumpState, Protection};
 pub use heliosdb_tde_core::{AuditAction, AuditEvent};
 pub use heliosdb_tde_manager::audit::{
     AuditCheckpoint, AuditFilter, AuditFsync, AuditLogOptions, AuditRecord, AuditSinkStats,

@@ -75,7 +75,12 @@ pub(super) const NOTES: &[&str] = &[
      no system call. The baseline is a `Box<[u8; 32]>` from the global allocator, whose \
      per-thread cache needs no lock. A key is allocated when it is generated, unwrapped or \
      loaded into the cache, never per page seal, so this cost belongs to a cache miss, not to \
-     a hit.",
+     a hit. The cache-miss rows did not regress with the arena: on 2026-12-03 the commit \
+     before it (55cec40, keys in a `Box`) measured 4.10 and 4.28 us (memory provider) and 4.18 \
+     and 4.24 us (file provider) in two runs, and the arena 4.07 and 4.05 us, minutes apart on \
+     the same machine. That machine was slower than the one of the carried-over rows: the raw \
+     AES-GCM open baseline took 149 ns against 74 ns before, which is why the miss rows' \
+     absolute times rose from about 2.7 us while their ratios fell.",
     "**SoftHSM2 wrap + unwrap: both rows missed.** The provider caches each MEK version's \
      object handle and lifecycle state: its own changes invalidate the entry at once; \
      otherwise it is re-read after `state_refresh` (default 10 s; 0 re-reads on every call) or \

@@ -12,7 +12,8 @@
 //! production mode and warns in development mode.
 //!
 //! The process-level calls ([`disable_core_dumps`], [`memlock_limit`]) are here too, so that all
-//! memory system calls of the workspace sit in one module. They do no file or network I/O.
+//! memory system calls of the workspace sit in one module. They do no file or network I/O (the
+//! facade reads `/proc/self/status` for what only it says).
 
 #[allow(unsafe_code)]
 mod arena;
@@ -128,29 +129,6 @@ pub fn memlock_limit() -> Option<u64> {
     }
 }
 
-/// Whether this process may lock memory beyond `RLIMIT_MEMLOCK` (`CAP_IPC_LOCK` in its
-/// effective set, as root usually has). Read from `/proc/self/status`; `false` when unknown.
-pub fn can_lock_beyond_limit() -> bool {
-    proc_status_field("CapEff:")
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << 14) != 0)
-}
-
-/// Bytes this process has locked in total (`VmLck`), ours and anybody else's; `None` when
-/// unknown.
-pub fn process_locked_bytes() -> Option<u64> {
-    proc_status_field("VmLck:")
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-}
-
-fn proc_status_field(name: &str) -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name).map(str::to_string))
-}
-
 /// Core dumps of this process, as the kernel sees them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -241,7 +219,5 @@ mod tests {
         // This test process has not disabled core dumps.
         let state = core_dump_state();
         assert_eq!(state.dumpable, Some(true));
-        let _ = can_lock_beyond_limit();
-        assert!(process_locked_bytes().is_some());
     }
 }

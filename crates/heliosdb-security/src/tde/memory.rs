@@ -138,7 +138,7 @@ impl Applied {
             core_dumps_disabled,
             core_dumps: core,
             memlock_limit: memory::memlock_limit(),
-            lock_beyond_limit: memory::can_lock_beyond_limit(),
+            lock_beyond_limit: can_lock_beyond_limit(),
             bytes_needed: self.bytes_needed,
             arena,
         }
@@ -148,6 +148,29 @@ impl Applied {
     pub(crate) fn config(&self) -> &MemoryProtectionConfig {
         &self.config
     }
+}
+
+/// Whether this process may lock memory beyond `RLIMIT_MEMLOCK` (`CAP_IPC_LOCK` in its
+/// effective set, as root usually has). Read from `/proc/self/status`; `false` when unknown.
+fn can_lock_beyond_limit() -> bool {
+    proc_status_field("CapEff:")
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 14) != 0)
+}
+
+/// Bytes this process has locked in total (`VmLck`), ours and anybody else's; `None` when
+/// unknown.
+fn process_locked_bytes() -> Option<u64> {
+    proc_status_field("VmLck:")
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+}
+
+fn proc_status_field(name: &str) -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name).map(str::to_string))
 }
 
 fn bytes_text(n: u64) -> String {
@@ -202,13 +225,11 @@ pub(crate) fn apply(
     let slots = cache_limit.saturating_add(RESERVED_KEY_SLOTS);
     let bytes_needed = memory::bytes_for_slots(slots);
     if config.lock_keys
-        && !memory::can_lock_beyond_limit()
+        && !can_lock_beyond_limit()
         && let Some(limit) = memory::memlock_limit()
     {
         let ours = memory::stats().bytes_locked as u64;
-        let others = memory::process_locked_bytes()
-            .unwrap_or(0)
-            .saturating_sub(ours);
+        let others = process_locked_bytes().unwrap_or(0).saturating_sub(ours);
         let needed = bytes_needed as u64 + others;
         if needed > limit {
             let others_text = match others {
@@ -288,6 +309,19 @@ mod tests {
         assert!(!c.disables_core_dumps(SecurityMode::Production));
         let c = MemoryProtectionConfig::off();
         assert!(!c.lock_keys && !c.exclude_from_core_dumps);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_process_view_is_readable() {
+        // The kernel counts the arena's locked pages in the process's VmLck.
+        let stats = memory::reserve(1);
+        let locked = process_locked_bytes().expect("VmLck in /proc/self/status");
+        if stats.locking.is_active() {
+            assert!(locked >= stats.bytes_locked as u64, "{locked} < {stats:?}");
+            assert!(locked > 0);
+        }
+        assert!(proc_status_field("CapEff:").is_some());
     }
 
     #[test]

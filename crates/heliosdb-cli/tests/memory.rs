@@ -373,3 +373,108 @@ fn production_status_shows_core_dumps_disabled() {
         "{t}"
     );
 }
+
+/// The unprivileged user the lock-limit test runs the CLI as: root is not bound by
+/// `RLIMIT_MEMLOCK` (`CAP_IPC_LOCK`).
+const NOBODY: u32 = 65534;
+
+/// `command` as `nobody`, under `prlimit --memlock=LIMIT:LIMIT`, from a copy of the CLI in
+/// `dir` (the build directory may not be reachable by `nobody`).
+fn limited_command(dir: &Path, cfg: &Path, limit: u64, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
+    let inner = command(dir, cfg, args);
+    let bin = dir.join("bin").join("heliosdb-cli");
+    let mut c = Command::new("prlimit");
+    c.arg(format!("--memlock={limit}:{limit}"))
+        .arg("--")
+        .arg(&bin)
+        .args(inner.get_args())
+        .current_dir(dir)
+        .env("HOME", dir)
+        .uid(NOBODY)
+        .gid(NOBODY);
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}
+
+#[test]
+fn a_lock_limit_too_small_warns_in_development_and_key_stats_shows_what_is_locked() {
+    use std::os::unix::fs::PermissionsExt;
+    // /proc/self belongs to the effective user of this (dumpable) process.
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    if !root {
+        eprintln!(
+            "SKIPPED: the CLI must run as uid {NOBODY} (root is not bound by RLIMIT_MEMLOCK), \
+             which needs root to switch to"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "development");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy(common::BIN, bin.join("heliosdb-cli")).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    fn chown_all(p: &Path) {
+        std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).unwrap() {
+                chown_all(&e.unwrap().path());
+            }
+        }
+    }
+    chown_all(dir.path());
+    // cache_limit 50 + 256 reserved keys need 10 pages (40 KiB); 8 KiB locks 2 of them.
+    let limit = 8192;
+    let o = limited_command(
+        dir.path(),
+        &cfg,
+        limit,
+        &["security", "tek", "create", "public.users"],
+    )
+    .output()
+    .unwrap();
+    let t = ok(&o);
+    assert!(t.contains("key memory is not fully locked"), "{t}");
+    assert!(t.contains("RLIMIT_MEMLOCK"), "{t}");
+
+    let o = limited_command(
+        dir.path(),
+        &cfg,
+        limit,
+        &["--format", "json", "security", "key-stats"],
+    )
+    .output()
+    .unwrap();
+    ok(&o);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m = &v["key_memory"];
+    assert_eq!(state(&m["locking"]), "failed", "{m:#}");
+    let reason = m["locking"]["reason"].as_str().unwrap();
+    assert!(reason.contains("could not be locked"), "{reason}");
+    let locked = m["bytes_locked"].as_u64().unwrap();
+    assert!(
+        locked > 0 && locked <= limit,
+        "what fits is locked, and reported: {m:#}"
+    );
+    assert!(m["bytes_mapped"].as_u64().unwrap() > locked, "{m:#}");
+    assert!(m["slots_in_use"].as_u64().unwrap() > 0, "{m:#}");
+
+    let o = limited_command(dir.path(), &cfg, limit, &["security", "key-stats"])
+        .output()
+        .unwrap();
+    let t = ok(&o);
+    let line = t
+        .lines()
+        .find(|l| l.starts_with("Key memory:    "))
+        .unwrap_or_else(|| panic!("no key memory line: {t}"));
+    assert!(
+        line.contains(&format!("{locked} bytes")) && line.contains("locking FAILED"),
+        "{line}"
+    );
+}

@@ -237,6 +237,7 @@ impl TdeSubsystem {
         let mut warnings = std::mem::take(&mut facts.warnings);
         // Again (it is idempotent) for the paths that built their provider first (restore,
         // migrate_to); this call's warnings and state are the ones reported.
+        let before = warnings.len();
         let memory = super::memory::apply(
             &config.memory_protection,
             config.cache_limit,
@@ -244,6 +245,9 @@ impl TdeSubsystem {
             read_only,
             &mut warnings,
         )?;
+        for w in &warnings[before..] {
+            tracing::warn!(target: "heliosdb::tde", "{w}");
+        }
         let pin_source = facts.pin_source;
         // During a provider migration every error about the configured provider says that it
         // is the target, and every error about the previous one that it is the source.

@@ -112,7 +112,7 @@ pub fn stats() -> ArenaStats {
 
 /// Bytes of whole pages that `slots` keys occupy.
 pub fn bytes_for_slots(slots: usize) -> usize {
-    let page = stats().page_size;
+    let page = arena::page_size();
     let per_page = page / SLOT_LEN;
     slots.div_ceil(per_page) * page
 }

@@ -221,14 +221,14 @@ pub(crate) fn apply(
         warnings.push(text);
         core_error = Some(e);
     }
-    memory::configure(config.lock_keys, config.exclude_from_core_dumps);
+    let configured = memory::configure(config.lock_keys, config.exclude_from_core_dumps);
     let slots = cache_limit.saturating_add(RESERVED_KEY_SLOTS);
     let bytes_needed = memory::bytes_for_slots(slots);
     if config.lock_keys
         && !can_lock_beyond_limit()
         && let Some(limit) = memory::memlock_limit()
     {
-        let ours = memory::stats().bytes_locked as u64;
+        let ours = configured.bytes_locked as u64;
         let others = process_locked_bytes().unwrap_or(0).saturating_sub(ours);
         let needed = bytes_needed as u64 + others;
         if needed > limit {
@@ -241,7 +241,7 @@ pub(crate) fn apply(
                  {RESERVED_KEY_SLOTS} reserved, in {}-byte pages){others_text}, but RLIMIT_MEMLOCK \
                  is {}; {}",
                 bytes_text(bytes_needed as u64),
-                memory::stats().page_size,
+                configured.page_size,
                 bytes_text(limit),
                 raise_hint(needed),
             );

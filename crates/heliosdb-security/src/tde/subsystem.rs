@@ -43,6 +43,27 @@ impl fmt::Debug for TdeSubsystem {
     }
 }
 
+/// Applies `[memory_protection]` (see [`super::memory`]) and logs its warnings, which are
+/// returned for [`TdeSubsystem::warnings`].
+fn protect_memory(
+    config: &TdeConfig,
+    mode: SecurityMode,
+    read_only: bool,
+) -> Result<(super::memory::Applied, Vec<String>)> {
+    let mut warnings = Vec::new();
+    let applied = super::memory::apply(
+        &config.memory_protection,
+        config.cache_limit,
+        mode,
+        read_only,
+        &mut warnings,
+    )?;
+    for w in &warnings {
+        tracing::warn!(target: "heliosdb::tde", "{w}");
+    }
+    Ok((applied, warnings))
+}
+
 /// Runs a start-up step, retrying it while the provider answers with a retryable error (it
 /// is unreachable, sealed or throttling) for up to `wait`, with a growing pause between
 /// attempts; each attempt is logged. The final error names the provider and where it is.
@@ -186,13 +207,7 @@ impl TdeSubsystem {
         }
         let (mode, _) = SecurityMode::resolve_configured(checked.security_mode)?;
         // Before the first key exists (the secure-file provider derives one as it opens).
-        super::memory::apply(
-            &config.memory_protection,
-            config.cache_limit,
-            mode,
-            read_only,
-            &mut Vec::new(),
-        )?;
+        let protected = protect_memory(&config, mode, read_only)?;
         let wait = std::time::Duration::from_secs(config.provider_startup_wait_secs);
         let label = checked.provider.label();
         // Read before the target's provider takes a passphrase variable the source shares.
@@ -218,36 +233,38 @@ impl TdeSubsystem {
             source_passphrase,
             ..facts
         };
-        Self::start_with(config, checked.default_mek_id, read_only, provider, facts).await
+        Self::start_with(
+            config,
+            checked.default_mek_id,
+            read_only,
+            provider,
+            facts,
+            Some(protected),
+        )
+        .await
     }
 
     /// Starts TDE from `config` over a provider already built from it (a restore opens the
-    /// provider once and keeps it).
+    /// provider once and keeps it). `protected`: the memory protection the caller applied
+    /// before building the provider; `None` applies it here.
     pub(crate) async fn start_with(
         mut config: TdeConfig,
         default_mek_id: MekId,
         read_only: bool,
         provider: Arc<dyn MekProvider>,
         mut facts: providers::ProviderFacts,
+        protected: Option<(super::memory::Applied, Vec<String>)>,
     ) -> Result<Self> {
         let mut checked: CheckedConfig = config.checked()?;
         let (mode, mode_source) = SecurityMode::resolve_configured(checked.security_mode)?;
         checked.check_migration_mode(mode)?;
         let wait = std::time::Duration::from_secs(config.provider_startup_wait_secs);
         let mut warnings = std::mem::take(&mut facts.warnings);
-        // Again (it is idempotent) for the paths that built their provider first (restore,
-        // migrate_to); this call's warnings and state are the ones reported.
-        let before = warnings.len();
-        let memory = super::memory::apply(
-            &config.memory_protection,
-            config.cache_limit,
-            mode,
-            read_only,
-            &mut warnings,
-        )?;
-        for w in &warnings[before..] {
-            tracing::warn!(target: "heliosdb::tde", "{w}");
-        }
+        let (memory, memory_warnings) = match protected {
+            Some(p) => p,
+            None => protect_memory(&config, mode, read_only)?,
+        };
+        warnings.extend(memory_warnings);
         let pin_source = facts.pin_source;
         // During a provider migration every error about the configured provider says that it
         // is the target, and every error about the previous one that it is the source.
@@ -457,6 +474,7 @@ impl TdeSubsystem {
             false,
             target_provider,
             facts,
+            None,
         )
         .await
         {
@@ -468,6 +486,7 @@ impl TdeSubsystem {
                     false,
                     source,
                     providers::ProviderFacts::default(),
+                    None,
                 )
                 .await;
                 match restarted {

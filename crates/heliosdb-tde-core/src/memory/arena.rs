@@ -296,7 +296,7 @@ enum Advice {
     WipeOnFork,
 }
 
-fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     #[cfg(unix)]
     {
         rustix::param::page_size()

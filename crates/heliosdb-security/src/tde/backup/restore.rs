@@ -518,6 +518,7 @@ async fn restore_inner(
         false,
         provider,
         ProviderFacts::default(),
+        None,
     )
     .await?;
     let km = tde.key_manager();

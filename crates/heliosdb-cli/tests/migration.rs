@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Unreadable, snapshot};
+use common::{Rng, Unreadable, kill_after_store_changes, snapshot};
 use heliosdb_security::tde::{
     MigrationSourceConfig, RotationPhase, TdeConfig, TdeSubsystem, sealed_tek_version,
 };
@@ -65,38 +65,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// A small seeded generator (SplitMix64): the kill moments are random but replayable with
-/// `HELIOSDB_TEST_SEED`.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded(test: &str) -> Self {
-        let seed = std::env::var("HELIOSDB_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                let mut b = [0u8; 8];
-                getrandom::fill(&mut b).unwrap();
-                u64::from_le_bytes(b)
-            });
-        eprintln!("{test}: HELIOSDB_TEST_SEED={seed}");
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// In `lo..=hi`.
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
 }
 
 fn text(o: &Output) -> String {
@@ -287,49 +255,24 @@ fn progress(source: &Path, target: &Path) -> Option<(String, u64)> {
     })
 }
 
-/// Runs `mek migrate --to target` and SIGKILLs it once the key store file has changed `k`
-/// times (its length or modification time; each committed page of moved TEKs writes it), or
-/// lets it end if it ends first. Returns whether it was killed.
+/// Runs `mek migrate --to target` and SIGKILLs it once it has written the key store `k` times
+/// (each committed page of moved TEKs writes it), or lets it end if it ends first. Returns
+/// whether it was killed.
 fn migrate_and_kill(source: &Path, target: &Path, store: &Path, k: u64) -> bool {
-    let stamp = || {
-        std::fs::metadata(store)
-            .ok()
-            .map(|m| (m.len(), m.modified().ok()))
-    };
-    let mut last = stamp();
-    let mut child = command(
-        source,
-        &[
-            "security",
-            "mek",
-            "migrate",
-            "--to",
-            target.to_str().unwrap(),
-        ],
+    kill_after_store_changes(
+        command(
+            source,
+            &[
+                "security",
+                "mek",
+                "migrate",
+                "--to",
+                target.to_str().unwrap(),
+            ],
+        ),
+        store,
+        k,
     )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut changes = 0;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        let now = stamp();
-        if now != last {
-            changes += 1;
-            last = now;
-            if changes >= k {
-                break;
-            }
-        }
-        // The polling interval only; nothing waits for a timer to win.
-        std::thread::sleep(std::time::Duration::from_micros(200));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    true
 }
 
 #[test]

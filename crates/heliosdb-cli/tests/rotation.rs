@@ -3,11 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{Rng, kill_after_store_changes};
 use heliosdb_security::tde::{RotationPhase, TdeConfig, TdeSubsystem};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_heliosdb-cli");
 const PASS: &str = "rotation test passphrase, long enough";
@@ -172,71 +174,75 @@ async fn deactivation_after_the_grace_period_and_emergency_rotation() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
-fn random_ms(lo: u64, hi: u64) -> u64 {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).unwrap();
-    lo + u64::from_le_bytes(b) % (hi - lo)
-}
-
 #[tokio::test]
 async fn sigkill_during_a_rotation_of_10000_teks() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = setup(dir.path(), 30);
     let tables = create_tables(&cfg, 10_000).await;
-    // How long one whole rotation takes on this machine, so that kills land inside it.
-    let start = std::time::Instant::now();
-    let out = cli(&cfg, &["security", "mek", "rotate"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let full = start.elapsed().as_millis() as u64;
-    subsystem(&cfg)
-        .await
-        .key_manager()
-        .rollback_mek_rotation("master_key_001", None)
-        .await
-        .unwrap();
-    // Kill moments are drawn from a window that adapts to what each kill found: a kill that
-    // came before the rotation started raises its lower end, one that came after it finished
-    // lowers its upper end. The window so closes in on the rotation whatever the machine's
-    // speed, instead of relying on one measurement of it.
-    let (mut lo, mut hi) = (full / 10, full.max(20));
-    let mut mid_rotation = 0;
+    let store = dir.path().join("keys/tek-store.redb");
+    let mut rng = Rng::seeded("rotation of 10000 TEKs");
+    // Kills at random moments: after a random number (from the seeded generator) of writes of
+    // the key store by the running command. The pass commits each page of re-wrapped TEKs
+    // (with the journal's cursor) in one write, after a few writes of the journal and the new
+    // MEK version. The number is drawn from a window that moves later while kills find no
+    // page committed yet and a little sooner when one lands between pages, so that kills land
+    // inside the re-wrap pass whatever the machine's speed (and however long the start-up,
+    // which grows with the MEK versions each round leaves). Only kills between committed
+    // pages count as landing mid-rotation: they are the ones a resumed pass must continue
+    // from its cursor. A pass that ends before its kill is rolled back, and the next round
+    // rotates anew.
+    let mut lo = 1;
+    let mut before_first_page = 0;
+    let mut between_pages: Vec<u64> = Vec::new();
+    // Keys re-wrapped by the rotation in progress: a resumed pass keeps the work done.
+    let mut kept = 0;
     let mut rounds = 0;
-    while mid_rotation < 6 && rounds < 40 {
+    while between_pages.len() < 6 && rounds < 40 {
         rounds += 1;
-        let round = rounds;
-        let mut child = Command::new(BIN)
+        let k = rng.between(lo, lo + 2);
+        let mut rotate = Command::new(BIN);
+        rotate
             .arg("--config")
             .arg(&cfg)
             .args(["security", "mek", "rotate"])
-            .env_remove("HELIOSDB_SECURITY_MODE")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let delay = random_ms(lo, hi.max(lo + 2));
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+            .env_remove("HELIOSDB_SECURITY_MODE");
+        let killed = kill_after_store_changes(rotate, &store, k);
         // After each kill: 100% of TEKs unwrap.
         let tde = all_unwrap(&cfg, &tables).await;
         let km = tde.key_manager();
         let st = km.mek_rotation_status("master_key_001").await.unwrap();
-        eprintln!(
-            "round {round}: {:?}",
-            st.as_ref().map(|s| (s.phase, s.reencrypted))
-        );
-        match st.map(|s| s.phase) {
-            Some(RotationPhase::DualActive) => {
-                // It finished before the kill: roll it back so the next round rotates anew,
-                // and kill earlier from now on.
+        let seen = st.as_ref().map(|s| (s.phase, s.reencrypted));
+        eprintln!("round {rounds}: killed after {k} store writes: {killed}, journal {seen:?}");
+        match seen {
+            Some((RotationPhase::DualActive, _)) => {
+                // The pass ended before the kill: roll it back so the next round rotates
+                // anew, and kill sooner from now on.
                 km.rollback_mek_rotation("master_key_001", None)
                     .await
                     .unwrap();
-                hi = delay.max(lo + 2);
+                kept = 0;
+                lo = lo.saturating_sub(2).max(1);
             }
-            Some(_) => mid_rotation += 1,
-            // Killed before the rotation began: kill later from now on.
-            None => lo = delay.min(hi.saturating_sub(2)),
+            Some((_, done)) => {
+                assert!(killed, "the command ended without finishing: {seen:?}");
+                assert!(
+                    done >= kept,
+                    "re-wrapped keys were lost: {kept} before, {done} now"
+                );
+                kept = done;
+                if done > 0 {
+                    assert!(done < 10_001, "a pass cut short re-wrapped every key");
+                    between_pages.push(done);
+                    lo = lo.saturating_sub(1).max(1);
+                } else {
+                    before_first_page += 1;
+                    lo += 1;
+                }
+            }
+            None => {
+                assert!(killed, "the command ended without starting a rotation");
+                lo += 1;
+            }
         }
     }
     // The rotation finishes when run to completion.
@@ -264,7 +270,9 @@ async fn sigkill_during_a_rotation_of_10000_teks() {
         0
     );
     assert!(
-        mid_rotation >= 3,
-        "only {mid_rotation} kills landed mid-rotation"
+        between_pages.len() >= 3,
+        "only {} kills in {rounds} rounds landed between two committed pages ({before_first_page} \
+         before the first page): {between_pages:?}",
+        between_pages.len()
     );
 }

@@ -97,3 +97,76 @@ pub fn snapshot(roots: &[PathBuf], unreadable: Unreadable) -> BTreeMap<PathBuf, 
     }
     out
 }
+
+/// A small seeded generator (SplitMix64): the kill moments are random but replayable with
+/// `HELIOSDB_TEST_SEED`.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded(test: &str) -> Self {
+        let seed = std::env::var("HELIOSDB_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b).unwrap();
+                u64::from_le_bytes(b)
+            });
+        eprintln!("{test}: HELIOSDB_TEST_SEED={seed}");
+        Self(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// In `lo..=hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+/// Runs `cmd` (its output discarded) and SIGKILLs it once it has changed the key store file
+/// `store` `k` times (its length or modification time: each committed transaction writes
+/// it), or lets it end if it ends first. Returns whether it was killed.
+///
+/// Counting the command's own writes makes the kill moments independent of the machine's
+/// speed: the k-th write is the k-th write however long the work before it took. The kill
+/// lands within a polling interval after that write, while the command works on the next
+/// transaction.
+pub fn kill_after_store_changes(mut cmd: Command, store: &Path, k: u64) -> bool {
+    let stamp = || {
+        std::fs::metadata(store)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let mut last = stamp();
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut changes = 0;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        let now = stamp();
+        if now != last {
+            changes += 1;
+            last = now;
+            if changes >= k {
+                break;
+            }
+        }
+        // The polling interval only; nothing waits for a timer to win.
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    true
+}

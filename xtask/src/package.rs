@@ -37,11 +37,29 @@ pub fn run(root: &Path) -> Result {
     }
     clear_overlays(root, &home)?;
     forget_verified_builds(root)?;
-    run_cmd(
-        cargo()
-            .args(["package", "--workspace", "--allow-dirty"])
-            .env("CARGO_HOME", &home),
-    )
+    let mut cmd = cargo();
+    cmd.args(["package", "--workspace", "--allow-dirty"]);
+    // `--workspace` packages (and builds) `publish = false` members too; they are never
+    // uploaded, so building them again from a package proves nothing and costs minutes.
+    for name in unpublished(root)? {
+        cmd.args(["--exclude", &name]);
+    }
+    run_cmd(cmd.env("CARGO_HOME", &home))
+}
+
+/// The workspace members with `publish = false`.
+pub fn unpublished(root: &Path) -> Result<Vec<String>> {
+    let meta = cargo_metadata::MetadataCommand::new()
+        .manifest_path(root.join("Cargo.toml"))
+        .no_deps()
+        .exec()
+        .map_err(|e| format!("cargo metadata failed: {e}"))?;
+    Ok(meta
+        .packages
+        .iter()
+        .filter(|p| p.publish.as_ref().is_some_and(Vec::is_empty))
+        .map(|p| p.name.to_string())
+        .collect())
 }
 
 /// The user's cargo home (read only).
@@ -115,6 +133,15 @@ fn built_from_overlay(fingerprint: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unpublished_members_are_not_packaged() {
+        let names = unpublished(&crate::workspace_root()).unwrap();
+        for name in ["xtask", "heliosdb-benches", "heliosdb-tde-conformance"] {
+            assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+        }
+        assert!(!names.iter().any(|n| n == "heliosdb-security"), "{names:?}");
+    }
 
     #[test]
     fn only_a_private_cargo_home_is_cleared() {

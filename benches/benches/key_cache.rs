@@ -511,6 +511,18 @@ fn softhsm(
                 .unwrap()
         })
     });
+    // The floor a token-object MEK sets: the wrap's encrypt and the unwrap's decrypt alone
+    // (no self-check, no hop) on the token key, against the session-key baseline above.
+    g.bench_function("raw_cryptoki_token_key_2calls", |b| {
+        b.iter(|| {
+            let ct = session
+                .encrypt(&gcm(&mut [5u8; 12], &aad), token_key, &[7u8; 32])
+                .unwrap();
+            session
+                .decrypt(&gcm(&mut [5u8; 12], &aad), token_key, &ct)
+                .unwrap()
+        })
+    });
     if let Err(e) = session.destroy_object(token_key) {
         eprintln!("could not destroy the benchmark's token key {label}: {e}");
     }

@@ -300,13 +300,25 @@ pub fn render(r: &BTreeMap<String, f64>, previous: Option<&str>) -> String {
                 .split("\n* ")
                 .map(|n| n.trim().trim_start_matches("* "))
             {
-                if !note.is_empty() && !md.contains(note) {
+                // A note whose bold title a current note has is that note's older text.
+                let replaced = note_title(note).is_some_and(|title| {
+                    notes::NOTES
+                        .iter()
+                        .any(|current| note_title(current) == Some(title))
+                });
+                if !note.is_empty() && !replaced && !md.contains(note) {
                     let _ = writeln!(md, "* {note}");
                 }
             }
         }
     }
     md
+}
+
+/// The bold title a note starts with (`**SoftHSM2 wrap + unwrap: ...**`), if it has one.
+fn note_title(note: &str) -> Option<&str> {
+    let rest = note.strip_prefix("**")?;
+    rest.find("**").map(|end| &rest[..end])
 }
 
 /// Runs the benchmarks (unless `report_only`) and writes the report.

@@ -88,21 +88,30 @@ pub(super) const NOTES: &[&str] = &[
      steady-state wrap is one hop to a pooled session with `C_EncryptInit`/`C_Encrypt` and the \
      self-check decrypt, an unwrap one hop with one decrypt: no object search, no attribute \
      read, no login check (before this change: two hops per call, three object searches, a \
-     record search and an attribute read; 395 µs, 26.85×, on 2026-11-29). What is left is the \
-     sum of two costs the rows show. (1) The GCM calls themselves: the MEK is a token object \
-     (not extractable and not copyable, so the provider cannot use a session copy), SoftHSM2's \
-     file object store re-reads two files on every `C_*Init` of a token object, and the wrap \
-     decrypts the new wrap once more before returning it (the wrap self-check, a third GCM \
-     call, which every provider makes). The same three calls on a token key made with the MEK \
-     template cost 2.7× the baseline's two session-key calls on their own, so the first row's \
-     1.5× target cannot be met without dropping the self-check or keeping the MEK in a session \
-     object; neither is done. (2) Two hops: each operation runs on a blocking thread under the \
-     call timeout (`spawn_blocking` and `timeout_at`), so that a token that stops answering \
-     fails the call instead of hanging the caller. The hop row measures one hop at about 19 µs \
-     on this virtual machine, where waking a parked thread and then the waiting task dominate; \
-     two hops are about half of the provider's time, and they are what keeps the like-for-like \
-     row above 1.5×. Running the token calls on the caller's thread would remove them but give \
-     up the timeout; a real HSM's own latency (a network round trip for most) dwarfs the hop.",
+     record search and an attribute read; 395 µs, 26.85×, on 2026-11-29). What is left has \
+     three parts. (1) The token object itself, which sets a floor above the first row's \
+     target. The MEK is a token object made with the hardened template (sensitive, not \
+     extractable, not copyable), so the provider cannot keep a session copy; deriving one \
+     would need `CKA_DERIVE` on the MEK, which would let any holder of the PIN derive key \
+     material from it. SoftHSM2's file object store re-reads the object's files on every \
+     `C_*Init` of a token object (six object-file opens per wrap + unwrap, counted with strace \
+     in the provider and in the raw token-key loop alike, so the provider adds no token work). \
+     The token-object floor row measures the wrap's encrypt and the unwrap's decrypt alone on \
+     such a key, with no self-check and no hop: 1.92× the same two calls on a session key in \
+     this run. A provider with no overhead at all would therefore sit at about 1.9× on the \
+     first row, so its 1.5× target cannot be met on SoftHSM2's file store by any change to the \
+     provider; only an MEK outside the token's object store could, and that is not done. \
+     (2) The wrap self-check: the wrap decrypts the new wrap once more before returning it (a \
+     third GCM call), as every provider path that writes a wrapped TEK must. (3) Two hops: \
+     each operation runs on a blocking thread under the call timeout (`spawn_blocking` and \
+     `timeout_at`), so that a token that stops answering fails the call instead of hanging \
+     the caller. The hop row measures one hop at about 10 µs; a bare `spawn_blocking` round \
+     trip under the same timeout, outside the provider, took 7.5 to 8.6 µs on this virtual \
+     machine, where waking a parked thread and then the waiting task dominate, and more when \
+     the threads have slept through a token call. The self-check and the hops are what keep \
+     the like-for-like row above 1.5×; dropping either would weaken a guarantee (a wrap that \
+     was never read back, or a caller a silent token can hang), and neither is done. A real \
+     HSM's own latency (a network round trip for most) dwarfs the hop.",
     "**OpenBao wrap + unwrap** (report): one Transit encrypt and one decrypt over HTTP \
      keep-alive, the same two calls as the raw vaultrs baseline; the provider's lifecycle \
      record comes from its 10-second cache, so the extra cost is the envelope and context \

@@ -199,6 +199,14 @@ fn wrap_rows(rows: &mut Vec<RowSpec>) {
         "≤ 1.5× raw",
     ));
     rows.push(row(
+        "SoftHSM2 token-object floor: raw encrypt + decrypt on a token key (diagnostic)",
+        "wrap_unwrap/raw_cryptoki_token_key_2calls",
+        "wrap_unwrap/raw_cryptoki_softhsm",
+        "the same two raw calls on a session key",
+        Target::Report,
+        "report",
+    ));
+    rows.push(row(
         "SoftHSM2 hop: provider health check (diagnostic)",
         "wrap_unwrap/provider_health",
         "wrap_unwrap/raw_session_info",

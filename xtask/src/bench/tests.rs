@@ -140,6 +140,36 @@ fn a_partial_run_keeps_the_other_measured_rows() {
 }
 
 #[test]
+fn a_partial_run_drops_older_texts_of_current_notes() {
+    let mut full = BTreeMap::new();
+    full.insert("page_seal/ring/raw/8192".to_string(), 1000.0);
+    full.insert("page_seal/ring/ours/8192".to_string(), 1100.0);
+    let title = note_title(notes::NOTES[0]).unwrap();
+    let first = render(&full, None).replace(
+        "## Notes on the misses\n",
+        &format!(
+            "## Notes on the misses\n\n* **{title}** an older text of this note.\n\
+             * **A note no current note replaces.** Written by hand.\n"
+        ),
+    );
+    let mut partial = BTreeMap::new();
+    partial.insert("wrap_unwrap/provider_memory".to_string(), 800.0);
+    let second = render(&partial, Some(&first));
+    assert!(second.contains('†'), "{second}");
+    assert!(!second.contains("an older text of this note"), "{second}");
+    assert_eq!(
+        second.matches(&format!("* **{title}**")).count(),
+        1,
+        "{second}"
+    );
+    assert!(
+        second.contains("* **A note no current note replaces.** Written by hand."),
+        "{second}"
+    );
+    assert_eq!(note_title("no title"), None);
+}
+
+#[test]
 fn the_issue_14_rows_have_their_targets() {
     let mut r = BTreeMap::new();
     for (id, v) in [

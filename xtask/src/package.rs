@@ -47,18 +47,12 @@ pub fn run(root: &Path) -> Result {
     run_cmd(cmd.env("CARGO_HOME", &home))
 }
 
-/// The workspace members with `publish = false`.
+/// The workspace members with `publish = false` (as the workspace rules read them).
 pub fn unpublished(root: &Path) -> Result<Vec<String>> {
-    let meta = cargo_metadata::MetadataCommand::new()
-        .manifest_path(root.join("Cargo.toml"))
-        .no_deps()
-        .exec()
-        .map_err(|e| format!("cargo metadata failed: {e}"))?;
-    Ok(meta
-        .packages
-        .iter()
-        .filter(|p| p.publish.as_ref().is_some_and(Vec::is_empty))
-        .map(|p| p.name.to_string())
+    Ok(crate::tidy::model::load(root)?
+        .into_iter()
+        .filter(|c| !c.publishable)
+        .map(|c| c.name)
         .collect())
 }
 
@@ -135,7 +129,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unpublished_members_are_not_packaged() {
+    fn the_unpublished_members_are_the_publish_false_ones() {
         let names = unpublished(&crate::workspace_root()).unwrap();
         for name in ["xtask", "heliosdb-benches", "heliosdb-tde-conformance"] {
             assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");

@@ -9,7 +9,7 @@
 
 pub mod api;
 mod deps;
-mod model;
+pub(crate) mod model;
 
 pub use deps::{
     BACKEND_ONLY_CRATES, LEAN_BY_DEFAULT, LEGACY_HTTP_STACK, check_http_stack, check_tree,

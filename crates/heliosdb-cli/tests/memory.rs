@@ -431,26 +431,17 @@ fn a_lock_limit_too_small_warns_in_development_and_key_stats_shows_what_is_locke
     chown_all(dir.path());
     // cache_limit 50 + 256 reserved keys need 10 pages (40 KiB); 8 KiB locks 2 of them.
     let limit = 8192;
-    let o = limited_command(
-        dir.path(),
-        &cfg,
-        limit,
-        &["security", "tek", "create", "public.users"],
-    )
-    .output()
-    .unwrap();
+    let run = |args: &[&str]| {
+        limited_command(dir.path(), &cfg, limit, args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["security", "tek", "create", "public.users"]);
     let t = ok(&o);
     assert!(t.contains("key memory is not fully locked"), "{t}");
     assert!(t.contains("RLIMIT_MEMLOCK"), "{t}");
 
-    let o = limited_command(
-        dir.path(),
-        &cfg,
-        limit,
-        &["--format", "json", "security", "key-stats"],
-    )
-    .output()
-    .unwrap();
+    let o = run(&["--format", "json", "security", "key-stats"]);
     ok(&o);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     let m = &v["key_memory"];
@@ -465,9 +456,7 @@ fn a_lock_limit_too_small_warns_in_development_and_key_stats_shows_what_is_locke
     assert!(m["bytes_mapped"].as_u64().unwrap() > locked, "{m:#}");
     assert!(m["slots_in_use"].as_u64().unwrap() > 0, "{m:#}");
 
-    let o = limited_command(dir.path(), &cfg, limit, &["security", "key-stats"])
-        .output()
-        .unwrap();
+    let o = run(&["security", "key-stats"]);
     let t = ok(&o);
     let line = t
         .lines()
